@@ -1,0 +1,163 @@
+"""Embedding-bag lookups over ragged ids and their table gradient (SPEC §3).
+
+For bag b holding ids i with per-id weights w_i (1 without weights):
+
+    combiner   output of bag b                    gradient to id i
+    sum        sum_i w_i e_i                      w_i dy_b
+    mean       sum_i w_i e_i / sum_i w_i          w_i dy_b / sum_i w_i
+    sqrtn      sum_i w_i e_i / sqrt(sum_i w_i^2)  w_i dy_b / sqrt(sum_i w_i^2)
+
+An empty bag outputs zeros and sends no gradient; so does a bag whose divisor
+is zero (all weights zero under mean or sqrtn). A ``padding_idx`` id is left
+out of the output, the divisor and the gradient (PyTorch ``padding_idx``).
+"""
+import numpy as np
+
+from .kernels import lookup as _lookup
+from .kernels.checks import first_decrease, first_id_out_of_range, first_non_finite
+from .sparse import RowSparseGrad
+from .variable import Variable
+
+__all__ = ["embedding_bag", "embedding_bag_grad", "COMBINERS"]
+
+COMBINERS = {"sum": _lookup.SUM, "mean": _lookup.MEAN, "sqrtn": _lookup.SQRTN}
+_NO_WEIGHTS = np.empty(0, np.float32)
+
+
+def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
+                  padding_idx=None, name=None):
+    """Pooled lookup of ragged ids: one combined row per bag.
+
+    Args:
+        weight: [V, D] float32 table (an array or a ``Variable``).
+        values: [n] int ids in ``[0, V)``.
+        offsets: [B+1] int, non-decreasing, ``offsets[0] == 0``,
+            ``offsets[-1] == n``; bag b is ``values[offsets[b]:offsets[b+1]]``.
+        weights: optional [n] per-id weights (float32).
+        combiner: ``"sum"``, ``"mean"`` or ``"sqrtn"`` (see module docstring).
+        padding_idx: optional id skipped everywhere.
+        name: feature name used in error messages.
+
+    Returns:
+        [B, D] float32.
+
+    >>> table = np.arange(6, dtype=np.float32).reshape(3, 2)
+    >>> embedding_bag(table, [0, 2, 1], [0, 2, 3, 3], combiner="mean").tolist()
+    [[2.0, 3.0], [2.0, 3.0], [0.0, 0.0]]
+    """
+    table = _as_table(weight, name)
+    bags = _check_bags(values, offsets, weights, table.shape[0], combiner,
+                       padding_idx, name)
+    out = np.empty((bags[1].shape[0] - 1, table.shape[1]), np.float32)
+    _lookup.embedding_bag_forward(out, table, *bags)
+    return out
+
+
+def embedding_bag_grad(d_out, values, offsets, num_embeddings, weights=None,
+                       combiner="sum", padding_idx=None, name=None):
+    """Gradient of ``embedding_bag`` with respect to the table, row-sparse.
+
+    Id i of bag b receives ``w_i * d_out[b] / divisor_b`` (module docstring);
+    duplicates are summed in order of position, so the result is coalesced:
+    unique indices in order of first appearance. Its values are computed only
+    if read: an optimizer applies the gradient straight from ``d_out``.
+
+    Args:
+        d_out: [B, D] upstream gradient of the lookup's output.
+        values, offsets, weights, combiner, padding_idx, name: as in
+            ``embedding_bag``.
+        num_embeddings: V, the table's number of rows.
+
+    Returns:
+        ``RowSparseGrad`` with dense_shape ``(num_embeddings, D)``.
+
+    >>> g = embedding_bag_grad(np.ones((2, 2), np.float32), [0, 2, 0], [0, 2, 3], 3)
+    >>> g.indices.tolist(), g.values.tolist()
+    ([0, 2], [[2.0, 2.0], [1.0, 1.0]])
+    """
+    num_embeddings = _check_count(num_embeddings, "num_embeddings", name)
+    bags = _check_bags(values, offsets, weights, num_embeddings, combiner,
+                       padding_idx, name)
+    d_out = np.array(d_out, dtype=np.float32, copy=True, order="C")
+    num_bags = bags[1].shape[0] - 1
+    if d_out.ndim != 2 or d_out.shape[0] != num_bags:
+        raise ValueError(
+            f"{_where(name)}: d_out must have shape [{num_bags}, D] (one row "
+            f"per bag), got {d_out.shape}")
+    rows, starts, src_index, src_coef = _lookup.embedding_bag_grad_plan(*bags)
+    plan = (rows, starts, src_index, src_coef, d_out, np.float32(1.0))
+    return RowSparseGrad._from_plan(plan, (num_embeddings, d_out.shape[1]))
+
+
+def _where(name):
+    return f"feature {name!r}" if name else "embedding_bag"
+
+
+def _as_table(weight, name):
+    table = weight.value if isinstance(weight, Variable) else np.asarray(weight)
+    if table.ndim != 2 or table.dtype != np.float32 or not table.flags.c_contiguous:
+        raise ValueError(
+            f"{_where(name)}: weight must be a C-contiguous [V, D] float32 "
+            f"array, got shape {table.shape} dtype {table.dtype}")
+    return table
+
+
+def _check_count(value, what, name):
+    if isinstance(value, bool) or int(value) != value or value < 0:
+        raise ValueError(f"{_where(name)}: {what} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _as_ids(array, what, name):
+    array = np.asarray(array)
+    if array.ndim != 1:
+        raise ValueError(f"{_where(name)}: {what} must be 1-D, got shape {array.shape}")
+    if array.size and array.dtype.kind not in "iu":
+        raise ValueError(f"{_where(name)}: {what} must be integers, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _check_bags(values, offsets, weights, num_embeddings, combiner,
+                padding_idx, name):
+    """Validated kernel arguments: (values, offsets, weights, has_weights,
+    combiner code, padding_idx or -1). Raises ValueError naming the feature
+    and the offending value and position."""
+    where = _where(name)
+    values = _as_ids(values, "values", name)
+    offsets = _as_ids(offsets, "offsets", name)
+    if offsets.shape[0] < 1 or offsets[0] != 0:
+        raise ValueError(f"{where}: offsets must start at 0 (B+1 entries), got {offsets[:1].tolist()}")
+    bad = first_decrease(offsets)
+    if bad >= 0:
+        raise ValueError(
+            f"{where}: offsets must be non-decreasing, but offsets[{bad}] = "
+            f"{offsets[bad]} < offsets[{bad - 1}] = {offsets[bad - 1]}")
+    if offsets[-1] != values.shape[0]:
+        raise ValueError(
+            f"{where}: offsets[-1] = {offsets[-1]} must equal len(values) = "
+            f"{values.shape[0]}")
+    bad = first_id_out_of_range(values, num_embeddings)
+    if bad >= 0:
+        raise ValueError(
+            f"{where}: id {values[bad]} at position {bad} is outside "
+            f"[0, {num_embeddings})")
+    if combiner not in COMBINERS:
+        raise ValueError(f"{where}: combiner must be one of {sorted(COMBINERS)}, got {combiner!r}")
+    if padding_idx is None:
+        padding = -1
+    else:
+        padding = _check_count(padding_idx, "padding_idx", name)
+        if padding >= num_embeddings:
+            raise ValueError(f"{where}: padding_idx {padding} is outside [0, {num_embeddings})")
+    if weights is None:
+        return values, offsets, _NO_WEIGHTS, False, COMBINERS[combiner], padding
+    weights = np.asarray(weights)
+    if weights.shape != values.shape or (weights.size and weights.dtype.kind not in "fiu"):
+        raise ValueError(
+            f"{where}: weights must be real with the shape of values {values.shape}, "
+            f"got shape {weights.shape} dtype {weights.dtype}")
+    weights = np.ascontiguousarray(weights, dtype=np.float32)
+    bad = first_non_finite(weights)
+    if bad >= 0:
+        raise ValueError(f"{where}: weight {weights[bad]} at position {bad} is not finite")
+    return values, offsets, weights, True, COMBINERS[combiner], padding

@@ -1,0 +1,29 @@
+"""Adagrad (TF v1 ``AdagradOptimizer`` with an optional epsilon).
+
+    a += g * g
+    w -= lr * g / (sqrt(a) + epsilon)
+"""
+import numpy as np
+
+from ._jit import njit, njit_parallel, prange
+from .coalesce import ROW_CHUNK, summed_grad_row
+
+
+@njit
+def adagrad_row(w, accumulator, g, lr, epsilon):
+    """In place: w, accumulator [D] float32."""
+    for j in range(w.shape[0]):
+        accumulator[j] += g[j] * g[j]
+        w[j] -= lr * g[j] / (np.sqrt(accumulator[j]) + epsilon)
+
+
+@njit_parallel
+def adagrad_apply(weight, accumulator, grad, lr, epsilon):
+    """In place: weight, accumulator [V, D] float32, on the plan's rows only."""
+    rows = grad[0]
+    for c in prange((rows.shape[0] + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = np.empty(weight.shape[1], np.float32)
+        for u in range(c * ROW_CHUNK, min(rows.shape[0], (c + 1) * ROW_CHUNK)):
+            summed_grad_row(g, grad, u)
+            r = rows[u]
+            adagrad_row(weight[r], accumulator[r], g, lr, epsilon)

@@ -1,0 +1,43 @@
+"""AdagradDecay (DeepRec ``AdagradDecayOptimizer``), per touched row r:
+
+    if step // decay_step > power[r]:     # step = 1-based number of this step
+        a[r] = max(a[r] * rate, initial)
+        power[r] += 1                      # one period per touch, never a jump
+    a[r] += g * g
+    w[r] -= lr * g / sqrt(a[r])
+
+``step`` = 0 means "no global step": 0 // decay_step never exceeds a power,
+so nothing decays.
+"""
+import numpy as np
+
+from ._jit import njit, njit_parallel, prange
+from .coalesce import ROW_CHUNK, summed_grad_row
+
+
+@njit
+def adagrad_decay_row(w, accumulator, power, r, g, lr, initial, rate, step,
+                      decay_step):
+    """In place: w, accumulator [D] float32 (row r), power [V] int64."""
+    if step // decay_step > power[r]:
+        for j in range(accumulator.shape[0]):
+            accumulator[j] = max(accumulator[j] * rate, initial)
+        power[r] += 1
+    for j in range(w.shape[0]):
+        accumulator[j] += g[j] * g[j]
+        w[j] -= lr * g[j] / np.sqrt(accumulator[j])
+
+
+@njit_parallel
+def adagrad_decay_apply(weight, accumulator, power, grad, lr, initial, rate,
+                        step, decay_step):
+    """In place: weight, accumulator [V, D] float32 and power [V] int64, on
+    the plan's rows only. lr, initial, rate float32; step, decay_step int64."""
+    rows = grad[0]
+    for c in prange((rows.shape[0] + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = np.empty(weight.shape[1], np.float32)
+        for u in range(c * ROW_CHUNK, min(rows.shape[0], (c + 1) * ROW_CHUNK)):
+            summed_grad_row(g, grad, u)
+            r = rows[u]
+            adagrad_decay_row(weight[r], accumulator[r], power, r, g, lr,
+                              initial, rate, step, decay_step)

@@ -1,0 +1,59 @@
+"""Adam (TF v1 ``AdamOptimizer``) and LazyAdam (TF contrib), per row:
+
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    w -= lr_t * m / (sqrt(v) + epsilon)
+
+``lr_t = lr * sqrt(1 - beta2_power) / (1 - beta1_power)`` is computed by the
+caller. LazyAdam updates the touched rows; Adam updates every row, untouched
+rows with g = 0 (TF decays m and v of all rows for a sparse gradient).
+"""
+import numpy as np
+
+from ._jit import njit, njit_parallel, prange
+from .coalesce import ROW_CHUNK, summed_grad_row
+
+
+@njit
+def adam_row(w, m, v, g, lr_t, beta1, beta2, epsilon):
+    """In place: w, m, v [D] float32."""
+    one = np.float32(1.0)
+    for j in range(w.shape[0]):
+        m[j] = beta1 * m[j] + (one - beta1) * g[j]
+        v[j] = beta2 * v[j] + (one - beta2) * (g[j] * g[j])
+        w[j] -= lr_t * m[j] / (np.sqrt(v[j]) + epsilon)
+
+
+@njit_parallel
+def lazy_adam_apply(weight, m, v, grad, lr_t, beta1, beta2, epsilon):
+    """In place: weight, m, v [V, D] float32, on the plan's rows only."""
+    rows = grad[0]
+    for c in prange((rows.shape[0] + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = np.empty(weight.shape[1], np.float32)
+        for u in range(c * ROW_CHUNK, min(rows.shape[0], (c + 1) * ROW_CHUNK)):
+            summed_grad_row(g, grad, u)
+            r = rows[u]
+            adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon)
+
+
+@njit_parallel
+def adam_apply(weight, m, v, row_slot, grad, lr_t, beta1, beta2, epsilon):
+    """In place: weight, m, v [V, D] float32 on EVERY row; row_slot [V] int64
+    scratch, all -1 on entry and on return.
+
+    Row r takes its summed gradient when the plan touches it, else g = 0.
+    """
+    rows = grad[0]
+    for u in prange(rows.shape[0]):
+        row_slot[rows[u]] = u
+    num_rows = weight.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = np.empty(weight.shape[1], np.float32)
+        for r in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            if row_slot[r] >= 0:
+                summed_grad_row(g, grad, row_slot[r])
+            else:
+                g[:] = 0.0
+            adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon)
+    for u in prange(rows.shape[0]):
+        row_slot[rows[u]] = -1

@@ -1,0 +1,99 @@
+"""Embedding-bag forward and the plan of its backward (SPEC section 3).
+
+Combiner codes: SUM = 0, MEAN = 1, SQRTN = 2. ``padding_idx`` is -1 when the
+table has none (ids are validated >= 0, so -1 never matches). ``weights`` is
+an empty array when ``has_weights`` is False.
+"""
+import numpy as np
+
+from ._jit import njit, njit_parallel, prange
+from .coalesce import group_rows
+
+SUM, MEAN, SQRTN = 0, 1, 2
+
+
+@njit
+def bag_divisor(values, weights, has_weights, start, end, combiner, padding_idx):
+    """float32 divisor of one bag: 1 (sum), sum w (mean), sqrt(sum w^2) (sqrtn).
+
+    Padding ids are left out; the sum runs in position order.
+    """
+    if combiner == SUM:
+        return np.float32(1.0)
+    total = np.float32(0.0)
+    for i in range(start, end):
+        if values[i] == padding_idx:
+            continue
+        w = weights[i] if has_weights else np.float32(1.0)
+        total += w if combiner == MEAN else w * w
+    if combiner == SQRTN:
+        total = np.sqrt(total)
+    return total
+
+
+@njit_parallel
+def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
+                          combiner, padding_idx):
+    """In place: out [B, D] float32, row b = combined rows of bag b.
+
+    weight [V, D] float32; values [n] int64; offsets [B+1] int64; weights [n]
+    float32 or empty. A bag that is empty, all padding, or has a zero divisor
+    gives zeros. Parallel over bags; each bag sums in position order.
+    """
+    for b in prange(out.shape[0]):
+        row = out[b]
+        row[:] = 0.0
+        start, end = offsets[b], offsets[b + 1]
+        divisor = bag_divisor(values, weights, has_weights, start, end,
+                              combiner, padding_idx)
+        if divisor == 0.0:
+            continue
+        for i in range(start, end):
+            index = values[i]
+            if index == padding_idx:
+                continue
+            w = weights[i] if has_weights else np.float32(1.0)
+            source = weight[index]
+            for j in range(row.shape[0]):
+                row[j] += w * source[j]
+        if combiner != SUM:
+            for j in range(row.shape[0]):
+                row[j] /= divisor
+
+
+@njit
+def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
+                            padding_idx):
+    """Plan of the table gradient of an embedding bag (see ``coalesce``).
+
+    Returns (rows [U], starts [U+1], src_index [m], src_coef [m]): id i of bag
+    b contributes ``coef_i * d_out[b]`` with coef_i = w_i / divisor_b. Padding
+    ids, empty bags and zero-divisor bags contribute nothing. ``src_index``
+    points at rows of d_out [B, D], which the caller appends to the plan.
+    """
+    n = values.shape[0]
+    kept_ids = np.empty(n, np.int64)
+    kept_bag = np.empty(n, np.int64)
+    kept_coef = np.empty(n, np.float32)
+    m = 0
+    for b in range(offsets.shape[0] - 1):
+        start, end = offsets[b], offsets[b + 1]
+        divisor = bag_divisor(values, weights, has_weights, start, end,
+                              combiner, padding_idx)
+        if divisor == 0.0:
+            continue
+        for i in range(start, end):
+            if values[i] == padding_idx:
+                continue
+            w = weights[i] if has_weights else np.float32(1.0)
+            kept_ids[m] = values[i]
+            kept_bag[m] = b
+            kept_coef[m] = w if combiner == SUM else w / divisor
+            m += 1
+    rows, starts, order = group_rows(kept_ids[:m])
+    src_index = np.empty(m, np.int64)
+    src_coef = np.empty(m, np.float32)
+    for k in range(m):
+        src_index[k] = kept_bag[order[k]]
+        src_coef[k] = kept_coef[order[k]]
+    return rows, starts, src_index, src_coef

@@ -1,0 +1,33 @@
+"""Row-wise Adagrad (FBGEMM ``EXACT_ROWWISE_ADAGRAD``), one accumulator a row:
+
+    a[r] += mean_j(g_j^2)
+    w[r] -= lr * g / (sqrt(a[r]) + epsilon)
+"""
+import numpy as np
+
+from ._jit import njit, njit_parallel, prange
+from .coalesce import ROW_CHUNK, summed_grad_row
+
+
+@njit
+def rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon):
+    """In place: w [D] float32 (row r), accumulator [V] float32."""
+    total = np.float32(0.0)
+    for j in range(g.shape[0]):
+        total += g[j] * g[j]
+    accumulator[r] += total / np.float32(g.shape[0])
+    denominator = np.sqrt(accumulator[r]) + epsilon
+    for j in range(w.shape[0]):
+        w[j] -= lr * g[j] / denominator
+
+
+@njit_parallel
+def rowwise_adagrad_apply(weight, accumulator, grad, lr, epsilon):
+    """In place: weight [V, D], accumulator [V] float32, plan's rows only."""
+    rows = grad[0]
+    for c in prange((rows.shape[0] + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = np.empty(weight.shape[1], np.float32)
+        for u in range(c * ROW_CHUNK, min(rows.shape[0], (c + 1) * ROW_CHUNK)):
+            summed_grad_row(g, grad, u)
+            rowwise_adagrad_row(weight[rows[u]], accumulator, rows[u], g, lr,
+                                epsilon)

@@ -1,0 +1,4 @@
+"""Layers: thin classes over tables and dense weights."""
+from .embedding import EmbeddingTable
+
+__all__ = ["EmbeddingTable"]

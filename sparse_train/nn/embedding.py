@@ -1,0 +1,116 @@
+"""``EmbeddingTable``: a [num_embeddings, embedding_dim] float32 weight."""
+import zlib
+
+import numpy as np
+
+from .. import functional as F
+from ..variable import Variable
+
+__all__ = ["EmbeddingTable", "INITIALIZERS"]
+
+_INIT_CHUNK_ROWS = 1 << 16  # initialise in chunks: no float64 copy of a big table
+
+
+def _truncated_normal(rng, shape, stddev):
+    """Normal(0, stddev) redrawn beyond 2 stddev (TF ``truncated_normal``)."""
+    out = rng.standard_normal(shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return out * stddev
+
+
+INITIALIZERS = {
+    # TF embedding_column's default: truncated normal, stddev 1/sqrt(D).
+    "truncated_normal": lambda rng, shape, d: _truncated_normal(rng, shape, 1.0 / np.sqrt(d)),
+    # torch.nn.Embedding's default: N(0, 1).
+    "normal": lambda rng, shape, d: rng.standard_normal(shape),
+    # Uniform(-1/sqrt(D), 1/sqrt(D)).
+    "uniform": lambda rng, shape, d: rng.uniform(-1.0, 1.0, shape) / np.sqrt(d),
+    "zeros": lambda rng, shape, d: np.zeros(shape),
+}
+
+
+class EmbeddingTable:
+    """An embedding table and its lookups (torch ``nn.EmbeddingBag`` vocabulary).
+
+    The weight is the ``Variable`` ``self.weight`` (named ``name``), shape
+    ``[num_embeddings, embedding_dim]`` float32, filled by a seeded
+    initializer, row by row chunk so a large table is never held twice.
+
+    Args:
+        num_embeddings: V, number of rows (> 0).
+        embedding_dim: D (> 0).
+        name: the weight's name (key of its slots and checkpoint entry).
+        initializer: ``"truncated_normal"`` (TF default, stddev 1/sqrt(D)),
+            ``"normal"`` (torch default), ``"uniform"`` (+-1/sqrt(D)) or
+            ``"zeros"``.
+        seed: initializer seed; default: derived from ``name`` (CRC-32), so
+            tables differ and runs repeat.
+        padding_idx: optional row kept at zero and skipped by lookups.
+        hash_ids: if True, an id >= V maps to ``id mod V`` instead of being an
+            error (negative ids are still an error).
+
+    >>> t = EmbeddingTable(10, 4, "user_id")
+    >>> t.lookup([1, 2, 3], [0, 1, 3]).shape
+    (2, 4)
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, name,
+                 initializer="truncated_normal", seed=None, padding_idx=None,
+                 hash_ids=False):
+        for what, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
+            if isinstance(value, bool) or int(value) != value or value <= 0:
+                raise ValueError(f"EmbeddingTable {name!r}: {what} must be a positive integer, got {value!r}")
+        if initializer not in INITIALIZERS:
+            raise ValueError(
+                f"EmbeddingTable {name!r}: initializer must be one of {sorted(INITIALIZERS)}, "
+                f"got {initializer!r}")
+        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+            raise ValueError(
+                f"EmbeddingTable {name!r}: padding_idx {padding_idx} is outside [0, {num_embeddings})")
+        self.num_embeddings = int(num_embeddings)
+        self.embedding_dim = int(embedding_dim)
+        self.padding_idx = padding_idx
+        self.hash_ids = bool(hash_ids)
+        self.seed = zlib.crc32(name.encode()) if seed is None else int(seed)
+        value = np.empty((self.num_embeddings, self.embedding_dim), np.float32)
+        rng = np.random.default_rng(self.seed)
+        for start in range(0, self.num_embeddings, _INIT_CHUNK_ROWS):
+            chunk = value[start:start + _INIT_CHUNK_ROWS]
+            chunk[...] = INITIALIZERS[initializer](rng, chunk.shape, self.embedding_dim)
+        if padding_idx is not None:
+            value[padding_idx] = 0.0
+        self.weight = Variable(value, name)
+
+    @property
+    def name(self):
+        return self.weight.name
+
+    def ids(self, values, name=None):
+        """``values`` as int64 ids of this table (``id mod V`` if ``hash_ids``)."""
+        values = np.ascontiguousarray(values, dtype=np.int64)
+        if not self.hash_ids:
+            return values
+        negative = np.flatnonzero(values < 0)
+        if negative.size:
+            raise ValueError(
+                f"feature {name or self.name!r}: id {values[negative[0]]} at position "
+                f"{negative[0]} is negative (hashed tables take ids >= 0)")
+        return values % self.num_embeddings
+
+    def lookup(self, values, offsets, weights=None, combiner="sum", name=None):
+        """``functional.embedding_bag`` over this table: [B, D] float32."""
+        return F.embedding_bag(self.weight, self.ids(values, name), offsets, weights,
+                               combiner, self.padding_idx, name or self.name)
+
+    def lookup_grad(self, d_out, values, offsets, weights=None, combiner="sum", name=None):
+        """``functional.embedding_bag_grad`` for this table: a RowSparseGrad."""
+        return F.embedding_bag_grad(d_out, self.ids(values, name), offsets,
+                                    self.num_embeddings, weights, combiner,
+                                    self.padding_idx, name or self.name)
+
+    def __repr__(self):
+        return (f"EmbeddingTable(name={self.name!r}, num_embeddings={self.num_embeddings}, "
+                f"embedding_dim={self.embedding_dim})")

@@ -1,0 +1,51 @@
+"""Adagrad (TF v1 ``AdagradOptimizer``, with PyTorch's epsilon as an option)."""
+import numpy as np
+
+from ..kernels.adagrad import adagrad_apply
+from .base import Optimizer, check_number, row_view
+
+__all__ = ["Adagrad"]
+
+
+class Adagrad(Optimizer):
+    """Adagrad, per touched row r (Duchi et al. 2011; TF v1 semantics)::
+
+        a[r] += g * g
+        w[r] -= learning_rate * g / (sqrt(a[r]) + epsilon)
+
+    Slot ``accumulator`` [V, D] starts at ``initial_accumulator_value``.
+    TF's defaults are 0.1 and epsilon 0. To match ``torch.optim.Adagrad``
+    use ``initial_accumulator_value=0, epsilon=1e-10``.
+
+    Args:
+        learning_rate: >= 0.
+        initial_accumulator_value: >= 0; > 0 when epsilon is 0.
+        epsilon: >= 0, added outside the square root.
+
+    >>> from sparse_train import Variable
+    >>> w = Variable(np.zeros((1, 1)), "w")
+    >>> opt = Adagrad(1.0, initial_accumulator_value=0.0, epsilon=0.0 + 1e-30)
+    >>> opt.apply_gradients([(np.array([[3.0]]), w)])
+    >>> float(w.value[0, 0]), float(opt.get_slot(w, "accumulator").value[0, 0])
+    (-1.0, 9.0)
+    """
+
+    def __init__(self, learning_rate, initial_accumulator_value=0.1, epsilon=0.0,
+                 name="Adagrad"):
+        super().__init__(learning_rate, name)
+        self._initial = check_number("initial_accumulator_value",
+                                     initial_accumulator_value, low=0.0)
+        self._epsilon = check_number("epsilon", epsilon, low=0.0)
+        if self._initial == 0.0 and self._epsilon == 0.0:
+            raise ValueError(
+                "initial_accumulator_value must be > 0 when epsilon is 0 "
+                "(else the first update divides by zero), got 0")
+        self._slot_specs = {"accumulator": ("like", np.float32, self._initial)}
+
+    def get_config(self):
+        return {**super().get_config(), "initial_accumulator_value": self._initial,
+                "epsilon": self._epsilon}
+
+    def _apply(self, var, plan, dense):
+        adagrad_apply(row_view(var.value), self._slot_rows("accumulator", var), plan,
+                      np.float32(self._learning_rate), np.float32(self._epsilon))

@@ -1,0 +1,92 @@
+"""Adam (TF v1 ``AdamOptimizer``) and LazyAdam (TF contrib ``LazyAdamOptimizer``)."""
+import math
+
+import numpy as np
+
+from ..kernels.adam import adam_apply, lazy_adam_apply
+from ..variable import Variable
+from .base import Optimizer, check_number, row_view
+
+__all__ = ["Adam", "LazyAdam"]
+
+
+class Adam(Optimizer):
+    """Adam with TF v1 semantics (Kingma & Ba 2015), per row::
+
+        lr_t = learning_rate * sqrt(1 - beta2_power) / (1 - beta1_power)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        w -= lr_t * m / (sqrt(v) + epsilon)
+
+    For a ``RowSparseGrad`` EVERY row moves, untouched rows with g = 0 (as TF
+    does): m and v of all rows decay and all weights take a step. Use
+    ``LazyAdam`` to update only the touched rows. ``beta1_power`` and
+    ``beta2_power`` start at beta1 and beta2 and are multiplied by them once
+    per ``apply_gradients``, after all variables.
+
+    Slots ``m``, ``v`` [V, D] float32 (0).
+    """
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 name="Adam"):
+        super().__init__(learning_rate, name)
+        self._beta1 = check_number("beta1", beta1, low=0.0, high=1.0, high_open=True)
+        self._beta2 = check_number("beta2", beta2, low=0.0, high=1.0, high_open=True)
+        self._epsilon = check_number("epsilon", epsilon, low=0.0)
+        self._slot_specs = {"m": ("like", np.float32, 0.0), "v": ("like", np.float32, 0.0)}
+        self._non_slot = {
+            "beta1_power": Variable(np.float32(self._beta1), f"{name}/beta1_power", trainable=False),
+            "beta2_power": Variable(np.float32(self._beta2), f"{name}/beta2_power", trainable=False),
+        }
+        self._row_slot = {}
+
+    @property
+    def beta1_power(self):
+        return self._non_slot["beta1_power"]
+
+    @property
+    def beta2_power(self):
+        return self._non_slot["beta2_power"]
+
+    def get_config(self):
+        return {**super().get_config(), "beta1": self._beta1, "beta2": self._beta2,
+                "epsilon": self._epsilon}
+
+    def _scalars(self):
+        beta1_power = float(self.beta1_power.value)
+        beta2_power = float(self.beta2_power.value)
+        lr_t = self._learning_rate * math.sqrt(1.0 - beta2_power) / (1.0 - beta1_power)
+        return (np.float32(lr_t), np.float32(self._beta1), np.float32(self._beta2),
+                np.float32(self._epsilon))
+
+    def _apply(self, var, plan, dense):
+        weight, m, v = row_view(var.value), self._slot_rows("m", var), self._slot_rows("v", var)
+        if dense:  # every row is touched: the lazy kernel moves them all
+            lazy_adam_apply(weight, m, v, plan, *self._scalars())
+            return
+        row_slot = self._row_slot.get(var.name)
+        if row_slot is None or row_slot.shape[0] != weight.shape[0]:
+            row_slot = self._row_slot[var.name] = np.full(weight.shape[0], -1, np.int64)
+        adam_apply(weight, m, v, row_slot, plan, *self._scalars())
+
+    def _finish(self):
+        self.beta1_power.value *= np.float32(self._beta1)
+        self.beta2_power.value *= np.float32(self._beta2)
+
+
+class LazyAdam(Adam):
+    """Adam restricted to the touched rows (TF contrib ``LazyAdamOptimizer``).
+
+    Same formulas as ``Adam``; rows absent from a gradient keep their weight,
+    m and v. The bias correction still uses the optimizer's shared beta
+    powers (unlike ``torch.optim.SparseAdam``, which counts steps per
+    parameter).
+    """
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 name="LazyAdam"):
+        super().__init__(learning_rate, beta1, beta2, epsilon, name)
+
+    def _apply(self, var, plan, dense):
+        lazy_adam_apply(row_view(var.value), self._slot_rows("m", var),
+                        self._slot_rows("v", var), plan, *self._scalars())

@@ -1,0 +1,224 @@
+"""The TF1-style optimizer base: validation, slots, apply, global step.
+
+``apply_gradients`` runs in three phases so that bad input never leaves a
+model half-updated: (1) check every (gradient, variable) pair and build each
+gradient's summed-gradient plan; (2) create missing slots; (3) call the update
+kernel of each variable, then ``_finish`` (Adam's beta powers), then increment
+the global step.
+"""
+import math
+
+import numpy as np
+
+from ..kernels.checks import first_non_finite
+from ..sparse import RowSparseGrad, identity_plan_parts
+from ..variable import GlobalStep, Variable
+
+__all__ = ["Optimizer"]
+
+
+def check_number(name, value, low=None, high=None, low_open=False, high_open=False):
+    """``value`` as a float, or ValueError("learning_rate must be > 0, got -1")."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if low is not None and (number < low or (low_open and number == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (number > high or (high_open and number == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+    return number
+
+
+def row_view(array):
+    """The [V, D] view of a variable or slot: ``[V, ...] -> [V, prod(...)]``;
+    a scalar is one row of one value."""
+    if array.ndim == 0:
+        return array.reshape(1, 1)
+    return array.reshape(array.shape[0], -1)
+
+
+class Optimizer:
+    """Base class. Subclasses set ``_slot_specs`` and implement ``_apply``.
+
+    ``_slot_specs`` maps a slot name to ``(kind, dtype, initial value)`` where
+    kind is ``"like"`` (shape of the variable) or ``"rows"`` (one per row).
+    """
+
+    _slot_specs = {}
+
+    def __init__(self, learning_rate, name):
+        self._learning_rate = check_number("learning_rate", learning_rate, low=0.0)
+        self._name = name
+        self._slots = {}
+        self._non_slot = {}
+
+    # ----------------------------------------------------------------- state
+    @property
+    def name(self):
+        return self._name
+
+    @property
+    def learning_rate(self):
+        return self._learning_rate
+
+    def get_slot_names(self):
+        """Names of the slots this optimizer keeps per variable, sorted (TF)."""
+        return sorted(self._slot_specs)
+
+    def get_slot(self, var, name):
+        """The slot ``name`` of ``var`` (a ``Variable``), or None if it has not
+        been created yet (slots are created on the first apply)."""
+        if name not in self._slot_specs:
+            raise ValueError(
+                f"{self._name} has no slot {name!r}; its slots are {self.get_slot_names()}")
+        return self._slots.get(name, {}).get(_var_name(var))
+
+    def variables(self):
+        """Every ``Variable`` holding this optimizer's state: its non-slot
+        variables (e.g. Adam's beta powers) then every slot, by name."""
+        state = list(self._non_slot.values())
+        for slot in sorted(self._slots):
+            state.extend(self._slots[slot][key] for key in sorted(self._slots[slot]))
+        return state
+
+    def get_config(self):
+        """Hyperparameters, as given to the constructor (saved in checkpoints)."""
+        return {"name": self._name, "learning_rate": self._learning_rate}
+
+    # ----------------------------------------------------------------- apply
+    def compute_gradients(self, loss, var_list=None):
+        """``[(gradient, variable)]`` of ``loss`` by reverse-mode autodiff.
+
+        ``var_list`` defaults to every trainable variable ``loss`` depends on.
+        Table gradients are ``RowSparseGrad``; dense ones are arrays.
+        """
+        from ..autodiff import compute_gradients
+        return compute_gradients(loss, var_list)
+
+    def minimize(self, loss, var_list=None, global_step=None):
+        """``compute_gradients`` then ``apply_gradients``."""
+        return self.apply_gradients(self.compute_gradients(loss, var_list),
+                                    global_step=global_step)
+
+    def apply_gradients(self, grads_and_vars, global_step=None):
+        """Update each variable with its gradient; then ``global_step += 1``.
+
+        Args:
+            grads_and_vars: iterable of ``(gradient, Variable)``; a gradient is
+                a dense array of the variable's shape, a ``RowSparseGrad``, or
+                None (skipped). Duplicate ids of a ``RowSparseGrad`` are summed
+                before the update, in order of position.
+            global_step: optional ``GlobalStep``, incremented once after every
+                variable of this call is updated. Rules that read the step
+                read it before the increment.
+
+        Every pair is validated before anything is mutated: a bad gradient
+        raises ValueError naming its variable, and no table or slot changes.
+        """
+        if global_step is not None and not isinstance(global_step, GlobalStep):
+            raise TypeError(f"global_step must be a GlobalStep, got {type(global_step).__name__}")
+        prepared = self._prepare(grads_and_vars)
+        for var, _, _ in prepared:
+            self._create_slots(var)
+        for var, plan, dense in prepared:
+            self._apply(var, plan, dense)
+        self._finish()
+        if global_step is not None:
+            global_step.increment()
+
+    def _prepare(self, grads_and_vars):
+        """Validated ``[(var, plan, dense)]``; raises before anything is mutated."""
+        pairs = list(grads_and_vars)
+        prepared, seen = [], set()
+        for pair in pairs:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"{self._name}: expected (gradient, variable) pairs, got {pair!r}")
+            grad, var = pair
+            if not isinstance(var, Variable):
+                raise TypeError(f"{self._name}: expected a Variable, got {type(var).__name__}")
+            if var.dtype != np.float32:
+                raise ValueError(
+                    f"{self._name} cannot update variable {var.name!r}: its dtype is "
+                    f"{var.dtype}, not float32")
+            if grad is None:
+                continue
+            if var.name in seen:
+                raise ValueError(f"{self._name}: variable {var.name!r} appears twice in one apply_gradients call")
+            seen.add(var.name)
+            prepared.append((var, _plan_for(grad, var), not isinstance(grad, RowSparseGrad)))
+        if not prepared:
+            names = [p[1].name for p in pairs if isinstance(p[1], Variable)]
+            raise ValueError(f"{self._name}: no gradients provided for any variable: {names}")
+        return prepared
+
+    # --------------------------------------------------------- for subclasses
+    def _create_slots(self, var):
+        for slot, (kind, dtype, initial) in self._slot_specs.items():
+            slots = self._slots.setdefault(slot, {})
+            if var.name in slots:
+                continue
+            shape = var.shape if kind == "like" else (row_view(var.value).shape[0],)
+            slots[var.name] = Variable(
+                np.full(shape, initial, dtype=dtype), f"{var.name}/{self._name}/{slot}",
+                trainable=False)
+
+    def _slot_rows(self, slot, var):
+        """The [V, D] (or [V]) array of ``var``'s slot, for a kernel."""
+        value = self._slots[slot][var.name].value
+        return row_view(value) if self._slot_specs[slot][0] == "like" else value
+
+    def _apply(self, var, plan, dense):
+        """Update ``var`` from its summed-gradient plan; ``dense`` tells that
+        the gradient was a dense array (the plan then touches every row)."""
+        raise NotImplementedError
+
+    def _finish(self):
+        """Work after all variables of one ``apply_gradients`` call."""
+
+
+def _var_name(var):
+    if isinstance(var, Variable):
+        return var.name
+    raise TypeError(f"expected a Variable, got {type(var).__name__}")
+
+
+def _plan_for(grad, var):
+    """The summed-gradient plan of ``grad`` for ``var``, after checking its
+    shape, dtype and finiteness."""
+    rows_of_var = row_view(var.value).shape[0]
+    if isinstance(grad, RowSparseGrad):
+        if grad.dense_shape != var.shape:
+            raise ValueError(
+                f"gradient for variable {var.name!r} has dense_shape {grad.dense_shape}, "
+                f"but the variable has shape {var.shape}")
+        plan = grad.plan()
+        _check_finite(plan[4], var, "gradient source")
+        _check_finite(plan[3].reshape(-1, 1), var, "gradient coefficient")
+        if not np.isfinite(plan[5]):
+            raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan[5]}")
+        return plan
+    dense = np.asarray(grad)
+    if dense.dtype.kind not in "fiu" or dense.dtype == np.bool_:
+        raise ValueError(
+            f"{type(grad).__name__} is not a gradient the optimizer can apply to variable "
+            f"{var.name!r} (dtype {dense.dtype}); expected a float array or RowSparseGrad")
+    if dense.shape != var.shape:
+        raise ValueError(
+            f"gradient for variable {var.name!r} has shape {dense.shape}, but the "
+            f"variable has shape {var.shape}")
+    src = row_view(np.ascontiguousarray(dense, dtype=np.float32))
+    _check_finite(src, var, "gradient")
+    rows, starts, src_index, src_coef = identity_plan_parts(rows_of_var)
+    return rows, starts, src_index, src_coef, src, np.float32(1.0)
+
+
+def _check_finite(src, var, what):
+    bad = first_non_finite(src.reshape(-1))
+    if bad >= 0:
+        row, col = divmod(int(bad), max(src.shape[1], 1))
+        raise ValueError(
+            f"non-finite gradient for variable {var.name!r}: {what} "
+            f"[{row}, {col}] is {src.reshape(-1)[bad]}")

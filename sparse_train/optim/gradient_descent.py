@@ -1,0 +1,27 @@
+"""Plain gradient descent (TF ``GradientDescentOptimizer``)."""
+import numpy as np
+
+from ..kernels.sgd import sgd_apply
+from .base import Optimizer, row_view
+
+__all__ = ["GradientDescent"]
+
+
+class GradientDescent(Optimizer):
+    """``w[r] -= learning_rate * g[r]`` on the touched rows; no slots.
+
+    Duplicate ids are summed first (in order of position), so a gradient
+    with duplicates gives the same bits as its pre-summed form.
+
+    >>> from sparse_train import Variable, RowSparseGrad
+    >>> w = Variable(np.ones((3, 2)), "w")
+    >>> GradientDescent(0.5).apply_gradients([(RowSparseGrad([2, 2], np.ones((2, 2)), (3, 2)), w)])
+    >>> w.value[:, 0].tolist()
+    [1.0, 1.0, 0.0]
+    """
+
+    def __init__(self, learning_rate, name="GradientDescent"):
+        super().__init__(learning_rate, name)
+
+    def _apply(self, var, plan, dense):
+        sgd_apply(row_view(var.value), plan, np.float32(self._learning_rate))

@@ -1,0 +1,34 @@
+"""Row-wise Adagrad (FBGEMM / torchrec ``EXACT_ROWWISE_ADAGRAD``)."""
+import numpy as np
+
+from ..kernels.rowwise_adagrad import rowwise_adagrad_apply
+from .base import Optimizer, check_number, row_view
+
+__all__ = ["RowwiseAdagrad"]
+
+
+class RowwiseAdagrad(Optimizer):
+    """Adagrad with one accumulator per row, per touched row r::
+
+        a[r] += mean_j(g_j ** 2)
+        w[r] -= learning_rate * g / (sqrt(a[r]) + epsilon)
+
+    Slot ``accumulator`` [V] float32 starts at 0: D times less optimizer
+    memory than Adagrad. A variable is seen as rows ``[V, prod(rest)]``.
+
+    Args:
+        learning_rate: >= 0.
+        epsilon: > 0 (the accumulator starts at 0).
+    """
+
+    def __init__(self, learning_rate, epsilon=1e-8, name="RowwiseAdagrad"):
+        super().__init__(learning_rate, name)
+        self._epsilon = check_number("epsilon", epsilon, low=0.0, low_open=True)
+        self._slot_specs = {"accumulator": ("rows", np.float32, 0.0)}
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self._epsilon}
+
+    def _apply(self, var, plan, dense):
+        rowwise_adagrad_apply(row_view(var.value), self._slot_rows("accumulator", var), plan,
+                              np.float32(self._learning_rate), np.float32(self._epsilon))
