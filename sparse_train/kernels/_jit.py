@@ -14,5 +14,8 @@ njit = numba.njit(cache=True, nogil=True)
 #: each iteration owns its output (one bag, or one unique row), so the result
 #: does not depend on the thread count.
 njit_parallel = numba.njit(cache=True, nogil=True, parallel=True)
+#: A per-row helper, inlined into its callers at Numba IR level: a call that
+#: LLVM does not inline costs 2-3x on the update loops (measured on W1).
+njit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
 prange = numba.prange

@@ -5,11 +5,12 @@
 """
 import numpy as np
 
-from ._jit import njit, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange
 from .coalesce import ROW_CHUNK, summed_grad_row
+from .prefetch import AHEAD, prefetch_row
 
 
-@njit
+@njit_inline
 def adagrad_row(w, accumulator, g, lr, epsilon):
     """In place: w, accumulator [D] float32."""
     for j in range(w.shape[0]):
@@ -21,9 +22,13 @@ def adagrad_row(w, accumulator, g, lr, epsilon):
 def adagrad_apply(weight, accumulator, grad, lr, epsilon):
     """In place: weight, accumulator [V, D] float32, on the plan's rows only."""
     rows = grad[0]
-    for c in prange((rows.shape[0] + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = np.empty(weight.shape[1], np.float32)
-        for u in range(c * ROW_CHUNK, min(rows.shape[0], (c + 1) * ROW_CHUNK)):
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            ahead = rows[min(u + AHEAD, num_rows - 1)]
+            prefetch_row(weight, ahead)
+            prefetch_row(accumulator, ahead)
             summed_grad_row(g, grad, u)
             r = rows[u]
             adagrad_row(weight[r], accumulator[r], g, lr, epsilon)

@@ -11,11 +11,12 @@ so nothing decays.
 """
 import numpy as np
 
-from ._jit import njit, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange
 from .coalesce import ROW_CHUNK, summed_grad_row
+from .prefetch import AHEAD, prefetch, prefetch_row
 
 
-@njit
+@njit_inline
 def adagrad_decay_row(w, accumulator, power, r, g, lr, initial, rate, step,
                       decay_step):
     """In place: w, accumulator [D] float32 (row r), power [V] int64."""
@@ -34,9 +35,14 @@ def adagrad_decay_apply(weight, accumulator, power, grad, lr, initial, rate,
     """In place: weight, accumulator [V, D] float32 and power [V] int64, on
     the plan's rows only. lr, initial, rate float32; step, decay_step int64."""
     rows = grad[0]
-    for c in prange((rows.shape[0] + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = np.empty(weight.shape[1], np.float32)
-        for u in range(c * ROW_CHUNK, min(rows.shape[0], (c + 1) * ROW_CHUNK)):
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            ahead = rows[min(u + AHEAD, num_rows - 1)]
+            prefetch_row(weight, ahead)
+            prefetch_row(accumulator, ahead)
+            prefetch(power, ahead)
             summed_grad_row(g, grad, u)
             r = rows[u]
             adagrad_decay_row(weight[r], accumulator[r], power, r, g, lr,

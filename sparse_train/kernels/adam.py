@@ -10,11 +10,12 @@ rows with g = 0 (TF decays m and v of all rows for a sparse gradient).
 """
 import numpy as np
 
-from ._jit import njit, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange
 from .coalesce import ROW_CHUNK, summed_grad_row
+from .prefetch import AHEAD, prefetch_row
 
 
-@njit
+@njit_inline
 def adam_row(w, m, v, g, lr_t, beta1, beta2, epsilon):
     """In place: w, m, v [D] float32."""
     one = np.float32(1.0)
@@ -28,9 +29,14 @@ def adam_row(w, m, v, g, lr_t, beta1, beta2, epsilon):
 def lazy_adam_apply(weight, m, v, grad, lr_t, beta1, beta2, epsilon):
     """In place: weight, m, v [V, D] float32, on the plan's rows only."""
     rows = grad[0]
-    for c in prange((rows.shape[0] + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = np.empty(weight.shape[1], np.float32)
-        for u in range(c * ROW_CHUNK, min(rows.shape[0], (c + 1) * ROW_CHUNK)):
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            ahead = rows[min(u + AHEAD, num_rows - 1)]
+            prefetch_row(weight, ahead)
+            prefetch_row(m, ahead)
+            prefetch_row(v, ahead)
             summed_grad_row(g, grad, u)
             r = rows[u]
             adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon)

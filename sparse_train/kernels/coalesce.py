@@ -24,7 +24,7 @@ races, and the sum order (hence every bit) is the same for any thread count.
 """
 import numpy as np
 
-from ._jit import njit, njit_parallel, prange
+from ._jit import njit, njit_inline, njit_parallel, prange
 
 #: Rows handled by one parallel task (one gradient buffer per task).
 ROW_CHUNK = 64
@@ -78,7 +78,7 @@ def group_rows(ids):
     return rows[:num_unique].copy(), starts, order
 
 
-@njit
+@njit_inline
 def summed_grad_row(out, grad, u):
     """In place: out [D] float32 = summed gradient of plan row u (see module)."""
     starts, src_index, src_coef, src, scale = grad[1], grad[2], grad[3], grad[4], grad[5]

@@ -6,13 +6,14 @@ an empty array when ``has_weights`` is False.
 """
 import numpy as np
 
-from ._jit import njit, njit_parallel, prange
+from ._jit import njit, njit_inline, njit_parallel, prange
 from .coalesce import group_rows
+from .prefetch import AHEAD, prefetch_row
 
 SUM, MEAN, SQRTN = 0, 1, 2
 
 
-@njit
+@njit_inline
 def bag_divisor(values, weights, has_weights, start, end, combiner, padding_idx):
     """float32 divisor of one bag: 1 (sum), sum w (mean), sqrt(sum w^2) (sqrtn).
 
@@ -40,6 +41,7 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
     float32 or empty. A bag that is empty, all padding, or has a zero divisor
     gives zeros. Parallel over bags; each bag sums in position order.
     """
+    last = values.shape[0] - 1
     for b in prange(out.shape[0]):
         row = out[b]
         row[:] = 0.0
@@ -49,6 +51,7 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
         if divisor == 0.0:
             continue
         for i in range(start, end):
+            prefetch_row(weight, values[min(i + AHEAD, last)])
             index = values[i]
             if index == padding_idx:
                 continue
