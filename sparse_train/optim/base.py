@@ -79,14 +79,42 @@ class Optimizer:
     def variables(self):
         """Every ``Variable`` holding this optimizer's state: its non-slot
         variables (e.g. Adam's beta powers) then every slot, by name."""
-        state = list(self._non_slot.values())
-        for slot in sorted(self._slots):
-            state.extend(self._slots[slot][key] for key in sorted(self._slots[slot]))
-        return state
+        return ([var for _, var in self.non_slot_variables()]
+                + [var for _, _, var in self.slot_variables()])
 
     def get_config(self):
         """Hyperparameters, as given to the constructor (saved in checkpoints)."""
         return {"name": self._name, "learning_rate": self._learning_rate}
+
+    def non_slot_variables(self):
+        """``[(key, Variable)]`` of state shared by all variables (Adam's
+        ``beta1_power`` and ``beta2_power``), by key."""
+        return sorted(self._non_slot.items())
+
+    def slot_variables(self):
+        """``[(variable name, slot name, slot Variable)]`` of every slot
+        created so far, by slot then variable name."""
+        return [(var_name, slot, self._slots[slot][var_name])
+                for slot in sorted(self._slots) for var_name in sorted(self._slots[slot])]
+
+    def slot_shape(self, var, slot):
+        """(shape, dtype) the slot ``slot`` of ``var`` has or will have."""
+        if slot not in self._slot_specs:
+            raise ValueError(
+                f"{self._name} has no slot {slot!r}; its slots are {self.get_slot_names()}")
+        kind, dtype, _ = self._slot_specs[slot]
+        shape = var.shape if kind == "like" else (row_view(var.value).shape[0],)
+        return tuple(shape), np.dtype(dtype)
+
+    def create_slots(self, var_list):
+        """Create the missing slots of each variable (normally done by the
+        first ``apply_gradients``; a checkpoint restore needs them earlier)."""
+        for var in var_list:
+            self._create_slots(var)
+
+    def remove_slot(self, var_name, slot):
+        """Forget the slot ``slot`` of the variable named ``var_name``."""
+        del self._slots[slot][var_name]
 
     # ----------------------------------------------------------------- apply
     def compute_gradients(self, loss, var_list=None):
@@ -160,7 +188,7 @@ class Optimizer:
             slots = self._slots.setdefault(slot, {})
             if var.name in slots:
                 continue
-            shape = var.shape if kind == "like" else (row_view(var.value).shape[0],)
+            shape, _ = self.slot_shape(var, slot)
             slots[var.name] = Variable(
                 np.full(shape, initial, dtype=dtype), f"{var.name}/{self._name}/{slot}",
                 trainable=False)

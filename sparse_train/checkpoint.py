@@ -1,0 +1,826 @@
+"""Checkpoints: one self-checking file per save, written atomically and streamed.
+
+A checkpoint holds everything a run needs to continue bit for bit: the model
+variables, every optimizer's slots (accumulators, decay powers, Adam moments)
+and non-slot state (Adam's beta powers), the global step, the state of numpy
+``Generator``s (data shuffling), the optimizers' hyperparameters
+(``get_config``) and a format version. Entries are keyed by name, never by
+position. No pickle: a checkpoint is JSON plus raw arrays.
+
+File format (version 1; all integers little-endian)::
+
+    offset 0        b"SPTCKPT\\0"                      8 bytes, magic
+    offset 8        H                                 uint64, header length
+    offset 16       header                            H bytes of JSON (UTF-8)
+    data_start      arrays, raw C order               data_start = align64(16 + H)
+    file_size - 24  trailer: crc32(bytes [0, 16 + H)) uint32, 0 uint32,
+                    file_size uint64, b"SPTEND\\0\\0"
+
+The header's ``"arrays"`` lists each array as ``{"name", "dtype"`` (numpy
+``dtype.str``, e.g. ``"<f4"``), ``"shape", "offset"`` (from data_start,
+a multiple of 64), ``"nbytes", "crc32"`` (8 hex digits, zlib CRC-32 of the
+array's bytes)``}``. Next to it: ``"format", "format_version",
+"library_version", "variables"`` (names), ``"optimizers"`` (per optimizer:
+``name``, ``class``, ``config``, ``non_slot`` {key: array}, ``slots``
+[[variable, slot, array]]), ``"global_step"`` ({name, value} or null),
+``"rng"`` {name: bit-generator state} and the caller's ``"metadata"``.
+
+Integrity. A truncated file lacks the trailer or has the wrong size; a
+damaged header fails the header CRC; a damaged array fails its CRC. All are
+reported as ``CorruptCheckpointError`` naming the file (and the array).
+
+Atomicity. ``save`` writes a temporary file in the target's directory,
+fsyncs it, renames it over the target with ``os.replace`` and fsyncs the
+directory: a crash at any point leaves either the old file or the new one,
+never a mix. ``CheckpointManager`` writes its ``latest`` pointer the same way.
+
+Memory. Arrays are streamed in chunks of ``CHUNK_BYTES`` both ways, so a
+table is never held twice. ``save`` writes each array straight from the
+variable's memory, computing its CRC on the way, then rewrites the header in
+place with the CRCs (they have a fixed width). ``restore`` validates names,
+shapes and dtypes from the header, then reads the file twice: pass 1 streams
+every array through one chunk buffer and checks its CRC; only when all pass
+does pass 2 read each array straight into the existing variable
+(``readinto``), checking the CRCs again. A bad file therefore changes
+nothing; the cost is a second sequential read (usually from the page cache).
+
+Optimizer state is reached through ``Optimizer.non_slot_variables``,
+``slot_variables``, ``slot_shape``, ``create_slots`` and ``remove_slot``.
+
+>>> import os, tempfile
+>>> from sparse_train import GlobalStep, Variable
+>>> from sparse_train.optim import Adagrad
+>>> w, step = Variable(np.ones((3, 2)), "w"), GlobalStep()
+>>> opt = Adagrad(0.1)
+>>> opt.apply_gradients([(np.ones((3, 2)), w)], global_step=step)
+>>> path = os.path.join(tempfile.mkdtemp(), "model.ckpt")
+>>> _ = Checkpoint([w], [opt], step).save(path)
+>>> w2, step2, opt2 = Variable(np.zeros((3, 2)), "w"), GlobalStep(), Adagrad(0.1)
+>>> _ = Checkpoint([w2], [opt2], step2).restore(path)
+>>> accumulator = opt2.get_slot(w2, "accumulator")
+>>> bool((w2.value == w.value).all()), int(step2), accumulator.value[0, 0].item()
+(True, 1, 1.100000023841858)
+"""
+import json
+import os
+import re
+import struct
+import tempfile
+import warnings
+import zlib
+
+import numpy as np
+
+from .optim.base import Optimizer
+from .variable import GlobalStep, Variable
+
+__all__ = ["Checkpoint", "CheckpointManager", "CheckpointReader", "load_checkpoint",
+           "CheckpointError", "CorruptCheckpointError", "optimizer_state_dict",
+           "load_optimizer_state_dict", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+MAGIC = b"SPTCKPT\x00"
+END_MAGIC = b"SPTEND\x00\x00"
+ALIGN = 64
+#: Bytes moved per read, write and CRC call.
+CHUNK_BYTES = 8 << 20
+
+_PREFIX = struct.Struct("<8sQ")       # magic, header length
+_TRAILER = struct.Struct("<IIQ8s")    # header crc32, reserved, file size, end magic
+_NO_CRC = "00000000"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the objects it is restored into."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint file is truncated, damaged or not a checkpoint."""
+
+
+# --------------------------------------------------------------- Checkpoint
+class Checkpoint:
+    """The objects saved and restored together (TF ``tf.train.Checkpoint``).
+
+    Args:
+        variables: the model's ``Variable``s (names unique).
+        optimizers: the ``Optimizer``s training them (names unique); their
+            slots, non-slot state and ``get_config()`` are saved.
+        global_step: optional ``GlobalStep``.
+        rng: optional ``np.random.Generator``, or a dict name -> Generator
+            (e.g. the data shuffler); its bit-generator state is saved.
+
+    ``save(path)`` writes one file atomically; ``restore(path)`` reads it
+    back into these same objects (see the module docstring). Slots that do
+    not exist yet (before an optimizer's first apply) are created on
+    restore; slots the file does not hold are removed, so the optimizer
+    state equals the saved one.
+    """
+
+    def __init__(self, variables=(), optimizers=(), global_step=None, rng=None):
+        self.variables = _unique_by_name(variables, Variable, "variable")
+        self.optimizers = _unique_by_name(optimizers, Optimizer, "optimizer")
+        if global_step is not None and not isinstance(global_step, GlobalStep):
+            raise TypeError(f"global_step must be a GlobalStep, got {type(global_step).__name__}")
+        self.global_step = global_step
+        self.rngs = _as_rngs(rng)
+
+    def save(self, path, metadata=None):
+        """Write every saved object to ``path`` atomically; returns ``path``.
+
+        Args:
+            path: file to write (its directory must exist).
+            metadata: optional JSON-serialisable dict stored in the header.
+        """
+        entries = self._entries()
+        header = self._header(entries, metadata)
+        _atomic_write(path, lambda f: _write_checkpoint(f, header, entries))
+        return path
+
+    def restore(self, path, strict=True):
+        """Read ``path`` into these objects; returns the file's header (dict).
+
+        Every name, shape and dtype is checked and every array's CRC is
+        verified before anything changes. Raises ``CheckpointError`` when
+        the file does not fit (naming each variable with both shapes) and
+        ``CorruptCheckpointError`` when it is damaged. ``strict=False``
+        ignores entries of the file that no object here claims.
+        """
+        with _CheckpointFile(path) as ckpt:
+            targets, drops = self._match(ckpt.header, strict, ckpt.path)
+            ckpt.verify([t.array for t in targets])
+            for opt, var_name, slot in drops:
+                opt.remove_slot(var_name, slot)
+            for target in targets:
+                ckpt.read_into(target.array, target.fetch())
+        for name, state in ckpt.header["rng"].items():
+            if name in self.rngs:
+                self.rngs[name].bit_generator.state = _decode(state)
+        return ckpt.header
+
+    # ----------------------------------------------------------- saving
+    def _entries(self):
+        """[(array name, ndarray)] in file order, names unique."""
+        entries = [(v.name, v.value) for v in self.variables.values()]
+        for opt in self.optimizers.values():
+            entries += [(v.name, v.value) for _, v in opt.non_slot_variables()]
+            entries += [(v.name, v.value) for _, _, v in opt.slot_variables()]
+        if self.global_step is not None:
+            entries.append((self.global_step.name, self.global_step.value))
+        seen = set()
+        for name, array in entries:
+            if name in seen:
+                raise ValueError(f"Checkpoint: two saved arrays are named {name!r}")
+            seen.add(name)
+            if not array.flags.c_contiguous:
+                raise ValueError(f"Checkpoint: array {name!r} is not C-contiguous")
+        return entries
+
+    def _header(self, entries, metadata):
+        from . import __version__  # late: the package imports this module
+        arrays, offset = [], 0
+        for name, array in entries:
+            offset = _align(offset)
+            arrays.append({"name": name, "dtype": array.dtype.str, "shape": list(array.shape),
+                           "offset": offset, "nbytes": int(array.nbytes), "crc32": _NO_CRC})
+            offset += array.nbytes
+        step = self.global_step
+        return {
+            "format": "sparse_train.checkpoint", "format_version": FORMAT_VERSION,
+            "library_version": __version__,
+            "variables": list(self.variables),
+            "optimizers": [_optimizer_header(opt) for opt in self.optimizers.values()],
+            "global_step": None if step is None else {"name": step.name, "value": int(step)},
+            "rng": {name: _encode(g.bit_generator.state) for name, g in self.rngs.items()},
+            "metadata": {} if metadata is None else metadata,
+            "arrays": arrays,
+        }
+
+    # ---------------------------------------------------------- restoring
+    def _match(self, header, strict, path):
+        """(targets, slots to drop): where each array of the file goes.
+
+        Raises CheckpointError listing every mismatch; mutates nothing.
+        """
+        shapes = {a["name"]: (tuple(a["shape"]), a["dtype"]) for a in header["arrays"]}
+        match = _Matcher(shapes)
+        _expect_same_names("variable", header["variables"], self.variables, strict, match)
+        for name in header["variables"]:
+            if name in self.variables:
+                var = self.variables[name]
+                match.add(name, f"variable {name!r}", var.shape, var.dtype, lambda v=var: v.value)
+        saved_opts = {o["name"]: o for o in header["optimizers"]}
+        _expect_same_names("optimizer", saved_opts, self.optimizers, strict, match)
+        drops = []
+        for name, opt in self.optimizers.items():
+            if name in saved_opts:
+                drops += _match_optimizer(opt, saved_opts[name], self.variables, match)
+        self._match_step_and_rng(header, strict, match)
+        if match.problems:
+            raise CheckpointError(f"checkpoint {path} does not fit: " + "; ".join(match.problems))
+        return match.targets, drops
+
+    def _match_step_and_rng(self, header, strict, match):
+        saved_step = header["global_step"]
+        if self.global_step is not None:
+            if saved_step is None:
+                match.problems.append("the checkpoint has no global step")
+            else:
+                step = self.global_step
+                match.add(saved_step["name"], "the global step", step.value.shape,
+                          step.value.dtype, lambda: step.value)
+        elif saved_step is not None and strict:
+            match.problems.append("the checkpoint has a global step but none was given")
+        _expect_same_names("rng", header["rng"], self.rngs, strict, match)
+        for name, rng in self.rngs.items():
+            if name in header["rng"]:
+                _check_rng_state(name, rng, header["rng"][name], match)
+
+
+class _Target:
+    """One array of the file and the function returning its destination."""
+
+    def __init__(self, array, fetch):
+        self.array, self.fetch = array, fetch
+
+
+class _Matcher:
+    """Collects targets and the problems found while matching a file."""
+
+    def __init__(self, shapes):
+        self.shapes, self.targets, self.problems = shapes, [], []
+
+    def add(self, array, what, shape, dtype, fetch, creates=False):
+        """Expect ``array`` of ``shape`` and ``dtype``, read into ``fetch()``
+        (which creates a slot when ``creates``, so is called only later)."""
+        if not creates and not _writable_c_array(fetch()):
+            self.problems.append(f"{what}: the model's array is not a writable C-contiguous array")
+            return
+        if array not in self.shapes:
+            self.problems.append(f"{what}: array {array!r} is missing from the file")
+            return
+        saved_shape, saved_dtype = self.shapes[array]
+        if saved_shape != tuple(shape):
+            self.problems.append(f"{what}: shape {saved_shape} in the checkpoint, "
+                                 f"{tuple(shape)} in the model")
+        elif saved_dtype != np.dtype(dtype).str:
+            self.problems.append(f"{what}: dtype {saved_dtype} in the checkpoint, "
+                                 f"{np.dtype(dtype).str} in the model")
+        else:
+            self.targets.append(_Target(array, fetch))
+
+
+def _expect_same_names(kind, saved, given, strict, match):
+    for name in given:
+        if name not in saved:
+            match.problems.append(f"the checkpoint has no {kind} {name!r} "
+                                  f"(it has {sorted(saved)})")
+    if strict:
+        for name in saved:
+            if name not in given:
+                match.problems.append(f"the checkpoint has {kind} {name!r}, which was "
+                                      f"not given (pass strict=False to ignore it)")
+
+
+def _match_optimizer(opt, saved, variables, match):
+    """Add the targets of ``opt``'s state; return the (opt, var, slot) to drop."""
+    where = f"optimizer {opt.name!r}"
+    if saved["class"] != type(opt).__name__:
+        match.problems.append(f"{where} is a {type(opt).__name__}, the checkpoint holds "
+                              f"a {saved['class']}'s state")
+        return []
+    _warn_config(opt, saved["config"])
+    non_slot = dict(opt.non_slot_variables())
+    for key in sorted(set(non_slot) | set(saved["non_slot"])):
+        if key not in non_slot or key not in saved["non_slot"]:
+            match.problems.append(f"{where}: non-slot state {key!r} is only in "
+                                  f"{'the model' if key in non_slot else 'the checkpoint'}")
+            continue
+        var = non_slot[key]
+        match.add(saved["non_slot"][key], f"{where} state {key!r}", var.shape, var.dtype,
+                  lambda v=var: v.value)
+    saved_slots = set()
+    for var_name, slot, array in saved["slots"]:
+        saved_slots.add((var_name, slot))
+        _match_slot(opt, var_name, slot, array, variables, match)
+    return [(opt, var_name, slot) for var_name, slot, _ in opt.slot_variables()
+            if (var_name, slot) not in saved_slots]
+
+
+def _match_slot(opt, var_name, slot, array, variables, match):
+    where = f"slot {slot!r} of variable {var_name!r} (optimizer {opt.name!r})"
+    if slot not in opt.get_slot_names():
+        match.problems.append(f"{where}: {type(opt).__name__} has no such slot")
+        return
+    existing = dict(((v, s), var) for v, s, var in opt.slot_variables()).get((var_name, slot))
+    if existing is not None:
+        match.add(array, where, existing.shape, existing.dtype, lambda: existing.value)
+    elif var_name in variables:
+        var = variables[var_name]
+        shape, dtype = opt.slot_shape(var, slot)
+        match.add(array, where, shape, dtype, lambda: _ensure_slot(opt, var, slot).value,
+                  creates=True)
+    else:
+        match.problems.append(f"{where}: the variable was not given, so the slot cannot "
+                              f"be created")
+
+
+def _warn_config(opt, saved_config):
+    config = json.loads(json.dumps(opt.get_config()))
+    if config != saved_config:
+        diffs = [f"{k}={saved_config.get(k)!r} in the checkpoint, {config.get(k)!r} now"
+                 for k in sorted(set(config) | set(saved_config))
+                 if config.get(k) != saved_config.get(k)]
+        warnings.warn(f"optimizer {opt.name!r}: hyperparameters differ from the checkpoint "
+                      f"({'; '.join(diffs)}); the run will not continue as saved",
+                      stacklevel=5)
+
+
+def _check_rng_state(name, rng, saved_state, match):
+    """Set the saved state on a scratch bit generator of the same kind."""
+    kind = type(rng.bit_generator).__name__
+    if saved_state.get("bit_generator") != kind:
+        match.problems.append(f"rng {name!r} is a {kind}, the checkpoint holds a "
+                              f"{saved_state.get('bit_generator')} state")
+        return
+    try:
+        type(rng.bit_generator)().state = _decode(saved_state)
+    except (TypeError, ValueError, KeyError) as error:
+        match.problems.append(f"rng {name!r}: the saved state is invalid ({error})")
+
+
+# ---------------------------------------- optimizer state (interim, see module)
+def optimizer_state_dict(optimizer):
+    """Every state array of ``optimizer`` by its variable's name (the live
+    arrays, not copies): non-slot state such as ``"Adam/beta1_power"``, then
+    slots named ``"{variable}/{optimizer}/{slot}"``.
+
+    ``get_config()`` holds the hyperparameters.
+
+    >>> from sparse_train.optim import Adam
+    >>> opt, w = Adam(), Variable(np.zeros(2), "w")
+    >>> opt.apply_gradients([(np.ones(2), w)])
+    >>> sorted(optimizer_state_dict(opt))
+    ['Adam/beta1_power', 'Adam/beta2_power', 'w/Adam/m', 'w/Adam/v']
+    """
+    return {v.name: v.value for v in optimizer.variables()}
+
+
+def load_optimizer_state_dict(optimizer, state, var_list):
+    """Copy ``state`` (as from ``optimizer_state_dict``) into ``optimizer``.
+
+    Slots of the variables in ``var_list`` are created when missing;
+    slots absent from ``state`` are removed. Every key, shape and dtype is
+    checked first: a mismatch raises ``CheckpointError`` naming it, with
+    nothing changed.
+    """
+    variables = _unique_by_name(var_list, Variable, "variable")
+    names = {v.name: key for key, v in optimizer.non_slot_variables()}
+    saved = {"class": type(optimizer).__name__, "config": json.loads(json.dumps(optimizer.get_config())),
+             "non_slot": {key: name for name, key in names.items() if name in state},
+             "slots": []}
+    for var in variables.values():
+        for slot in optimizer.get_slot_names():
+            name = f"{var.name}/{optimizer.name}/{slot}"
+            if name in state:
+                saved["slots"].append([var.name, slot, name])
+                names[name] = slot
+    arrays = {k: np.asarray(v) for k, v in state.items()}
+    match = _Matcher({k: (a.shape, a.dtype.str) for k, a in arrays.items()})
+    match.problems += [f"unknown state {k!r}" for k in arrays if k not in names]
+    drops = _match_optimizer(optimizer, saved, variables, match)
+    if match.problems:
+        raise CheckpointError(f"state does not fit optimizer {optimizer.name!r}: "
+                              + "; ".join(match.problems))
+    for opt, var_name, slot in drops:
+        opt.remove_slot(var_name, slot)
+    for target in match.targets:
+        target.fetch()[...] = arrays[target.array]
+
+
+def _ensure_slot(opt, var, slot):
+    opt.create_slots([var])
+    return opt.get_slot(var, slot)
+
+
+def _optimizer_header(opt):
+    return {"name": opt.name, "class": type(opt).__name__, "config": opt.get_config(),
+            "non_slot": {key: v.name for key, v in opt.non_slot_variables()},
+            "slots": [[var_name, slot, v.name] for var_name, slot, v in opt.slot_variables()]}
+
+
+# ------------------------------------------------------------ file writing
+def _atomic_write(path, write):
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and
+    rename it over ``path``; on any error the temporary file is removed."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _fsync_directory(directory):
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_checkpoint(f, header, entries):
+    """Prefix, header (CRC placeholders), arrays; then the real header and trailer."""
+    placeholder = _dumps(header)
+    f.write(_PREFIX.pack(MAGIC, len(placeholder)))
+    f.write(placeholder)
+    data_start = _align(_PREFIX.size + len(placeholder))
+    for meta, (_, array) in zip(header["arrays"], entries):
+        _pad_to(f, data_start + meta["offset"])
+        meta["crc32"] = f"{_write_array(f, array):08x}"
+    end = f.tell()
+    final = _dumps(header)
+    assert len(final) == len(placeholder)  # fixed-width CRCs: same length
+    f.seek(_PREFIX.size)
+    f.write(final)
+    f.seek(end)
+    header_crc = zlib.crc32(final, zlib.crc32(_PREFIX.pack(MAGIC, len(final))))
+    f.write(_TRAILER.pack(header_crc, 0, end + _TRAILER.size, END_MAGIC))
+
+
+def _write_array(f, array):
+    """Write ``array``'s bytes in chunks straight from its memory; its CRC-32."""
+    data = _bytes_view(array)
+    crc = 0
+    for start in range(0, len(data), CHUNK_BYTES):
+        chunk = data[start:start + CHUNK_BYTES]
+        f.write(chunk)
+        crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _pad_to(f, position):
+    f.write(b"\0" * (position - f.tell()))
+
+
+def _dumps(header):
+    return json.dumps(header, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def _align(n):
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _writable_c_array(array):
+    return isinstance(array, np.ndarray) and array.flags.c_contiguous and array.flags.writeable
+
+
+def _bytes_view(array):
+    """A writable-if-possible memoryview of a C-contiguous array's bytes, no copy."""
+    return memoryview(array.reshape(-1).view(np.uint8))
+
+
+# ------------------------------------------------------------ file reading
+class _CheckpointFile:
+    """An open checkpoint whose prefix, header and trailer have been checked."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self._f = open(self.path, "rb")
+        try:
+            self.header, self._data_start = _read_header(self._f, self.path)
+        except BaseException:
+            self._f.close()
+            raise
+        self._arrays = {a["name"]: a for a in self.header["arrays"]}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def verify(self, names=None):
+        """Pass 1: check the CRC of each named array (default: all)."""
+        names = list(self._arrays) if names is None else names
+        buffer = bytearray(min(CHUNK_BYTES, max([self._arrays[n]["nbytes"] for n in names] + [1])))
+        for name in names:
+            crc = 0
+            for chunk in self._chunks(name, memoryview(buffer)):
+                crc = zlib.crc32(chunk, crc)
+            self._check_crc(name, crc, "")
+
+    def read_into(self, name, array):
+        """Pass 2: read array ``name`` straight into ``array``'s memory."""
+        if not _writable_c_array(array):
+            raise ValueError(f"cannot read {name!r} into a read-only or non-contiguous array")
+        crc = 0
+        for chunk in self._chunks(name, _bytes_view(array), into=True):
+            crc = zlib.crc32(chunk, crc)
+        self._check_crc(name, crc, " while being restored: the objects are partly restored")
+
+    def _chunks(self, name, buffer, into=False):
+        """Read array ``name`` in chunks into ``buffer`` (reused, or filled
+        in place when ``into``); yields each filled chunk."""
+        meta = self._arrays[name]
+        self._f.seek(self._data_start + meta["offset"])
+        done = 0
+        while done < meta["nbytes"]:
+            size = min(CHUNK_BYTES, meta["nbytes"] - done)
+            chunk = buffer[done:done + size] if into else buffer[:size]
+            got = self._f.readinto(chunk)
+            while got < size:
+                more = self._f.readinto(chunk[got:])
+                if not more:
+                    raise CorruptCheckpointError(f"checkpoint {self.path}: array {name!r} "
+                                                 f"is cut short")
+                got += more
+            done += size
+            yield chunk
+
+    def _check_crc(self, name, crc, when):
+        if f"{crc:08x}" != self._arrays[name]["crc32"]:
+            raise CorruptCheckpointError(
+                f"checkpoint {self.path} is corrupt: array {name!r} fails its CRC-32 check "
+                f"(stored {self._arrays[name]['crc32']}, computed {crc:08x}){when}")
+
+
+def _read_header(f, path):
+    """(header dict, data_start) after checking magic, trailer and header CRC."""
+    def corrupt(why):
+        return CorruptCheckpointError(f"checkpoint {path} is corrupt or not a checkpoint: {why}")
+    size = os.fstat(f.fileno()).st_size
+    if size < _PREFIX.size + _TRAILER.size:
+        raise corrupt(f"only {size} bytes")
+    magic, header_len = _PREFIX.unpack(f.read(_PREFIX.size))
+    if magic != MAGIC:
+        raise corrupt(f"bad magic {magic!r}")
+    f.seek(size - _TRAILER.size)
+    header_crc, _, saved_size, end_magic = _TRAILER.unpack(f.read(_TRAILER.size))
+    if end_magic != END_MAGIC or saved_size != size:
+        raise corrupt(f"truncated or extended (no end marker for a {size}-byte file)")
+    if _PREFIX.size + header_len > size - _TRAILER.size:
+        raise corrupt(f"header length {header_len} exceeds the file")
+    f.seek(_PREFIX.size)
+    raw = f.read(header_len)
+    if zlib.crc32(raw, zlib.crc32(_PREFIX.pack(magic, header_len))) != header_crc:
+        raise corrupt("the header fails its CRC-32 check")
+    try:
+        header = json.loads(raw.decode("ascii"))
+        version = header["format_version"]
+        arrays = [(m["name"], _nbytes(m), m["nbytes"], m["offset"]) for m in header["arrays"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise corrupt(f"malformed header ({error!r})") from None
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this "
+                              f"sparse_train reads up to {FORMAT_VERSION}")
+    data_start = _align(_PREFIX.size + header_len)
+    for name, expected, nbytes, offset in arrays:
+        if nbytes != expected or data_start + offset + expected > size - _TRAILER.size:
+            raise corrupt(f"array {name!r} does not fit the file")
+    return header, data_start
+
+
+def _nbytes(meta):
+    """Bytes of a header array entry; ValueError for a dtype that is not plain numbers."""
+    dtype = np.dtype(meta["dtype"])
+    if dtype.kind not in "biuf" or min(meta["shape"], default=0) < 0:
+        raise ValueError(f"array {meta['name']!r}: dtype {dtype} shape {meta['shape']}")
+    return int(np.prod(meta["shape"], dtype=np.int64)) * dtype.itemsize
+
+
+class CheckpointReader:
+    """Read-only access to a checkpoint file (TF ``tf.train.load_checkpoint``).
+
+    ``header`` is the parsed JSON header (see the module docstring).
+
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.ckpt")
+    >>> _ = Checkpoint([Variable(np.arange(3.0), "w")]).save(path)
+    >>> reader = load_checkpoint(path)
+    >>> reader.get_variable_to_shape_map(), reader.get_tensor("w").tolist()
+    ({'w': (3,)}, [0.0, 1.0, 2.0])
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        with _CheckpointFile(self.path) as ckpt:
+            self.header = ckpt.header
+
+    def get_variable_to_shape_map(self):
+        """Every array's name -> shape (variables, slots, global step)."""
+        return {a["name"]: tuple(a["shape"]) for a in self.header["arrays"]}
+
+    def get_variable_to_dtype_map(self):
+        return {a["name"]: np.dtype(a["dtype"]) for a in self.header["arrays"]}
+
+    def get_tensor(self, name):
+        """A new array holding ``name``'s saved value, its CRC checked."""
+        meta = {a["name"]: a for a in self.header["arrays"]}.get(name)
+        if meta is None:
+            raise KeyError(f"checkpoint {self.path} has no array {name!r}")
+        out = np.empty(meta["shape"], np.dtype(meta["dtype"]))
+        with _CheckpointFile(self.path) as ckpt:
+            ckpt.read_into(name, out)
+        return out
+
+    def verify(self):
+        """Check every array's CRC; raises ``CorruptCheckpointError``."""
+        with _CheckpointFile(self.path) as ckpt:
+            ckpt.verify()
+
+
+def load_checkpoint(path):
+    """A ``CheckpointReader`` for ``path`` (its header checked, not its arrays)."""
+    return CheckpointReader(path)
+
+
+# ------------------------------------------------------------ the manager
+class CheckpointManager:
+    """Keeps the last ``max_to_keep`` checkpoints of a ``Checkpoint`` in a
+    directory (TF ``tf.train.CheckpointManager``).
+
+    Files are ``{checkpoint_name}-{number}.ckpt``, the number being the global
+    step (or a counter without one). After each file is written, the
+    pointer file ``latest`` (JSON: the latest file and the kept files in
+    save order) is replaced atomically, then files beyond ``max_to_keep``
+    are deleted; a crash at any point leaves ``latest`` naming a complete
+    file. ``restore_latest`` falls back to older files when the latest is
+    corrupt.
+
+    Args:
+        checkpoint: the ``Checkpoint`` to save and restore.
+        directory: created if missing.
+        max_to_keep: >= 1, or None to keep every file.
+        checkpoint_name: file name prefix.
+
+    >>> import tempfile
+    >>> step = GlobalStep()
+    >>> manager = CheckpointManager(Checkpoint([Variable(np.zeros(2), "w")], global_step=step),
+    ...                             tempfile.mkdtemp(), max_to_keep=2)
+    >>> for _ in range(3):
+    ...     _ = manager.save()
+    ...     _ = step.increment()
+    >>> [os.path.basename(p) for p in manager.checkpoints]
+    ['ckpt-1.ckpt', 'ckpt-2.ckpt']
+    >>> os.path.basename(manager.restore_latest()), int(step)
+    ('ckpt-2.ckpt', 2)
+    """
+
+    POINTER = "latest"
+
+    def __init__(self, checkpoint, directory, max_to_keep=5, checkpoint_name="ckpt"):
+        if not isinstance(checkpoint, Checkpoint):
+            raise TypeError(f"checkpoint must be a Checkpoint, got {type(checkpoint).__name__}")
+        if max_to_keep is not None and (int(max_to_keep) != max_to_keep or max_to_keep < 1):
+            raise ValueError(f"max_to_keep must be an integer >= 1 or None, got {max_to_keep!r}")
+        if not re.fullmatch(r"[\w.-]+", checkpoint_name):
+            raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
+        self.checkpoint = checkpoint
+        self.directory = os.fspath(directory)
+        self.max_to_keep = max_to_keep
+        self.checkpoint_name = checkpoint_name
+        os.makedirs(self.directory, exist_ok=True)
+
+    @property
+    def checkpoints(self):
+        """Paths of the kept checkpoints that exist, oldest save first."""
+        names = self._read_pointer()[1]
+        return [os.path.join(self.directory, n) for n in names
+                if os.path.exists(os.path.join(self.directory, n))]
+
+    @property
+    def latest_checkpoint(self):
+        """Path of the newest checkpoint, or None."""
+        latest, names = self._read_pointer()
+        for name in ([latest] if latest else []) + names[::-1]:
+            if os.path.exists(os.path.join(self.directory, name)):
+                return os.path.join(self.directory, name)
+        return None
+
+    def save(self, checkpoint_number=None, metadata=None):
+        """Write a new checkpoint, update ``latest``, drop the oldest; its path."""
+        names = self._read_pointer()[1]
+        if checkpoint_number is None:
+            step = self.checkpoint.global_step
+            checkpoint_number = int(step) if step is not None else 1 + max(
+                [self._number(n) for n in names] + [0])
+        name = f"{self.checkpoint_name}-{int(checkpoint_number)}.ckpt"
+        self.checkpoint.save(os.path.join(self.directory, name), metadata)
+        names = [n for n in names if n != name] + [name]
+        kept = names if self.max_to_keep is None else names[-self.max_to_keep:]
+        pointer = _dumps({"latest": name, "checkpoints": kept})
+        _atomic_write(os.path.join(self.directory, self.POINTER), lambda f: f.write(pointer))
+        for old in names[:len(names) - len(kept)]:
+            try:
+                os.unlink(os.path.join(self.directory, old))
+            except FileNotFoundError:
+                pass
+        return os.path.join(self.directory, name)
+
+    def restore_latest(self, fallback=True, strict=True):
+        """Restore the newest checkpoint; returns its path, or None if there is none.
+
+        With ``fallback`` a corrupt file is reported by a warning and the
+        next older one is tried (a failed restore changes nothing, so this is
+        safe); without, ``CorruptCheckpointError`` propagates. A checkpoint that
+        does not fit the objects always raises.
+        """
+        latest = self.latest_checkpoint
+        candidates = ([latest] if latest else []) + [
+            p for p in self.checkpoints[::-1] if p != latest]
+        error = None
+        for path in candidates:
+            try:
+                self.checkpoint.restore(path, strict=strict)
+                return path
+            except CorruptCheckpointError as exc:
+                if not fallback:
+                    raise
+                warnings.warn(f"{exc}; trying an older checkpoint", stacklevel=2)
+                error = exc
+        if error is not None:
+            raise error
+        return None
+
+    def _read_pointer(self):
+        """(latest name or None, kept names oldest first); from the pointer
+        file, or by scanning the directory when it is missing or unreadable."""
+        try:
+            with open(os.path.join(self.directory, self.POINTER), "rb") as f:
+                pointer = json.loads(f.read().decode("ascii"))
+            return pointer["latest"], list(pointer["checkpoints"])
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError):
+            warnings.warn(f"{self.directory}/{self.POINTER} is unreadable; scanning the directory",
+                          stacklevel=3)
+        names = sorted((n for n in os.listdir(self.directory) if self._number(n) is not None),
+                       key=self._number)
+        return (names[-1] if names else None), names
+
+    def _number(self, file_name):
+        found = re.fullmatch(re.escape(self.checkpoint_name) + r"-(\d+)\.ckpt", file_name)
+        return int(found.group(1)) if found else None
+
+
+# ------------------------------------------------------------ helpers
+def _unique_by_name(objects, kind, what):
+    """{name: object} in the given order; TypeError / ValueError otherwise."""
+    if isinstance(objects, kind):
+        objects = [objects]
+    by_name = {}
+    for obj in objects:
+        if not isinstance(obj, kind):
+            raise TypeError(f"expected a {kind.__name__} as {what}, got {type(obj).__name__}")
+        if obj.name in by_name:
+            raise ValueError(f"two {what}s are named {obj.name!r}")
+        by_name[obj.name] = obj
+    return by_name
+
+
+def _as_rngs(rng):
+    if rng is None:
+        return {}
+    rngs = {"rng": rng} if isinstance(rng, np.random.Generator) else dict(rng)
+    for name, generator in rngs.items():
+        if not isinstance(generator, np.random.Generator):
+            raise TypeError(f"rng {name!r} must be a numpy Generator, got {type(generator).__name__}")
+    return rngs
+
+
+def _encode(state):
+    """A bit-generator state as JSON-safe values (arrays tagged with their dtype)."""
+    if isinstance(state, dict):
+        return {k: _encode(v) for k, v in state.items()}
+    if isinstance(state, np.ndarray):
+        return {"__ndarray__": state.tolist(), "dtype": state.dtype.str}
+    if isinstance(state, np.generic):
+        return state.item()
+    return state
+
+
+def _decode(state):
+    if isinstance(state, dict):
+        if "__ndarray__" in state:
+            return np.array(state["__ndarray__"], dtype=np.dtype(state["dtype"]))
+        return {k: _decode(v) for k, v in state.items()}
+    return state
