@@ -59,7 +59,7 @@ def embedding_bag_grad(d_out, values, offsets, num_embeddings, weights=None,
 
     Id i of bag b receives ``w_i * d_out[b] / divisor_b`` (module docstring);
     duplicates are summed in order of position, so the result is coalesced:
-    unique indices in order of first appearance. Its values are computed only
+    unique indices in increasing order. Its values are computed only
     if read: an optimizer applies the gradient straight from ``d_out``.
 
     Args:

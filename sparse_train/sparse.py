@@ -26,7 +26,7 @@ class RowSparseGrad:
     >>> g = RowSparseGrad([3, 1, 3], np.ones((3, 2)), (5, 2))
     >>> c = g.coalesce()
     >>> c.indices.tolist(), c.values.tolist()
-    ([3, 1], [[2.0, 2.0], [1.0, 1.0]])
+    ([1, 3], [[1.0, 1.0], [2.0, 2.0]])
     """
 
     def __init__(self, indices, values, dense_shape):
@@ -71,18 +71,18 @@ class RowSparseGrad:
 
     @property
     def indices(self):
-        """[n] int64 row ids (unique, in order of first appearance, once coalesced)."""
-        return self._indices
+        """[n] int64 row ids (unique and increasing, once coalesced); read-only."""
+        return _read_only(self._indices)
 
     @property
     def values(self):
-        """[n, *dense_shape[1:]] float32 gradient rows."""
+        """[n, *dense_shape[1:]] float32 gradient rows; read-only."""
         if self._values is None:
             out = np.empty((self._indices.shape[0], _row_size(self.dense_shape)),
                            np.float32)
             summed_grad_rows(out, self._plan)
             self._values = out.reshape((-1,) + self.dense_shape[1:])
-        return self._values
+        return _read_only(self._values)
 
     @property
     def is_coalesced(self):
@@ -99,7 +99,7 @@ class RowSparseGrad:
 
     def coalesce(self):
         """Sum duplicate indices, in order of position, into unique indices
-        (in order of first appearance)."""
+        (increasing, like torch's ``coalesce``)."""
         if self._coalesced:
             return self
         return RowSparseGrad._from_plan(self.plan(), self.dense_shape)
@@ -127,6 +127,13 @@ class RowSparseGrad:
         state = "coalesced" if self._coalesced else "uncoalesced"
         return (f"RowSparseGrad(nnz={self.nnz}, dense_shape={self.dense_shape}, "
                 f"{state})")
+
+
+def _read_only(array):
+    """A read-only view: a gradient cannot be changed after its checks."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _row_size(dense_shape):

@@ -1,10 +1,10 @@
-"""Grouping duplicate row ids in O(n), and the summed-gradient plan.
+"""Grouping duplicate row ids in O(n) (radix sort), and the summed-gradient plan.
 
 A row-sparse gradient reaches an update kernel as a *plan*, a tuple
 
     grad = (rows, starts, src_index, src_coef, src, scale)
 
-    rows      [U] int64     unique row ids, in order of first appearance
+    rows      [U] int64     unique row ids, increasing
     starts    [U+1] int64   contributions of rows[u] are k in starts[u]:starts[u+1]
     src_index [m] int64     row of ``src`` read by contribution k
     src_coef  [m] float32   its coefficient
@@ -29,53 +29,57 @@ from ._jit import njit, njit_inline, njit_parallel, prange
 #: Rows handled by one parallel task (one gradient buffer per task).
 ROW_CHUNK = 64
 
-_FIBONACCI = np.uint64(11400714819323198485)  # 2**64 / golden ratio
+#: Largest radix digit of the id sort: 4096 counters stay in L1.
+_MAX_DIGIT_BITS = 12
 
 
 @njit
 def group_rows(ids):
     """Group positions by id: (rows [U], starts [U+1], order [n]) int64.
 
-    ``rows`` are the unique ids in order of first appearance; ``order[starts[u]:
-    starts[u+1]]`` are the positions holding ``rows[u]``, ascending. O(n):
-    an open-addressing hash table (ids must be >= 0), then a counting sort.
+    ``rows`` are the unique ids in increasing order; ``order[starts[u]:
+    starts[u+1]]`` are the positions holding ``rows[u]``, ascending. O(n)
+    per pass of a stable LSD radix sort on the id (ids >= 0; 2 passes for
+    up to 16M rows), no comparison sort. Increasing rows also make the
+    update kernels sweep the table in address order.
     """
     n = ids.shape[0]
-    bits = 4
-    while (1 << bits) < 2 * n:
+    largest = 0
+    for i in range(n):
+        largest = max(largest, ids[i])
+    bits = 1
+    while (largest >> bits) > 0:
         bits += 1
-    mask = (1 << bits) - 1
-    shift = np.uint64(64 - bits)
-    keys = np.full(1 << bits, -1, np.int64)
-    slot_of_key = np.empty(1 << bits, np.int64)
-    inverse = np.empty(n, np.int64)
+    passes = (bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
+    digit_bits = (bits + passes - 1) // passes
+    mask = (1 << digit_bits) - 1
+    keys, order = ids.copy(), np.arange(n)
+    next_keys, next_order = np.empty(n, np.int64), np.empty(n, np.int64)
+    counts = np.empty(mask + 2, np.int64)
+    for p in range(passes):
+        shift = p * digit_bits
+        counts[:] = 0
+        for i in range(n):
+            counts[((keys[i] >> shift) & mask) + 1] += 1
+        for d in range(mask + 1):
+            counts[d + 1] += counts[d]
+        for i in range(n):
+            d = (keys[i] >> shift) & mask
+            next_keys[counts[d]] = keys[i]
+            next_order[counts[d]] = order[i]
+            counts[d] += 1
+        keys, next_keys = next_keys, keys
+        order, next_order = next_order, order
     rows = np.empty(n, np.int64)
-    counts = np.zeros(n + 1, np.int64)
+    starts = np.empty(n + 1, np.int64)
     num_unique = 0
     for i in range(n):
-        key = ids[i]
-        h = np.int64((np.uint64(key) * _FIBONACCI) >> shift)
-        while keys[h] != -1 and keys[h] != key:
-            h = (h + 1) & mask
-        if keys[h] == -1:
-            keys[h] = key
-            slot_of_key[h] = num_unique
-            rows[num_unique] = key
+        if i == 0 or keys[i] != keys[i - 1]:
+            rows[num_unique] = keys[i]
+            starts[num_unique] = i
             num_unique += 1
-        u = slot_of_key[h]
-        inverse[i] = u
-        counts[u + 1] += 1
-    starts = np.empty(num_unique + 1, np.int64)
-    starts[0] = 0
-    for u in range(num_unique):
-        starts[u + 1] = starts[u] + counts[u + 1]
-    fill = starts[:num_unique].copy()
-    order = np.empty(n, np.int64)
-    for i in range(n):
-        u = inverse[i]
-        order[fill[u]] = i
-        fill[u] += 1
-    return rows[:num_unique].copy(), starts, order
+    starts[num_unique] = n
+    return rows[:num_unique].copy(), starts[:num_unique + 1].copy(), order
 
 
 @njit_inline

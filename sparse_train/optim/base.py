@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..kernels.checks import first_non_finite
+from ..kernels.checks import first_id_out_of_range, first_non_finite
 from ..sparse import RowSparseGrad, identity_plan_parts
 from ..variable import GlobalStep, Variable
 
@@ -223,6 +223,11 @@ def _plan_for(grad, var):
                 f"gradient for variable {var.name!r} has dense_shape {grad.dense_shape}, "
                 f"but the variable has shape {var.shape}")
         plan = grad.plan()
+        bad = first_id_out_of_range(plan[0], rows_of_var)
+        if bad >= 0:  # the kernels do not check bounds: never let one through
+            raise ValueError(
+                f"gradient for variable {var.name!r} has row id {plan[0][bad]} outside "
+                f"[0, {rows_of_var})")
         _check_finite(plan[4], var, "gradient source")
         _check_finite(plan[3].reshape(-1, 1), var, "gradient coefficient")
         if not np.isfinite(plan[5]):

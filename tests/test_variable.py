@@ -1,0 +1,61 @@
+"""Variable and GlobalStep (DESIGN core types; SPEC §1 step counting, §5 dtypes)."""
+import numpy as np
+import pytest
+
+from sparse_train import GlobalStep, Variable
+
+
+def test_variable_fixes_dtypes_float32_and_int64():
+    assert Variable(np.zeros((2, 3), np.float64), "a").dtype == np.float32
+    assert Variable([[1.5, 2.0]], "b").dtype == np.float32
+    assert Variable(np.arange(4, dtype=np.int32), "c").dtype == np.int64
+    v = Variable(np.arange(6.0).reshape(2, 3), "d")
+    assert v.value.flags.c_contiguous and v.shape == (2, 3) and v.name == "d"
+    np.testing.assert_array_equal(v.value, np.arange(6.0).reshape(2, 3))
+
+
+def test_variable_float32_contiguous_is_not_copied():
+    array = np.ones((4, 2), np.float32)
+    v = Variable(array, "t")
+    v.value[1, 1] = 7.0
+    assert array[1, 1] == 7.0  # same memory: a table is never held twice
+
+
+def test_variable_asarray_and_assign_in_place():
+    v = Variable(np.zeros((2, 2), np.float32), "w")
+    before = v.value
+    v.assign([[1.0, 2.0], [3.0, 4.0]])
+    assert v.value is before
+    np.testing.assert_array_equal(np.asarray(v), [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(ValueError, match="'w'"):
+        v.assign(np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("name", ["", None, 3])
+def test_variable_needs_a_name(name):
+    with pytest.raises(ValueError):
+        Variable(np.zeros(2), name)
+
+
+def test_variable_rejects_non_real_values():
+    with pytest.raises((TypeError, ValueError)):
+        Variable(np.array(["a", "b"]), "s")
+
+
+def test_global_step_counts_int64():
+    gs = GlobalStep()
+    assert int(gs) == 0 and gs.value.dtype == np.int64 and gs.value.shape == ()
+    gs.increment()
+    gs.increment()
+    assert int(gs) == 2
+    gs.assign(41)
+    assert int(gs.increment()) == 42
+    assert int(GlobalStep(7)) == 7
+
+
+@pytest.mark.parametrize("bad", [-1, -100])
+def test_global_step_rejects_negative(bad):
+    with pytest.raises(ValueError):
+        GlobalStep(bad)
+    with pytest.raises(ValueError):
+        GlobalStep().assign(bad)
