@@ -1,6 +1,12 @@
 """sparse_train: recommender training on the CPU with row-sparse embedding
 gradients applied by Numba kernels, with TF / DeepRec / PyTorch semantics."""
-from . import functional, optim
+from . import autodiff, checkpoint, clip, collections, functional, metrics, models, nn, optim
+from .autodiff import Tensor, compute_gradients, gradients, no_grad
+from .checkpoint import Checkpoint, CheckpointError, CheckpointManager, CorruptCheckpointError
+from .clip import clip_by_global_norm, clip_by_norm, clip_by_value, clip_gradients, global_norm
+from .collections import add_to_collection, get_collection
+from .metrics import AUC, LogLoss, auc, logloss
+from .models import build_model, train_step
 from .nn import EmbeddingTable
 from .ragged import Ragged
 from .sparse import RowSparseGrad
@@ -8,5 +14,12 @@ from .variable import GlobalStep, Variable
 
 __version__ = "0.1.0"
 
-__all__ = ["Variable", "GlobalStep", "RowSparseGrad", "Ragged", "EmbeddingTable",
-           "functional", "optim", "__version__"]
+__all__ = [
+    "Variable", "GlobalStep", "RowSparseGrad", "Ragged", "EmbeddingTable", "Tensor",
+    "gradients", "compute_gradients", "no_grad", "add_to_collection", "get_collection",
+    "clip_by_global_norm", "clip_by_norm", "clip_by_value", "clip_gradients", "global_norm",
+    "Checkpoint", "CheckpointManager", "CheckpointError", "CorruptCheckpointError",
+    "AUC", "LogLoss", "auc", "logloss", "build_model", "train_step",
+    "autodiff", "checkpoint", "clip", "collections", "functional", "metrics", "models",
+    "nn", "optim", "__version__",
+]

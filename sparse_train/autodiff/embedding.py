@@ -1,0 +1,75 @@
+"""The embedding-bag op: a pooled table lookup whose backward is row-sparse.
+
+Forward is ``functional.embedding_bag`` (SPEC §3); backward is
+``functional.embedding_bag_grad``, a ``RowSparseGrad`` of the table whose
+values are computed only if read (an optimizer applies it straight from the
+upstream gradient). The [V, D] dense gradient never exists.
+"""
+import numpy as np
+import scipy.sparse
+
+from .. import functional as F
+from ..variable import Variable
+from .engine import Tensor
+
+__all__ = ["embedding_bag"]
+
+
+def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
+                  padding_idx=None, name=None):
+    """Pooled lookup of ragged ids in a table, as an autodiff op.
+
+    For bag b with ids i and per-id weights w_i (1 without weights)::
+
+        out[b] = sum_i w_i * weight[i] / divisor_b
+        d weight[i] += w_i * g[b] / divisor_b      (row-sparse)
+
+    with divisor 1 (sum), ``sum_i w_i`` (mean) or ``sqrt(sum_i w_i^2)`` (sqrtn).
+
+    Args:
+        weight: the [V, D] table: a ``Variable`` or a ``Tensor`` (float32).
+        values: [n] int64 ids; offsets: [B+1] int64; weights: optional [n]
+            float32 (not differentiated).
+        combiner, padding_idx, name: as in ``functional.embedding_bag``.
+
+    Returns:
+        [B, D] Tensor; its backward yields a ``RowSparseGrad`` for the table.
+
+    >>> from sparse_train.autodiff import gradients
+    >>> w = Variable(np.ones((5, 2), np.float32), "t")
+    >>> out = embedding_bag(w, [1, 3, 1], [0, 2, 3])
+    >>> out.data.tolist()
+    [[2.0, 2.0], [1.0, 1.0]]
+    >>> g = gradients(out.sum(), [w])[0]
+    >>> g.indices.tolist(), g.values.tolist()
+    ([1, 3], [[2.0, 2.0], [1.0, 1.0]])
+    """
+    if not isinstance(weight, (Tensor, Variable)):
+        raise TypeError(f"embedding_bag: weight must be a Variable or Tensor, got "
+                        f"{type(weight).__name__}")
+    table = weight if isinstance(weight, Tensor) else Tensor(weight)
+    if table.dtype == np.float32:
+        out = F.embedding_bag(table.data, values, offsets, weights, combiner, padding_idx, name)
+    else:
+        out = _bag_matrix(table.shape[0], values, offsets, weights, combiner,
+                          padding_idx, name) @ table.data
+    num_embeddings = table.shape[0]
+
+    def backward(g):
+        return (F.embedding_bag_grad(g, values, offsets, num_embeddings, weights,
+                                     combiner, padding_idx, name),)
+    return Tensor.from_op(out, (table,), backward, "embedding_bag")
+
+
+def _bag_matrix(num_embeddings, values, offsets, weights, combiner, padding_idx, name):
+    """The [B, V] sparse matrix A with ``out = A @ weight``, built from the
+    backward's own coefficients. Used only for float64 tables (finite-
+    difference tests run whole models in double precision; the lookup
+    kernels are float32 only)."""
+    num_bags = len(offsets) - 1
+    grad = F.embedding_bag_grad(np.zeros((num_bags, 1), np.float32), values, offsets,
+                                num_embeddings, weights, combiner, padding_idx, name)
+    rows, starts, bags, coef = grad.plan()[:4]
+    ids = np.repeat(rows, np.diff(starts))
+    return scipy.sparse.csr_matrix((coef.astype(np.float64), (bags, ids)),
+                                   shape=(num_bags, num_embeddings))

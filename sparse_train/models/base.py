@@ -1,0 +1,155 @@
+"""``CTRModel``: what every model shares (inputs, loss, prediction, variables)."""
+import numpy as np
+
+from .. import autodiff as ad
+from ..data.batch import Batch, DataSpec
+from ..nn import EmbeddingBagCollection, FeatureLinear
+from ..nn.linear import check_positive
+
+__all__ = ["CTRModel"]
+
+
+class CTRModel:
+    """Base of the click-through-rate models: ``forward(batch)`` gives one
+    logit per example; ``loss`` is the mean sigmoid cross-entropy.
+
+    Subclasses build their layers in ``__init__`` (registering each with
+    ``_track``) and implement ``forward``. Variables are named under
+    ``scope`` (default: the model's registry name), so two models in one
+    process need different scopes.
+
+    Args:
+        spec: the ``DataSpec`` (categorical features, numeric feature names).
+        embedding_dim: D of every embedding table.
+        seed: seeds every initializer (derived per layer from its name).
+        scope: prefix of every variable name.
+        combiner: embedding-bag combiner, one for all features or a dict.
+        tables: optional ``{feature: table name}`` to share tables.
+        initializer: initializer of the embedding tables (``EmbeddingTable``'s;
+            default TF's truncated normal, stddev 1/sqrt(D)).
+        embedding_init_scale: multiplies the tables' initial values; default
+            0.1, i.e. stddev 0.1/sqrt(D). Measured on the synthetic click log
+            (2 epochs, Adagrad 0.1 / Adam): TF's full scale makes the initial
+            interaction terms O(1) and cost FM 0.027 and DeepFM 0.015
+            validation AUC (0.716 vs 0.742; 0.742 vs 0.757). Small inits are
+            the common choice for FM-style models (DeepCTR: stddev 1e-4).
+    """
+
+    #: Registry name, e.g. ``"deepfm"``.
+    name = None
+
+    def __init__(self, spec, embedding_dim=16, seed=0, scope=None, combiner="sum",
+                 tables=None, initializer="truncated_normal", embedding_init_scale=0.1):
+        if not isinstance(spec, DataSpec):
+            raise TypeError(f"{type(self).__name__}: spec must be a DataSpec, got "
+                            f"{type(spec).__name__}")
+        if not spec.sparse_features and not spec.num_dense:
+            raise ValueError(f"{type(self).__name__}: the DataSpec has no features")
+        self.spec = spec
+        self.embedding_dim = check_positive(type(self).__name__, "embedding_dim", embedding_dim)
+        self.seed = int(seed)
+        self.scope = scope or self.name
+        self._embedding_options = {"combiner": combiner, "tables": tables}
+        self._initializer = initializer
+        self._init_scale = float(embedding_init_scale)
+        self._layers = []
+        self._config = {"embedding_dim": self.embedding_dim, "seed": self.seed,
+                        "scope": self.scope, "combiner": combiner, "tables": tables,
+                        "initializer": initializer,
+                        "embedding_init_scale": self._init_scale}
+
+    # ------------------------------------------------------------ building
+    def _track(self, layer):
+        self._layers.append(layer)
+        return layer
+
+    def _embeddings(self, name="embedding", embedding_dim=None):
+        """The model's ``EmbeddingBagCollection`` (None without categorical features)."""
+        if not self.spec.sparse_features:
+            return None
+        return self._track(EmbeddingBagCollection(
+            self.spec, embedding_dim or self.embedding_dim, f"{self.scope}/{name}", self.seed,
+            initializer=self._initializer, init_scale=self._init_scale,
+            **self._embedding_options))
+
+    def _feature_linear(self, name="linear"):
+        return self._track(FeatureLinear(self.spec, f"{self.scope}/{name}", self.seed,
+                                         **self._embedding_options))
+
+    def _finish_build(self, **options):
+        """Record the model's options; check that variable names are unique."""
+        self._config.update(options)
+        names = [v.name for v in self.variables()]
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"{type(self).__name__}: duplicate variable names {dupes}")
+
+    # ------------------------------------------------------------- running
+    def dense_input(self, batch):
+        """``batch.dense`` as a constant [B, num_dense] float32 Tensor, checked."""
+        dense = np.asarray(batch.dense if batch.dense is not None else
+                           np.zeros((batch.size, 0), np.float32))
+        if dense.shape != (batch.size, self.spec.num_dense):
+            raise ValueError(f"{type(self).__name__}: batch.dense has shape {dense.shape}, "
+                             f"expected [{batch.size}, {self.spec.num_dense}] "
+                             f"(numeric features {list(self.spec.dense_features)})")
+        return ad.Tensor(np.ascontiguousarray(dense, dtype=np.float32))
+
+    def forward(self, batch):
+        """[B] Tensor of logits."""
+        raise NotImplementedError
+
+    def __call__(self, batch):
+        return self.forward(batch)
+
+    def loss(self, batch, logits=None):
+        """Mean sigmoid cross-entropy of the logits against ``batch.labels``:
+        ``mean_b [max(x_b, 0) - x_b z_b + log(1 + exp(-|x_b|))]``."""
+        if not isinstance(batch, Batch):
+            raise TypeError(f"expected a Batch, got {type(batch).__name__}")
+        logits = self.forward(batch) if logits is None else logits
+        return ad.sigmoid_cross_entropy_with_logits(logits, batch.labels)
+
+    def predict(self, batch):
+        """Click probabilities ``sigmoid(logits)``, [B] float32, no graph recorded."""
+        with ad.no_grad():
+            return ad.sigmoid(self.forward(batch)).data
+
+    # ----------------------------------------------------------- variables
+    def sparse_variables(self):
+        """Embedding tables (row-sparse gradients), in build order."""
+        return [v for layer in self._layers for v in _sparse_of(layer)]
+
+    def dense_variables(self):
+        """Dense weights and biases (dense gradients), in build order."""
+        return [v for layer in self._layers for v in _dense_of(layer)]
+
+    def variables(self):
+        """``sparse_variables() + dense_variables()``."""
+        return self.sparse_variables() + self.dense_variables()
+
+    def get_config(self):
+        """The model name and options it was built with (for checkpoints)."""
+        return {"model": self.name, **self._config}
+
+    def __repr__(self):
+        sizes = sum(int(np.prod(v.shape)) for v in self.variables())
+        return (f"{type(self).__name__}(scope={self.scope!r}, features="
+                f"{len(self.spec.sparse_features)}+{self.spec.num_dense} dense, "
+                f"embedding_dim={self.embedding_dim}, parameters={sizes})")
+
+
+def _sparse_of(layer):
+    if isinstance(layer, EmbeddingBagCollection):
+        return layer.variables()
+    if isinstance(layer, FeatureLinear):
+        return layer.sparse_variables()
+    return []
+
+
+def _dense_of(layer):
+    if isinstance(layer, EmbeddingBagCollection):
+        return []
+    if isinstance(layer, FeatureLinear):
+        return layer.dense_variables()
+    return layer.variables()

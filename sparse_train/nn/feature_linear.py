@@ -1,0 +1,61 @@
+"""``FeatureLinear``: the first-order term of LR, FM, DeepFM and Wide&Deep."""
+import numpy as np
+
+from .. import autodiff as ad
+from ..collections import register_variable
+from ..variable import Variable
+from .embedding_bag import EmbeddingBagCollection
+from .linear import Linear
+
+__all__ = ["FeatureLinear"]
+
+
+class FeatureLinear:
+    """Logistic-regression term over every feature of a ``DataSpec``::
+
+        y[b] = bias + sum_f sum_{i in bag_f(b)} c_i w_f[i] + dense[b] @ v
+
+    where ``w_f`` is a [V_f, 1] table per categorical feature (its lookup is
+    an embedding bag of width 1, so its gradient is row-sparse; ``c_i`` the
+    combiner's coefficient, e.g. the libsvm value of id i), ``v`` a
+    ``Linear(num_dense, 1)`` kernel over the numeric features (absent
+    without them) and ``bias`` a scalar. Tables start at zero (the term is
+    convex in them); names: ``"{name}/{feature}"``, ``"{name}/dense/kernel"``,
+    ``"{name}/bias"``.
+
+    Args:
+        spec: the ``DataSpec``; name: scope; seed: model seed;
+        combiner, tables: as in ``EmbeddingBagCollection``.
+
+    >>> from sparse_train.data import DataSpec, FeatureSpec
+    >>> lin = FeatureLinear(DataSpec((FeatureSpec("a", 5),), ("x",)), "demo/linear")
+    >>> [v.name for v in lin.variables()]
+    ['demo/linear/a', 'demo/linear/dense/kernel', 'demo/linear/bias']
+    """
+
+    def __init__(self, spec, name, seed=0, combiner="sum", tables=None):
+        self.name = name
+        self.weights = EmbeddingBagCollection(spec, 1, name, seed, combiner, tables,
+                                              initializer="zeros")
+        self.dense = (Linear(spec.num_dense, 1, f"{name}/dense", seed, use_bias=False)
+                      if spec.num_dense else None)
+        self.bias = Variable(np.zeros(1, np.float32), f"{name}/bias")
+        register_variable(self.bias)
+
+    def __call__(self, batch, dense=None):
+        """[B] Tensor. ``dense``: the numeric features as a Tensor [B, num_dense]
+        (default: ``batch.dense``)."""
+        terms = self.weights(batch)
+        if self.dense is not None:
+            terms.append(self.dense(ad.Tensor(batch.dense) if dense is None else dense))
+        total = ad.reduce_sum(ad.concat(terms, axis=1), axis=1)
+        return ad.add(total, ad.Tensor(self.bias))
+
+    def sparse_variables(self):
+        return self.weights.variables()
+
+    def dense_variables(self):
+        return ([] if self.dense is None else self.dense.variables()) + [self.bias]
+
+    def variables(self):
+        return self.sparse_variables() + self.dense_variables()

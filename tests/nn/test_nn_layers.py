@@ -1,0 +1,153 @@
+"""Layers: Linear, MLP, CrossNetwork, embedding bags, FeatureLinear."""
+import numpy as np
+import pytest
+
+from sparse_train import RowSparseGrad, collections
+from sparse_train import autodiff as ad
+from sparse_train.autodiff import Tensor
+from sparse_train.data import Batch, DataSpec, FeatureSpec
+from sparse_train.nn import (MLP, CrossNetwork, EmbeddingBag, EmbeddingBagCollection,
+                             EmbeddingTable, FeatureLinear, Linear, glorot_uniform)
+from sparse_train.ragged import Ragged
+
+
+@pytest.fixture(autouse=True)
+def _fresh_collections():
+    collections.reset_collections()
+    yield
+    collections.reset_collections()
+
+
+def test_linear_glorot_uniform_seeded_and_named():
+    layer = Linear(300, 100, "net/dense", seed=3)
+    limit = np.sqrt(6.0 / 400)
+    w = layer.kernel.value
+    assert w.dtype == np.float32 and w.shape == (300, 100)
+    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.95 * limit
+    assert abs(w.std() - limit / np.sqrt(3)) < 0.01 * limit  # the uniform's std
+    np.testing.assert_array_equal(layer.bias.value, np.zeros(100, np.float32))
+    assert [v.name for v in layer.variables()] == ["net/dense/kernel", "net/dense/bias"]
+    np.testing.assert_array_equal(Linear(300, 100, "net/dense", seed=3).kernel.value, w)
+    assert not np.array_equal(Linear(300, 100, "net/other", seed=3).kernel.value, w)
+    assert not np.array_equal(Linear(300, 100, "net/dense", seed=4).kernel.value, w)
+    x = np.random.default_rng(0).standard_normal((5, 300)).astype(np.float32)
+    np.testing.assert_allclose(layer(Tensor(x)).data, x @ w, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="out_features must be a positive integer"):
+        Linear(3, 0, "bad")
+
+
+def test_glorot_uniform_bounds():
+    w = glorot_uniform((10, 30), seed=1)
+    assert np.abs(w).max() <= np.sqrt(6 / 40)
+
+
+def test_mlp_forward_matches_numpy():
+    mlp = MLP(4, (5, 3), "m", seed=1, output_units=2)
+    x = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    h = x
+    for layer in mlp.hidden:
+        h = np.maximum(h @ layer.kernel.value + layer.bias.value, 0)
+    expected = h @ mlp.output.kernel.value + mlp.output.bias.value
+    np.testing.assert_allclose(mlp(Tensor(x)).data, expected, rtol=1e-5, atol=1e-6)
+    assert [v.name for v in mlp.variables()] == [
+        "m/dense_0/kernel", "m/dense_0/bias", "m/dense_1/kernel", "m/dense_1/bias",
+        "m/output/kernel", "m/output/bias"]
+    with pytest.raises(ValueError, match="activation"):
+        MLP(4, (5,), "m2", activation="gelu")
+
+
+def test_cross_network_forward_and_gradient():
+    cross = CrossNetwork(3, 2, "c", seed=0)
+    for b in cross.biases:
+        b.value[:] = np.random.default_rng(1).standard_normal(3)
+    x0 = np.random.default_rng(0).standard_normal((4, 3))
+    x = x0
+    for w, b in zip(cross.kernels, cross.biases):
+        x = x0 * (x @ w.value) + b.value + x
+    np.testing.assert_allclose(cross(Tensor(x0)).data, x, rtol=1e-6)
+    # gradient w.r.t. the input against finite differences (float64)
+    for v in cross.variables():
+        v.value = v.value.astype(np.float64)
+    inp = Tensor(x0, requires_grad=True)
+    (g,) = ad.gradients(cross(inp).sum(), [inp])
+    eps, numeric = 1e-6, np.zeros_like(x0)
+    for i in np.ndindex(*x0.shape):
+        up, down = x0.copy(), x0.copy()
+        up[i] += eps
+        down[i] -= eps
+        numeric[i] = (cross(Tensor(up)).data.sum() - cross(Tensor(down)).data.sum()) / (2 * eps)
+    np.testing.assert_allclose(g, numeric, rtol=1e-6, atol=1e-9)
+
+
+SPEC = DataSpec((FeatureSpec("user", 6), FeatureSpec("item", 9), FeatureSpec("tags", 9, multi_hot=True)),
+                ("age", "price"))
+
+
+def make_batch():
+    return Batch(
+        labels=np.array([1, 0, 1], np.float32),
+        dense=np.array([[0.5, 1.0], [2.0, -1.0], [0.0, 0.25]], np.float32),
+        sparse={"user": Ragged.from_dense([1, 5, 1]),
+                "item": Ragged.from_dense([8, 0, 3]),
+                "tags": Ragged.from_lengths([2, 3, 8, 2], [2, 0, 2], [1.0, 0.5, 2.0, 1.0])})
+
+
+def test_embedding_bag_layer_hashes_and_pads():
+    table = EmbeddingTable(5, 2, "h", hash_ids=True, padding_idx=0)
+    out = EmbeddingBag(table, "mean", name="f")(Ragged([7, 5, 3], [0, 2, 3]))
+    w = table.weight.value
+    np.testing.assert_allclose(out.data, [w[2], w[3]])  # 7 -> 2; 5 -> 0 is padding
+    with pytest.raises(TypeError, match="Ragged"):
+        EmbeddingBag(table)([1, 2])
+    with pytest.raises(ValueError, match="combiner"):
+        EmbeddingBag(table, "max")
+
+
+def test_embedding_bag_collection_tables_and_sharing():
+    ebc = EmbeddingBagCollection(SPEC, 4, "emb", seed=1, combiner={"tags": "mean"},
+                                 tables={"item": "items", "tags": "items"})
+    assert list(ebc.tables) == ["user", "items"]
+    assert ebc.tables["items"].num_embeddings == 9
+    assert [v.name for v in ebc.variables()] == ["emb/user", "emb/items"]
+    assert collections.get_collection(collections.EMBEDDING_VARIABLES) == ebc.variables()
+    batch = make_batch()
+    outs = ebc(batch)
+    items = ebc.tables["items"].weight.value
+    np.testing.assert_allclose(outs[1].data, items[[8, 0, 3]])
+    np.testing.assert_allclose(outs[2].data[0], (items[2] + 0.5 * items[3]) / 1.5, rtol=1e-6)
+    stacked = ebc.stacked(batch)
+    assert stacked.shape == (3, 3, 4)
+    grads = ad.compute_gradients(stacked.sum())
+    assert [v.name for _, v in grads] == ["emb/user", "emb/items"]
+    grad = grads[1][0]
+    assert isinstance(grad, RowSparseGrad)
+    dense = grad.to_dense()
+    # item ids 8, 0, 3 (coefficient 1 each) + tags under "mean": bag 0 holds
+    # ids 2, 3 with weights 1, 0.5; bag 2 holds ids 8, 2 with weights 2, 1
+    expected = np.zeros(9)
+    expected[[8, 0, 3]] += 1
+    expected[2] += 1 / 1.5 + 1 / 3
+    expected[3] += 0.5 / 1.5
+    expected[8] += 2 / 3
+    np.testing.assert_allclose(dense[:, 0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown features"):
+        EmbeddingBagCollection(SPEC, 4, "emb2", tables={"nope": "x"})
+    with pytest.raises(KeyError, match="no sparse feature 'user'"):
+        ebc(Batch(batch.labels, batch.dense, {"item": batch.sparse["item"]}))
+
+
+def test_feature_linear_matches_numpy():
+    lin = FeatureLinear(SPEC, "lin", seed=0)
+    rng = np.random.default_rng(0)
+    for v in lin.variables():
+        v.value[...] = rng.standard_normal(v.shape)
+    batch = make_batch()
+    w = {f: lin.weights.tables[f].weight.value[:, 0] for f in ("user", "item", "tags")}
+    expected = (w["user"][[1, 5, 1]] + w["item"][[8, 0, 3]]
+                + np.array([w["tags"][2] + 0.5 * w["tags"][3], 0.0, 2 * w["tags"][8] + w["tags"][2]])
+                + batch.dense @ lin.dense.kernel.value[:, 0] + lin.bias.value[0])
+    np.testing.assert_allclose(lin(batch).data, expected, rtol=1e-5)
+    assert [v.name for v in lin.sparse_variables()] == ["lin/user", "lin/item", "lin/tags"]
+    assert [v.name for v in lin.dense_variables()] == ["lin/dense/kernel", "lin/bias"]
+    fresh = FeatureLinear(SPEC, "lin0")
+    assert not fresh.sparse_variables()[0].value.any()  # tables start at zero
