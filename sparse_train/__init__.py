@@ -1,6 +1,6 @@
 """sparse_train: recommender training on the CPU with row-sparse embedding
 gradients applied by Numba kernels, with TF / DeepRec / PyTorch semantics."""
-from . import autodiff, checkpoint, clip, collections, functional, metrics, models, nn, optim
+from . import autodiff, checkpoint, clip, collections, data, functional, metrics, models, nn, optim
 from .autodiff import Tensor, compute_gradients, gradients, no_grad
 from .checkpoint import Checkpoint, CheckpointError, CheckpointManager, CorruptCheckpointError
 from .clip import clip_by_global_norm, clip_by_norm, clip_by_value, clip_gradients, global_norm
@@ -20,6 +20,6 @@ __all__ = [
     "clip_by_global_norm", "clip_by_norm", "clip_by_value", "clip_gradients", "global_norm",
     "Checkpoint", "CheckpointManager", "CheckpointError", "CorruptCheckpointError",
     "AUC", "LogLoss", "auc", "logloss", "build_model", "train_step",
-    "autodiff", "checkpoint", "clip", "collections", "functional", "metrics", "models",
+    "autodiff", "checkpoint", "clip", "collections", "data", "functional", "metrics", "models",
     "nn", "optim", "__version__",
 ]

@@ -1,0 +1,296 @@
+"""The common reader interface: ``Dataset`` and the file-backed ``TextDataset``.
+
+Every reader exposes ``.spec`` (a ``DataSpec``) and iterates over ``Batch``es;
+``split`` holds out a validation part by seed; feature ids come from a
+vocabulary fitted on the (training) rows, or from hash buckets.
+"""
+import numpy as np
+
+from ..kernels import data_libsvm as _libsvm_kernels
+from ._batching import prefetch, rebatch, take_rows
+from ._lines import iter_line_chunks
+from .batch import DataSpec, FeatureSpec
+from .errors import DataError
+from .hashing import token_key
+from .vocabulary import HashBuckets, KeyCounter, save_vocabulary
+
+__all__ = ["Dataset", "TextDataset", "held_out_rows"]
+
+#: Bad lines kept (with their reason) per pass, for the caller to show.
+MAX_BAD_LINE_EXAMPLES = 10
+
+
+def held_out_rows(file_index, line_numbers, valid_fraction, seed):
+    """Bool mask [n]: which rows belong to the validation part.
+
+    A row's side depends only on (seed, file index, line number), never on
+    how the file is chunked: ``u = fmix64((line + (file << 40)) ^ key("split:
+    seed")) / 2**64`` and the row is held out when ``u < valid_fraction``.
+
+    >>> held_out_rows(0, np.arange(1, 9), 0.5, seed=0).tolist()
+    [True, False, False, True, False, False, True, True]
+    """
+    h = np.asarray(line_numbers).astype(np.uint64)
+    h = h + np.uint64(int(file_index) << 40)
+    h ^= np.uint64(token_key(f"split:{int(seed)}"))
+    with np.errstate(over="ignore"):
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(33)
+        h *= np.uint64(0xC4CEB9FE1A85EC53)
+        h ^= h >> np.uint64(33)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < valid_fraction
+
+
+def _check_fraction(valid_fraction):
+    if not isinstance(valid_fraction, (int, float)) or not 0.0 < valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction!r}")
+    return float(valid_fraction)
+
+
+class Dataset:
+    """A click log read batch by batch.
+
+    Attributes:
+        spec: the ``DataSpec`` (sparse features with their ``num_embeddings``,
+            dense feature names). For a vocabulary that is still to be built
+            this runs the counting pass (so bad lines surface here, before
+            any batch).
+        batch_size: the default batch size.
+        num_examples: rows in one pass, or None until a pass has counted them.
+        skipped_lines: malformed lines skipped (``on_bad_line="skip"``) in the
+            current or last pass; ``bad_line_examples`` lists the first few as
+            (path, line, reason).
+        vocabulary: feature name -> ``Vocabulary`` / ``HashBuckets``.
+
+    Iterating yields the batches of one pass in file order (``for batch in
+    ds``); ``batches`` takes options.
+
+    >>> from sparse_train.data import open_dataset
+    >>> ds = open_dataset(format="synthetic", num_examples=1000, seed=0, batch_size=256)
+    >>> [b.size for b in ds], ds.spec.feature("c0").num_embeddings
+    ([256, 256, 256, 232], 100)
+    >>> train, valid = ds.split(0.2, seed=0)
+    >>> train.num_examples + valid.num_examples
+    1000
+    """
+
+    batch_size = 1024
+    num_examples = None
+    skipped_lines = 0
+    bad_line_examples = ()
+
+    @property
+    def spec(self):
+        raise NotImplementedError
+
+    @property
+    def vocabulary(self):
+        raise NotImplementedError
+
+    def batches(self, batch_size=None, shuffle=False, seed=0, drop_last=False):
+        """Yield the ``Batch``es of one pass.
+
+        Args:
+            batch_size: rows a batch (default ``self.batch_size``); every
+                batch but the last has exactly this many.
+            shuffle: shuffle rows (for file readers: within each chunk read,
+                a window of ``chunk_bytes``; the synthetic log shuffles all).
+            seed: the shuffle's seed (use e.g. the epoch number).
+            drop_last: leave out a last, smaller batch.
+        """
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self.batches()
+
+    def split(self, valid_fraction, seed=0):
+        """(train, valid) views of this data: each row goes to valid with
+        probability ``valid_fraction``, decided by ``seed`` and the row's
+        position only. A vocabulary is fitted on the train view; valid uses
+        its ids."""
+        raise NotImplementedError
+
+    def save_vocabulary(self, path):
+        """Write the feature ids (``vocabulary``) as JSON; read them back
+        with ``open_dataset(..., vocabulary=path)``."""
+        save_vocabulary(path, self.vocabulary)
+
+    def _check_batch_args(self, batch_size):
+        batch_size = self.batch_size if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        return int(batch_size)
+
+
+class TextDataset(Dataset):
+    """Rows of text files, parsed chunk by chunk (never the whole file).
+
+    Made by ``open_dataset``; the constructor's arguments are internal.
+    """
+
+    def __init__(self, paths, parser, id_config, *, batch_size, on_bad_line, chunk_bytes,
+                 prefetch_depth, max_examples, skip_header, encoders=None, encoder_source=None,
+                 row_split=None, extra_skipped=()):
+        self.paths = [str(p) for p in paths]
+        self.parser = parser
+        self._id_config = dict(id_config)
+        self.batch_size = batch_size
+        self.on_bad_line = on_bad_line
+        self.chunk_bytes = chunk_bytes
+        self.prefetch = prefetch_depth
+        self.max_examples = max_examples
+        self._skip_header = skip_header
+        self._given_encoders = encoders
+        self._encoders = encoders
+        self._encoder_source = encoder_source
+        self._row_split = row_split
+        self._extra_skipped = list(extra_skipped)
+        self.skipped_lines = len(self._extra_skipped)
+        self.bad_line_examples = list(self._extra_skipped[:MAX_BAD_LINE_EXAMPLES])
+        self.num_examples = None
+
+    # -- ids and spec --------------------------------------------------------
+    @property
+    def vocabulary(self):
+        if self._encoders is None:
+            if self._encoder_source is not None:
+                self._encoders = self._encoder_source.vocabulary
+            else:
+                self._encoders = self._fit()
+        return self._encoders
+
+    @property
+    def spec(self):
+        encoders = self.vocabulary
+        sparse = tuple(FeatureSpec(name, encoders[name].num_embeddings, multi_hot, weighted)
+                       for name, multi_hot, weighted in self.parser.sparse_columns)
+        return DataSpec(sparse, tuple(self.parser.dense_names))
+
+    def _fit(self):
+        """Hash buckets as configured; vocabularies by one counting pass."""
+        encoders, counters = {}, {}
+        for name, _, _ in self.parser.sparse_columns:
+            kind, value = self._id_config[name]
+            if kind == "hash":
+                encoders[name] = HashBuckets(value)
+            else:
+                counters[name] = KeyCounter(value)
+        if counters:
+            for parsed in self._parsed_chunks(keep_tokens=True):
+                for name, counter in counters.items():
+                    raw = parsed.sparse[name]
+                    counter.add(raw.keys, raw.tokens_at)
+            for name, counter in counters.items():
+                encoders[name] = counter.vocabulary()
+        return {name: encoders[name] for name, _, _ in self.parser.sparse_columns}
+
+    # -- passes ----------------------------------------------------------------
+    def _parsed_chunks(self, keep_tokens=False):
+        """``Parsed`` chunks of one pass: this view's rows, bad lines raised
+        or skipped, at most ``max_examples`` rows."""
+        self.skipped_lines = len(self._extra_skipped)
+        self.bad_line_examples = list(self._extra_skipped[:MAX_BAD_LINE_EXAMPLES])
+        rows = 0
+        complete = True
+        for chunk in iter_line_chunks(self.paths, self.chunk_bytes, self._skip_header):
+            if self._row_split is not None:
+                fraction, seed, want_valid = self._row_split
+                valid = held_out_rows(chunk.file_index, chunk.line_numbers, fraction, seed)
+                chunk = chunk.select(valid if want_valid else ~valid)
+            if self.max_examples is not None:
+                remaining = self.max_examples - rows
+                if remaining <= 0:
+                    complete = False
+                    break
+                if len(chunk) > remaining:
+                    chunk = chunk.select(slice(0, remaining))
+            if not len(chunk):
+                continue
+            parsed = self.parser.parse(chunk, keep_tokens)
+            if parsed.bad is not None:
+                chunk = self._drop_bad_lines(chunk, parsed)
+                if not len(chunk):
+                    continue
+                parsed = self.parser.parse(chunk, keep_tokens)
+            rows += len(chunk)
+            yield parsed
+        if complete:
+            self.num_examples = rows
+
+    def _drop_bad_lines(self, chunk, parsed):
+        bad = np.flatnonzero(parsed.bad)
+        if self.on_bad_line == "error":
+            i = int(bad[0])
+            raise DataError(parsed.reason(i) + " (on_bad_line='skip' skips such lines)",
+                            chunk.path, int(chunk.line_numbers[i]))
+        room = MAX_BAD_LINE_EXAMPLES - len(self.bad_line_examples)
+        for i in bad[:max(room, 0)]:
+            self.bad_line_examples.append(
+                (chunk.path, int(chunk.line_numbers[i]), parsed.reason(int(i))))
+        self.skipped_lines += int(bad.shape[0])
+        return chunk.select(~parsed.bad)
+
+    def _blocks(self, encoders, shuffle, seed):
+        rng = np.random.default_rng(seed) if shuffle else None
+        for parsed in self._parsed_chunks():
+            block = parsed.encode(encoders)
+            if rng is not None:
+                block = take_rows(block, rng.permutation(block.size))
+            yield block
+
+    def batches(self, batch_size=None, shuffle=False, seed=0, drop_last=False):
+        """Yield the ``Batch``es of one pass over the files (see ``Dataset``).
+
+        >>> import tempfile, os
+        >>> from sparse_train.data import open_dataset
+        >>> p = os.path.join(tempfile.mkdtemp(), "log.svm")
+        >>> _ = open(p, "w").write("1 3:1 7:0.5\\n0 3:1\\n")
+        >>> ds = open_dataset(p, "libsvm", batch_size=2)
+        >>> b = next(iter(ds))
+        >>> b.labels.tolist(), b.sparse["features"].weights.tolist()
+        ([1.0, 0.0], [1.0, 0.5, 1.0])
+        """
+        batch_size = self._check_batch_args(batch_size)
+        encoders = self.vocabulary  # fit first: errors before any batch
+        blocks = prefetch(self._blocks(encoders, shuffle, seed), self.prefetch)
+        return rebatch(blocks, batch_size, drop_last)
+
+    def split(self, valid_fraction, seed=0):
+        valid_fraction = _check_fraction(valid_fraction)
+        if self._row_split is not None:
+            raise ValueError("this dataset is already a split view")
+        common = dict(batch_size=self.batch_size, on_bad_line=self.on_bad_line,
+                      chunk_bytes=self.chunk_bytes, prefetch_depth=self.prefetch,
+                      max_examples=self.max_examples, skip_header=self._skip_header,
+                      extra_skipped=self._extra_skipped)
+        # ids given (a vocabulary file, another dataset) carry over; ids to be
+        # fitted are fitted on the train view only, so valid rows stay unseen
+        train = TextDataset(self.paths, self.parser, self._id_config, **common,
+                            encoders=self._given_encoders, encoder_source=self._encoder_source,
+                            row_split=(valid_fraction, seed, False))
+        valid = TextDataset(self.paths, self.parser, self._id_config, **common,
+                            encoder_source=train, row_split=(valid_fraction, seed, True))
+        return train, valid
+
+    def __repr__(self):
+        files = self.paths[0] if len(self.paths) == 1 else f"{len(self.paths)} files"
+        return f"{type(self).__name__}({files!r}, batch_size={self.batch_size})"
+
+
+def scan_num_fields(paths, chunk_bytes, skip_header=False):
+    """1 + the largest field of the well-formed lines of libffm files (a
+    pass over the files; give ``num_fields`` to avoid it)."""
+    largest = -1
+    for chunk in iter_line_chunks(paths, chunk_bytes, skip_header):
+        n = len(chunk)
+        counts = np.empty(n, np.int64)
+        _libsvm_kernels.count_pairs(counts, chunk.buf, chunk.line_starts, chunk.line_ends)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        _, fields, _, _, status, _ = _libsvm_kernels.parse_pairs(
+            chunk.buf, chunk.line_starts, chunk.line_ends, offsets, True)
+        good = np.repeat(status == 0, counts)
+        if good.any():
+            largest = max(largest, int(fields[good].max()))
+    return largest + 1

@@ -1,0 +1,217 @@
+"""``open_dataset``: one front door for every format."""
+import os
+from pathlib import Path
+
+from ._lines import first_line
+from .dataset import TextDataset, scan_num_fields
+from .delimited import DelimitedParser, resolve_columns
+from .errors import DataError, SchemaError
+from .libsvm import PairsParser, load_featindex
+from .schema import Schema, criteo_schema
+from .synthetic import SyntheticClickLog
+from .vocabulary import load_vocabulary
+
+__all__ = ["open_dataset", "FORMATS"]
+
+FORMATS = ("synthetic", "criteo", "libsvm", "libffm", "csv")
+_ONLY = {"schema": ("csv",), "featindex": ("libsvm",), "num_fields": ("libsvm", "libffm"),
+         "delimiter": ("criteo",), "header": ("criteo",)}
+
+
+def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
+                 ids="vocabulary", min_count=1, hash_buckets=1 << 20, vocabulary=None,
+                 like=None, on_bad_line="error", numeric_transform="log1p", delimiter=None,
+                 header=None, featindex=None, num_fields=None, weighted=True,
+                 chunk_bytes=4 << 20, prefetch=1, max_examples=None, **synthetic_options):
+    """Open a click log for batch-by-batch reading; returns a ``Dataset``.
+
+    Everything that can be checked without reading the data is checked here
+    (files exist, schema valid, columns present); a vocabulary to build is
+    counted on first use of ``.spec`` or iteration, so malformed lines are
+    reported before the first batch.
+
+    Args:
+        path: a file or a list of files read in order (``.gz`` is read
+            through gzip); None for ``format="synthetic"``.
+        format: "synthetic", "criteo", "libsvm", "libffm" or "csv".
+        schema: csv: a TOML schema path or a ``Schema`` (see ``schema.py``).
+        batch_size: rows a batch.
+        ids: "vocabulary" (ids from a vocabulary counted on this data) or
+            "hash" (stable hash buckets, no pass); a schema may override it
+            per feature.
+        min_count: vocabulary: tokens seen fewer times share the
+            out-of-vocabulary id. An int, or a dict feature name -> int.
+        hash_buckets: hash: buckets a feature (int, or dict name -> int).
+        vocabulary: ids saved by ``Dataset.save_vocabulary`` (a path, or a
+            dict name -> ``Vocabulary``/``HashBuckets``) instead of fitting.
+        like: another ``Dataset`` (the training data) whose ids this one
+            uses, e.g. a validation file.
+        on_bad_line: "error" raises ``DataError`` (file:line: what) at the
+            first malformed line; "skip" skips and counts them
+            (``.skipped_lines``, ``.bad_line_examples``).
+        numeric_transform: criteo: "log1p" (log(1 + x) for x > 0, else 0) or
+            "none".
+        delimiter, header: criteo: None detects them from line 1 (a tab
+            means TSV; a first cell that is not a number means a header).
+        featindex: libsvm: a ``field:value<TAB>index`` file mapping indices
+            to fields (each field becomes a feature); its malformed lines
+            follow ``on_bad_line`` too.
+        num_fields: libffm: number of fields; None finds it with a pass.
+            libsvm: read pair k of each row as field k (fixed-order one-hot
+            rows); None: one feature ``features`` (or the featindex fields).
+        weighted: libsvm / libffm: keep values as per-id weights.
+        chunk_bytes: bytes read at a time (memory use is a small multiple).
+        prefetch: chunks parsed ahead in a background thread (0: none).
+        max_examples: read at most this many rows a pass.
+        **synthetic_options: synthetic: arguments of ``SyntheticClickLog``
+            (``num_examples``, ``seed``, ...).
+
+    >>> ds = open_dataset(format="synthetic", num_examples=5000, seed=0)
+    >>> [f.name for f in ds.spec.sparse_features][:3], ds.spec.num_dense
+    (['c0', 'c1', 'c2'], 4)
+
+    A typical training setup, with a held-out part of one file::
+
+        train, valid = open_dataset("day_0.tsv", "criteo", min_count=10).split(0.1, seed=0)
+        for epoch in range(epochs):
+            for batch in train.batches(shuffle=True, seed=epoch): ...
+        for batch in valid: ...
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    given = {"schema": schema, "featindex": featindex, "num_fields": num_fields,
+             "delimiter": delimiter, "header": header}
+    for name, value in given.items():
+        if value is not None and format not in _ONLY[name]:
+            raise ValueError(f"{name} applies to format {' or '.join(_ONLY[name])}, "
+                             f"not {format!r}")
+    if format == "synthetic":
+        if path is not None:
+            raise ValueError("format 'synthetic' generates its data: path must be None")
+        return SyntheticClickLog(batch_size=batch_size, **synthetic_options)
+    if synthetic_options:
+        raise TypeError(f"unexpected argument(s) for format {format!r}: "
+                        f"{', '.join(sorted(synthetic_options))}")
+    paths = _check_paths(path)
+    _check_options(batch_size, on_bad_line, chunk_bytes, prefetch, max_examples, ids)
+    if like is not None and vocabulary is not None:
+        raise ValueError("give vocabulary or like, not both")
+
+    skip_header, extra_skipped = False, []
+    if format in ("criteo", "csv"):
+        if format == "csv":
+            if schema is None:
+                raise ValueError("format 'csv' needs schema= (a TOML file or a Schema)")
+            schema = schema if isinstance(schema, Schema) else Schema.load(schema)
+        else:
+            schema = _criteo_schema(paths[0], numeric_transform, delimiter, header)
+        parser = DelimitedParser(schema, resolve_columns(schema, paths))
+        skip_header = schema.header
+        # (name, ids, min_count, hash_buckets): a schema may override the defaults
+        columns = [(f.name, f.ids, f.min_count, f.hash_buckets) for f in schema.sparse_features]
+    else:
+        parser, extra_skipped = _pairs_parser(format, paths, featindex, num_fields, weighted,
+                                              like, on_bad_line, chunk_bytes)
+        columns = [(name, None, None, None) for name in parser.feature_names]
+
+    id_config = {name: _id_config(name, feature_ids or ids, feature_min or min_count,
+                                  feature_buckets or hash_buckets)
+                 for name, feature_ids, feature_min, feature_buckets in columns}
+    encoders = _given_encoders(vocabulary, [c[0] for c in columns], like)
+    return TextDataset(paths, parser, id_config, batch_size=int(batch_size),
+                       on_bad_line=on_bad_line, chunk_bytes=int(chunk_bytes),
+                       prefetch_depth=int(prefetch), max_examples=max_examples,
+                       skip_header=skip_header, encoders=encoders,
+                       encoder_source=like, extra_skipped=extra_skipped)
+
+
+def _pairs_parser(format, paths, featindex, num_fields, weighted, like, on_bad_line,
+                  chunk_bytes):
+    """The libsvm / libffm parser, and the featindex lines it skipped."""
+    index, skipped = None, []
+    if featindex is not None:
+        index = load_featindex(_check_paths(featindex, "featindex file")[0], on_bad_line)
+        skipped = [(index.path, line, reason) for line, reason in index.skipped]
+    with_field = format == "libffm"
+    if with_field and num_fields is None:
+        num_fields = (len(like.spec.sparse_features) if like is not None
+                      else scan_num_fields(paths, chunk_bytes))
+        if num_fields < 1:
+            raise DataError("no well-formed libffm line found", paths[0])
+    return PairsParser(with_field, num_fields, index, weighted), skipped
+
+
+def _check_paths(path, what="data file"):
+    if path is None:
+        raise ValueError(f"a {what} path is needed")
+    paths = list(path) if isinstance(path, (list, tuple)) else [path]
+    if not paths:
+        raise ValueError(f"no {what} given")
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise TypeError(f"a {what} path must be str or os.PathLike, got {type(p).__name__}")
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"{what} not found: {p}")
+    return [str(p) for p in paths]
+
+
+def _check_options(batch_size, on_bad_line, chunk_bytes, prefetch, max_examples, ids):
+    def positive(name, value, minimum=1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    positive("batch_size", batch_size)
+    positive("chunk_bytes", chunk_bytes)
+    positive("prefetch", prefetch, 0)
+    if max_examples is not None:
+        positive("max_examples", max_examples)
+    if on_bad_line not in ("error", "skip"):
+        raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
+    if ids not in ("vocabulary", "hash"):
+        raise ValueError(f"ids must be 'vocabulary' or 'hash', got {ids!r}")
+
+
+def _id_config(name, kind, min_count, hash_buckets):
+    """("vocabulary", min_count) or ("hash", buckets) of one feature."""
+    value = min_count if kind == "vocabulary" else hash_buckets
+    what = "min_count" if kind == "vocabulary" else "hash_buckets"
+    if isinstance(value, dict):
+        value = value.get(name, {"min_count": 1, "hash_buckets": 1 << 20}[what])
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"feature {name!r}: {what} must be a positive integer, got {value!r}")
+    return kind, value
+
+
+def _given_encoders(vocabulary, names, like):
+    if like is not None:
+        theirs = [f.name for f in like.spec.sparse_features]
+        if theirs != names:
+            raise SchemaError(f"like= has features {theirs}, this data has {names}")
+        return None
+    if vocabulary is None:
+        return None
+    where = None
+    if not isinstance(vocabulary, dict):
+        where = str(vocabulary)
+        vocabulary = load_vocabulary(vocabulary)
+    missing = [n for n in names if n not in vocabulary]
+    if missing:
+        raise DataError(f"the vocabulary has no ids for feature(s) {missing}", where)
+    return {name: vocabulary[name] for name in names}
+
+
+def _criteo_schema(path, numeric_transform, delimiter, header):
+    line = first_line(path)
+    if line is None:
+        raise DataError("the file is empty", path)
+    if delimiter is None:
+        delimiter = "\t" if "\t" in line else ","
+    if header is None:
+        head = line.split(delimiter, 1)[0].strip()
+        try:
+            float(head)
+            header = False
+        except ValueError:
+            header = True
+    if numeric_transform not in (None, "none", "log1p"):
+        raise ValueError(f"numeric_transform must be 'log1p' or 'none', got {numeric_transform!r}")
+    return criteo_schema(numeric_transform, delimiter, header)
