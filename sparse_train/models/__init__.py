@@ -7,11 +7,11 @@ from .deepfm import DeepFM
 from .dlrm import DLRM
 from .fm import FM
 from .lr import LR
-from .training import train_step
+from .training import evaluate, train_step
 from .wide_deep import WideDeep
 
 __all__ = ["build_model", "MODELS", "CTRModel", "LR", "FM", "WideDeep", "DeepFM", "DCN",
-           "DLRM", "train_step", "model_options"]
+           "DLRM", "train_step", "evaluate", "model_options"]
 
 #: Registry name -> model class.
 MODELS = {cls.name: cls for cls in (LR, FM, WideDeep, DeepFM, DCN, DLRM)}

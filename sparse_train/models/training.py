@@ -1,7 +1,8 @@
 """``train_step``: one step of a model with a sparse and a dense optimizer."""
 from ..autodiff import compute_gradients
+from ..metrics import AUC, LogLoss
 
-__all__ = ["train_step"]
+__all__ = ["train_step", "evaluate"]
 
 
 def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step=None,
@@ -63,3 +64,19 @@ def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step
     for i, (optimizer, pairs) in enumerate(groups):
         optimizer.apply_gradients(pairs, global_step=global_step if i == len(groups) - 1 else None)
     return float(loss.data)
+
+
+def evaluate(model, batches):
+    """Validation figures of ``model`` over every batch, accumulated over the
+    whole set (not averaged per batch): exact AUC and mean logloss.
+
+    Returns:
+        ``{"auc": float, "logloss": float, "num_examples": int}``.
+    """
+    auc, logloss = AUC(), LogLoss()
+    for batch in batches:
+        probs = model.predict(batch)
+        auc.update(batch.labels, probs)
+        logloss.update(batch.labels, probs)
+    return {"auc": auc.result(), "logloss": logloss.result(),
+            "num_examples": auc.num_examples}
