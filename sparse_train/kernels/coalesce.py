@@ -30,7 +30,80 @@ from ._jit import njit, njit_inline, njit_parallel, prange
 ROW_CHUNK = 64
 
 #: Largest radix digit of the id sort: 4096 counters stay in L1.
-_MAX_DIGIT_BITS = 12
+_MAX_DIGIT_BITS = 11
+#: Below this many ids one thread does the whole grouping (a parallel
+#: region costs tens of microseconds to start).
+PARALLEL_MIN_IDS = 1 << 15
+
+
+#: Slices of the id sort's passes, run in parallel. The sort is stable, so
+#: its result depends on neither this number nor the thread count.
+_SLICES = 8
+
+
+@njit
+def _num_slices(parallel):
+    return _SLICES if parallel else 1
+
+
+@njit
+def _slice_bounds(n, slices, s):
+    size = (n + slices - 1) // slices
+    return min(n, s * size), min(n, (s + 1) * size)
+
+
+@njit_parallel
+def _radix_pass(next_keys, next_order, keys, order, shift, mask, parallel):
+    """In place: next_keys, next_order [n] int64 = (keys, order) stably
+    sorted by the digit ``(key >> shift) & mask``. Slice s of the input
+    writes after slices < s within each digit, so the pass is stable."""
+    n = keys.shape[0]
+    slices = _num_slices(parallel)
+    counts = np.zeros((slices, mask + 1), np.int64)
+    for s in prange(slices):
+        lo, hi = _slice_bounds(n, slices, s)
+        for i in range(lo, hi):
+            counts[s, (keys[i] >> shift) & mask] += 1
+    total = 0
+    for d in range(mask + 1):
+        for s in range(slices):
+            count = counts[s, d]
+            counts[s, d] = total
+            total += count
+    for s in prange(slices):
+        lo, hi = _slice_bounds(n, slices, s)
+        for i in range(lo, hi):
+            d = (keys[i] >> shift) & mask
+            next_keys[counts[s, d]] = keys[i]
+            next_order[counts[s, d]] = order[i]
+            counts[s, d] += 1
+
+
+@njit_parallel
+def _runs(keys, parallel):
+    """(rows [U], starts [U+1]) of the runs of equal values in sorted keys."""
+    n = keys.shape[0]
+    slices = _num_slices(parallel)
+    firsts = np.zeros(slices + 1, np.int64)
+    for s in prange(slices):
+        lo, hi = _slice_bounds(n, slices, s)
+        for i in range(lo, hi):
+            if i == 0 or keys[i] != keys[i - 1]:
+                firsts[s + 1] += 1
+    for s in range(slices):
+        firsts[s + 1] += firsts[s]
+    rows = np.empty(firsts[slices], np.int64)
+    starts = np.empty(firsts[slices] + 1, np.int64)
+    starts[firsts[slices]] = n
+    for s in prange(slices):
+        lo, hi = _slice_bounds(n, slices, s)
+        u = firsts[s]
+        for i in range(lo, hi):
+            if i == 0 or keys[i] != keys[i - 1]:
+                rows[u] = keys[i]
+                starts[u] = i
+                u += 1
+    return rows, starts
 
 
 @njit
@@ -38,48 +111,31 @@ def group_rows(ids):
     """Group positions by id: (rows [U], starts [U+1], order [n]) int64.
 
     ``rows`` are the unique ids in increasing order; ``order[starts[u]:
-    starts[u+1]]`` are the positions holding ``rows[u]``, ascending. O(n)
-    per pass of a stable LSD radix sort on the id (ids >= 0; 2 passes for
-    up to 16M rows), no comparison sort. Increasing rows also make the
-    update kernels sweep the table in address order.
+    starts[u+1]]`` are the positions holding ``rows[u]``, ascending. A
+    stable LSD radix sort on the id (ids >= 0; 2 passes for up to 16M rows):
+    O(n) a pass, no comparison sort, parallel above ``PARALLEL_MIN_IDS``.
+    Increasing rows also make the update kernels sweep the table in address
+    order.
     """
     n = ids.shape[0]
-    largest = 0
-    for i in range(n):
-        largest = max(largest, ids[i])
+    parallel = n >= PARALLEL_MIN_IDS
+    largest = np.max(ids) if n else 0
     bits = 1
     while (largest >> bits) > 0:
         bits += 1
     passes = (bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
     digit_bits = (bits + passes - 1) // passes
-    mask = (1 << digit_bits) - 1
-    keys, order = ids.copy(), np.arange(n)
+    keys, order = ids, np.arange(n)
     next_keys, next_order = np.empty(n, np.int64), np.empty(n, np.int64)
-    counts = np.empty(mask + 2, np.int64)
     for p in range(passes):
-        shift = p * digit_bits
-        counts[:] = 0
-        for i in range(n):
-            counts[((keys[i] >> shift) & mask) + 1] += 1
-        for d in range(mask + 1):
-            counts[d + 1] += counts[d]
-        for i in range(n):
-            d = (keys[i] >> shift) & mask
-            next_keys[counts[d]] = keys[i]
-            next_order[counts[d]] = order[i]
-            counts[d] += 1
+        _radix_pass(next_keys, next_order, keys, order, p * digit_bits,
+                    (1 << digit_bits) - 1, parallel)
+        if p == 0:
+            keys = np.empty(n, np.int64)  # never write into the caller's ids
         keys, next_keys = next_keys, keys
         order, next_order = next_order, order
-    rows = np.empty(n, np.int64)
-    starts = np.empty(n + 1, np.int64)
-    num_unique = 0
-    for i in range(n):
-        if i == 0 or keys[i] != keys[i - 1]:
-            rows[num_unique] = keys[i]
-            starts[num_unique] = i
-            num_unique += 1
-    starts[num_unique] = n
-    return rows[:num_unique].copy(), starts[:num_unique + 1].copy(), order
+    rows, starts = _runs(keys, parallel)
+    return rows, starts, order
 
 
 @njit_inline

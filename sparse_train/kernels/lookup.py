@@ -8,7 +8,7 @@ import numpy as np
 
 from ._jit import njit, njit_inline, njit_parallel, prange
 from .coalesce import group_rows
-from .prefetch import AHEAD, prefetch_row
+from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 
 SUM, MEAN, SQRTN = 0, 1, 2
 
@@ -51,7 +51,7 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
         if divisor == 0.0:
             continue
         for i in range(start, end):
-            prefetch_row(weight, values[min(i + AHEAD, last)])
+            prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)])
             index = values[i]
             if index == padding_idx:
                 continue
@@ -64,7 +64,7 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
                 row[j] /= divisor
 
 
-@njit
+@njit_parallel
 def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
                             padding_idx):
     """Plan of the table gradient of an embedding bag (see ``coalesce``).
@@ -73,30 +73,43 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
     b contributes ``coef_i * d_out[b]`` with coef_i = w_i / divisor_b. Padding
     ids, empty bags and zero-divisor bags contribute nothing. ``src_index``
     points at rows of d_out [B, D], which the caller appends to the plan.
+    Parallel over bags, then over the grouped contributions.
     """
     n = values.shape[0]
-    kept_ids = np.empty(n, np.int64)
-    kept_bag = np.empty(n, np.int64)
-    kept_coef = np.empty(n, np.float32)
-    m = 0
-    for b in range(offsets.shape[0] - 1):
+    num_bags = offsets.shape[0] - 1
+    bag_of = np.empty(n, np.int64)
+    coef = np.empty(n, np.float32)
+    dropped = np.zeros(num_bags, np.int64)
+    for b in prange(num_bags):
         start, end = offsets[b], offsets[b + 1]
         divisor = bag_divisor(values, weights, has_weights, start, end,
                               combiner, padding_idx)
-        if divisor == 0.0:
-            continue
         for i in range(start, end):
-            if values[i] == padding_idx:
-                continue
+            bag_of[i] = b
             w = weights[i] if has_weights else np.float32(1.0)
-            kept_ids[m] = values[i]
-            kept_bag[m] = b
-            kept_coef[m] = w if combiner == SUM else w / divisor
-            m += 1
-    rows, starts, order = group_rows(kept_ids[:m])
-    src_index = np.empty(m, np.int64)
-    src_coef = np.empty(m, np.float32)
-    for k in range(m):
-        src_index[k] = kept_bag[order[k]]
-        src_coef[k] = kept_coef[order[k]]
+            coef[i] = w if combiner == SUM else w / divisor
+            if divisor == 0.0 or values[i] == padding_idx:
+                dropped[b] += 1
+    if dropped.sum() == 0:
+        rows, starts, order = group_rows(values)
+    else:  # rare: compact the kept positions, then map back
+        kept = np.empty(n - dropped.sum(), np.int64)
+        m = 0
+        for b in range(num_bags):
+            start, end = offsets[b], offsets[b + 1]
+            divisor = bag_divisor(values, weights, has_weights, start, end,
+                                  combiner, padding_idx)
+            if divisor == 0.0:
+                continue
+            for i in range(start, end):
+                if values[i] != padding_idx:
+                    kept[m] = i
+                    m += 1
+        rows, starts, kept_order = group_rows(values[kept])
+        order = kept[kept_order]
+    src_index = np.empty(order.shape[0], np.int64)
+    src_coef = np.empty(order.shape[0], np.float32)
+    for k in prange(order.shape[0]):
+        src_index[k] = bag_of[order[k]]
+        src_coef[k] = coef[order[k]]
     return rows, starts, src_index, src_coef

@@ -11,11 +11,29 @@ from numba.extending import intrinsic
 
 from ._jit import njit_inline
 
-#: Rows prefetched ahead of the one being updated (measured: 4-16 are
-#: within noise of each other; 8 was best on 1 thread).
+#: Rows prefetched (for writing) ahead of the one being updated (measured:
+#: 4-16 are within noise of each other; 8 was best on 1 thread).
 AHEAD = 8
+#: Ids prefetched (for reading) ahead of the one being pooled by a lookup.
+#: Measured on W1 1M x 64, 2 threads: none 1.0 / 2.6 ms (Zipf / uniform),
+#: read-prefetch 16 ahead 0.97 / 1.8 ms, write-prefetch 8 ahead 1.7 / 2.1 ms.
+LOOKUP_AHEAD = 16
 
 _CACHE_LINE = 64
+
+
+def _prefetch_codegen(write):
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        byte_ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        int32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr.type, int32, int32, int32]),
+            "llvm.prefetch.p0")
+        # rw (1 = for writing), locality = 3 (keep in all levels), cache = 1 (data)
+        builder.call(function, [byte_ptr, int32(int(write)), int32(3), int32(1)])
+        return context.get_dummy_value()
+    return codegen
 
 
 @intrinsic
@@ -24,27 +42,36 @@ def prefetch(typingctx, array, index):
     writing, into all cache levels. ``array`` must be C-contiguous."""
     if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
         return None
+    return types.void(array, index), _prefetch_codegen(write=True)
 
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        byte_ptr = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
-        int32 = ir.IntType(32)
-        function = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr.type, int32, int32, int32]),
-            "llvm.prefetch.p0")
-        # rw = 1 (write), locality = 3 (keep in all levels), cache = 1 (data)
-        builder.call(function, [byte_ptr, int32(1), int32(3), int32(1)])
-        return context.get_dummy_value()
 
-    return types.void(array, index), codegen
+@intrinsic
+def prefetch_read(typingctx, array, index):
+    """As ``prefetch``, for reading only (no request for ownership)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+    return types.void(array, index), _prefetch_codegen(write=False)
 
 
 @njit_inline
 def prefetch_row(array, r):
-    """Prefetch every cache line of row r of a C-contiguous [V, D] array."""
+    """Prefetch for writing every cache line of row r of a C-contiguous
+    [V, D] array."""
     dim = array.shape[1]
     base = r * dim
     step = max(_CACHE_LINE // array.itemsize, 1)
     for j in range(0, dim, step):
         prefetch(array, base + j)
     prefetch(array, base + dim - 1)  # the row need not start on a line
+
+
+@njit_inline
+def prefetch_row_read(array, r):
+    """Prefetch for reading every cache line of row r of a C-contiguous
+    [V, D] array."""
+    dim = array.shape[1]
+    base = r * dim
+    step = max(_CACHE_LINE // array.itemsize, 1)
+    for j in range(0, dim, step):
+        prefetch_read(array, base + j)
+    prefetch_read(array, base + dim - 1)
