@@ -33,8 +33,10 @@ DEFAULTS = {
     "accumulator_decay_step": 100_000, "clip_norm": None,
     "ids": "vocabulary", "min_count": 1, "hash_buckets": 1 << 20,
     "on_bad_line": "error", "examples": 200_000, "max_examples": None,
-    "checkpoint_dir": None, "checkpoint_every": 0, "resume": False, "keep_checkpoints": 3,
+    "max_steps": None, "checkpoint_dir": None, "checkpoint_every": 0, "resume": False,
+    "keep_checkpoints": 3,
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
+    "distributed": False,
 }
 
 
@@ -70,6 +72,7 @@ def parse_args(argv):
     train.add_argument("--dense-learning-rate", type=float)
     train.add_argument("--accumulator-decay-step", type=int, help="adagrad_decay period in steps")
     train.add_argument("--clip-norm", type=float, help="clip gradients by global norm")
+    train.add_argument("--max-steps", type=int, help="stop when the global step reaches this")
     train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
     out = p.add_argument_group("output")
@@ -79,6 +82,8 @@ def parse_args(argv):
     out.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     out.add_argument("--metrics-out", help="write auc, logloss, samples_per_second as JSON")
     out.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--distributed", action="store_true",
+                       help="under mpirun: shard tables over the ranks (docs/DISTRIBUTED.md)")
     given = vars(p.parse_args(argv))
     options = dict(DEFAULTS)
     if given.get("config"):
@@ -135,8 +140,12 @@ def build(args, spec):
     options = {}
     if args.hidden_units:
         units = args.hidden_units
-        units = [int(u) for u in units.split(",")] if isinstance(units, str) else list(units)
-        options["hidden_units"] = tuple(units)
+        units = tuple(int(u) for u in units.split(",")) if isinstance(units, str) else tuple(units)
+        accepted = st.models.model_options(args.model)
+        key = "hidden_units" if "hidden_units" in accepted else "top_mlp" if "top_mlp" in accepted else None
+        if key is None:
+            raise SystemExit(f"error: --hidden-units: model {args.model!r} has no MLP")
+        options[key] = units
     model = st.build_model(args.model, spec, embedding_dim=args.embedding_dim, seed=args.seed,
                            **options)
     global_step = st.GlobalStep()
@@ -171,10 +180,11 @@ def train(args):
         manager = st.CheckpointManager(checkpoint, args.checkpoint_dir,
                                        max_to_keep=args.keep_checkpoints)
         if args.resume:
-            header = manager.restore_latest()
-            if header is None:
+            path = manager.restore_latest()
+            if path is None:
                 say(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
             else:
+                header = st.checkpoint.load_checkpoint(path).header
                 start_epoch = header["metadata"]["epoch"]
                 skip_batches = header["metadata"]["batches_done"]
                 say(f"resumed at epoch {start_epoch + 1}, batch {skip_batches}, "
@@ -185,7 +195,7 @@ def train(args):
     transform = None
     if args.clip_norm:
         transform = lambda grads: st.clip_gradients(grads, args.clip_norm)[0]  # noqa: E731
-    history, examples, seconds = [], 0, 0.0
+    history, examples, seconds, stopped = [], 0, 0.0, False
     for epoch in range(start_epoch, args.epochs):
         total = train_data.num_examples
         bar = Progress(total, f"epoch {epoch + 1}/{args.epochs}", unit="ex",
@@ -206,10 +216,16 @@ def train(args):
             bar.update(batch.size, loss=loss_sum / loss_count)
             if manager and args.checkpoint_every and int(global_step) % args.checkpoint_every == 0:
                 manager.save(int(global_step), {"epoch": epoch, "batches_done": batches_done})
+            if args.max_steps and int(global_step) >= args.max_steps:
+                stopped = True
+                break
         seconds += time.perf_counter() - started
         examples += loss_count
         skip_batches = 0
         bar.close()
+        if stopped:
+            say(f"stopped at global step {int(global_step)} (--max-steps)")
+            break
         figures = st.models.evaluate(model, valid_data)
         figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
         history.append(figures)
@@ -226,9 +242,10 @@ def train(args):
         result["planted_auc"] = planted
         say(f"planted model's auc on the validation data: {planted:.4f} "
             f"(the best any model can do)")
-    if getattr(train_data, "skipped_lines", 0):
-        say(f"skipped {train_data.skipped_lines} malformed line(s)")
-        result["skipped_lines"] = train_data.skipped_lines
+    skipped = sum(getattr(d, "skipped_lines", 0) or 0 for d in (train_data, valid_data))
+    if skipped:
+        say(f"skipped {skipped} malformed line(s)")
+        result["skipped_lines"] = skipped
     say(f"validation auc {result['auc']:.4f}, logloss {result['logloss']:.4f}, "
         + (f"{result['samples_per_second']:,.0f} samples/s" if result["samples_per_second"]
            else "no training this run"))
@@ -244,7 +261,11 @@ def main(argv=None):
     from sparse_train.checkpoint import CheckpointError
     from sparse_train.data import DataError
     try:
-        train(args)
+        if args.distributed:  # every rank runs this; a failing rank ends the whole job
+            from sparse_train.distributed import run_distributed
+            run_distributed(args, open_data, build)
+        else:
+            train(args)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -23,7 +23,8 @@ class CTRModel:
         embedding_dim: D of every embedding table.
         seed: seeds every initializer (derived per layer from its name).
         scope: prefix of every variable name.
-        combiner: embedding-bag combiner, one for all features or a dict.
+        combiner: embedding-bag combiner, one for all features or a dict;
+            default ``"mean"`` for unweighted multi-hot features, else ``"sum"``.
         tables: optional ``{feature: table name}`` to share tables.
         initializer: initializer of the embedding tables (``EmbeddingTable``'s;
             default TF's truncated normal, stddev 1/sqrt(D)).
@@ -38,7 +39,7 @@ class CTRModel:
     #: Registry name, e.g. ``"deepfm"``.
     name = None
 
-    def __init__(self, spec, embedding_dim=16, seed=0, scope=None, combiner="sum",
+    def __init__(self, spec, embedding_dim=16, seed=0, scope=None, combiner=None,
                  tables=None, initializer="truncated_normal", embedding_init_scale=0.1):
         if not isinstance(spec, DataSpec):
             raise TypeError(f"{type(self).__name__}: spec must be a DataSpec, got "

@@ -13,7 +13,12 @@ from .embedding import EmbeddingTable
 from .init import layer_seed
 from .linear import check_positive
 
-__all__ = ["EmbeddingBag", "EmbeddingBagCollection"]
+__all__ = ["EmbeddingBag", "EmbeddingBagCollection", "default_combiner"]
+
+
+def default_combiner(feature):
+    """``"mean"`` for an unweighted multi-hot ``FeatureSpec``, else ``"sum"``."""
+    return "mean" if feature.multi_hot and not feature.weighted else "sum"
 
 
 def _check_combiner(combiner, where):
@@ -80,8 +85,11 @@ class EmbeddingBagCollection:
         embedding_dim: D.
         name: scope of the tables.
         seed: model seed (each table's seed is derived from it and its name).
-        combiner: a combiner for every feature, or ``{feature: combiner}``
-            (missing features: ``"sum"``).
+        combiner: a combiner for every feature, or ``{feature: combiner}``;
+            None (default) or a feature missing from the dict: ``"mean"`` for
+            an unweighted multi-hot feature (TF's and torch's default), else
+            ``"sum"`` (a weighted feature's values then scale its rows, as in
+            an FM over libsvm data; for one id a bag the two agree).
         tables: optional ``{feature: table name}``.
         initializer: ``EmbeddingTable`` initializer (default TF's
             truncated normal, stddev 1/sqrt(D)).
@@ -96,7 +104,7 @@ class EmbeddingBagCollection:
     (['demo/emb/ab'], 7)
     """
 
-    def __init__(self, spec, embedding_dim, name, seed=0, combiner="sum", tables=None,
+    def __init__(self, spec, embedding_dim, name, seed=0, combiner=None, tables=None,
                  initializer="truncated_normal", init_scale=1.0, features=None):
         if not isinstance(spec, DataSpec):
             raise TypeError(f"EmbeddingBagCollection: spec must be a DataSpec, got "
@@ -127,8 +135,10 @@ class EmbeddingBagCollection:
                 self.tables[table].weight.value *= np.float32(init_scale)
             register_variable(self.tables[table].weight, embedding=True)
         combiners = combiner if isinstance(combiner, dict) else dict.fromkeys(names, combiner)
-        self.bags = {n: EmbeddingBag(self.tables[tables[n]], combiners.get(n, "sum"), name=n)
-                     for n in names}
+        self.bags = {f.name: EmbeddingBag(self.tables[tables[f.name]],
+                                          combiners.get(f.name) or default_combiner(f),
+                                          name=f.name)
+                     for f in specs}
 
     @property
     def feature_names(self):

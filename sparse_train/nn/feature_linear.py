@@ -33,7 +33,7 @@ class FeatureLinear:
     ['demo/linear/a', 'demo/linear/dense/kernel', 'demo/linear/bias']
     """
 
-    def __init__(self, spec, name, seed=0, combiner="sum", tables=None):
+    def __init__(self, spec, name, seed=0, combiner=None, tables=None):
         self.name = name
         self.weights = EmbeddingBagCollection(spec, 1, name, seed, combiner, tables,
                                               initializer="zeros")

@@ -79,7 +79,7 @@ def test_cross_network_forward_and_gradient():
     np.testing.assert_allclose(g, numeric, rtol=1e-6, atol=1e-9)
 
 
-SPEC = DataSpec((FeatureSpec("user", 6), FeatureSpec("item", 9), FeatureSpec("tags", 9, multi_hot=True)),
+SPEC = DataSpec((FeatureSpec("user", 6), FeatureSpec("item", 9), FeatureSpec("tags", 9, multi_hot=True, weighted=True)),
                 ("age", "price"))
 
 
