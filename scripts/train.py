@@ -27,9 +27,9 @@ else:  # pragma: no cover
 DEFAULTS = {
     "config": None, "data": None, "valid": None, "valid_fraction": 0.1,
     "format": "synthetic", "schema": None, "model": "deepfm", "embedding_dim": 16,
-    "hidden_units": None, "batch_size": 1024, "epochs": 2,
-    "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.05,
-    "dense_optimizer": "adam", "dense_learning_rate": 0.002,
+    "hidden_units": "256,128", "batch_size": 512, "epochs": 5,
+    "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.5,
+    "dense_optimizer": "adam", "dense_learning_rate": 0.0005,
     "accumulator_decay_step": 100_000, "clip_norm": None,
     "ids": "vocabulary", "min_count": 1, "hash_buckets": 1 << 20,
     "on_bad_line": "error", "examples": 200_000, "max_examples": None,
@@ -143,9 +143,10 @@ def build(args, spec):
         units = tuple(int(u) for u in units.split(",")) if isinstance(units, str) else tuple(units)
         accepted = st.models.model_options(args.model)
         key = "hidden_units" if "hidden_units" in accepted else "top_mlp" if "top_mlp" in accepted else None
-        if key is None:
+        if key is not None:
+            options[key] = units
+        elif args.hidden_units != DEFAULTS["hidden_units"]:
             raise SystemExit(f"error: --hidden-units: model {args.model!r} has no MLP")
-        options[key] = units
     model = st.build_model(args.model, spec, embedding_dim=args.embedding_dim, seed=args.seed,
                            **options)
     global_step = st.GlobalStep()

@@ -106,7 +106,7 @@ def _runs(keys, parallel):
     return rows, starts
 
 
-@njit
+@njit_parallel  # calls parallel kernels: Numba must start its threads on entry
 def group_rows(ids):
     """Group positions by id: (rows [U], starts [U+1], order [n]) int64.
 
@@ -115,7 +115,8 @@ def group_rows(ids):
     stable LSD radix sort on the id (ids >= 0; 2 passes for up to 16M rows):
     O(n) a pass, no comparison sort, parallel above ``PARALLEL_MIN_IDS``.
     Increasing rows also make the update kernels sweep the table in address
-    order.
+    order. Call it from Python or from a parallel kernel: a cached serial
+    kernel calling it crashes when Numba's threads are not yet started.
     """
     n = ids.shape[0]
     parallel = n >= PARALLEL_MIN_IDS
@@ -125,13 +126,14 @@ def group_rows(ids):
         bits += 1
     passes = (bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
     digit_bits = (bits + passes - 1) // passes
-    keys, order = ids, np.arange(n)
+    keys, order = np.empty(n, np.int64), np.arange(n)
     next_keys, next_order = np.empty(n, np.int64), np.empty(n, np.int64)
+    mask = (1 << digit_bits) - 1
     for p in range(passes):
-        _radix_pass(next_keys, next_order, keys, order, p * digit_bits,
-                    (1 << digit_bits) - 1, parallel)
-        if p == 0:
-            keys = np.empty(n, np.int64)  # never write into the caller's ids
+        if p == 0:  # read the caller's ids (maybe read-only), never write them
+            _radix_pass(next_keys, next_order, ids, order, 0, mask, parallel)
+        else:
+            _radix_pass(next_keys, next_order, keys, order, p * digit_bits, mask, parallel)
         keys, next_keys = next_keys, keys
         order, next_order = next_order, order
     rows, starts = _runs(keys, parallel)

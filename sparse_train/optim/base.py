@@ -37,7 +37,7 @@ def row_view(array):
     a scalar is one row of one value."""
     if array.ndim == 0:
         return array.reshape(1, 1)
-    return array.reshape(array.shape[0], -1)
+    return array.reshape(array.shape[0], int(np.prod(array.shape[1:], dtype=np.int64)))
 
 
 class Optimizer:

@@ -1,0 +1,359 @@
+"""Sharded checkpoints: one file per rank, a manifest, restore on any world size.
+
+A save is collective. Each rank writes ``{prefix}.shard-{r}-of-{W}.ckpt``, a
+regular ``sparse_train.checkpoint`` file (atomic: temporary file, fsync,
+rename) holding its table shards, their slots, and the replicated dense
+variables, optimizer state and global step. When every rank has written
+its file, rank 0 writes ``{prefix}.manifest.json`` (atomically) naming the
+world size, the shard files and the tables' global row counts; a save is
+complete once its manifest exists. ``DistributedCheckpointManager`` keeps a
+``latest`` pointer to manifests, like ``CheckpointManager``.
+
+Restore is collective too. On the world size of the save, each rank reads
+its own shard file (every CRC checked before anything changes). On another
+world size the checkpoint is resharded: every rank reads each old shard's
+arrays (one array in memory at a time) and keeps the rows it now owns
+(``id mod W``); replicated state comes from shard 0. A plain single-process
+checkpoint file restores the same way, as a world of one. The directory
+must be visible to every rank at the same path (a shared file system on
+several hosts).
+
+If any rank fails, every rank raises (``CheckpointError``, or
+``CorruptCheckpointError`` when a file is damaged), so none is left waiting.
+"""
+import json
+import os
+import re
+import warnings
+import zlib
+
+import numpy as np
+
+from ..checkpoint import (Checkpoint, CheckpointError, CheckpointReader,
+                          CorruptCheckpointError, _atomic_write, _dumps,
+                          load_optimizer_state_dict)
+from .faults import DistributedError
+from .sharding import owned_ids, shard_size
+
+__all__ = ["save_sharded", "restore_sharded", "DistributedCheckpointManager",
+           "MANIFEST_FORMAT"]
+
+MANIFEST_FORMAT = "sparse_train.sharded_checkpoint"
+MANIFEST_VERSION = 1
+
+
+def shard_file(prefix, rank, world_size):
+    return f"{prefix}.shard-{rank}-of-{world_size}.ckpt"
+
+
+def manifest_file(prefix):
+    return f"{prefix}.manifest.json"
+
+
+def save_sharded(directory, prefix, dist, optimizers, global_step=None, metadata=None):
+    """Write this rank's shard and (rank 0) the manifest; collective.
+
+    Args:
+        directory: shared directory (created if missing).
+        prefix: file name prefix, e.g. ``"ckpt-100"``.
+        dist: the ``DistributedModel``.
+        optimizers: the optimizers training it (their state is saved).
+        global_step: optional ``GlobalStep``.
+        metadata: optional JSON-serialisable dict (stored in every file).
+
+    Returns:
+        the manifest's path (on every rank).
+
+    Also checks that the dense replicas are still identical on every rank
+    (CRC-32 of each dense variable), raising ``DistributedError`` if not.
+    """
+    comm = dist.comm
+    _check_replicas(dist)
+    os.makedirs(directory, exist_ok=True)
+    name = shard_file(prefix, comm.rank, comm.size)
+    _collective(comm, "save", lambda: Checkpoint(dist.variables(), optimizers, global_step).save(
+        os.path.join(directory, name), metadata))
+    manifest = {
+        "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
+        "world_size": comm.size, "sharding": "row id mod world_size",
+        "shards": [shard_file(prefix, r, comm.size) for r in range(comm.size)],
+        "tables": {t.name: t.num_embeddings for t in dist.tables.values()},
+        "global_step": None if global_step is None else int(global_step),
+        "metadata": {} if metadata is None else metadata,
+    }
+    path = os.path.join(directory, manifest_file(prefix))
+    _collective(comm, "save", lambda: comm.rank == 0 and _atomic_write(
+        path, lambda f: f.write(_dumps(manifest))))
+    return path
+
+
+def restore_sharded(path, dist, optimizers, global_step=None):
+    """Restore a sharded checkpoint (its manifest's path) or a single-process
+    checkpoint file into ``dist``, ``optimizers`` and ``global_step``;
+    collective. Returns the manifest (dict; for a plain file, one made up
+    with ``world_size`` 1 and the file's metadata).
+
+    Same world size: each rank restores its own shard file (strict, every
+    CRC checked first). Another world size: resharded (module docstring).
+    """
+    comm = dist.comm
+    manifest = _collective(comm, "restore", lambda: _read_manifest(path) if comm.rank == 0
+                           else None, root_result=True)
+    _check_tables(manifest, dist, path)
+    directory = os.path.dirname(os.path.abspath(path))
+    shards = [os.path.join(directory, name) for name in manifest["shards"]]
+    if manifest["world_size"] == comm.size:
+        _collective(comm, "restore", lambda: Checkpoint(
+            dist.variables(), optimizers, global_step).restore(shards[comm.rank]))
+    else:
+        _collective(comm, "restore", lambda: _reshard(shards, manifest, dist, optimizers,
+                                                      global_step))
+    return manifest
+
+
+class DistributedCheckpointManager:
+    """Keeps the last ``max_to_keep`` sharded checkpoints in ``directory``
+    (``CheckpointManager`` for ``DistributedModel``); collective.
+
+    Files: ``{checkpoint_name}-{number}.shard-{r}-of-{W}.ckpt`` and
+    ``{checkpoint_name}-{number}.manifest.json``; the pointer ``latest``
+    (JSON: the latest manifest and the kept ones, oldest first) is replaced
+    atomically by rank 0 after the manifest, then older checkpoints' files
+    are deleted. ``restore_latest`` falls back to older checkpoints when a
+    file is corrupt, on every rank together.
+    """
+
+    POINTER = "latest"
+
+    def __init__(self, dist, optimizers, global_step, directory, max_to_keep=5,
+                 checkpoint_name="ckpt"):
+        if max_to_keep is not None and (int(max_to_keep) != max_to_keep or max_to_keep < 1):
+            raise ValueError(f"max_to_keep must be an integer >= 1 or None, got {max_to_keep!r}")
+        if not re.fullmatch(r"[\w.-]+", checkpoint_name):
+            raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
+        self.dist, self.optimizers, self.global_step = dist, list(optimizers), global_step
+        self.directory = os.fspath(directory)
+        self.max_to_keep = max_to_keep
+        self.checkpoint_name = checkpoint_name
+        os.makedirs(self.directory, exist_ok=True)
+
+    @property
+    def comm(self):
+        return self.dist.comm
+
+    def save(self, checkpoint_number=None, metadata=None):
+        """Write a new sharded checkpoint, update ``latest``, drop the oldest;
+        returns the manifest's path."""
+        names = self.comm.bcast(self._read_pointer()[1] if self.comm.rank == 0 else None)
+        if checkpoint_number is None:
+            checkpoint_number = int(self.global_step) if self.global_step is not None else 1 + max(
+                [self._number(n) for n in names] + [0])
+        prefix = f"{self.checkpoint_name}-{int(checkpoint_number)}"
+        path = save_sharded(self.directory, prefix, self.dist, self.optimizers,
+                            self.global_step, metadata)
+        name = os.path.basename(path)
+        names = [n for n in names if n != name] + [name]
+        kept = names if self.max_to_keep is None else names[-self.max_to_keep:]
+        _collective(self.comm, "save", lambda: self.comm.rank == 0 and self._update_pointer(
+            name, kept, names[:len(names) - len(kept)]))
+        return path
+
+    def restore_latest(self):
+        """Restore the newest complete checkpoint (older ones if it is
+        corrupt); returns its manifest path, or None if there is none."""
+        candidates = self.comm.bcast(self._candidates() if self.comm.rank == 0 else None)
+        error = None
+        for path in candidates:
+            try:
+                restore_sharded(path, self.dist, self.optimizers, self.global_step)
+                return path
+            except CorruptCheckpointError as exc:
+                warnings.warn(f"{exc}; trying an older checkpoint", stacklevel=2)
+                error = exc
+        if error is not None:
+            raise error
+        return None
+
+    def manifest(self, path):
+        """The manifest (dict) at ``path``, read on rank 0 and shared."""
+        return _collective(self.comm, "restore", lambda: _read_manifest(path) if self.comm.rank == 0
+                           else None, root_result=True)
+
+    # ------------------------------------------------------------ rank 0
+    def _candidates(self):
+        latest, names = self._read_pointer()
+        ordered = ([latest] if latest else []) + [n for n in names[::-1] if n != latest]
+        return [os.path.join(self.directory, n) for n in ordered
+                if os.path.exists(os.path.join(self.directory, n))]
+
+    def _update_pointer(self, latest, kept, dropped):
+        pointer = _dumps({"latest": latest, "checkpoints": kept})
+        _atomic_write(os.path.join(self.directory, self.POINTER), lambda f: f.write(pointer))
+        for name in dropped:
+            path = os.path.join(self.directory, name)
+            files = [name]
+            try:
+                files = _read_manifest(path)["shards"] + files  # manifest last
+            except (OSError, CheckpointError):
+                pass
+            for file in files:
+                try:
+                    os.unlink(os.path.join(self.directory, file))
+                except FileNotFoundError:
+                    pass
+        return True
+
+    def _read_pointer(self):
+        try:
+            with open(os.path.join(self.directory, self.POINTER), "rb") as f:
+                pointer = json.loads(f.read().decode("ascii"))
+            return pointer["latest"], list(pointer["checkpoints"])
+        except FileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError):
+            warnings.warn(f"{self.directory}/{self.POINTER} is unreadable; scanning the directory",
+                          stacklevel=3)
+        names = sorted((n for n in os.listdir(self.directory) if self._number(n) is not None),
+                       key=self._number)
+        return (names[-1] if names else None), names
+
+    def _number(self, file_name):
+        found = re.fullmatch(re.escape(self.checkpoint_name) + r"-(\d+)\.(manifest\.json|ckpt)",
+                             file_name)
+        return int(found.group(1)) if found else None
+
+
+# ----------------------------------------------------------------- helpers
+def _collective(comm, what, action, root_result=False):
+    """Run ``action`` on every rank; if it raised anywhere, raise on every
+    rank (``CorruptCheckpointError`` if every failure was one, else
+    ``CheckpointError``) naming the failed ranks. Returns the action's
+    result (rank 0's when ``root_result``)."""
+    result, failure = None, None
+    try:
+        result = action()
+    except (OSError, ValueError, KeyError) as exc:  # CheckpointError is a ValueError
+        failure = (isinstance(exc, CorruptCheckpointError), f"{type(exc).__name__}: {exc}")
+    failures = comm.allgather(failure)
+    bad = [(rank, f) for rank, f in enumerate(failures) if f is not None]
+    if bad:
+        kind = CorruptCheckpointError if all(f[0] for _, f in bad) else CheckpointError
+        raise kind(f"checkpoint {what} failed on "
+                   + "; ".join(f"rank {rank}: {f[1]}" for rank, f in bad))
+    return comm.bcast(result) if root_result else result
+
+
+def _read_manifest(path):
+    """The manifest at ``path``; a plain checkpoint file reads as a world of one."""
+    path = os.fspath(path)
+    if not path.endswith(".json"):
+        header = CheckpointReader(path).header
+        return {"format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "world_size": 1,
+                "shards": [os.path.basename(path)], "tables": None,
+                "global_step": (header["global_step"] or {}).get("value"),
+                "metadata": header.get("metadata", {})}
+    try:
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise CheckpointError(f"{path} is not a sparse_train sharded checkpoint manifest")
+        if manifest["format_version"] > MANIFEST_VERSION:
+            raise CheckpointError(f"{path} has manifest version {manifest['format_version']}; "
+                                  f"this sparse_train reads up to {MANIFEST_VERSION}")
+        int(manifest["world_size"]), list(manifest["shards"])
+        return manifest
+    except (ValueError, KeyError, TypeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CorruptCheckpointError(f"manifest {path} is unreadable: {error!r}") from None
+
+
+def _check_tables(manifest, dist, path):
+    """The checkpoint's tables must be the model's, with the same row counts."""
+    saved = manifest.get("tables")
+    if saved is None:
+        return  # a single-process file: Checkpoint's own checks apply
+    mine = {t.name: t.num_embeddings for t in dist.tables.values()}
+    if saved != mine:
+        diff = sorted(f"{name}: {saved.get(name)} rows saved, {mine.get(name)} in the model"
+                      for name in set(saved) | set(mine) if saved.get(name) != mine.get(name))
+        raise CheckpointError(f"checkpoint {path} does not fit the model's tables: "
+                              + "; ".join(diff))
+
+
+def _reshard(shards, manifest, dist, optimizers, global_step):
+    """Read every old shard and keep this rank's rows (see module docstring).
+
+    Every array is read (CRCs checked) and checked against the model before
+    anything changes.
+    """
+    comm, old_size = dist.comm, manifest["world_size"]
+    readers = [CheckpointReader(path) for path in shards]
+    first = readers[0].header
+    tables = {t.name: t.num_embeddings for t in dist.tables.values()}
+
+    def fetch(array, var_name):
+        if var_name not in tables:
+            return readers[0].get_tensor(array)
+        return _gather_rows(readers, array, tables[var_name], old_size, comm.rank, comm.size)
+
+    values = {}
+    for var in dist.variables():
+        if var.name not in first["variables"]:
+            raise CheckpointError(f"checkpoint {shards[0]} has no variable {var.name!r}")
+        values[var.name] = fetch(var.name, var.name)
+        if values[var.name].shape != var.shape:
+            raise CheckpointError(f"variable {var.name!r}: shape {values[var.name].shape} "
+                                  f"after resharding, {var.shape} in the model")
+    states = []
+    saved = {o["name"]: o for o in first["optimizers"]}
+    for opt in optimizers:
+        if opt.name not in saved:
+            raise CheckpointError(f"checkpoint {shards[0]} has no optimizer {opt.name!r}")
+        if saved[opt.name]["class"] != type(opt).__name__:
+            raise CheckpointError(f"optimizer {opt.name!r} is a {type(opt).__name__}, the "
+                                  f"checkpoint holds a {saved[opt.name]['class']}'s state")
+        state = {array: readers[0].get_tensor(array)
+                 for array in saved[opt.name]["non_slot"].values()}
+        for var_name, _, array in saved[opt.name]["slots"]:
+            state[array] = fetch(array, var_name)
+        states.append((opt, state))
+    step = first["global_step"]
+    if global_step is not None and step is None:
+        raise CheckpointError(f"checkpoint {shards[0]} has no global step")
+    for opt, state in states:
+        load_optimizer_state_dict(opt, state, dist.variables())
+    for var in dist.variables():
+        var.assign(values[var.name])
+    if global_step is not None:
+        global_step.assign(step["value"])
+
+
+def _gather_rows(readers, array, num_embeddings, old_size, rank, size):
+    """The rows of ``array`` (a table or one of its row slots) that ``rank``
+    of ``size`` owns, read from the shards of a world of ``old_size``."""
+    out = None
+    for old_rank, reader in enumerate(readers):
+        part = reader.get_tensor(array)
+        expected = shard_size(num_embeddings, old_rank, old_size)
+        if part.shape[0] != expected:
+            raise CheckpointError(f"{reader.path}: {array!r} has {part.shape[0]} rows, shard "
+                                  f"{old_rank} of {old_size} of a {num_embeddings}-row table "
+                                  f"has {expected}")
+        if out is None:  # zeros: a placeholder row (see sharding.shard_size) stays 0
+            out = np.zeros((shard_size(num_embeddings, rank, size),) + part.shape[1:], part.dtype)
+        ids = owned_ids(num_embeddings, old_rank, old_size)
+        mine = ids % size == rank
+        out[ids[mine] // size] = part[:ids.shape[0]][mine]
+    return out
+
+
+def _check_replicas(dist):
+    """Dense variables must be bit-identical on every rank."""
+    crcs = [zlib.crc32(v.value.tobytes()) for v in dist.dense_variables()]
+    everyone = dist.comm.allgather(crcs)
+    for rank, theirs in enumerate(everyone):
+        if theirs != crcs:
+            names = [v.name for v, a, b in zip(dist.dense_variables(), crcs, theirs) if a != b]
+            raise DistributedError(f"dense variables {names} differ between rank "
+                                   f"{dist.comm.rank} and rank {rank}: the replicas diverged")

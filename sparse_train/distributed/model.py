@@ -1,0 +1,272 @@
+"""``DistributedModel``: a CTR model with row-sharded tables and replicated
+dense layers, trained by every rank on its slice of each global batch.
+
+Model-parallel tables, data-parallel dense layers (the HugeCTR / torchrec
+layout): every rank builds the same model (same seed), then
+``DistributedModel`` keeps only its shard of each table and routes lookups
+through ``LookupExchange``. One step on rank r::
+
+    exchange.forward(batch_r)                     # rows fetched from their owners
+    loss = sum_b CE(logit_b, label_b) / B_global  # the GLOBAL batch's mean
+    reverse pass                                  # dense grads; lookups record d_out
+    exchange.backward()                           # per-occurrence rows to owners
+    Allreduce(dense grads)                        # sum over ranks
+    sparse_optimizer.apply_gradients(shards)      # each owner updates its rows + slots
+    dense_optimizer.apply_gradients(dense, global_step)   # same on every rank
+
+Exactness against one process on the global batch (issue 6): the pooled
+lookups are bit-exact; for a given upstream gradient of the lookups, the
+tables and their slots are bit-exact (same products, summed in the same
+order). Dense gradients are summed over ranks by ``Allreduce``, in another
+order than one process's BLAS sum over the batch, so dense weights differ
+in the last bits (docs/DISTRIBUTED.md gives the measured bound); once they
+differ, later upstream gradients, hence tables, differ by as little.
+"""
+import time
+import zlib
+
+import numpy as np
+
+from .. import autodiff as ad
+from ..clip import _sq_norm, clip_gradients
+from ..collections import get_all_collection_keys, get_collection_ref
+from ..kernels.clip import ordered_sum
+from ..metrics import AUC, LogLoss
+from ..nn import EmbeddingBagCollection, FeatureLinear
+from .comm import world
+from .exchange import LookupExchange, ShardedEmbeddingBag
+from .faults import DistributedError
+from .sharding import ShardedTable
+
+__all__ = ["DistributedModel"]
+
+
+class DistributedModel:
+    """Shards ``model``'s tables over ``comm`` and trains it with the others.
+
+    Every rank must build the same model (same options and seed) and call
+    the methods below in the same order with its own slice of each global
+    batch (``sharding.local_batch``). The tables of ``model`` are replaced in
+    place by this rank's shards (same names), so ``model.sparse_variables()``
+    and checkpoints see shards; dense variables stay replicated.
+
+    Args:
+        model: a ``CTRModel`` whose tables live in its
+            ``EmbeddingBagCollection`` and ``FeatureLinear`` layers (all
+            registry models).
+        comm: a ``Communicator``; default ``world()``.
+
+    >>> from sparse_train.data import DataSpec, FeatureSpec
+    >>> from sparse_train.models import build_model
+    >>> spec = DataSpec((FeatureSpec("user", 100), FeatureSpec("item", 50)), ("age",))
+    >>> dist = DistributedModel(build_model("fm", spec, embedding_dim=4, scope="doc_dist"))
+    >>> dist.comm.size, [v.shape for v in dist.sparse_variables()][-1]
+    (1, (50, 4))
+    """
+
+    def __init__(self, model, comm=None):
+        self.model = model
+        self.comm = world() if comm is None else comm
+        bags = []
+        for collection in _embedding_collections(model):
+            bags += _shard_collection(collection, self.comm)
+        self.exchange = LookupExchange(self.comm, bags)
+        self.timings = self.exchange.timings
+        shards = {id(bag.table.weight) for bag in bags}
+        stray = [v.name for v in model.sparse_variables() if id(v) not in shards]
+        if stray:
+            raise ValueError(f"DistributedModel: tables {stray} are not in an "
+                             f"EmbeddingBagCollection or FeatureLinear layer; cannot shard them")
+        _check_same_model(self)
+
+    # ------------------------------------------------------------ variables
+    @property
+    def tables(self):
+        """{name: ``ShardedTable``} of every table, in lookup order."""
+        return {bag.table.name: bag.table for bag in self.exchange.bags}
+
+    def sparse_variables(self):
+        """This rank's table shards (named like the full tables)."""
+        return self.model.sparse_variables()
+
+    def dense_variables(self):
+        """The replicated dense variables."""
+        return self.model.dense_variables()
+
+    def variables(self):
+        return self.sparse_variables() + self.dense_variables()
+
+    # -------------------------------------------------------------- running
+    def forward(self, batch):
+        """[B_local] logits Tensor of this rank's batch (a collective: every
+        rank calls it with its own slice)."""
+        self.exchange.forward(batch.sparse, batch.size)
+        return self.model.forward(batch)
+
+    def __call__(self, batch):
+        return self.forward(batch)
+
+    def predict(self, batch):
+        """Click probabilities of this rank's batch, [B_local] float32."""
+        with ad.no_grad():
+            return ad.sigmoid(self.forward(batch)).data
+
+    def loss(self, batch):
+        """(loss, per-rank sum): the loss whose gradient is the global
+        batch's mean loss gradient, ``sum_b CE_b * float32(1 / B_global)``
+        (the factor one process's mean applies), and the Tensor of this
+        rank's CE sum."""
+        logits = self.forward(batch)
+        total = ad.sigmoid_cross_entropy_with_logits(logits, batch.labels, reduction="sum")
+        scale = np.float32(1.0 / max(self.exchange.global_batch_size, 1))
+        return total * scale, total
+
+    def train_step(self, batch, sparse_optimizer, dense_optimizer=None, global_step=None,
+                   clip_norm=None):
+        """One global step on this rank's slice; returns the global batch's
+        mean loss (float, the same on every rank).
+
+        Mirrors ``models.train_step``: the sparse optimizer updates this
+        rank's shards, the dense one (or the sparse one when None) the
+        replicated dense variables; ``global_step`` goes to the last
+        ``apply_gradients`` call. ``clip_norm`` clips by the global norm of
+        every gradient of all ranks (``clip.clip_gradients``).
+        """
+        loss, total = self.loss(batch)
+        global_size = self.exchange.global_batch_size
+        if global_size == 0:
+            raise ValueError("DistributedModel.train_step: the global batch is empty")
+        dense_vars = self.dense_variables()
+        dense_grads = ad.compute_gradients(loss, dense_vars)
+        sparse_grads = self.exchange.backward()
+        dense_grads, loss_sum = self._allreduce(dense_grads, total)
+        pairs = [(sparse_grads.get(v.name), v) for v in self.sparse_variables()] + dense_grads
+        if clip_norm is not None:
+            pairs = clip_gradients(pairs, clip_norm, use_norm=self._global_norm(pairs))[0]
+        num_sparse = len(self.sparse_variables())
+        if dense_optimizer is None:
+            groups = [(sparse_optimizer, pairs)]
+        else:
+            groups = [(sparse_optimizer, pairs[:num_sparse]), (dense_optimizer, pairs[num_sparse:])]
+        groups = [(opt, p) for opt, p in groups if any(g is not None for g, _ in p)]
+        if not groups:
+            raise ValueError("train_step: the loss depends on no variable of the model")
+        for i, (optimizer, group) in enumerate(groups):
+            optimizer.apply_gradients(group,
+                                      global_step=global_step if i == len(groups) - 1 else None)
+        # float32 sum / int count: the arithmetic of one process's mean loss.
+        return float(np.float32(loss_sum) / global_size)
+
+    def evaluate(self, batches):
+        """Validation figures over every global batch: each rank passes its
+        slices (same number of batches on every rank); probabilities are
+        gathered and scored in global order. Returns ``{"auc", "logloss",
+        "num_examples"}`` on every rank, as ``models.evaluate``."""
+        labels, probs = [], []
+        for batch in batches:
+            probs.append(self.predict(batch))
+            labels.append(np.asarray(batch.labels, np.float32))
+        gathered = self.comm.allgather((labels, probs))
+        if len({len(part[0]) for part in gathered}) != 1:
+            raise DistributedError("evaluate: the ranks saw different numbers of batches")
+        auc, logloss = AUC(), LogLoss()
+        for k in range(len(labels)):
+            batch_labels = np.concatenate([part[0][k] for part in gathered])
+            batch_probs = np.concatenate([part[1][k] for part in gathered])
+            auc.update(batch_labels, batch_probs)
+            logloss.update(batch_labels, batch_probs)
+        return {"auc": auc.result(), "logloss": logloss.result(),
+                "num_examples": auc.num_examples}
+
+    # -------------------------------------------------------------- helpers
+    def _allreduce(self, dense_grads, total):
+        """Sum the dense gradients and the loss over ranks (one Allreduce);
+        returns ([(grad, var)], global loss sum as float32)."""
+        sizes = [int(np.prod(v.shape)) for _, v in dense_grads]
+        buffer = np.zeros(sum(sizes) + 1, np.float32)
+        start = 0
+        for (grad, _), size in zip(dense_grads, sizes):
+            if grad is not None:
+                buffer[start:start + size] = np.asarray(grad, np.float32).reshape(-1)
+            start += size
+        buffer[-1] = total.data
+        started = time.perf_counter()
+        self.comm.allreduce_sum(buffer)
+        self.timings["dense_allreduce"] += time.perf_counter() - started
+        pairs, start = [], 0
+        for (grad, var), size in zip(dense_grads, sizes):
+            summed = None if grad is None else buffer[start:start + size].reshape(var.shape).copy()
+            pairs.append((summed, var))
+            start += size
+        return pairs, buffer[-1]
+
+    def _global_norm(self, pairs):
+        """The global norm of all ranks' gradients, summed in float64: table
+        shards' squared norms added over ranks (Allreduce), dense ones
+        (identical everywhere) taken once, in the order of ``pairs``."""
+        squares = np.array([_sq_norm(g, f"variable {v.name!r}") for g, v in pairs], np.float64)
+        num_sparse = len(self.sparse_variables())
+        sparse = np.ascontiguousarray(squares[:num_sparse])
+        self.comm.allreduce_sum(sparse)
+        squares[:num_sparse] = sparse
+        norm = float(np.sqrt(ordered_sum(squares)))
+        if not np.isfinite(norm):
+            bad = [v.name for (g, v), sq in zip(pairs, squares) if not np.isfinite(sq)]
+            raise ValueError(f"cannot clip by norm: the gradient norm is not finite; non-finite "
+                             f"values in {bad}")
+        return norm
+
+
+def _embedding_collections(model):
+    """The ``EmbeddingBagCollection``s holding ``model``'s tables, in order."""
+    layers = getattr(model, "_layers", None)
+    if layers is None:
+        raise TypeError(f"DistributedModel: expected a CTRModel, got {type(model).__name__}")
+    for layer in layers:
+        if isinstance(layer, EmbeddingBagCollection):
+            yield layer
+        elif isinstance(layer, FeatureLinear):
+            yield layer.weights
+
+
+def _shard_collection(collection, comm):
+    """Replace a collection's tables by shards and its bags by sharded bags."""
+    sharded = {}
+    for key, table in collection.tables.items():
+        if isinstance(table, ShardedTable):
+            raise ValueError(f"DistributedModel: table {table.name!r} is already sharded")
+        sharded[key] = ShardedTable(table, comm.rank, comm.size)
+        _replace_in_collections(table.weight, sharded[key].weight)
+    by_table = {id(collection.tables[key]): sharded[key] for key in collection.tables}
+    collection.tables = sharded
+    bags = {}
+    for feature, bag in collection.bags.items():
+        bags[feature] = ShardedEmbeddingBag(by_table[id(bag.table)], bag.combiner, bag.name)
+    collection.bags = bags
+    return list(bags.values())
+
+
+def _replace_in_collections(old, new):
+    """Point the variable collections (``sparse_train.collections``) at the
+    shard, so they do not keep the full table alive."""
+    for key in get_all_collection_keys():
+        items = get_collection_ref(key)
+        for i, item in enumerate(items):
+            if item is old:
+                items[i] = new
+
+
+def _check_same_model(dist):
+    """Every rank must hold the same model: same tables (global shape) and
+    the same dense variables, bit for bit (same seed)."""
+    signature = ([("table", t.name, t.num_embeddings, t.embedding_dim)
+                  for t in dist.tables.values()]
+                 + [("dense", v.name, tuple(v.shape), zlib.crc32(v.value.tobytes()))
+                    for v in dist.dense_variables()])
+    everyone = dist.comm.allgather(signature)
+    for rank, theirs in enumerate(everyone):
+        if theirs != signature:
+            diff = sorted(set(map(str, theirs)) ^ set(map(str, signature)))[:4]
+            raise DistributedError(
+                f"rank {dist.comm.rank} and rank {rank} built different models (build it with "
+                f"the same options and seed on every rank); differences: {diff}")
