@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+import sparse_train  # noqa: F401  first: sets the thread pools' spin limits before numpy loads
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

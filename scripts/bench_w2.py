@@ -10,10 +10,9 @@ rounds, alternating.
 Our side is ``sparse_train.models`` (``build_model`` / ``train_step``);
 ``make_ours_step`` is the one place that plugs it in.
 """
+import sparse_train as st  # first: sets the thread pools' spin limits before numpy loads
 import numba
 import numpy as np
-
-import sparse_train as st
 from sparse_train.data import Batch, DataSpec, FeatureSpec
 
 from bench_common import Contender, alternate, draw_ids, free_memory, ratio, torch

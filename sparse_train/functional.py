@@ -18,7 +18,8 @@ from .kernels.checks import first_decrease, first_id_out_of_range, first_non_fin
 from .sparse import RowSparseGrad
 from .variable import Variable
 
-__all__ = ["embedding_bag", "embedding_bag_grad", "COMBINERS"]
+__all__ = ["embedding_bag", "embedding_bag_grad", "check_bags", "pool_checked", "grad_checked",
+           "COMBINERS"]
 
 COMBINERS = {"sum": _lookup.SUM, "mean": _lookup.MEAN, "sqrtn": _lookup.SQRTN}
 _NO_WEIGHTS = np.empty(0, np.float32)
@@ -46,8 +47,13 @@ def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
     [[2.0, 3.0], [2.0, 3.0], [0.0, 0.0]]
     """
     table = _as_table(weight, name)
-    bags = _check_bags(values, offsets, weights, table.shape[0], combiner,
-                       padding_idx, name)
+    return pool_checked(table, check_bags(values, offsets, weights, table.shape[0],
+                                          combiner, padding_idx, name))
+
+
+def pool_checked(table, bags):
+    """``embedding_bag`` of ``bags`` already checked by ``check_bags`` for
+    this [V, D] float32 table: [B, D] float32."""
     out = np.empty((bags[1].shape[0] - 1, table.shape[1]), np.float32)
     _lookup.embedding_bag_forward(out, table, *bags)
     return out
@@ -76,14 +82,24 @@ def embedding_bag_grad(d_out, values, offsets, num_embeddings, weights=None,
     ([0, 2], [[2.0, 2.0], [1.0, 1.0]])
     """
     num_embeddings = _check_count(num_embeddings, "num_embeddings", name)
-    bags = _check_bags(values, offsets, weights, num_embeddings, combiner,
-                       padding_idx, name)
+    bags = check_bags(values, offsets, weights, num_embeddings, combiner,
+                      padding_idx, name)
     d_out = np.array(d_out, dtype=np.float32, copy=True, order="C")
+    return grad_checked(d_out, bags, num_embeddings, name)
+
+
+def grad_checked(d_out, bags, num_embeddings, name=None):
+    """``embedding_bag_grad`` of ``bags`` already checked by ``check_bags``.
+    ``d_out`` [B, D] float32 C-contiguous is used without a copy: it must not
+    change until the gradient is applied (the autodiff engine never writes
+    into a gradient it handed out)."""
     num_bags = bags[1].shape[0] - 1
     if d_out.ndim != 2 or d_out.shape[0] != num_bags:
         raise ValueError(
             f"{_where(name)}: d_out must have shape [{num_bags}, D] (one row "
             f"per bag), got {d_out.shape}")
+    if d_out.dtype != np.float32 or not d_out.flags.c_contiguous:
+        raise ValueError(f"{_where(name)}: d_out must be C-contiguous float32")
     rows, starts, src_index, src_coef = _lookup.embedding_bag_grad_plan(*bags)
     plan = (rows, starts, src_index, src_coef, d_out, np.float32(1.0))
     return RowSparseGrad._from_plan(plan, (num_embeddings, d_out.shape[1]))
@@ -117,11 +133,11 @@ def _as_ids(array, what, name):
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
-def _check_bags(values, offsets, weights, num_embeddings, combiner,
-                padding_idx, name):
-    """Validated kernel arguments: (values, offsets, weights, has_weights,
-    combiner code, padding_idx or -1). Raises ValueError naming the feature
-    and the offending value and position."""
+def check_bags(values, offsets, weights, num_embeddings, combiner,
+               padding_idx=None, name=None):
+    """Validated kernel arguments of one feature's lookup: (values, offsets,
+    weights, has_weights, combiner code, padding_idx or -1). Raises
+    ValueError naming the feature and the offending value and position."""
     where = _where(name)
     values = _as_ids(values, "values", name)
     offsets = _as_ids(offsets, "offsets", name)

@@ -48,16 +48,18 @@ def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
         raise TypeError(f"embedding_bag: weight must be a Variable or Tensor, got "
                         f"{type(weight).__name__}")
     table = weight if isinstance(weight, Tensor) else Tensor(weight)
+    num_embeddings = table.shape[0]
+    bags = F.check_bags(values, offsets, weights, num_embeddings, combiner, padding_idx, name)
     if table.dtype == np.float32:
-        out = F.embedding_bag(table.data, values, offsets, weights, combiner, padding_idx, name)
+        out = F.pool_checked(np.ascontiguousarray(table.data), bags)
     else:
         out = _bag_matrix(table.shape[0], values, offsets, weights, combiner,
                           padding_idx, name) @ table.data
-    num_embeddings = table.shape[0]
 
     def backward(g):
-        return (F.embedding_bag_grad(g, values, offsets, num_embeddings, weights,
-                                     combiner, padding_idx, name),)
+        # The engine never writes into g afterwards: no copy needed.
+        d_out = np.ascontiguousarray(g, dtype=np.float32)
+        return (F.grad_checked(d_out, bags, num_embeddings, name),)
     return Tensor.from_op(out, (table,), backward, "embedding_bag")
 
 

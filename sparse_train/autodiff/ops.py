@@ -9,6 +9,8 @@ one; a gradient it does not compute is None. Backwards never write into ``g``
 """
 import numpy as np
 
+from ..kernels import dense as _dense
+
 from .engine import Tensor, as_tensor
 
 __all__ = ["add", "sub", "mul", "neg", "matmul", "bias_add", "linear", "relu", "sigmoid",
@@ -111,35 +113,64 @@ def bias_add(x, bias):
     return Tensor.from_op(x.data + bias.data, (x, bias), backward, "bias_add")
 
 
-def linear(x, kernel, bias=None):
-    """Dense layer ``x @ kernel + bias`` for x [B, K], kernel [K, N], bias [N]:
-    ``matmul`` and ``bias_add`` fused into one op (one output buffer).
+def linear(x, kernel, bias=None, activation=None):
+    """Dense layer ``act(x @ kernel + bias)`` for x [B, K], kernel [K, N],
+    bias [N], act None or ``"relu"``: matmul, bias add and ReLU fused into
+    one op (one output buffer; float32 bias and ReLU in one pass,
+    ``kernels.dense``).
 
-    Backward: ``dx = g @ kernel^T``, ``dkernel = x^T @ g``, ``dbias = sum_b g[b]``.
+    Backward, with ``p = g * (out > 0)`` for ReLU (else ``p = g``):
+    ``dx = p @ kernel^T``, ``dkernel = x^T @ p``, ``dbias = sum_b p[b]``.
 
     >>> linear(Tensor(np.ones((2, 3))), Tensor(np.ones((3, 1))), Tensor(np.ones(1))).data.tolist()
     [[4.0], [4.0]]
+    >>> linear(Tensor(np.ones((1, 2))), Tensor(-np.ones((2, 1))), activation="relu").data.tolist()
+    [[0.0]]
     """
     x, kernel = _pair(x, kernel)
     if x.ndim != 2 or kernel.ndim != 2 or x.shape[1] != kernel.shape[0]:
         raise ValueError(f"linear: x [B, K] and kernel [K, N] expected, got {x.shape} "
                          f"and {kernel.shape}")
+    if activation not in (None, "relu"):
+        raise ValueError(f"linear: activation must be None or 'relu', got {activation!r}")
+    relu_ = activation == "relu"
     out = x.data @ kernel.data
     inputs = (x, kernel)
+    fast = out.dtype == np.float32  # the float64 path (gradient checks) stays in numpy
     if bias is not None:
         bias = as_tensor(bias, like=x)
         if bias.shape != (kernel.shape[1],):
             raise ValueError(f"linear: bias must be [{kernel.shape[1]}], got {bias.shape}")
-        out += bias.data
         inputs = (x, kernel, bias)
+    if fast and relu_:
+        _dense.bias_relu(out, np.zeros(out.shape[1], np.float32) if bias is None else bias.data)
+    else:
+        if bias is not None:
+            out += bias.data
+        if relu_:
+            np.maximum(out, 0, out=out)
 
     def backward(g):
-        dx = g @ kernel.data.T if x.requires_grad else None
-        dkernel = x.data.T @ g if kernel.requires_grad else None
+        want_bias = bias is not None and bias.requires_grad
+        if fast and g.dtype == np.float32 and (relu_ or want_bias):
+            g = np.ascontiguousarray(g)
+            partial = np.empty((_dense.BIAS_SLICES, g.shape[1]), np.float32)
+            if relu_:
+                p = np.empty_like(g)
+                _dense.relu_grad_and_bias_sums(p, partial, g, out)
+            else:
+                p = g
+                _dense.bias_sums(partial, g)
+            dbias = partial.sum(axis=0) if want_bias else None
+        else:
+            p = g * (out > 0) if relu_ else g
+            dbias = p.sum(axis=0) if want_bias else None
+        dx = p @ kernel.data.T if x.requires_grad else None
+        dkernel = x.data.T @ p if kernel.requires_grad else None
         if bias is None:
             return dx, dkernel
-        return dx, dkernel, (g.sum(axis=0) if bias.requires_grad else None)
-    return Tensor.from_op(out, inputs, backward, "linear")
+        return dx, dkernel, dbias
+    return Tensor.from_op(out, inputs, backward, "linear_relu" if relu_ else "linear")
 
 
 def relu(x):
@@ -205,6 +236,19 @@ def stack(tensors, axis=1):
         return tuple(g[lead + (i,)] if t.requires_grad else None
                      for i, t in enumerate(tensors))
     return Tensor.from_op(out, tensors, backward, "stack")
+
+
+def select(x, index, axis=1):
+    """``x`` at ``index`` along ``axis``, that axis removed (``x[:, index]``
+    for axis 1). Backward: ``g`` placed at ``index`` in zeros of ``x``'s shape."""
+    x = as_tensor(x)
+    where = (slice(None),) * (axis % x.ndim) + (index,)
+
+    def backward(g):
+        full = np.zeros(x.shape, g.dtype)
+        full[where] = g
+        return (full,)
+    return Tensor.from_op(x.data[where], (x,), backward, "select")
 
 
 def reshape(x, shape):

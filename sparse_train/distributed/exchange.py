@@ -49,7 +49,7 @@ from collections import defaultdict
 import numpy as np
 
 from .. import autodiff as ad
-from ..functional import COMBINERS, _check_bags
+from ..functional import COMBINERS, check_bags
 from ..kernels import distributed_exchange as kx
 from ..kernels.coalesce import group_rows
 from ..sparse import RowSparseGrad
@@ -191,7 +191,7 @@ class LookupExchange:
         if bag.name not in sparse:
             raise KeyError(f"batch has no sparse feature {bag.name!r}; it has {sorted(sparse)}")
         ragged, table, size = sparse[bag.name], bag.table, self.comm.size
-        values, offsets, weights, has_weights, combiner, padding = _check_bags(
+        values, offsets, weights, has_weights, combiner, padding = check_bags(
             table.ids(ragged.values, bag.name), ragged.offsets, ragged.weights,
             table.num_embeddings, bag.combiner, table.padding_idx, bag.name)
         lookup = _Lookup()

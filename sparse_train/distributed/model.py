@@ -6,7 +6,7 @@ layout): every rank builds the same model (same seed), then
 ``DistributedModel`` keeps only its shard of each table and routes lookups
 through ``LookupExchange``. One step on rank r::
 
-    exchange.forward(batch_r)                     # rows fetched from their owners
+    exchange_lookups(batch_r)                     # rows fetched from their owners
     loss = sum_b CE(logit_b, label_b) / B_global  # the GLOBAL batch's mean
     reverse pass                                  # dense grads; lookups record d_out
     exchange.backward()                           # per-occurrence rows to owners
@@ -61,15 +61,14 @@ class DistributedModel:
     >>> spec = DataSpec((FeatureSpec("user", 100), FeatureSpec("item", 50)), ("age",))
     >>> dist = DistributedModel(build_model("fm", spec, embedding_dim=4, scope="doc_dist"))
     >>> dist.comm.size, [v.shape for v in dist.sparse_variables()][-1]
-    (1, (50, 4))
+    (1, (150, 4))
     """
 
     def __init__(self, model, comm=None):
         self.model = model
         self.comm = world() if comm is None else comm
-        bags = []
-        for collection in _embedding_collections(model):
-            bags += _shard_collection(collection, self.comm)
+        self.collections = list(_embedding_collections(model))
+        bags = [_shard_collection(collection, self.comm) for collection in self.collections]
         self.exchange = LookupExchange(self.comm, bags)
         self.timings = self.exchange.timings
         shards = {id(bag.table.weight) for bag in bags}
@@ -100,8 +99,14 @@ class DistributedModel:
     def forward(self, batch):
         """[B_local] logits Tensor of this rank's batch (a collective: every
         rank calls it with its own slice)."""
-        self.exchange.forward(batch.sparse, batch.size)
+        self.exchange_lookups(batch)
         return self.model.forward(batch)
+
+    def exchange_lookups(self, batch):
+        """Fetch from their owners the rows every lookup of this rank's
+        ``batch`` needs (a collective); ``forward`` starts with it."""
+        fused = {c.name: c.fused_ragged(batch) for c in self.collections}
+        self.exchange.forward(fused, batch.size)
 
     def __call__(self, batch):
         return self.forward(batch)
@@ -230,20 +235,17 @@ def _embedding_collections(model):
 
 
 def _shard_collection(collection, comm):
-    """Replace a collection's tables by shards and its bags by sharded bags."""
-    sharded = {}
-    for key, table in collection.tables.items():
-        if isinstance(table, ShardedTable):
-            raise ValueError(f"DistributedModel: table {table.name!r} is already sharded")
-        sharded[key] = ShardedTable(table, comm.rank, comm.size)
-        _replace_in_collections(table.weight, sharded[key].weight)
-    by_table = {id(collection.tables[key]): sharded[key] for key in collection.tables}
-    collection.tables = sharded
-    bags = {}
-    for feature, bag in collection.bags.items():
-        bags[feature] = ShardedEmbeddingBag(by_table[id(bag.table)], bag.combiner, bag.name)
-    collection.bags = bags
-    return list(bags.values())
+    """Replace a collection's stacked table by this rank's shard and its one
+    lookup by a sharded lookup (fed ``collection.fused_ragged``); returns it."""
+    if isinstance(collection.table, ShardedTable):
+        raise ValueError(f"DistributedModel: table {collection.table.name!r} is already sharded")
+    sharded = ShardedTable(collection.table, comm.rank, comm.size)
+    _replace_in_collections(collection.table.weight, sharded.weight)
+    collection.table = sharded
+    collection.lookup = ShardedEmbeddingBag(sharded, "sum", collection.name)
+    for table in collection.tables.values():  # views of the full rows: let them go
+        table.weight = None
+    return collection.lookup
 
 
 def _replace_in_collections(old, new):

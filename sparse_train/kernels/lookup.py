@@ -113,3 +113,45 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
         src_index[k] = bag_of[order[k]]
         src_coef[k] = coef[order[k]]
     return rows, starts, src_index, src_coef
+
+
+@njit_parallel
+def fuse_bags(values, bag_starts, weights, combiners, row_offsets):
+    """Bags of F features as one sum-combined lookup in a stacked table.
+
+    values [n] int64: every feature's ids, feature after feature; bag b of
+    feature f is ``values[bag_starts[f, b]:bag_starts[f, b + 1]]``
+    (bag_starts [F, B+1] int64). weights [n] float32 (ones where a feature
+    has none); combiners [F] int64 codes; row_offsets [F] int64: first row of
+    feature f's table in the stacked table.
+
+    Returns (out_values [m], out_offsets [B*F+1], out_weights [m]): bag
+    ``b * F + f`` (example-major, so the pooled [B*F, D] output is the
+    [B, F, D] stack) holds ``row_offsets[f] + id`` with weight
+    ``w_i / divisor`` (1 for sum), so a sum lookup gives each combiner's
+    output and each id the combiner's gradient coefficient (SPEC §3). Ids of
+    zero-divisor bags are left out (zeros out, no gradient).
+    """
+    num_features = bag_starts.shape[0]
+    num_bags = bag_starts.shape[1] - 1
+    lengths = np.zeros(num_bags * num_features + 1, np.int64)
+    divisors = np.empty(num_bags * num_features, np.float32)
+    for b in prange(num_bags):
+        for f in range(num_features):
+            start, end = bag_starts[f, b], bag_starts[f, b + 1]
+            divisor = bag_divisor(values, weights, True, start, end, combiners[f], -1)
+            divisors[b * num_features + f] = divisor
+            lengths[b * num_features + f + 1] = end - start if divisor != 0.0 else 0
+    out_offsets = np.cumsum(lengths)
+    out_values = np.empty(out_offsets[-1], np.int64)
+    out_weights = np.empty(out_offsets[-1], np.float32)
+    for b in prange(num_bags):
+        for f in range(num_features):
+            k = b * num_features + f
+            start, at = bag_starts[f, b], out_offsets[k]
+            divisor = divisors[k]
+            for i in range(out_offsets[k + 1] - at):
+                out_values[at + i] = values[start + i] + row_offsets[f]
+                w = weights[start + i]
+                out_weights[at + i] = w if combiners[f] == SUM else w / divisor
+    return out_values, out_offsets, out_weights

@@ -34,7 +34,7 @@ class DCN(CTRModel):
         self._finish_build(num_cross_layers=num_cross_layers, hidden_units=tuple(hidden_units))
 
     def forward(self, batch):
-        parts = self.embedding(batch) if self.embedding is not None else []
+        parts = [self.embedding.flat(batch)] if self.embedding is not None else []
         if self.spec.num_dense:
             parts.append(self.dense_input(batch))
         x0 = ad.concat(parts, axis=1)

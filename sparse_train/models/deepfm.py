@@ -20,9 +20,8 @@ class DeepFM(CTRModel):
     >>> from sparse_train.data import DataSpec, FeatureSpec
     >>> model = DeepFM(DataSpec((FeatureSpec("a", 10), FeatureSpec("b", 10)), ("x",)),
     ...                embedding_dim=4, hidden_units=(8,), scope="demo_deepfm")
-    >>> [v.name for v in model.sparse_variables()]  # doctest: +NORMALIZE_WHITESPACE
-    ['demo_deepfm/linear/a', 'demo_deepfm/linear/b',
-     'demo_deepfm/embedding/a', 'demo_deepfm/embedding/b']
+    >>> [v.name for v in model.sparse_variables()]  # each the rows of all its tables
+    ['demo_deepfm/linear/weight', 'demo_deepfm/embedding/weight']
     """
 
     name = "deepfm"

@@ -44,10 +44,11 @@ class DLRM(CTRModel):
                            self_interaction=self.self_interaction)
 
     def forward(self, batch):
-        vectors = self.embedding(batch) if self.embedding is not None else []
+        parts = [self.embedding.stacked(batch)] if self.embedding is not None else []
         if self.bottom is not None:
             z = self.bottom(self.dense_input(batch))
-            vectors = [z] + vectors
-        pairs = ad.dot_interaction(ad.stack(vectors, axis=1), self.self_interaction)
+            parts = [ad.reshape(z, (-1, 1, self.embedding_dim))] + parts
+        stacked = parts[0] if len(parts) == 1 else ad.concat(parts, axis=1)
+        pairs = ad.dot_interaction(stacked, self.self_interaction)
         top_in = ad.concat([z, pairs], axis=1) if self.bottom is not None else pairs
         return ad.reshape(self.top(top_in), (-1,))

@@ -30,6 +30,6 @@ class WideDeep(CTRModel):
 
     def forward(self, batch):
         dense = self.dense_input(batch)
-        deep_in = (self.embedding(batch) if self.embedding is not None else []) + [dense]
+        deep_in = ([self.embedding.flat(batch)] if self.embedding is not None else []) + [dense]
         deep = ad.reshape(self.deep(ad.concat(deep_in, axis=1)), (-1,))
         return ad.add(self.wide(batch, dense), deep)

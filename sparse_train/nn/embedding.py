@@ -51,6 +51,8 @@ class EmbeddingTable:
         padding_idx: optional row kept at zero and skipped by lookups.
         hash_ids: if True, an id >= V maps to ``id mod V`` instead of being an
             error (negative ids are still an error).
+        out: optional C-contiguous [V, D] float32 array to initialise in place
+            and use as the weight (e.g. rows of a stacked table).
 
     >>> t = EmbeddingTable(10, 4, "user_id")
     >>> t.lookup([1, 2, 3], [0, 1, 3]).shape
@@ -59,7 +61,7 @@ class EmbeddingTable:
 
     def __init__(self, num_embeddings, embedding_dim, name,
                  initializer="truncated_normal", seed=None, padding_idx=None,
-                 hash_ids=False):
+                 hash_ids=False, out=None):
         for what, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
             if isinstance(value, bool) or int(value) != value or value <= 0:
                 raise ValueError(f"EmbeddingTable {name!r}: {what} must be a positive integer, got {value!r}")
@@ -75,7 +77,14 @@ class EmbeddingTable:
         self.padding_idx = padding_idx
         self.hash_ids = bool(hash_ids)
         self.seed = zlib.crc32(name.encode()) if seed is None else int(seed)
-        value = np.empty((self.num_embeddings, self.embedding_dim), np.float32)
+        shape = (self.num_embeddings, self.embedding_dim)
+        if out is None:
+            value = np.empty(shape, np.float32)
+        elif (out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous):
+            raise ValueError(f"EmbeddingTable {name!r}: out must be a C-contiguous {shape} "
+                             f"float32 array, got {out.shape} {out.dtype}")
+        else:
+            value = out
         rng = np.random.default_rng(self.seed)
         for start in range(0, self.num_embeddings, _INIT_CHUNK_ROWS):
             chunk = value[start:start + _INIT_CHUNK_ROWS]
@@ -83,6 +92,18 @@ class EmbeddingTable:
         if padding_idx is not None:
             value[padding_idx] = 0.0
         self.weight = Variable(value, name)
+
+    @classmethod
+    def wrap(cls, weight):
+        """An ``EmbeddingTable`` over an existing [V, D] float32 ``Variable``
+        (no copy, no initialisation; no padding, no hashing)."""
+        if not isinstance(weight, Variable) or weight.value.ndim != 2 or weight.dtype != np.float32:
+            raise ValueError(f"EmbeddingTable.wrap: expected a [V, D] float32 Variable, got {weight!r}")
+        table = cls.__new__(cls)
+        table.num_embeddings, table.embedding_dim = weight.shape
+        table.padding_idx, table.hash_ids, table.seed = None, False, None
+        table.weight = weight
+        return table
 
     @property
     def name(self):

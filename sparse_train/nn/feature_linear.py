@@ -20,8 +20,9 @@ class FeatureLinear:
     combiner's coefficient, e.g. the libsvm value of id i), ``v`` a
     ``Linear(num_dense, 1)`` kernel over the numeric features (absent
     without them) and ``bias`` a scalar. Tables start at zero (the term is
-    convex in them); names: ``"{name}/{feature}"``, ``"{name}/dense/kernel"``,
-    ``"{name}/bias"``.
+    convex in them, stacked in one ``"{name}/weight"`` as in
+    ``EmbeddingBagCollection``); names: ``"{name}/weight"``,
+    ``"{name}/dense/kernel"``, ``"{name}/bias"``.
 
     Args:
         spec: the ``DataSpec``; name: scope; seed: model seed;
@@ -30,7 +31,7 @@ class FeatureLinear:
     >>> from sparse_train.data import DataSpec, FeatureSpec
     >>> lin = FeatureLinear(DataSpec((FeatureSpec("a", 5),), ("x",)), "demo/linear")
     >>> [v.name for v in lin.variables()]
-    ['demo/linear/a', 'demo/linear/dense/kernel', 'demo/linear/bias']
+    ['demo/linear/weight', 'demo/linear/dense/kernel', 'demo/linear/bias']
     """
 
     def __init__(self, spec, name, seed=0, combiner=None, tables=None):
@@ -45,10 +46,10 @@ class FeatureLinear:
     def __call__(self, batch, dense=None):
         """[B] Tensor. ``dense``: the numeric features as a Tensor [B, num_dense]
         (default: ``batch.dense``)."""
-        terms = self.weights(batch)
+        terms = [self.weights.flat(batch)] if self.weights.num_features else []
         if self.dense is not None:
             terms.append(self.dense(ad.Tensor(batch.dense) if dense is None else dense))
-        total = ad.reduce_sum(ad.concat(terms, axis=1), axis=1)
+        total = ad.reduce_sum(terms[0] if len(terms) == 1 else ad.concat(terms, axis=1), axis=1)
         return ad.add(total, ad.Tensor(self.bias))
 
     def sparse_variables(self):

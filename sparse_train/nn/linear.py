@@ -48,10 +48,11 @@ class Linear:
         for var in self.variables():
             register_variable(var)
 
-    def __call__(self, x):
-        """[B, in] Tensor -> [B, out] Tensor."""
+    def __call__(self, x, activation=None):
+        """[B, in] Tensor -> [B, out] Tensor (``activation``: None or "relu",
+        fused into the op)."""
         bias = None if self.bias is None else Tensor(self.bias)
-        return linear(x, Tensor(self.kernel), bias)
+        return linear(x, Tensor(self.kernel), bias, activation)
 
     def variables(self):
         return [self.kernel] if self.bias is None else [self.kernel, self.bias]

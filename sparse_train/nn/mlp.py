@@ -51,7 +51,7 @@ class MLP:
         """[B, in_features] Tensor -> [B, out_features] Tensor."""
         act = ACTIVATIONS[self.activation]
         for layer in self.hidden:
-            x = act(layer(x))
+            x = layer(x, "relu") if self.activation == "relu" else act(layer(x))
         return x if self.output is None else self.output(x)
 
     def layers(self):

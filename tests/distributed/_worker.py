@@ -61,7 +61,7 @@ def lookups(comm, out_dir):
         opt = make(step)
         for s in range(len(sc.LOOKUP_BATCH_SIZES)):
             local, start, stop = sc.batch_rows(sc.lookup_batch(s), comm.rank, comm.size)
-            dist.exchange.forward(local.sparse, local.size)
+            dist.exchange_lookups(local)
             outputs = sc.lookup_outputs(model, local)
             gathered = comm.allgather({n: t.data for n, t in outputs})
             for n, _ in outputs:

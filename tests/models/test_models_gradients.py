@@ -28,8 +28,8 @@ def test_deepfm_with_a_shared_table():
     model = build_model("deepfm", SPEC, embedding_dim=3, hidden_units=(6,),
                          tables={"item": "ids", "tags": "ids"})
     names = [v.name for v in model.sparse_variables()]
-    assert names == ["deepfm/linear/user", "deepfm/linear/ids", "deepfm/embedding/user",
-                     "deepfm/embedding/ids"]
+    assert names == ["deepfm/linear/weight", "deepfm/embedding/weight"]  # stacked tables
+    assert [v.shape[0] for v in model.sparse_variables()] == [11 + 13, 11 + 13]  # user + ids
     to_float64(model)
     check_model_gradients(model, make_batch(seed=3, size=8), entries_per_variable=6)
 

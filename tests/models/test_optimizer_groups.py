@@ -89,7 +89,7 @@ def test_train_step_equals_each_rule_applied_by_hand():
         np.testing.assert_array_equal(
             sparse_opt.get_slot(var, "accumulator_decay_power").value, reference.power[var.name])
         assert dense_opt.get_slot(var, "m") is None  # Adam never saw a table
-    assert reference.power["deepfm/embedding/user"].max() == 2
+    assert reference.power["deepfm/embedding/weight"].max() == 2
 
 
 def test_train_step_equals_separate_apply_calls_bit_for_bit():

@@ -108,7 +108,9 @@ def test_embedding_bag_collection_tables_and_sharing():
                                  tables={"item": "items", "tags": "items"})
     assert list(ebc.tables) == ["user", "items"]
     assert ebc.tables["items"].num_embeddings == 9
-    assert [v.name for v in ebc.variables()] == ["emb/user", "emb/items"]
+    assert [v.name for v in ebc.variables()] == ["emb/weight"]  # user rows 0-5, items 6-14
+    assert ebc.weight.shape == (6 + 9, 4)
+    assert np.shares_memory(ebc.tables["items"].weight.value, ebc.weight.value)
     assert collections.get_collection(collections.EMBEDDING_VARIABLES) == ebc.variables()
     batch = make_batch()
     outs = ebc(batch)
@@ -118,10 +120,10 @@ def test_embedding_bag_collection_tables_and_sharing():
     stacked = ebc.stacked(batch)
     assert stacked.shape == (3, 3, 4)
     grads = ad.compute_gradients(stacked.sum())
-    assert [v.name for _, v in grads] == ["emb/user", "emb/items"]
-    grad = grads[1][0]
+    assert [v.name for _, v in grads] == ["emb/weight"]
+    grad = grads[0][0]
     assert isinstance(grad, RowSparseGrad)
-    dense = grad.to_dense()
+    dense = grad.to_dense()[6:]  # the items table's rows
     # item ids 8, 0, 3 (coefficient 1 each) + tags under "mean": bag 0 holds
     # ids 2, 3 with weights 1, 0.5; bag 2 holds ids 8, 2 with weights 2, 1
     expected = np.zeros(9)
@@ -147,7 +149,7 @@ def test_feature_linear_matches_numpy():
                 + np.array([w["tags"][2] + 0.5 * w["tags"][3], 0.0, 2 * w["tags"][8] + w["tags"][2]])
                 + batch.dense @ lin.dense.kernel.value[:, 0] + lin.bias.value[0])
     np.testing.assert_allclose(lin(batch).data, expected, rtol=1e-5)
-    assert [v.name for v in lin.sparse_variables()] == ["lin/user", "lin/item", "lin/tags"]
+    assert [v.name for v in lin.sparse_variables()] == ["lin/weight"]
     assert [v.name for v in lin.dense_variables()] == ["lin/dense/kernel", "lin/bias"]
     fresh = FeatureLinear(SPEC, "lin0")
     assert not fresh.sparse_variables()[0].value.any()  # tables start at zero
