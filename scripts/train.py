@@ -27,12 +27,13 @@ else:  # pragma: no cover
 DEFAULTS = {
     "config": None, "data": None, "valid": None, "valid_fraction": 0.1,
     "format": "synthetic", "schema": None, "model": "deepfm", "embedding_dim": 16,
-    "hidden_units": "256,128", "batch_size": 512, "epochs": 5,
-    "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.5,
+    "hidden_units": "256,128", "batch_size": 512, "epochs": 4,
+    "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.3,
     "dense_optimizer": "adam", "dense_learning_rate": 0.0005,
     "accumulator_decay_step": 100_000, "clip_norm": None,
     "ids": "vocabulary", "min_count": 1, "hash_buckets": 1 << 20,
-    "on_bad_line": "error", "examples": 200_000, "max_examples": None,
+    "on_bad_line": "error", "examples": 400_000, "max_examples": None,
+    "num_fields": None, "featindex": None,
     "max_steps": None, "checkpoint_dir": None, "checkpoint_every": 0, "resume": False,
     "keep_checkpoints": 3,
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
@@ -56,7 +57,10 @@ def parse_args(argv):
     data.add_argument("--min-count", type=int, help="vocabulary: rarer tokens share the OOV id")
     data.add_argument("--hash-buckets", type=int, help="hash: buckets a feature")
     data.add_argument("--on-bad-line", choices=("error", "skip"))
-    data.add_argument("--examples", type=int, help="synthetic: examples generated (default 200000)")
+    data.add_argument("--num-fields", type=int,
+                      help="libsvm: pair k of a row is field k; libffm: number of fields")
+    data.add_argument("--featindex", help="libsvm: field:value<TAB>index file naming the fields")
+    data.add_argument("--examples", type=int, help="synthetic: examples generated (default 400000)")
     data.add_argument("--max-examples", type=int, help="read at most this many rows a pass")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=("lr", "fm", "wide_deep", "deepfm", "dcn", "dlrm"))
@@ -113,6 +117,7 @@ def open_data(args):
     from sparse_train.data import open_dataset
 
     common = dict(batch_size=args.batch_size, on_bad_line=args.on_bad_line)
+    extra = {}
     if args.format == "synthetic":
         if args.data:
             raise SystemExit("error: --format synthetic takes no --data")
@@ -122,19 +127,23 @@ def open_data(args):
         if not args.data:
             raise SystemExit(f"error: --format {args.format} needs --data PATH")
         paths = [p for p in str(args.data).split(",") if p]
+        extra = {k: getattr(args, k) for k in ("num_fields", "featindex")
+                 if getattr(args, k) is not None}
         dataset = open_dataset(paths, args.format, schema=args.schema, ids=args.ids,
                                min_count=args.min_count, hash_buckets=args.hash_buckets,
-                               max_examples=args.max_examples, **common)
+                               max_examples=args.max_examples, **common, **extra)
     if args.valid:
         return dataset, open_dataset(args.valid, args.format, schema=args.schema, like=dataset,
-                                     max_examples=args.max_examples, **common)
+                                     max_examples=args.max_examples, **common, **extra)
     if not 0.0 < args.valid_fraction < 1.0:
         raise SystemExit(f"error: --valid-fraction must be in (0, 1), got {args.valid_fraction}")
     return dataset.split(args.valid_fraction, seed=args.seed)
 
 
-def build(args, spec):
-    """Model, optimizers and global step from the options."""
+def build(args, spec, train_data=None):
+    """Model, optimizers and global step from the options; the logit bias
+    starts at the log-odds of ``train_data``'s click rate (a checkpoint, if
+    resumed, overrides it)."""
     import sparse_train as st
 
     options = {}
@@ -149,6 +158,8 @@ def build(args, spec):
             raise SystemExit(f"error: --hidden-units: model {args.model!r} has no MLP")
     model = st.build_model(args.model, spec, embedding_dim=args.embedding_dim, seed=args.seed,
                            **options)
+    if train_data is not None:
+        model.init_logit_bias(base_rate(train_data))
     global_step = st.GlobalStep()
     sparse_options = ({"accumulator_decay_step": args.accumulator_decay_step}
                       if args.sparse_optimizer == "adagrad_decay" else {})
@@ -157,6 +168,16 @@ def build(args, spec):
     dense = st.optim.build_optimizer(args.dense_optimizer, args.dense_learning_rate,
                                      global_step, name="dense")
     return model, sparse, dense, global_step
+
+
+def base_rate(dataset, rows=200_000):
+    """Click rate of the first ``rows`` training examples."""
+    clicks = count = 0
+    for batch in dataset.batches():
+        clicks, count = clicks + float(batch.labels.sum()), count + batch.size
+        if count >= rows:
+            break
+    return clicks / count if count else 0.5
 
 
 def train(args):
@@ -171,7 +192,7 @@ def train(args):
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     train_data, valid_data = open_data(args)
     spec = train_data.spec
-    model, sparse_opt, dense_opt, global_step = build(args, spec)
+    model, sparse_opt, dense_opt, global_step = build(args, spec, train_data)
     say(f"model {args.model}: {sum(v.value.size for v in model.sparse_variables()):,} embedding "
         f"and {sum(v.value.size for v in model.dense_variables()):,} dense parameters; "
         f"{len(spec.sparse_features)} categorical and {spec.num_dense} numeric features")

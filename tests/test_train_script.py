@@ -28,7 +28,7 @@ def run(tmp_path, *args, name="metrics.json"):
 
 
 def test_default_model_learns_the_planted_signal(tmp_path):
-    code, metrics = run(tmp_path, *DEEP, "--epochs", "2")
+    code, metrics = run(tmp_path, *DEEP, "--epochs", "2", "--sparse-learning-rate", "1.0")
     assert code == 0
     assert metrics["model"] == "deepfm" and metrics["global_step"] == 2 * 11  # 5400 rows / 500
     assert 0.6 < metrics["auc"] <= metrics["planted_auc"] + 0.02
@@ -109,3 +109,11 @@ def test_movielens_sample_through_a_toml_schema(tmp_path):
     _, valid = open_dataset(data, "csv", schema=schema).split(0.25, seed=0)
     assert code == 0
     assert metrics["history"][0]["num_examples"] == sum(b.size for b in valid) > 0
+
+
+def test_the_main_job_comes_within_001_auc_of_the_planted_model(tmp_path):
+    """Issue 4: with no arguments, DeepFM on the synthetic log reaches the
+    planted model's AUC (the best possible on these rows) within 0.01."""
+    code, metrics = run(tmp_path, "--quiet")
+    assert code == 0 and metrics["model"] == "deepfm"
+    assert metrics["planted_auc"] - 0.01 <= metrics["auc"] <= metrics["planted_auc"] + 0.005

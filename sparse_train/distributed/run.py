@@ -54,7 +54,7 @@ def _train(args, open_data, build, comm):
     say = (lambda *a: None) if args.quiet or not lead else (
         lambda *a: print(*a, file=sys.stderr, flush=True))
     train_data, valid_data = open_data(args)
-    model, sparse_opt, dense_opt, global_step = build(args, train_data.spec)
+    model, sparse_opt, dense_opt, global_step = build(args, train_data.spec, train_data)
     total_rows = sum(v.value.size for v in model.sparse_variables())
     dist = DistributedModel(model, comm)
     say(f"distributed over {comm.size} ranks: model {args.model}, {total_rows:,} embedding "

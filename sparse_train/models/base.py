@@ -116,6 +116,26 @@ class CTRModel:
         with ad.no_grad():
             return ad.sigmoid(self.forward(batch)).data
 
+    def logit_bias(self):
+        """The scalar bias ``Variable`` added to every logit (the linear
+        term's bias, or the last layer's)."""
+        for attr in ("linear", "wide"):
+            if isinstance(getattr(self, attr, None), FeatureLinear):
+                return getattr(self, attr).bias
+        last = self.output if hasattr(self, "output") else self.top.output
+        return last.bias
+
+    def init_logit_bias(self, click_rate):
+        """Start the logit bias at the log-odds of ``click_rate``, so the
+        model begins at the base rate instead of 0.5 (with 1% clicks, a zero
+        bias otherwise drifts into the id weights and ranks frequent ids
+        last: LR on the iPinYou sample scored AUC 0.51 instead of 0.58)::
+
+            bias = log(p / (1 - p)),  p clipped to [1e-6, 1 - 1e-6]
+        """
+        p = min(max(float(click_rate), 1e-6), 1.0 - 1e-6)
+        self.logit_bias().value[...] = np.float32(np.log(p / (1.0 - p)))
+
     # ----------------------------------------------------------- variables
     def sparse_variables(self):
         """Embedding tables (row-sparse gradients), in build order."""
