@@ -13,11 +13,7 @@ Examples:
     python scripts/train.py --checkpoint-dir runs/a  # later: ... --resume
 """
 import argparse
-import json
-import os
 import sys
-import time
-from pathlib import Path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -181,10 +177,7 @@ def base_rate(dataset, rows=200_000):
 
 
 def train(args):
-    import numpy as np
-
     import sparse_train as st
-    from sparse_train.progress import Progress
 
     if args.threads:
         import numba
@@ -217,64 +210,15 @@ def train(args):
     transform = None
     if args.clip_norm:
         transform = lambda grads: st.clip_gradients(grads, args.clip_norm)[0]  # noqa: E731
-    history, examples, seconds, stopped = [], 0, 0.0, False
-    for epoch in range(start_epoch, args.epochs):
-        total = train_data.num_examples
-        bar = Progress(total, f"epoch {epoch + 1}/{args.epochs}", unit="ex",
-                       file=None if args.quiet else sys.stderr)
-        loss_sum, loss_count, batches_done = 0.0, 0, 0
-        started = time.perf_counter()
-        for batch in train_data.batches(shuffle=True, seed=args.seed * 1000 + epoch):
-            if batches_done < skip_batches:
-                batches_done += 1
-                bar.update(batch.size)
-                continue
-            loss = st.train_step(model, batch, sparse_opt, dense_opt, global_step, transform)
-            if not np.isfinite(loss):
-                raise SystemExit(f"error: the loss became {loss} at step {int(global_step)}; "
-                                 f"lower the learning rates or set --clip-norm")
-            loss_sum, loss_count = loss_sum + loss * batch.size, loss_count + batch.size
-            batches_done += 1
-            bar.update(batch.size, loss=loss_sum / loss_count)
-            if manager and args.checkpoint_every and int(global_step) % args.checkpoint_every == 0:
-                manager.save(int(global_step), {"epoch": epoch, "batches_done": batches_done})
-            if args.max_steps and int(global_step) >= args.max_steps:
-                stopped = True
-                break
-        seconds += time.perf_counter() - started
-        examples += loss_count
-        skip_batches = 0
-        bar.close()
-        if stopped:
-            say(f"stopped at global step {int(global_step)} (--max-steps)")
-            break
-        figures = st.models.evaluate(model, valid_data)
-        figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
-        history.append(figures)
-        say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
-            f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
-        if manager:
-            manager.save(int(global_step), {"epoch": epoch + 1, "batches_done": 0})
-    result = dict(history[-1]) if history else st.models.evaluate(model, valid_data)
-    result.update(samples_per_second=examples / seconds if seconds else None,
-                  global_step=int(global_step), history=history, model=args.model,
-                  format=args.format)
-    planted = getattr(valid_data, "planted_auc", None)
-    if planted is not None:
-        result["planted_auc"] = planted
-        say(f"planted model's auc on the validation data: {planted:.4f} "
-            f"(the best any model can do)")
-    skipped = sum(getattr(d, "skipped_lines", 0) or 0 for d in (train_data, valid_data))
-    if skipped:
-        say(f"skipped {skipped} malformed line(s)")
-        result["skipped_lines"] = skipped
-    say(f"validation auc {result['auc']:.4f}, logloss {result['logloss']:.4f}, "
-        + (f"{result['samples_per_second']:,.0f} samples/s" if result["samples_per_second"]
-           else "no training this run"))
-    if args.metrics_out:
-        path = Path(args.metrics_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    result = st.models.fit(
+        train_data, valid_data,
+        lambda batch: st.train_step(model, batch, sparse_opt, dense_opt, global_step, transform),
+        lambda batches: st.models.evaluate(model, batches), global_step,
+        epochs=args.epochs, seed=args.seed, start_epoch=start_epoch, skip_batches=skip_batches,
+        manager=manager, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+        say=say, progress=None if args.quiet else sys.stderr)
+    result.update(model=args.model, format=args.format)
+    st.models.report(result, say, args.metrics_out)
     return result
 
 

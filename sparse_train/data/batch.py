@@ -3,8 +3,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ragged import Ragged
-
 __all__ = ["Batch", "FeatureSpec", "DataSpec"]
 
 

@@ -1,7 +1,7 @@
 """The ``--distributed`` path of ``scripts/train.py``.
 
-It mirrors ``train()`` of the script (same flags, progress, metrics JSON,
-checkpoint metadata); keep the two loops in step when either changes.
+It shares the epoch loop of ``train()`` of the script (``models.fit``: same
+flags, progress, metrics JSON, checkpoint metadata).
 
 ``mpirun -n W python -m mpi4py scripts/train.py --distributed [flags]``: every
 rank opens the same data and builds the same model with the script's own
@@ -17,16 +17,11 @@ Every rank reads and parses the whole data stream and keeps its slices
 (simple, and the global batches are exactly those of one process); with
 large files that reading is repeated on every rank.
 """
-import json
 import sys
-import time
-from pathlib import Path
-
-import numpy as np
 
 from ..checkpoint import CheckpointError
 from ..data import DataError
-from ..progress import Progress
+from ..models.fit import fit, report
 from .checkpoint import DistributedCheckpointManager
 from .comm import world
 from .faults import DistributedError, fail_fast
@@ -63,67 +58,18 @@ def _train(args, open_data, build, comm):
         f"{sum(v.value.size for v in dist.dense_variables()):,} dense parameters replicated")
     manager, start_epoch, skip_batches = _checkpoints(args, dist, sparse_opt, dense_opt,
                                                       global_step, say)
-    history, examples, seconds, stopped = [], 0, 0.0, False
-    max_steps = getattr(args, "max_steps", None)
-    for epoch in range(start_epoch, args.epochs):
-        bar = Progress(train_data.num_examples, f"epoch {epoch + 1}/{args.epochs}", unit="ex",
-                       file=None if args.quiet or not lead else sys.stderr)
-        loss_sum, loss_count, batches_done = 0.0, 0, 0
-        started = time.perf_counter()
-        for batch in train_data.batches(shuffle=True, seed=args.seed * 1000 + epoch):
-            if batches_done < skip_batches:
-                batches_done += 1
-                bar.update(batch.size)
-                continue
-            loss = dist.train_step(local_batch(batch, comm), sparse_opt, dense_opt, global_step,
-                                   clip_norm=args.clip_norm or None)
-            if not np.isfinite(loss):
-                raise ValueError(f"the loss became {loss} at step {int(global_step)}; lower the "
-                                 f"learning rates or set --clip-norm")
-            loss_sum, loss_count = loss_sum + loss * batch.size, loss_count + batch.size
-            batches_done += 1
-            bar.update(batch.size, loss=loss_sum / loss_count)
-            if manager and args.checkpoint_every and int(global_step) % args.checkpoint_every == 0:
-                manager.save(int(global_step), {"epoch": epoch, "batches_done": batches_done})
-            if max_steps and int(global_step) >= max_steps:
-                stopped = True
-                break
-        seconds += time.perf_counter() - started
-        examples += loss_count
-        skip_batches = 0
-        bar.close()
-        if stopped:
-            say(f"stopped at global step {int(global_step)} (--max-steps)")
-            break
-        figures = dist.evaluate(local_batch(b, comm) for b in valid_data.batches())
-        figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
-        history.append(figures)
-        say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
-            f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
-        if manager:
-            manager.save(int(global_step), {"epoch": epoch + 1, "batches_done": 0})
-    result = dict(history[-1]) if history else dist.evaluate(
-        local_batch(b, comm) for b in valid_data.batches())
-    result.update(samples_per_second=examples / seconds if seconds else None,
-                  global_step=int(global_step), history=history, model=args.model,
-                  format=args.format, world_size=comm.size,
+    result = fit(
+        train_data, valid_data,
+        lambda batch: dist.train_step(local_batch(batch, comm), sparse_opt, dense_opt,
+                                      global_step, clip_norm=args.clip_norm or None),
+        lambda batches: dist.evaluate(local_batch(b, comm) for b in batches), global_step,
+        epochs=args.epochs, seed=args.seed, start_epoch=start_epoch, skip_batches=skip_batches,
+        manager=manager, checkpoint_every=args.checkpoint_every,
+        max_steps=getattr(args, "max_steps", None), say=say,
+        progress=None if args.quiet or not lead else sys.stderr)
+    result.update(model=args.model, format=args.format, world_size=comm.size,
                   communication_seconds=_gathered_timings(dist))
-    planted = getattr(valid_data, "planted_auc", None)
-    if planted is not None:
-        result["planted_auc"] = planted
-        say(f"planted model's auc on the validation data: {planted:.4f} "
-            f"(the best any model can do)")
-    skipped = sum(getattr(d, "skipped_lines", 0) or 0 for d in (train_data, valid_data))
-    if skipped:
-        say(f"skipped {skipped} malformed line(s)")
-        result["skipped_lines"] = skipped
-    say(f"validation auc {result['auc']:.4f}, logloss {result['logloss']:.4f}, "
-        + (f"{result['samples_per_second']:,.0f} samples/s on {comm.size} ranks"
-           if result["samples_per_second"] else "no training this run"))
-    if args.metrics_out and lead:
-        path = Path(args.metrics_out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    report(result, say, args.metrics_out if lead else None, f" on {comm.size} ranks")
     return result
 
 

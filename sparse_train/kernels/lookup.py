@@ -6,7 +6,7 @@ an empty array when ``has_weights`` is False.
 """
 import numpy as np
 
-from ._jit import njit, njit_inline, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange
 from .coalesce import group_rows
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 
