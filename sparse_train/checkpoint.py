@@ -762,20 +762,7 @@ class CheckpointManager:
         return None
 
     def _read_pointer(self):
-        """(latest name or None, kept names oldest first); from the pointer
-        file, or by scanning the directory when it is missing or unreadable."""
-        try:
-            with open(os.path.join(self.directory, self.POINTER), "rb") as f:
-                pointer = json.loads(f.read().decode("ascii"))
-            return pointer["latest"], list(pointer["checkpoints"])
-        except FileNotFoundError:
-            pass
-        except (ValueError, KeyError, TypeError):
-            warnings.warn(f"{self.directory}/{self.POINTER} is unreadable; scanning the directory",
-                          stacklevel=3)
-        names = sorted((n for n in os.listdir(self.directory) if self._number(n) is not None),
-                       key=self._number)
-        return (names[-1] if names else None), names
+        return read_pointer(self.directory, self.POINTER, self._number)
 
     def _number(self, file_name):
         found = re.fullmatch(re.escape(self.checkpoint_name) + r"-(\d+)\.ckpt", file_name)
@@ -783,6 +770,23 @@ class CheckpointManager:
 
 
 # ------------------------------------------------------------ helpers
+def read_pointer(directory, pointer_name, number_of):
+    """(latest name or None, kept names oldest first) of a checkpoint
+    directory: from its pointer file, or by scanning the directory (names
+    whose ``number_of(name)`` is not None) when it is missing or unreadable."""
+    try:
+        with open(os.path.join(directory, pointer_name), "rb") as f:
+            pointer = json.loads(f.read().decode("ascii"))
+        return pointer["latest"], list(pointer["checkpoints"])
+    except FileNotFoundError:
+        pass
+    except (ValueError, KeyError, TypeError):
+        warnings.warn(f"{directory}/{pointer_name} is unreadable; scanning the directory",
+                      stacklevel=4)
+    names = sorted((n for n in os.listdir(directory) if number_of(n) is not None), key=number_of)
+    return (names[-1] if names else None), names
+
+
 def _unique_by_name(objects, kind, what):
     """{name: object} in the given order; TypeError / ValueError otherwise."""
     if isinstance(objects, kind):

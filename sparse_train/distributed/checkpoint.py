@@ -29,7 +29,7 @@ import zlib
 
 import numpy as np
 
-from ..checkpoint import (Checkpoint, CheckpointError, CheckpointReader,
+from ..checkpoint import (Checkpoint, CheckpointError, CheckpointReader, read_pointer,
                           CorruptCheckpointError, _atomic_write, _dumps,
                           load_optimizer_state_dict)
 from .faults import DistributedError
@@ -204,18 +204,7 @@ class DistributedCheckpointManager:
         return True
 
     def _read_pointer(self):
-        try:
-            with open(os.path.join(self.directory, self.POINTER), "rb") as f:
-                pointer = json.loads(f.read().decode("ascii"))
-            return pointer["latest"], list(pointer["checkpoints"])
-        except FileNotFoundError:
-            pass
-        except (ValueError, KeyError, TypeError):
-            warnings.warn(f"{self.directory}/{self.POINTER} is unreadable; scanning the directory",
-                          stacklevel=3)
-        names = sorted((n for n in os.listdir(self.directory) if self._number(n) is not None),
-                       key=self._number)
-        return (names[-1] if names else None), names
+        return read_pointer(self.directory, self.POINTER, self._number)
 
     def _number(self, file_name):
         found = re.fullmatch(re.escape(self.checkpoint_name) + r"-(\d+)\.(manifest\.json|ckpt)",
