@@ -6,7 +6,7 @@ vocabulary fitted on the (training) rows, or from hash buckets.
 """
 import numpy as np
 
-from ..kernels import data_libsvm as _libsvm_kernels
+from .libsvm import parse_pair_lines
 from ._batching import prefetch, rebatch, take_rows
 from ._lines import iter_line_chunks
 from .batch import DataSpec, FeatureSpec
@@ -283,13 +283,7 @@ def scan_num_fields(paths, chunk_bytes, skip_header=False):
     pass over the files; give ``num_fields`` to avoid it)."""
     largest = -1
     for chunk in iter_line_chunks(paths, chunk_bytes, skip_header):
-        n = len(chunk)
-        counts = np.empty(n, np.int64)
-        _libsvm_kernels.count_pairs(counts, chunk.buf, chunk.line_starts, chunk.line_ends)
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        _, fields, _, _, status, _ = _libsvm_kernels.parse_pairs(
-            chunk.buf, chunk.line_starts, chunk.line_ends, offsets, True)
+        counts, _, (_, fields, _, _, status, _) = parse_pair_lines(chunk, True)
         good = np.repeat(status == 0, counts)
         if good.any():
             largest = max(largest, int(fields[good].max()))

@@ -100,6 +100,18 @@ def load_featindex(path, on_bad_line="error"):
     return FeatIndex(labels, feature_of_index, str(path), skipped)
 
 
+def parse_pair_lines(chunk, with_field):
+    """(pairs per line [n], line offsets into the pairs [n+1], the kernel's
+    ``parse_pairs`` output) of a ``LineChunk`` of libsvm / libffm lines."""
+    n = len(chunk)
+    counts = np.empty(n, np.int64)
+    _kernels.count_pairs(counts, chunk.buf, chunk.line_starts, chunk.line_ends)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return counts, offsets, _kernels.parse_pairs(chunk.buf, chunk.line_starts,
+                                                 chunk.line_ends, offsets, with_field)
+
+
 class PairsParser:
     """Parses chunks of libsvm (``with_field=False``) or libffm lines.
 
@@ -147,13 +159,9 @@ class PairsParser:
 
     def parse(self, chunk, keep_tokens=False):
         """``Parsed`` of a ``LineChunk`` (token texts are always available)."""
+        counts, offsets, (labels, fields, indices, values, status, bad_token) = \
+            parse_pair_lines(chunk, self.with_field)
         n = len(chunk)
-        counts = np.empty(n, np.int64)
-        _kernels.count_pairs(counts, chunk.buf, chunk.line_starts, chunk.line_ends)
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        labels, fields, indices, values, status, bad_token = _kernels.parse_pairs(
-            chunk.buf, chunk.line_starts, chunk.line_ends, offsets, self.with_field)
         # 1 / +1 are clicks, 0 / -1 are not; anything else must lie in [0, 1]
         labels[labels == -1.0] = 0.0
         status[(status == _kernels.PAIRS_OK) & ~((labels >= 0.0) & (labels <= 1.0))] = 4
