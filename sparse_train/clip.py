@@ -31,6 +31,7 @@ import math
 import numpy as np
 
 from .kernels.clip import dense_sq_norm, ordered_sum
+from .kernels._jit import row_dim
 from .kernels.coalesce import summed_grad_sq_norms
 from .optim.base import check_number
 from .sparse import RowSparseGrad
@@ -187,7 +188,7 @@ def _sq_norm(grad, label):
     if isinstance(grad, RowSparseGrad):
         plan = grad.plan()
         per_row = np.empty(plan[0].shape[0], np.float64)
-        summed_grad_sq_norms(per_row, plan)
+        summed_grad_sq_norms(per_row, plan, row_dim(plan[4].shape[1]))
         return float(ordered_sum(per_row))
     return float(dense_sq_norm(_as_dense(grad, label).reshape(-1)))
 

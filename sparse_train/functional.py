@@ -14,6 +14,7 @@ out of the output, the divisor and the gradient (PyTorch ``padding_idx``).
 import numpy as np
 
 from .kernels import lookup as _lookup
+from .kernels._jit import row_dim
 from .kernels.checks import first_decrease, first_id_out_of_range, first_non_finite
 from .sparse import RowSparseGrad
 from .variable import Variable
@@ -55,7 +56,7 @@ def pool_checked(table, bags):
     """``embedding_bag`` of ``bags`` already checked by ``check_bags`` for
     this [V, D] float32 table: [B, D] float32."""
     out = np.empty((bags[1].shape[0] - 1, table.shape[1]), np.float32)
-    _lookup.embedding_bag_forward(out, table, *bags)
+    _lookup.embedding_bag_forward(out, table, *bags, row_dim(table.shape[1]))
     return out
 
 

@@ -4,6 +4,7 @@ from functools import lru_cache
 import numpy as np
 
 from .kernels.checks import first_id_out_of_range
+from .kernels._jit import row_dim
 from .kernels.coalesce import group_rows, summed_grad_rows
 
 __all__ = ["RowSparseGrad"]
@@ -80,7 +81,7 @@ class RowSparseGrad:
         if self._values is None:
             out = np.empty((self._indices.shape[0], _row_size(self.dense_shape)),
                            np.float32)
-            summed_grad_rows(out, self._plan)
+            summed_grad_rows(out, self._plan, row_dim(out.shape[1]))
             self._values = out.reshape((-1,) + self.dense_shape[1:])
         return _read_only(self._values)
 

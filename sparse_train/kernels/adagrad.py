@@ -5,30 +5,31 @@
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 
 
 @njit_inline
-def adagrad_row(w, accumulator, g, lr, epsilon):
-    """In place: w, accumulator [D] float32."""
-    for j in range(w.shape[0]):
+def adagrad_row(w, accumulator, g, lr, epsilon, dim):
+    """In place: w, accumulator [dim] float32."""
+    for j in range(dim):
         accumulator[j] += g[j] * g[j]
         w[j] -= lr * g[j] / (np.sqrt(accumulator[j]) + epsilon)
 
 
 @njit_parallel
-def adagrad_apply(weight, accumulator, grad, lr, epsilon):
-    """In place: weight, accumulator [V, D] float32, on the plan's rows only."""
+def adagrad_apply(weight, accumulator, grad, lr, epsilon, dim):
+    """In place: weight, accumulator [V, D] float32, on the plan's rows only.
+    lr, epsilon float32; dim = D (``_jit.row_dim``)."""
     rows = grad[0]
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        g = np.empty(weight.shape[1], np.float32)
+        g = row_buffer(dim)
         for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
             ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead)
-            prefetch_row(accumulator, ahead)
-            summed_grad_row(g, grad, u)
+            prefetch_row(weight, ahead, dim)
+            prefetch_row(accumulator, ahead, dim)
+            summed_grad_row(g, grad, u, dim)
             r = rows[u]
-            adagrad_row(weight[r], accumulator[r], g, lr, epsilon)
+            adagrad_row(weight[r], accumulator[r], g, lr, epsilon, dim)

@@ -11,39 +11,40 @@ so nothing decays.
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch, prefetch_row
 
 
 @njit_inline
 def adagrad_decay_row(w, accumulator, power, r, g, lr, initial, rate, step,
-                      decay_step):
-    """In place: w, accumulator [D] float32 (row r), power [V] int64."""
+                      decay_step, dim):
+    """In place: w, accumulator [dim] float32 (row r), power [V] int64."""
     if step // decay_step > power[r]:
-        for j in range(accumulator.shape[0]):
+        for j in range(dim):
             accumulator[j] = max(accumulator[j] * rate, initial)
         power[r] += 1
-    for j in range(w.shape[0]):
+    for j in range(dim):
         accumulator[j] += g[j] * g[j]
         w[j] -= lr * g[j] / np.sqrt(accumulator[j])
 
 
 @njit_parallel
 def adagrad_decay_apply(weight, accumulator, power, grad, lr, initial, rate,
-                        step, decay_step):
+                        step, decay_step, dim):
     """In place: weight, accumulator [V, D] float32 and power [V] int64, on
-    the plan's rows only. lr, initial, rate float32; step, decay_step int64."""
+    the plan's rows only. lr, initial, rate float32; step, decay_step int64;
+    dim = D (``_jit.row_dim``)."""
     rows = grad[0]
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        g = np.empty(weight.shape[1], np.float32)
+        g = row_buffer(dim)
         for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
             ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead)
-            prefetch_row(accumulator, ahead)
+            prefetch_row(weight, ahead, dim)
+            prefetch_row(accumulator, ahead, dim)
             prefetch(power, ahead)
-            summed_grad_row(g, grad, u)
+            summed_grad_row(g, grad, u, dim)
             r = rows[u]
             adagrad_decay_row(weight[r], accumulator[r], power, r, g, lr,
-                              initial, rate, step, decay_step)
+                              initial, rate, step, decay_step, dim)

@@ -10,42 +10,43 @@ rows with g = 0 (TF decays m and v of all rows for a sparse gradient).
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 
 
 @njit_inline
-def adam_row(w, m, v, g, lr_t, beta1, beta2, epsilon):
-    """In place: w, m, v [D] float32."""
+def adam_row(w, m, v, g, lr_t, beta1, beta2, epsilon, dim):
+    """In place: w, m, v [dim] float32."""
     one = np.float32(1.0)
-    for j in range(w.shape[0]):
+    for j in range(dim):
         m[j] = beta1 * m[j] + (one - beta1) * g[j]
         v[j] = beta2 * v[j] + (one - beta2) * (g[j] * g[j])
         w[j] -= lr_t * m[j] / (np.sqrt(v[j]) + epsilon)
 
 
 @njit_parallel
-def lazy_adam_apply(weight, m, v, grad, lr_t, beta1, beta2, epsilon):
-    """In place: weight, m, v [V, D] float32, on the plan's rows only."""
+def lazy_adam_apply(weight, m, v, grad, lr_t, beta1, beta2, epsilon, dim):
+    """In place: weight, m, v [V, D] float32, on the plan's rows only.
+    lr_t, beta1, beta2, epsilon float32; dim = D (``_jit.row_dim``)."""
     rows = grad[0]
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        g = np.empty(weight.shape[1], np.float32)
+        g = row_buffer(dim)
         for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
             ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead)
-            prefetch_row(m, ahead)
-            prefetch_row(v, ahead)
-            summed_grad_row(g, grad, u)
+            prefetch_row(weight, ahead, dim)
+            prefetch_row(m, ahead, dim)
+            prefetch_row(v, ahead, dim)
+            summed_grad_row(g, grad, u, dim)
             r = rows[u]
-            adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon)
+            adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
 
 
 @njit_parallel
-def adam_apply(weight, m, v, row_slot, grad, lr_t, beta1, beta2, epsilon):
+def adam_apply(weight, m, v, row_slot, grad, lr_t, beta1, beta2, epsilon, dim):
     """In place: weight, m, v [V, D] float32 on EVERY row; row_slot [V] int64
-    scratch, all -1 on entry and on return.
+    scratch, all -1 on entry and on return. dim = D (``_jit.row_dim``).
 
     Row r takes its summed gradient when the plan touches it, else g = 0.
     """
@@ -54,12 +55,13 @@ def adam_apply(weight, m, v, row_slot, grad, lr_t, beta1, beta2, epsilon):
         row_slot[rows[u]] = u
     num_rows = weight.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        g = np.empty(weight.shape[1], np.float32)
+        g = row_buffer(dim)
         for r in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
             if row_slot[r] >= 0:
-                summed_grad_row(g, grad, row_slot[r])
+                summed_grad_row(g, grad, row_slot[r], dim)
             else:
-                g[:] = 0.0
-            adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon)
+                for j in range(dim):
+                    g[j] = 0.0
+            adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
     for u in prange(rows.shape[0]):
         row_slot[rows[u]] = -1

@@ -24,12 +24,12 @@ races, and the sum order (hence every bit) is the same for any thread count.
 """
 import numpy as np
 
-from ._jit import njit, njit_inline, njit_parallel, prange
+from ._jit import njit, njit_inline, njit_parallel, prange, row_buffer
 
 #: Rows handled by one parallel task (one gradient buffer per task).
 ROW_CHUNK = 64
 
-#: Largest radix digit of the id sort: 4096 counters stay in L1.
+#: Largest radix digit of the id sort: 2048 counters a slice stay in L1.
 _MAX_DIGIT_BITS = 11
 #: Below this many ids one thread does the whole grouping (a parallel
 #: region costs tens of microseconds to start).
@@ -52,18 +52,39 @@ def _slice_bounds(n, slices, s):
     return min(n, s * size), min(n, (s + 1) * size)
 
 
+@njit
+def _bit_length(x):
+    """Bits needed for x >= 0 (at least 1)."""
+    bits = 1
+    while (x >> bits) > 0:
+        bits += 1
+    return bits
+
+
 @njit_parallel
-def _radix_pass(next_keys, next_order, keys, order, shift, mask, parallel):
-    """In place: next_keys, next_order [n] int64 = (keys, order) stably
-    sorted by the digit ``(key >> shift) & mask``. Slice s of the input
-    writes after slices < s within each digit, so the pass is stable."""
+def _pack(packed, ids, pos_bits, parallel):
+    """In place: packed [n] int64 = (ids[i] << pos_bits) | i."""
+    n = ids.shape[0]
+    slices = _num_slices(parallel)
+    for s in prange(slices):
+        lo, hi = _slice_bounds(n, slices, s)
+        for i in range(lo, hi):
+            packed[i] = (ids[i] << pos_bits) | i
+
+
+@njit_parallel
+def _radix_pass(out, keys, shift, mask, parallel):
+    """In place: out [n] int64 = keys stably sorted by the digit
+    ``(key >> shift) & mask``. Slice s of the input writes after slices < s
+    within each digit, so the pass is stable."""
     n = keys.shape[0]
     slices = _num_slices(parallel)
     counts = np.zeros((slices, mask + 1), np.int64)
     for s in prange(slices):
         lo, hi = _slice_bounds(n, slices, s)
+        slice_counts = counts[s]
         for i in range(lo, hi):
-            counts[s, (keys[i] >> shift) & mask] += 1
+            slice_counts[(keys[i] >> shift) & mask] += 1
     total = 0
     for d in range(mask + 1):
         for s in range(slices):
@@ -72,37 +93,65 @@ def _radix_pass(next_keys, next_order, keys, order, shift, mask, parallel):
             total += count
     for s in prange(slices):
         lo, hi = _slice_bounds(n, slices, s)
+        slice_counts = counts[s]
         for i in range(lo, hi):
-            d = (keys[i] >> shift) & mask
-            next_keys[counts[s, d]] = keys[i]
-            next_order[counts[s, d]] = order[i]
-            counts[s, d] += 1
+            key = keys[i]
+            d = (key >> shift) & mask
+            out[slice_counts[d]] = key
+            slice_counts[d] += 1
 
 
 @njit_parallel
-def _runs(keys, parallel):
-    """(rows [U], starts [U+1]) of the runs of equal values in sorted keys."""
-    n = keys.shape[0]
+def _unpack_runs(packed, pos_bits, parallel):
+    """(rows [U], starts [U+1], order [n]) of packed keys sorted by id."""
+    n = packed.shape[0]
     slices = _num_slices(parallel)
     firsts = np.zeros(slices + 1, np.int64)
     for s in prange(slices):
         lo, hi = _slice_bounds(n, slices, s)
+        count = 0
         for i in range(lo, hi):
-            if i == 0 or keys[i] != keys[i - 1]:
-                firsts[s + 1] += 1
+            if i == 0 or (packed[i] >> pos_bits) != (packed[i - 1] >> pos_bits):
+                count += 1
+        firsts[s + 1] = count
     for s in range(slices):
         firsts[s + 1] += firsts[s]
-    rows = np.empty(firsts[slices], np.int64)
-    starts = np.empty(firsts[slices] + 1, np.int64)
-    starts[firsts[slices]] = n
+    num_rows = firsts[slices]
+    rows = np.empty(num_rows, np.int64)
+    starts = np.empty(num_rows + 1, np.int64)
+    starts[num_rows] = n
+    order = np.empty(n, np.int64)
+    position_mask = (np.int64(1) << pos_bits) - 1
     for s in prange(slices):
         lo, hi = _slice_bounds(n, slices, s)
         u = firsts[s]
         for i in range(lo, hi):
-            if i == 0 or keys[i] != keys[i - 1]:
-                rows[u] = keys[i]
+            key = packed[i]
+            order[i] = key & position_mask
+            if i == 0 or (key >> pos_bits) != (packed[i - 1] >> pos_bits):
+                rows[u] = key >> pos_bits
                 starts[u] = i
                 u += 1
+    return rows, starts, order
+
+
+@njit
+def _runs_of_order(ids, order):
+    """(rows, starts) of the positions ``order`` that sort ``ids``."""
+    n = order.shape[0]
+    count = 0
+    for k in range(n):
+        if k == 0 or ids[order[k]] != ids[order[k - 1]]:
+            count += 1
+    rows = np.empty(count, np.int64)
+    starts = np.empty(count + 1, np.int64)
+    starts[count] = n
+    u = 0
+    for k in range(n):
+        if k == 0 or ids[order[k]] != ids[order[k - 1]]:
+            rows[u] = ids[order[k]]
+            starts[u] = k
+            u += 1
     return rows, starts
 
 
@@ -112,68 +161,71 @@ def group_rows(ids):
 
     ``rows`` are the unique ids in increasing order; ``order[starts[u]:
     starts[u+1]]`` are the positions holding ``rows[u]``, ascending. A
-    stable LSD radix sort on the id (ids >= 0; 2 passes for up to 16M rows):
-    O(n) a pass, no comparison sort, parallel above ``PARALLEL_MIN_IDS``.
-    Increasing rows also make the update kernels sweep the table in address
-    order. Call it from Python or from a parallel kernel: a cached serial
-    kernel calling it crashes when Numba's threads are not yet started.
+    stable LSD radix sort of ``id << bits(n) | position`` packed in one
+    int64 (ids >= 0; 2 passes of 11-bit digits for up to 4M rows, 3 up to
+    8G): O(n) a pass, no comparison sort, parallel above
+    ``PARALLEL_MIN_IDS``. Increasing rows also make the update kernels sweep
+    the table in address order. Ids too wide to pack (id * n >= 2**63, far
+    beyond any table in memory) fall back to a stable merge sort. Call it
+    from Python or from a parallel kernel: a cached serial kernel calling it
+    crashes when Numba's threads are not yet started.
     """
     n = ids.shape[0]
+    if n == 0:
+        return np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64)
     parallel = n >= PARALLEL_MIN_IDS
-    largest = np.max(ids) if n else 0
-    bits = 1
-    while (largest >> bits) > 0:
-        bits += 1
-    passes = (bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
-    digit_bits = (bits + passes - 1) // passes
-    keys, order = np.empty(n, np.int64), np.arange(n)
-    next_keys, next_order = np.empty(n, np.int64), np.empty(n, np.int64)
+    key_bits = _bit_length(np.max(ids))
+    pos_bits = _bit_length(n - 1)
+    if key_bits + pos_bits > 63:
+        order = np.argsort(ids, kind="mergesort")
+        rows, starts = _runs_of_order(ids, order)
+        return rows, starts, order
+    passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
+    digit_bits = (key_bits + passes - 1) // passes
     mask = (1 << digit_bits) - 1
+    keys, spare = np.empty(n, np.int64), np.empty(n, np.int64)
+    _pack(keys, ids, pos_bits, parallel)
     for p in range(passes):
-        if p == 0:  # read the caller's ids (maybe read-only), never write them
-            _radix_pass(next_keys, next_order, ids, order, 0, mask, parallel)
-        else:
-            _radix_pass(next_keys, next_order, keys, order, p * digit_bits, mask, parallel)
-        keys, next_keys = next_keys, keys
-        order, next_order = next_order, order
-    rows, starts = _runs(keys, parallel)
-    return rows, starts, order
+        _radix_pass(spare, keys, pos_bits + p * digit_bits, mask, parallel)
+        keys, spare = spare, keys
+    return _unpack_runs(keys, pos_bits, parallel)
 
 
 @njit_inline
-def summed_grad_row(out, grad, u):
-    """In place: out [D] float32 = summed gradient of plan row u (see module)."""
+def summed_grad_row(out, grad, u, dim):
+    """In place: out [dim] float32 = summed gradient of plan row u (see
+    module); ``dim`` as given to the kernel (``_jit.row_dim``)."""
     starts, src_index, src_coef, src, scale = grad[1], grad[2], grad[3], grad[4], grad[5]
-    out[:] = 0.0
+    for j in range(dim):
+        out[j] = 0.0
     for k in range(starts[u], starts[u + 1]):
         coef = src_coef[k]
         source = src[src_index[k]]
-        for j in range(out.shape[0]):
+        for j in range(dim):
             out[j] += coef * source[j]
-    for j in range(out.shape[0]):
+    for j in range(dim):
         out[j] *= scale
 
 
 @njit_parallel
-def summed_grad_rows(out, grad):
-    """In place: out [U, D] float32, row u = summed gradient of plan row u."""
+def summed_grad_rows(out, grad, dim):
+    """In place: out [U, dim] float32, row u = summed gradient of plan row u."""
     for u in prange(out.shape[0]):
-        summed_grad_row(out[u], grad, u)
+        summed_grad_row(out[u], grad, u, dim)
 
 
 @njit_parallel
-def summed_grad_sq_norms(out, grad):
+def summed_grad_sq_norms(out, grad, dim):
     """In place: out [U] float64 = squared L2 norm of each summed gradient row.
 
     Summed in float64 per row (a norm over millions of values); the rows are
     then added in a fixed order by the caller.
     """
     num_rows = out.shape[0]
-    dim = grad[4].shape[1]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        g = np.empty(dim, np.float32)
+        g = row_buffer(dim)
         for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            summed_grad_row(g, grad, u)
+            summed_grad_row(g, grad, u, dim)
             total = 0.0
             for j in range(dim):
                 total += np.float64(g[j]) * np.float64(g[j])

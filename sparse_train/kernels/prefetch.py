@@ -54,10 +54,9 @@ def prefetch_read(typingctx, array, index):
 
 
 @njit_inline
-def prefetch_row(array, r):
+def prefetch_row(array, r, dim):
     """Prefetch for writing every cache line of row r of a C-contiguous
-    [V, D] array."""
-    dim = array.shape[1]
+    [V, dim] array (``dim`` as given to the kernel: see ``_jit.row_dim``)."""
     base = r * dim
     step = max(_CACHE_LINE // array.itemsize, 1)
     for j in range(0, dim, step):
@@ -66,10 +65,9 @@ def prefetch_row(array, r):
 
 
 @njit_inline
-def prefetch_row_read(array, r):
+def prefetch_row_read(array, r, dim):
     """Prefetch for reading every cache line of row r of a C-contiguous
-    [V, D] array."""
-    dim = array.shape[1]
+    [V, dim] array."""
     base = r * dim
     step = max(_CACHE_LINE // array.itemsize, 1)
     for j in range(0, dim, step):

@@ -5,34 +5,35 @@
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch, prefetch_row
 
 
 @njit_inline
-def rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon):
-    """In place: w [D] float32 (row r), accumulator [V] float32."""
+def rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon, dim):
+    """In place: w [dim] float32 (row r), accumulator [V] float32."""
     total = np.float32(0.0)
-    for j in range(g.shape[0]):
+    for j in range(dim):
         total += g[j] * g[j]
-    accumulator[r] += total / np.float32(g.shape[0])
+    accumulator[r] += total / np.float32(dim)
     denominator = np.sqrt(accumulator[r]) + epsilon
-    for j in range(w.shape[0]):
+    for j in range(dim):
         w[j] -= lr * g[j] / denominator
 
 
 @njit_parallel
-def rowwise_adagrad_apply(weight, accumulator, grad, lr, epsilon):
-    """In place: weight [V, D], accumulator [V] float32, plan's rows only."""
+def rowwise_adagrad_apply(weight, accumulator, grad, lr, epsilon, dim):
+    """In place: weight [V, D], accumulator [V] float32, plan's rows only.
+    lr, epsilon float32; dim = D (``_jit.row_dim``)."""
     rows = grad[0]
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        g = np.empty(weight.shape[1], np.float32)
+        g = row_buffer(dim)
         for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
             ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead)
+            prefetch_row(weight, ahead, dim)
             prefetch(accumulator, ahead)
-            summed_grad_row(g, grad, u)
+            summed_grad_row(g, grad, u, dim)
             rowwise_adagrad_row(weight[rows[u]], accumulator, rows[u], g, lr,
-                                epsilon)
+                                epsilon, dim)

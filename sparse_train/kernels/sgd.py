@@ -1,26 +1,25 @@
 """Plain gradient descent (TF ``GradientDescentOptimizer``): w -= lr * g."""
-import numpy as np
-
-from ._jit import njit_inline, njit_parallel, prange
+from ._jit import njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 
 
 @njit_inline
-def sgd_row(w, g, lr):
-    """In place: w [D] float32. w -= lr * g."""
-    for j in range(w.shape[0]):
+def sgd_row(w, g, lr, dim):
+    """In place: w [dim] float32. w -= lr * g."""
+    for j in range(dim):
         w[j] -= lr * g[j]
 
 
 @njit_parallel
-def sgd_apply(weight, grad, lr):
-    """In place: weight [V, D] float32, on the plan's rows only. lr float32."""
+def sgd_apply(weight, grad, lr, dim):
+    """In place: weight [V, D] float32, on the plan's rows only. lr float32;
+    dim = D (``_jit.row_dim``)."""
     rows = grad[0]
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        g = np.empty(weight.shape[1], np.float32)
+        g = row_buffer(dim)
         for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            prefetch_row(weight, rows[min(u + AHEAD, num_rows - 1)])
-            summed_grad_row(g, grad, u)
-            sgd_row(weight[rows[u]], g, lr)
+            prefetch_row(weight, rows[min(u + AHEAD, num_rows - 1)], dim)
+            summed_grad_row(g, grad, u, dim)
+            sgd_row(weight[rows[u]], g, lr, dim)

@@ -1,6 +1,7 @@
 """Adagrad (TF v1 ``AdagradOptimizer``, with PyTorch's epsilon as an option)."""
 import numpy as np
 
+from ..kernels._jit import row_dim
 from ..kernels.adagrad import adagrad_apply
 from .base import Optimizer, check_number, row_view
 
@@ -47,5 +48,7 @@ class Adagrad(Optimizer):
                 "epsilon": self._epsilon}
 
     def _apply(self, var, plan, dense):
-        adagrad_apply(row_view(var.value), self._slot_rows("accumulator", var), plan,
-                      np.float32(self._learning_rate), np.float32(self._epsilon))
+        weight = row_view(var.value)
+        adagrad_apply(weight, self._slot_rows("accumulator", var), plan,
+                      np.float32(self._learning_rate), np.float32(self._epsilon),
+                      row_dim(weight.shape[1]))

@@ -1,6 +1,7 @@
 """AdagradDecay (DeepRec ``AdagradDecayOptimizer``, V2 slot shapes)."""
 import numpy as np
 
+from ..kernels._jit import row_dim
 from ..kernels.adagrad_decay import adagrad_decay_apply
 from ..variable import GlobalStep
 from .base import Optimizer, check_number, row_view
@@ -67,8 +68,10 @@ class AdagradDecay(Optimizer):
 
     def _apply(self, var, plan, dense):
         step = 0 if self._global_step is None else int(self._global_step) + 1
+        weight = row_view(var.value)
         adagrad_decay_apply(
-            row_view(var.value), self._slot_rows("accumulator", var),
+            weight, self._slot_rows("accumulator", var),
             self._slot_rows("accumulator_decay_power", var), plan,
             np.float32(self._learning_rate), np.float32(self._initial),
-            np.float32(self._decay_rate), np.int64(step), np.int64(self._decay_step))
+            np.float32(self._decay_rate), np.int64(step), np.int64(self._decay_step),
+            row_dim(weight.shape[1]))

@@ -1,6 +1,7 @@
 """Plain gradient descent (TF ``GradientDescentOptimizer``)."""
 import numpy as np
 
+from ..kernels._jit import row_dim
 from ..kernels.sgd import sgd_apply
 from .base import Optimizer, row_view
 
@@ -24,4 +25,5 @@ class GradientDescent(Optimizer):
         super().__init__(learning_rate, name)
 
     def _apply(self, var, plan, dense):
-        sgd_apply(row_view(var.value), plan, np.float32(self._learning_rate))
+        weight = row_view(var.value)
+        sgd_apply(weight, plan, np.float32(self._learning_rate), row_dim(weight.shape[1]))

@@ -1,6 +1,7 @@
 """Row-wise Adagrad (FBGEMM / torchrec ``EXACT_ROWWISE_ADAGRAD``)."""
 import numpy as np
 
+from ..kernels._jit import row_dim
 from ..kernels.rowwise_adagrad import rowwise_adagrad_apply
 from .base import Optimizer, check_number, row_view
 
@@ -30,5 +31,7 @@ class RowwiseAdagrad(Optimizer):
         return {**super().get_config(), "epsilon": self._epsilon}
 
     def _apply(self, var, plan, dense):
-        rowwise_adagrad_apply(row_view(var.value), self._slot_rows("accumulator", var), plan,
-                              np.float32(self._learning_rate), np.float32(self._epsilon))
+        weight = row_view(var.value)
+        rowwise_adagrad_apply(weight, self._slot_rows("accumulator", var), plan,
+                              np.float32(self._learning_rate), np.float32(self._epsilon),
+                              row_dim(weight.shape[1]))

@@ -1,0 +1,63 @@
+"""``kernels.coalesce.group_rows`` against a brute-force grouping.
+
+The grouping behind every coalesce and every update plan: unique ids in
+increasing order, each id's positions ascending. Covered here on every path
+of the kernel: empty and single-id input, the serial and the parallel radix
+sort (above ``PARALLEL_MIN_IDS``), one to three radix passes, and ids too
+wide to pack with their positions (the merge-sort fallback).
+"""
+import numpy as np
+import pytest
+
+from sparse_train.kernels.coalesce import PARALLEL_MIN_IDS, group_rows
+
+
+def brute_force_groups(ids):
+    """(rows, starts, order) by a dict of id -> positions, in plain Python."""
+    positions = {}
+    for pos, row in enumerate(np.asarray(ids).tolist()):
+        positions.setdefault(row, []).append(pos)
+    rows = sorted(positions)
+    order = [pos for row in rows for pos in positions[row]]
+    starts = np.cumsum([0] + [len(positions[row]) for row in rows])
+    return np.array(rows, np.int64), starts.astype(np.int64), np.array(order, np.int64)
+
+
+def assert_groups(ids):
+    got = group_rows(np.asarray(ids, np.int64))
+    want = brute_force_groups(ids)
+    for name, g, w in zip(("rows", "starts", "order"), got, want):
+        assert g.dtype == np.int64, name
+        np.testing.assert_array_equal(g, w, err_msg=name)
+
+
+@pytest.mark.parametrize("ids", [[], [0], [7], [3, 3, 3], [5, 0, 5, 2, 0, 9]])
+def test_small_inputs(ids):
+    assert_groups(ids)
+
+
+@pytest.mark.parametrize("num_rows", [2, 1000, 1 << 21, 10_000_000, 1 << 33])
+@pytest.mark.parametrize("n", [100, PARALLEL_MIN_IDS + 1234])
+def test_random_ids_serial_and_parallel(num_rows, n):
+    rng = np.random.default_rng(num_rows % 1000 + n)
+    # Zipf-like skew: many duplicates of a few ids, plus a uniform spread
+    hot = rng.integers(0, num_rows, 5)
+    ids = np.where(rng.random(n) < 0.3, hot[rng.integers(0, 5, n)],
+                   rng.integers(0, num_rows, n))
+    assert_groups(ids)
+
+
+def test_ids_too_wide_to_pack_use_the_fallback():
+    # id bits + position bits > 63: the merge-sort path, same contract
+    rng = np.random.default_rng(1)
+    base = np.int64(1) << np.int64(60)
+    ids = base + rng.integers(0, 4, 300)
+    assert_groups(ids)
+
+
+def test_input_ids_are_not_modified_and_read_only_input_works():
+    ids = np.random.default_rng(2).integers(0, 50, PARALLEL_MIN_IDS + 7)
+    frozen = ids.copy()
+    frozen.flags.writeable = False
+    group_rows(frozen)
+    np.testing.assert_array_equal(frozen, ids)
