@@ -299,3 +299,22 @@ def test_ids_changed_after_construction_are_still_rejected():
         grad.indices[0] = V                     # a read-only array refuses this, or
         GradientDescent(1.0).apply_gradients([(grad, table)])   # the apply does
     assert not buffer.any()
+
+
+@pytest.mark.parametrize("kind", [k for k in OPTIMIZERS if k != "GradientDescent"])
+def test_slot_of_another_variable_with_the_same_name_is_refused(kind, make_optimizer):
+    # Slots are keyed by name. A second variable under a used name (a rebuilt
+    # model) must not get the first one's slots: the kernels do not check
+    # bounds, so a [V, D] slot behind a bigger variable would be written out
+    # of bounds. The error names the variable and both shapes; nothing moves.
+    table, opt, gs, rng = _setup(kind, make_optimizer, seed=6)
+    bigger = Variable(rng.standard_normal((V + 30, D + 1)), "table")
+    watched = [table, bigger] + opt.variables()
+    before = [np.array(v.value, copy=True) for v in watched]
+    grad = RowSparseGrad([V + 29], np.ones((1, D + 1)), (V + 30, D + 1))
+    with pytest.raises(ValueError, match=r"variable 'table' has shape \(50, 5\), but its slot "
+                                         r"'\w+' has shape \(20(, 4)?,?\)"):
+        opt.apply_gradients([(grad, bigger)], global_step=gs)
+    assert int(gs) == 3
+    for var, value in zip(watched, before):
+        _assert_bits(var.value, value, var.name)

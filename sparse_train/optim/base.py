@@ -146,9 +146,12 @@ class Optimizer:
         Every pair is validated before anything is mutated: a bad gradient
         raises ValueError naming its variable, and no table or slot changes.
         """
-        if global_step is not None and not isinstance(global_step, GlobalStep):
-            raise TypeError(f"global_step must be a GlobalStep, got {type(global_step).__name__}")
-        prepared = self._prepare(grads_and_vars)
+        self._apply_prepared(self._prepare(grads_and_vars, global_step), global_step)
+
+    def _apply_prepared(self, prepared, global_step=None):
+        """Phases 2 and 3 of ``apply_gradients`` for the output of ``_prepare``
+        (``train_step`` validates every optimizer's pairs before it applies
+        any, so a bad dense gradient cannot leave the tables updated)."""
         for var, _, _ in prepared:
             self._create_slots(var)
         for var, plan, dense in prepared:
@@ -157,8 +160,10 @@ class Optimizer:
         if global_step is not None:
             global_step.increment()
 
-    def _prepare(self, grads_and_vars):
+    def _prepare(self, grads_and_vars, global_step=None):
         """Validated ``[(var, plan, dense)]``; raises before anything is mutated."""
+        if global_step is not None and not isinstance(global_step, GlobalStep):
+            raise TypeError(f"global_step must be a GlobalStep, got {type(global_step).__name__}")
         pairs = list(grads_and_vars)
         prepared, seen = [], set()
         for pair in pairs:
@@ -176,11 +181,28 @@ class Optimizer:
             if var.name in seen:
                 raise ValueError(f"{self._name}: variable {var.name!r} appears twice in one apply_gradients call")
             seen.add(var.name)
+            self._check_existing_slots(var)
             prepared.append((var, _plan_for(grad, var), not isinstance(grad, RowSparseGrad)))
         if not prepared:
             names = [p[1].name for p in pairs if isinstance(p[1], Variable)]
             raise ValueError(f"{self._name}: no gradients provided for any variable: {names}")
         return prepared
+
+    def _check_existing_slots(self, var):
+        """Slots are keyed by variable name: a slot made for another variable
+        of that name (a rebuilt model, a name reused) must not be handed to
+        a kernel, which would index it out of bounds."""
+        for slot in self._slot_specs:
+            existing = self._slots.get(slot, {}).get(var.name)
+            if existing is None:
+                continue
+            shape, dtype = self.slot_shape(var, slot)
+            if existing.shape != shape or existing.dtype != dtype:
+                raise ValueError(
+                    f"{self._name}: variable {var.name!r} has shape {var.shape}, but its "
+                    f"slot {slot!r} has shape {existing.shape} {existing.dtype} (expected "
+                    f"{shape} {dtype}): was another variable named {var.name!r} "
+                    f"updated by this optimizer?")
 
     # --------------------------------------------------------- for subclasses
     def _create_slots(self, var):
