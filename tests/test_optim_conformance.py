@@ -201,6 +201,40 @@ for kind, hp in hyper.items():
     arrays[f"{kind}/dense"] = dense.value
     for var in opt.variables():
         arrays[f"{kind}/{var.name}"] = np.asarray(var.value)
+
+# Clipping norms (parallel chunked sums) and a whole DeepFM step: fused
+# lookups over > PARALLEL_MIN_IDS ids, fused bias + ReLU kernels, clipping,
+# tables on AdagradDecay and dense layers on Adam.
+from sparse_train import Ragged, clip_gradients, global_norm
+from sparse_train.data import Batch, DataSpec, FeatureSpec
+from sparse_train.models import build_model, train_step
+rng = np.random.default_rng(1)
+big = rng.standard_normal(5 * 2 ** 14 + 3).astype(np.float32)
+sparse = RowSparseGrad(rng.integers(0, V, N), rng.standard_normal((N, D)), (V, D))
+arrays["global_norm"] = np.array(global_norm([big, sparse, None]))
+spec = DataSpec((FeatureSpec("user", 20000), FeatureSpec("item", 5000),
+                 FeatureSpec("tags", 300, multi_hot=True)), ("age",))
+model = build_model("deepfm", spec, embedding_dim=8, hidden_units=(32, 16), scope="t")
+gs = GlobalStep()
+tables, dense_opt = optim.AdagradDecay(0.1, gs, accumulator_decay_step=2), optim.Adam(0.01)
+norms = []
+def clip(pairs):
+    pairs, norm = clip_gradients(pairs, 0.01)
+    norms.append(norm)
+    return pairs
+for step in range(3):
+    size = 4096
+    lengths = rng.integers(0, 12, size)
+    batch = Batch(rng.integers(0, 2, size).astype(np.float32),
+                  rng.standard_normal((size, 1)).astype(np.float32),
+                  {"user": Ragged.from_dense(rng.integers(0, 20000, size)),
+                   "item": Ragged.from_dense(rng.integers(0, 5000, size)),
+                   "tags": Ragged.from_lengths(rng.integers(0, 300, lengths.sum()), lengths)})
+    arrays[f"deepfm/loss{step}"] = np.array(train_step(model, batch, tables, dense_opt, gs,
+                                                       grad_transform=clip))
+arrays["deepfm/norms"] = np.array(norms)
+for var in model.variables() + tables.variables() + dense_opt.variables():
+    arrays[f"deepfm/{var.name}"] = np.asarray(var.value)
 np.savez(out, **arrays)
 """
 
@@ -216,6 +250,19 @@ def thread_runs(tmp_path_factory, hyper):
         with np.load(out) as data:
             runs[threads] = {k: data[k] for k in data.files}
     return runs
+
+
+@pytest.mark.parametrize("what", ["global_norm", "deepfm/"])
+def test_clipping_and_a_deepfm_step_one_thread_equals_two_threads(what, thread_runs):
+    one, two = thread_runs[1], thread_runs[2]
+    keys = sorted(k for k in one if k.startswith(what))
+    assert keys and keys == sorted(k for k in two if k.startswith(what))
+    if what == "deepfm/":  # tables, dense layers, slots and beta powers all saved
+        assert any("AdagradDecay/accumulator" in k for k in keys)
+        assert any("beta1_power" in k for k in keys) and "deepfm/norms" in keys
+        assert (one["deepfm/norms"] > 0.01).all()           # clipping did scale
+    for key in keys:
+        _assert_bits(one[key], two[key], key)
 
 
 def test_thread_runs_used_the_requested_threads(thread_runs):
