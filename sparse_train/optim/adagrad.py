@@ -22,12 +22,14 @@ class Adagrad(Optimizer):
         initial_accumulator_value: >= 0; > 0 when epsilon is 0.
         epsilon: >= 0, added outside the square root.
 
-    >>> from sparse_train import Variable
-    >>> w = Variable(np.zeros((1, 1)), "w")
-    >>> opt = Adagrad(1.0, initial_accumulator_value=0.0, epsilon=0.0 + 1e-30)
-    >>> opt.apply_gradients([(np.array([[3.0]]), w)])
-    >>> float(w.value[0, 0]), float(opt.get_slot(w, "accumulator").value[0, 0])
-    (-1.0, 9.0)
+    >>> from sparse_train import RowSparseGrad, Variable
+    >>> w = Variable(np.zeros((2, 1)), "w")
+    >>> opt = Adagrad(1.0, initial_accumulator_value=7.0)
+    >>> opt.apply_gradients([(RowSparseGrad([1, 1], [[1.0], [2.0]], (2, 1)), w)])
+    >>> opt.get_slot(w, "accumulator").value[:, 0].tolist()   # 7 + (1 + 2)**2
+    [7.0, 16.0]
+    >>> w.value[:, 0].tolist()                                  # -3 / sqrt(16)
+    [0.0, -0.75]
     """
 
     def __init__(self, learning_rate, initial_accumulator_value=0.1, epsilon=0.0,

@@ -34,6 +34,23 @@ class AdagradDecay(Optimizer):
         initial_accumulator_value: > 0; also the floor of a decay.
         accumulator_decay_step: > 0, steps per decay period.
         accumulator_decay_rate: in (0, 1).
+
+    Row 1 is touched twice; the 2nd call (step 2 = one period of 2) decays
+    its accumulator ``max((1 + 2**2) * 0.5, 1) = 2.5`` before adding ``2**2``;
+    untouched rows keep the initial value and power 0:
+
+    >>> from sparse_train import GlobalStep, RowSparseGrad, Variable
+    >>> step, w = GlobalStep(), Variable(np.zeros((3, 1)), "w")
+    >>> opt = AdagradDecay(1.0, step, initial_accumulator_value=1.0,
+    ...                    accumulator_decay_step=2, accumulator_decay_rate=0.5)
+    >>> for _ in range(2):
+    ...     opt.apply_gradients([(RowSparseGrad([1], [[2.0]], (3, 1)), w)], global_step=step)
+    >>> opt.get_slot(w, "accumulator").value[:, 0].tolist()
+    [1.0, 6.5, 1.0]
+    >>> opt.get_slot(w, "accumulator_decay_power").value.tolist(), int(step)
+    ([0, 1, 0], 2)
+    >>> round(float(w.value[1, 0]), 5)  # -2/sqrt(5) - 2/sqrt(6.5)
+    -1.67889
     """
 
     def __init__(self, learning_rate, global_step, initial_accumulator_value=0.1,

@@ -127,7 +127,16 @@ class Optimizer:
         return compute_gradients(loss, var_list)
 
     def minimize(self, loss, var_list=None, global_step=None):
-        """``compute_gradients`` then ``apply_gradients``."""
+        """``compute_gradients`` then ``apply_gradients``.
+
+        >>> from sparse_train import GlobalStep, Tensor
+        >>> from sparse_train.optim import GradientDescent
+        >>> w, step = Variable(np.array([3.0]), "w"), GlobalStep()
+        >>> loss = (Tensor(w) * Tensor(w)).sum()          # d loss / dw = 2 w = 6
+        >>> GradientDescent(0.25).minimize(loss, global_step=step)
+        >>> w.value.tolist(), int(step)                   # 3 - 0.25 * 6
+        ([1.5], 1)
+        """
         return self.apply_gradients(self.compute_gradients(loss, var_list),
                                     global_step=global_step)
 

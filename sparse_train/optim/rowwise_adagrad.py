@@ -19,6 +19,14 @@ class RowwiseAdagrad(Optimizer):
     Args:
         learning_rate: >= 0.
         epsilon: > 0 (the accumulator starts at 0).
+
+    >>> from sparse_train import RowSparseGrad, Variable
+    >>> w, opt = Variable(np.zeros((2, 2)), "w"), RowwiseAdagrad(1.0)
+    >>> opt.apply_gradients([(RowSparseGrad([1], [[1.0, 7.0]], (2, 2)), w)])
+    >>> opt.get_slot(w, "accumulator").value.tolist()   # mean(1, 49) = 25
+    [0.0, 25.0]
+    >>> [round(x, 6) for x in w.value[1].tolist()], w.value[0].tolist()   # -g / sqrt(25)
+    ([-0.2, -1.4], [0.0, 0.0])
     """
 
     def __init__(self, learning_rate, epsilon=1e-8, name="RowwiseAdagrad"):
