@@ -410,3 +410,34 @@ def test_adagrad_zero_initial_is_allowed_with_epsilon():
     var = Variable(np.zeros((2, 1)), "w")
     opt.apply_gradients([(RowSparseGrad([1], [[2.0]], (2, 1)), var)])
     assert_close(var.value[:, 0], [0.0, -0.5 * 2.0 / (2.0 + 1e-10)])
+
+
+def test_adagrad_decay_refuses_a_global_step_other_than_the_one_it_reads():
+    # AdagradDecay(lr, gs_a) then apply_gradients(global_step=gs_b): gs_a would
+    # never move, so the decay would silently stop. Refused, nothing changed.
+    from sparse_train.models.training import train_step
+    gs_a, gs_b = GlobalStep(), GlobalStep()
+    opt = optim.AdagradDecay(0.1, gs_a, accumulator_decay_step=1)
+    var = Variable(np.ones((3, 2)), "emb")
+    grad = RowSparseGrad([1], np.ones((1, 2)), (3, 2))
+    with pytest.raises(ValueError, match="AdagradDecay reads GlobalStep.*another counter"):
+        opt.apply_gradients([(grad, var)], global_step=gs_b)
+    assert int(gs_a) == int(gs_b) == 0 and opt.get_slot(var, "accumulator") is None
+    np.testing.assert_array_equal(var.value, 1.0)
+    opt.apply_gradients([(grad, var)], global_step=gs_a)   # its own counter: fine
+    opt.apply_gradients([(grad, var)])                       # or none
+    assert int(gs_a) == 1
+
+    class OneTable:   # the least a model needs for train_step
+        def loss(self, batch):
+            from sparse_train import autodiff as ad
+            return ad.embedding_bag(var, [0, 1], [0, 2]).sum()
+
+        def sparse_variables(self):
+            return [var]
+
+        def dense_variables(self):
+            return []
+    with pytest.raises(ValueError, match="another counter"):
+        train_step(OneTable(), None, opt, optim.Adam(), gs_b)
+    assert int(gs_b) == 0

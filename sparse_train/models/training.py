@@ -68,6 +68,9 @@ def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step
         raise ValueError("train_step: the loss depends on no variable of the model")
     # Validate every group before applying any: a bad dense gradient must not
     # leave the tables already updated (nothing changes before an error).
+    for optimizer, _ in groups:  # AdagradDecay must read the counter this step moves
+        if hasattr(optimizer, "check_global_step"):
+            optimizer.check_global_step(global_step)
     prepared = [(opt, opt._prepare(pairs, global_step)) for opt, pairs in groups]
     for i, (optimizer, checked) in enumerate(prepared):
         optimizer._apply_prepared(checked, global_step if i == len(prepared) - 1 else None)

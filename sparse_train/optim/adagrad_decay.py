@@ -77,6 +77,21 @@ class AdagradDecay(Optimizer):
     def global_step(self):
         return self._global_step
 
+    def check_global_step(self, global_step):
+        """ValueError if ``global_step`` (the counter a training step
+        increments) is not the one this optimizer reads: its decay would
+        then follow a counter that never moves."""
+        if (global_step is not None and self._global_step is not None
+                and global_step is not self._global_step):
+            raise ValueError(
+                f"{self._name} reads {self._global_step!r} (given to its constructor) but "
+                f"apply_gradients was given another counter, {global_step!r}: pass the same "
+                f"GlobalStep to both")
+
+    def _prepare(self, grads_and_vars, global_step=None):
+        self.check_global_step(global_step)
+        return super()._prepare(grads_and_vars, global_step)
+
     def get_config(self):
         return {**super().get_config(), "initial_accumulator_value": self._initial,
                 "accumulator_decay_step": self._decay_step,
