@@ -38,10 +38,11 @@ class Adagrad(Optimizer):
         self._initial = check_number("initial_accumulator_value",
                                      initial_accumulator_value, low=0.0)
         self._epsilon = check_number("epsilon", epsilon, low=0.0)
-        if self._initial == 0.0 and self._epsilon == 0.0:
+        if np.float32(self._initial) == 0.0 and np.float32(self._epsilon) == 0.0:
             raise ValueError(
                 "initial_accumulator_value must be > 0 when epsilon is 0 "
-                "(else the first update divides by zero), got 0")
+                f"(else the first update divides by zero; both are 0 in float32), "
+                f"got {initial_accumulator_value!r} and epsilon {epsilon!r}")
         self._slot_specs = {"accumulator": ("like", np.float32, self._initial)}
 
     def get_config(self):

@@ -3,7 +3,7 @@ import numpy as np
 
 from ..kernels.adagrad_decay import adagrad_decay_apply
 from ..variable import GlobalStep
-from .base import Optimizer, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, row_view
 
 __all__ = ["AdagradDecay"]
 
@@ -60,8 +60,10 @@ class AdagradDecay(Optimizer):
         if global_step is not None and not isinstance(global_step, GlobalStep):
             raise TypeError(f"global_step must be a GlobalStep or None, got {type(global_step).__name__}")
         self._global_step = global_step
-        self._initial = check_number("initial_accumulator_value", initial_accumulator_value,
-                                     low=0.0, low_open=True)
+        self._initial = check_float32_positive(  # the rule has no epsilon
+            "initial_accumulator_value",
+            check_number("initial_accumulator_value", initial_accumulator_value,
+                         low=0.0, low_open=True))
         step = check_number("accumulator_decay_step", accumulator_decay_step, low=0.0, low_open=True)
         if step != int(step):
             raise ValueError(f"accumulator_decay_step must be an integer, got {accumulator_decay_step!r}")

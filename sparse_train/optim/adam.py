@@ -5,7 +5,7 @@ import numpy as np
 
 from ..kernels.adam import adam_apply, lazy_adam_apply
 from ..variable import Variable
-from .base import Optimizer, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, row_view
 
 __all__ = ["Adam", "LazyAdam"]
 
@@ -27,7 +27,7 @@ class Adam(Optimizer):
     Slots ``m``, ``v`` [V, D] float32 (0).
 
     Args:
-        learning_rate: >= 0; beta1, beta2: in [0, 1); epsilon: >= 0.
+        learning_rate: >= 0; beta1, beta2: in [0, 1); epsilon: > 0.
 
     Row 0 is touched by the first call only, yet the second call moves it
     (its m decays to ``0.9 * 0.1``); row 1, never touched, stays put:
@@ -51,7 +51,10 @@ class Adam(Optimizer):
         super().__init__(learning_rate, name)
         self._beta1 = check_number("beta1", beta1, low=0.0, high=1.0, high_open=True)
         self._beta2 = check_number("beta2", beta2, low=0.0, high=1.0, high_open=True)
-        self._epsilon = check_number("epsilon", epsilon, low=0.0)
+        # epsilon = 0 makes m / (sqrt(v) + epsilon) = 0 / 0 = NaN on any row
+        # with v = 0: under Adam, every row a sparse gradient never touched.
+        self._epsilon = check_float32_positive(
+            "epsilon", check_number("epsilon", epsilon, low=0.0, low_open=True))
         self._slot_specs = {"m": ("like", np.float32, 0.0), "v": ("like", np.float32, 0.0)}
         self._non_slot = {
             "beta1_power": Variable(np.float32(self._beta1), f"{name}/beta1_power", trainable=False),

@@ -32,6 +32,14 @@ def check_number(name, value, low=None, high=None, low_open=False, high_open=Fal
     return number
 
 
+def check_float32_positive(name, value):
+    """``value`` (a positive number) as given, or ValueError if float32, in
+    which the rules run, rounds it to 0 (e.g. an epsilon of 1e-50)."""
+    if np.float32(value) == 0.0:
+        raise ValueError(f"{name} must be > 0 in float32 (at least 1.4e-45), got {value!r}")
+    return value
+
+
 def row_view(array):
     """The [V, D] view of a variable or slot: ``[V, ...] -> [V, prod(...)]``;
     a scalar is one row of one value."""

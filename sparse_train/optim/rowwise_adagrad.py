@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..kernels.rowwise_adagrad import rowwise_adagrad_apply
-from .base import Optimizer, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, row_view
 
 __all__ = ["RowwiseAdagrad"]
 
@@ -31,7 +31,8 @@ class RowwiseAdagrad(Optimizer):
 
     def __init__(self, learning_rate, epsilon=1e-8, name="RowwiseAdagrad"):
         super().__init__(learning_rate, name)
-        self._epsilon = check_number("epsilon", epsilon, low=0.0, low_open=True)
+        self._epsilon = check_float32_positive(
+            "epsilon", check_number("epsilon", epsilon, low=0.0, low_open=True))
         self._slot_specs = {"accumulator": ("rows", np.float32, 0.0)}
 
     def get_config(self):
