@@ -377,6 +377,7 @@ def test_default_hyperparameters_behave_as_spec(kind, make, slots_of):
 @pytest.mark.parametrize("make", [
     lambda: optim.GradientDescent(-0.1),
     lambda: optim.GradientDescent(float("nan")),
+    lambda: optim.GradientDescent(1e39),     # inf in float32
     lambda: optim.Adagrad(-1.0),
     lambda: optim.Adagrad(0.1, initial_accumulator_value=-0.1),
     lambda: optim.Adagrad(0.1, initial_accumulator_value=0.0),          # and epsilon 0
