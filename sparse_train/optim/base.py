@@ -59,7 +59,7 @@ class Optimizer:
 
     def __init__(self, learning_rate, name):
         self._learning_rate = check_number("learning_rate", learning_rate, low=0.0)
-        if self._learning_rate > np.finfo(np.float32).max:  # the kernels take float32
+        if self._learning_rate > float(np.finfo(np.float32).max):  # kernels take float32
             raise ValueError(f"learning_rate must be finite in float32, got {learning_rate!r}")
         self._name = name
         self._slots = {}
