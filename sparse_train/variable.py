@@ -62,6 +62,9 @@ class Variable:
             raise ValueError(
                 f"Variable {self.name!r}: cannot assign shape {value.shape} "
                 f"to shape {self.value.shape}")
+        if value.dtype.kind not in ("fiub" if self.value.dtype.kind == "f" else "iub"):
+            raise ValueError(f"Variable {self.name!r}: cannot assign dtype {value.dtype} "
+                             f"to dtype {self.value.dtype}")
         self.value[...] = value
 
     def __array__(self, dtype=None, copy=None):

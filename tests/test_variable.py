@@ -69,3 +69,15 @@ def test_global_step_takes_whole_numbers_of_any_integer_type():
     with pytest.raises(ValueError, match=r"global step must be an integer >= 0, got 1\.5"):
         gs.assign(1.5)
     assert int(gs) == 9
+
+
+def test_assign_refuses_strings_and_floats_into_integers_naming_the_variable():
+    w = Variable(np.zeros((2,)), "w")
+    with pytest.raises(ValueError, match="Variable 'w': cannot assign dtype <U1"):
+        w.assign(np.array(["a", "b"]))
+    counts = Variable(np.zeros(2, np.int64), "counts")
+    with pytest.raises(ValueError, match="'counts': cannot assign dtype float64 to dtype int64"):
+        counts.assign(np.array([1.5, 2.0]))
+    w.assign([1, 2])
+    counts.assign(np.array([3, 4], np.int32))
+    assert w.value.tolist() == [1.0, 2.0] and counts.value.tolist() == [3, 4]

@@ -222,3 +222,11 @@ def test_neg_and_linear_relu():
     assert (pre > 0).any() and (pre < 0).any() and np.abs(pre).min() > 1e-3  # no kink within eps
     out = check_op(lambda *t: ad.linear(*t, activation="relu"), x, w, b)
     np.testing.assert_allclose(out.data, np.maximum(pre, 0))
+
+
+def test_non_finite_labels_are_refused_naming_the_position():
+    x = Tensor(np.zeros(3, np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match="label nan at flat position 1 is not finite"):
+        ad.sigmoid_cross_entropy_with_logits(x, [1.0, np.nan, 0.0])
+    with pytest.raises(ValueError, match="label inf at flat position 2"):
+        ad.sigmoid_cross_entropy_with_logits(x, [1.0, 0.0, np.inf])
