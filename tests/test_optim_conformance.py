@@ -299,6 +299,11 @@ def _bad_pair(case, rng):
         return np.ones((V, D), np.float32), Variable(np.zeros((V, D), np.int64), "extra")
     if case == "dense_shape_mismatch":
         return RowSparseGrad([1, 2], np.ones((2, D)), (V + 1, D)), good
+    if case == "overflowing_duplicates":   # each finite; their float32 sum is inf
+        return RowSparseGrad([4, 1, 4], np.array([[3e38] * D, [1.0] * D, [3e38] * D]),
+                             (V, D)), good
+    if case == "overflowing_scale":        # finite values times a finite scale: inf
+        return RowSparseGrad([2], np.full((1, D), 1e30), (V, D)).scaled(1e20), good
     if case == "id_out_of_range":
         # Built while apply_gradients iterates its pairs: the gradient's own
         # check must still fire before the earlier pairs are applied.
@@ -307,7 +312,8 @@ def _bad_pair(case, rng):
 
 
 ERROR_CASES = ["non_finite_sparse", "non_finite_dense", "wrong_shape", "wrong_dtype_variable",
-               "dense_shape_mismatch", "id_out_of_range"]
+               "dense_shape_mismatch", "id_out_of_range", "overflowing_duplicates",
+               "overflowing_scale"]
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..kernels.checks import first_id_out_of_range, first_non_finite
+from ..kernels.coalesce import summed_grad_rows
 from ..sparse import RowSparseGrad, identity_plan_parts
 from ..variable import GlobalStep, Variable
 
@@ -273,6 +274,7 @@ def _plan_for(grad, var):
         _check_finite(plan[3].reshape(-1, 1), var, "gradient coefficient")
         if not np.isfinite(plan[5]):
             raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan[5]}")
+        _check_summed_finite(plan, var)
         return plan
     dense = np.asarray(grad)
     if dense.dtype.kind not in "fiu" or dense.dtype == np.bool_:
@@ -287,6 +289,35 @@ def _plan_for(grad, var):
     _check_finite(src, var, "gradient")
     rows, starts, src_index, src_coef = identity_plan_parts(rows_of_var)
     return rows, starts, src_index, src_coef, src, np.float32(1.0)
+
+
+#: A summed row whose bound stays below this cannot overflow float32, even
+#: with the rounding of millions of additions (each at most 2**-24 relative).
+_SAFE_BOUND = 0.25 * float(np.finfo(np.float32).max)
+
+
+def _check_summed_finite(plan, var):
+    """Finite values can still sum (duplicate ids) or scale (clipping) to
+    inf in float32. Bound every summed row by ``max|src| * max|coef| *
+    (most contributions to one row) * |scale|``; only when the bound is not
+    safe are the summed rows computed and scanned (never in normal training)."""
+    rows, starts, _, coef, src, scale = plan
+    if rows.shape[0] == 0 or src.size == 0:
+        return
+    bound = (max(float(src.max()), -float(src.min()))
+             * max(float(coef.max()), -float(coef.min()))
+             * float(np.max(starts[1:] - starts[:-1])) * abs(float(scale)))
+    if bound < _SAFE_BOUND:
+        return
+    summed = np.empty((rows.shape[0], src.shape[1]), np.float32)
+    summed_grad_rows(summed, plan)
+    bad = first_non_finite(summed.reshape(-1))
+    if bad >= 0:
+        row, col = divmod(int(bad), max(summed.shape[1], 1))
+        raise ValueError(
+            f"non-finite gradient for variable {var.name!r}: row {rows[row]}, column {col} "
+            f"sums to {summed.reshape(-1)[bad]} in float32 (finite values of duplicate ids, "
+            f"times the gradient's scale {scale}, overflow)")
 
 
 def _check_finite(src, var, what):
