@@ -6,6 +6,11 @@ With no arguments: DeepFM on a synthetic click log generated in memory
 2 cores. Every flag can also come from ``--config FILE.toml`` with the same
 keys (``batch_size = 4096``); a flag on the command line wins.
 
+Bad flags and config values fail before any data is read (exit code 2);
+Ctrl-C or SIGTERM stops after the current step, saving a checkpoint when
+``--checkpoint-dir`` is given (exit code 130), and ``--resume`` continues
+from it as if never stopped.
+
 Examples:
     python scripts/train.py
     python scripts/train.py --format criteo --data day_0.tsv --valid-fraction 0.1
@@ -13,6 +18,7 @@ Examples:
     python scripts/train.py --checkpoint-dir runs/a  # later: ... --resume
 """
 import argparse
+import math
 import sys
 
 if sys.version_info >= (3, 11):
@@ -28,8 +34,8 @@ DEFAULTS = {
     "dense_optimizer": "adam", "dense_learning_rate": 0.0005,
     "accumulator_decay_step": 100_000, "clip_norm": None,
     "ids": "vocabulary", "min_count": 1, "hash_buckets": 1 << 20,
-    "on_bad_line": "error", "examples": 400_000, "max_examples": None,
-    "num_fields": None, "featindex": None,
+    "on_bad_line": "error", "numeric_transform": "log1p", "examples": 400_000,
+    "max_examples": None, "num_fields": None, "featindex": None,
     "max_steps": None, "checkpoint_dir": None, "checkpoint_every": 0, "resume": False,
     "keep_checkpoints": 3,
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
@@ -37,8 +43,12 @@ DEFAULTS = {
 }
 
 
-def parse_args(argv):
-    """Flags merged over ``--config`` over ``DEFAULTS``."""
+class UsageError(ValueError):
+    """A bad flag or config value: reported as ``error: ...``, exit code 2,
+    before any data is read."""
+
+
+def _parser():
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 2)[2], argument_default=argparse.SUPPRESS)
@@ -46,18 +56,20 @@ def parse_args(argv):
     data = p.add_argument_group("data")
     data.add_argument("--data", help="training file(s), comma-separated")
     data.add_argument("--valid", help="validation file (ids from the training data)")
-    data.add_argument("--valid-fraction", type=float, help="held out of --data by seed (default 0.1)")
+    data.add_argument("--valid-fraction", type=float, help="held out of --data by seed")
     data.add_argument("--format", choices=("synthetic", "criteo", "libsvm", "libffm", "csv"))
     data.add_argument("--schema", help="TOML schema of a csv/tsv file (--format csv)")
-    data.add_argument("--ids", choices=("vocabulary", "hash"), help="feature ids (default vocabulary)")
+    data.add_argument("--ids", choices=("vocabulary", "hash"), help="feature ids")
     data.add_argument("--min-count", type=int, help="vocabulary: rarer tokens share the OOV id")
     data.add_argument("--hash-buckets", type=int, help="hash: buckets a feature")
     data.add_argument("--on-bad-line", choices=("error", "skip"))
+    data.add_argument("--numeric-transform", choices=("log1p", "none"),
+                      help="criteo: log(1 + x) for x > 0, else 0; or none")
     data.add_argument("--num-fields", type=int,
                       help="libsvm: pair k of a row is field k; libffm: number of fields")
     data.add_argument("--featindex", help="libsvm: field:value<TAB>index file naming the fields")
-    data.add_argument("--examples", type=int, help="synthetic: examples generated (default 400000)")
-    data.add_argument("--max-examples", type=int, help="read at most this many rows a pass")
+    data.add_argument("--examples", type=int, help="synthetic: examples generated")
+    data.add_argument("--max-examples", type=int, help="files: read at most this many rows a pass")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=("lr", "fm", "wide_deep", "deepfm", "dcn", "dlrm"))
     model.add_argument("--embedding-dim", type=int)
@@ -75,37 +87,170 @@ def parse_args(argv):
     train.add_argument("--max-steps", type=int, help="stop when the global step reaches this")
     train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    train.add_argument("--distributed", action="store_true",
+                       help="under mpirun: shard tables over the ranks (docs/DISTRIBUTED.md)")
     out = p.add_argument_group("output")
-    out.add_argument("--checkpoint-dir", help="save a checkpoint after each epoch here")
+    out.add_argument("--checkpoint-dir", help="save a checkpoint after each epoch, and on "
+                     "Ctrl-C / SIGTERM, here")
     out.add_argument("--checkpoint-every", type=int, help="also every N steps (0: epochs only)")
     out.add_argument("--keep-checkpoints", type=int)
     out.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     out.add_argument("--metrics-out", help="write auc, logloss, samples_per_second as JSON")
-    out.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--distributed", action="store_true",
-                       help="under mpirun: shard tables over the ranks (docs/DISTRIBUTED.md)")
-    given = vars(p.parse_args(argv))
+    out.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines "
+                     "(warnings and errors still print)")
+    for action in p._actions:
+        default = DEFAULTS.get(action.dest)
+        if default not in (None, False) and action.dest != "help":
+            action.help = f"{action.help or ''} (default {default})".lstrip()
+    return p
+
+
+def parse_args(argv):
+    """Flags merged over ``--config`` over ``DEFAULTS``, checked (``UsageError``).
+
+    ``options.explicit`` is the set of keys given by a flag or the config."""
+    parser = _parser()
+    given = vars(parser.parse_args(argv))
     options = dict(DEFAULTS)
-    if given.get("config"):
-        options.update(read_config(given["config"]))
+    config = read_config(given["config"], parser) if given.get("config") else {}
+    options.update(config)
     options.update(given)
-    return argparse.Namespace(**options)
+    args = argparse.Namespace(**options)
+    args.explicit = set(config) | set(given)
+    check_options(args)
+    return args
 
 
-def read_config(path):
+def read_config(path, parser=None):
+    """The keys of a TOML config, each checked like its flag (type, choices)."""
     try:
         with open(path, "rb") as f:
             config = tomllib.load(f)
     except FileNotFoundError:
-        raise SystemExit(f"error: config file {path} does not exist") from None
+        raise UsageError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
-        raise SystemExit(f"error: config file {path}: {error}") from None
+        raise UsageError(f"config file {path}: {error}") from None
     config = {key.replace("-", "_"): value for key, value in config.items()}
     unknown = sorted(set(config) - set(DEFAULTS) - {"config"})
     if unknown:
-        raise SystemExit(f"error: config file {path}: unknown key(s) {unknown}; "
+        raise UsageError(f"config file {path}: unknown key(s) {unknown}; "
                          f"keys are {sorted(set(DEFAULTS) - {'config'})}")
-    return config
+    actions = {a.dest: a for a in (parser or _parser())._actions}
+    return {key: _config_value(path, key, value, actions[key]) for key, value in config.items()}
+
+
+def _config_value(path, key, value, action):
+    """A config value checked against its flag's type and choices."""
+    where = f"config file {path}: {key}"
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise UsageError(f"{where} must be true or false, got {value!r}")
+        return value
+    if key == "hidden_units" and isinstance(value, list):
+        if not all(isinstance(u, int) and not isinstance(u, bool) for u in value):
+            raise UsageError(f"{where} must be a list of integers, got {value!r}")
+        return value
+    kind = action.type or str
+    ok = (isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+          isinstance(value, str))
+    if not ok:
+        what = {int: "an integer", float: "a number", str: "a string"}[kind]
+        raise UsageError(f"{where} must be {what}, got {value!r}")
+    if action.choices and value not in action.choices:
+        raise UsageError(f"{where} must be one of {', '.join(action.choices)}, got {value!r}")
+    return float(value) if kind is float else value
+
+
+def _flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def hidden_units(value):
+    """MLP widths from "400,400" or a list (``UsageError`` naming the flag)."""
+    if isinstance(value, (list, tuple)):
+        units = list(value)
+    else:
+        try:
+            units = [int(u) for u in str(value).split(",") if u.strip()]
+        except ValueError:
+            raise UsageError(f"--hidden-units must be comma-separated integers, e.g. 400,400, "
+                             f"got {value!r}") from None
+    if any(u < 1 for u in units):
+        raise UsageError(f"--hidden-units must be positive, got {value!r}")
+    return tuple(units)
+
+
+def _mlp_option(model):
+    """The option of ``build_model(model)`` that --hidden-units sets (DLRM:
+    its top MLP), or None for a model without an MLP."""
+    from sparse_train.models import model_options
+    accepted = model_options(model)
+    return next((k for k in ("hidden_units", "top_mlp") if k in accepted), None)
+
+
+#: Flags that must be an integer >= the value (None is allowed: "not set").
+_AT_LEAST = {"batch_size": 1, "epochs": 1, "embedding_dim": 1, "examples": 1, "min_count": 1,
+             "hash_buckets": 1, "keep_checkpoints": 1, "threads": 1, "num_fields": 1,
+             "max_examples": 1, "max_steps": 1, "accumulator_decay_step": 1,
+             "checkpoint_every": 0, "seed": 0}
+
+#: Flags that mean nothing unless a condition holds: (key, applies(args), where they apply).
+_APPLIES = (
+    ("data", lambda a: a.format != "synthetic",
+     "with a file --format (synthetic generates its data)"),
+    ("examples", lambda a: a.format == "synthetic",
+     "with --format synthetic (files: --max-examples)"),
+    ("max_examples", lambda a: a.format != "synthetic",
+     "with a file --format (synthetic: --examples)"),
+    ("schema", lambda a: a.format == "csv", "with --format csv"),
+    ("numeric_transform", lambda a: a.format == "criteo", "with --format criteo (csv: the "
+     "schema's transform)"),
+    ("num_fields", lambda a: a.format in ("libsvm", "libffm"), "with --format libsvm or libffm"),
+    ("featindex", lambda a: a.format == "libsvm", "with --format libsvm"),
+    ("ids", lambda a: a.format != "synthetic", "with a file --format"),
+    ("min_count", lambda a: a.format == "csv" or (a.format != "synthetic"
+                                                  and a.ids == "vocabulary"),
+     "with --ids vocabulary"),
+    ("hash_buckets", lambda a: a.format == "csv" or a.ids == "hash", "with --ids hash"),
+    ("on_bad_line", lambda a: a.format != "synthetic", "with a file --format"),
+    ("valid_fraction", lambda a: not a.valid, "without --valid"),
+    ("accumulator_decay_step", lambda a: a.sparse_optimizer == "adagrad_decay",
+     "with --sparse-optimizer adagrad_decay"),
+    ("checkpoint_every", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
+    ("keep_checkpoints", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
+    ("resume", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
+)
+
+
+def check_options(args):
+    """Every flag's range, and no flag that the run would ignore; raises
+    ``UsageError`` naming the flag, before any data is read."""
+    for key, minimum in _AT_LEAST.items():
+        value = getattr(args, key)
+        if value is not None and value < minimum:
+            raise UsageError(f"{_flag(key)} must be an integer >= {minimum}, got {value}")
+    for key in ("sparse_learning_rate", "dense_learning_rate", "clip_norm"):
+        value = getattr(args, key)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{_flag(key)} must be a number > 0, got {value}")
+    if not 0.0 < args.valid_fraction < 1.0:
+        raise UsageError(f"--valid-fraction must be in (0, 1), got {args.valid_fraction}")
+    args.hidden_units = hidden_units(args.hidden_units)
+    if "hidden_units" in args.explicit and _mlp_option(args.model) is None:
+        raise UsageError(f"--hidden-units: model {args.model!r} has no MLP")
+    for key, applies, where in _APPLIES:
+        if key in args.explicit and getattr(args, key) not in (None, False) and not applies(args):
+            raise UsageError(f"{_flag(key)} only applies {where}; this run would ignore it")
+    if args.format != "synthetic" and not args.data:
+        raise UsageError(f"--format {args.format} needs --data PATH")
+    if args.format == "csv" and not args.schema:
+        raise UsageError("--format csv needs --schema FILE.toml (datasets/README.md)")
+    if args.threads is not None:
+        import numba
+        if args.threads > numba.config.NUMBA_NUM_THREADS:
+            raise UsageError(f"--threads must be <= {numba.config.NUMBA_NUM_THREADS} (the cores "
+                             f"Numba may use; NUMBA_NUM_THREADS), got {args.threads}")
 
 
 def open_data(args):
@@ -113,26 +258,22 @@ def open_data(args):
     from sparse_train.data import open_dataset
 
     common = dict(batch_size=args.batch_size, on_bad_line=args.on_bad_line)
-    extra = {}
     if args.format == "synthetic":
-        if args.data:
-            raise SystemExit("error: --format synthetic takes no --data")
         dataset = open_dataset(format="synthetic", num_examples=args.examples,
-                               seed=args.seed, **common)
-    else:
-        if not args.data:
-            raise SystemExit(f"error: --format {args.format} needs --data PATH")
-        paths = [p for p in str(args.data).split(",") if p]
-        extra = {k: getattr(args, k) for k in ("num_fields", "featindex")
-                 if getattr(args, k) is not None}
-        dataset = open_dataset(paths, args.format, schema=args.schema, ids=args.ids,
-                               min_count=args.min_count, hash_buckets=args.hash_buckets,
-                               max_examples=args.max_examples, **common, **extra)
+                               seed=args.seed, batch_size=args.batch_size)
+        return dataset.split(args.valid_fraction, seed=args.seed)
+    paths = [p for p in str(args.data).split(",") if p]
+    extra = {k: getattr(args, k) for k in ("num_fields", "featindex", "schema")
+             if getattr(args, k) is not None}
+    if args.format == "criteo":
+        extra["numeric_transform"] = args.numeric_transform
+    dataset = open_dataset(paths, args.format, ids=args.ids, min_count=args.min_count,
+                           hash_buckets=args.hash_buckets, max_examples=args.max_examples,
+                           **common, **extra)
     if args.valid:
-        return dataset, open_dataset(args.valid, args.format, schema=args.schema, like=dataset,
+        valid_paths = [p for p in str(args.valid).split(",") if p]
+        return dataset, open_dataset(valid_paths, args.format, like=dataset,
                                      max_examples=args.max_examples, **common, **extra)
-    if not 0.0 < args.valid_fraction < 1.0:
-        raise SystemExit(f"error: --valid-fraction must be in (0, 1), got {args.valid_fraction}")
     return dataset.split(args.valid_fraction, seed=args.seed)
 
 
@@ -142,16 +283,8 @@ def build(args, spec, train_data=None):
     resumed, overrides it)."""
     import sparse_train as st
 
-    options = {}
-    if args.hidden_units:
-        units = args.hidden_units
-        units = tuple(int(u) for u in units.split(",")) if isinstance(units, str) else tuple(units)
-        accepted = st.models.model_options(args.model)
-        key = "hidden_units" if "hidden_units" in accepted else "top_mlp" if "top_mlp" in accepted else None
-        if key is not None:
-            options[key] = units
-        elif args.hidden_units != DEFAULTS["hidden_units"]:
-            raise SystemExit(f"error: --hidden-units: model {args.model!r} has no MLP")
+    key = _mlp_option(args.model)
+    options = {} if key is None else {key: hidden_units(args.hidden_units)}
     model = st.build_model(args.model, spec, embedding_dim=args.embedding_dim, seed=args.seed,
                            **options)
     if train_data is not None:
@@ -176,20 +309,32 @@ def base_rate(dataset, rows=200_000):
     return clicks / count if count else 0.5
 
 
+def printers(args, lead=True):
+    """(say, warn): ``say`` prints progress messages (not with --quiet, nor
+    on ranks other than 0); ``warn`` prints on rank 0 whatever --quiet says
+    (skipped lines, a resume that found nothing)."""
+    def warn(*a):
+        if lead:
+            print(*a, file=sys.stderr, flush=True)
+    return ((lambda *a: None) if args.quiet else warn), warn
+
+
 def train(args):
     import sparse_train as st
+    from sparse_train.models.fit import resume_point
 
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    say, warn = printers(args)
     train_data, valid_data = open_data(args)
+    train_data.build_ids(progress=None if args.quiet else sys.stderr)
     spec = train_data.spec
     model, sparse_opt, dense_opt, global_step = build(args, spec, train_data)
     say(f"model {args.model}: {sum(v.value.size for v in model.sparse_variables()):,} embedding "
         f"and {sum(v.value.size for v in model.dense_variables()):,} dense parameters; "
         f"{len(spec.sparse_features)} categorical and {spec.num_dense} numeric features")
-    manager, start_epoch, skip_batches = None, 0, 0
+    manager, start = None, {}
     if args.checkpoint_dir:
         checkpoint = st.Checkpoint(model.variables(), [sparse_opt, dense_opt], global_step)
         manager = st.CheckpointManager(checkpoint, args.checkpoint_dir,
@@ -197,15 +342,11 @@ def train(args):
         if args.resume:
             path = manager.restore_latest()
             if path is None:
-                say(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
+                warn(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
             else:
-                header = st.checkpoint.load_checkpoint(path).header
-                start_epoch = header["metadata"]["epoch"]
-                skip_batches = header["metadata"]["batches_done"]
-                say(f"resumed at epoch {start_epoch + 1}, batch {skip_batches}, "
-                    f"global step {int(global_step)}")
-    elif args.resume:
-        raise SystemExit("error: --resume needs --checkpoint-dir")
+                start = resume_point(st.checkpoint.load_checkpoint(path).header["metadata"])
+                say(f"resumed from {path} at epoch {start['start_epoch'] + 1}, batch "
+                    f"{start['skip_batches']}, global step {int(global_step)}")
 
     transform = None
     if args.clip_norm:
@@ -214,19 +355,22 @@ def train(args):
         train_data, valid_data,
         lambda batch: st.train_step(model, batch, sparse_opt, dense_opt, global_step, transform),
         lambda batches: st.models.evaluate(model, batches), global_step,
-        epochs=args.epochs, seed=args.seed, start_epoch=start_epoch, skip_batches=skip_batches,
-        manager=manager, checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-        say=say, progress=None if args.quiet else sys.stderr)
+        epochs=args.epochs, seed=args.seed, **start, manager=manager,
+        checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+        say=say, progress=None if args.quiet else sys.stderr, stop_on_signals=True)
     result.update(model=args.model, format=args.format)
-    st.models.report(result, say, args.metrics_out)
+    st.models.report(result, say, args.metrics_out, warn=warn)
     return result
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    """Run the script; returns the exit code (0, 2 for bad input, 130 when
+    interrupted)."""
     from sparse_train.checkpoint import CheckpointError
     from sparse_train.data import DataError
+    from sparse_train.models.fit import Interrupted
     try:
+        args = parse_args(argv)
         if args.distributed:  # every rank runs this; a failing rank ends the whole job
             from sparse_train.distributed import run_distributed
             run_distributed(args, open_data, build)
@@ -235,6 +379,9 @@ def main(argv=None):
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"\n{stop}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130

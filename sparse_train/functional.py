@@ -20,7 +20,7 @@ from .sparse import RowSparseGrad
 from .variable import Variable
 
 __all__ = ["embedding_bag", "embedding_bag_grad", "check_bags", "pool_checked", "grad_checked",
-           "COMBINERS"]
+           "as_ids", "COMBINERS"]
 
 COMBINERS = {"sum": _lookup.SUM, "mean": _lookup.MEAN, "sqrtn": _lookup.SQRTN}
 _NO_WEIGHTS = np.empty(0, np.float32)
@@ -85,6 +85,9 @@ def embedding_bag_grad(d_out, values, offsets, num_embeddings, weights=None,
     num_embeddings = _check_count(num_embeddings, "num_embeddings", name)
     bags = check_bags(values, offsets, weights, num_embeddings, combiner,
                       padding_idx, name)
+    d_out = np.asarray(d_out)
+    if d_out.dtype.kind not in "fiu":
+        raise ValueError(f"{_where(name)}: d_out must be a real array, got dtype {d_out.dtype}")
     d_out = np.array(d_out, dtype=np.float32, copy=True, order="C")
     return grad_checked(d_out, bags, num_embeddings, name)
 
@@ -120,18 +123,34 @@ def _as_table(weight, name):
 
 
 def _check_count(value, what, name):
-    if isinstance(value, bool) or int(value) != value or value < 0:
+    whole = (not isinstance(value, (bool, np.bool_))
+             and isinstance(value, (int, float, np.number)) and bool(np.isfinite(value))
+             and int(value) == value)
+    if not whole or value < 0:
         raise ValueError(f"{_where(name)}: {what} must be a non-negative integer, got {value!r}")
     return int(value)
 
 
-def _as_ids(array, what, name):
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def as_ids(array, what="values", name=None):
+    """``array`` as a C-contiguous [n] int64 array of ids, or ValueError
+    naming the feature: it must be 1-D and of an integer dtype (floats are
+    refused, never truncated), and unsigned ids must fit int64 (they are
+    never wrapped to negative numbers)."""
     array = np.asarray(array)
     if array.ndim != 1:
         raise ValueError(f"{_where(name)}: {what} must be 1-D, got shape {array.shape}")
     if array.size and array.dtype.kind not in "iu":
         raise ValueError(f"{_where(name)}: {what} must be integers, got dtype {array.dtype}")
+    if array.size and array.dtype.kind == "u" and array.dtype.itemsize >= 8:
+        too_big = np.flatnonzero(array > np.uint64(_INT64_MAX))
+        if too_big.size:
+            raise ValueError(f"{_where(name)}: {what}[{too_big[0]}] = {array[too_big[0]]} "
+                             f"does not fit int64")
     return np.ascontiguousarray(array, dtype=np.int64)
+
 
 
 def check_bags(values, offsets, weights, num_embeddings, combiner,
@@ -140,8 +159,8 @@ def check_bags(values, offsets, weights, num_embeddings, combiner,
     weights, has_weights, combiner code, padding_idx or -1). Raises
     ValueError naming the feature and the offending value and position."""
     where = _where(name)
-    values = _as_ids(values, "values", name)
-    offsets = _as_ids(offsets, "offsets", name)
+    values = as_ids(values, "values", name)
+    offsets = as_ids(offsets, "offsets", name)
     if offsets.shape[0] < 1 or offsets[0] != 0:
         raise ValueError(f"{where}: offsets must start at 0 (B+1 entries), got {offsets[:1].tolist()}")
     bad = first_decrease(offsets)

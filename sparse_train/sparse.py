@@ -39,6 +39,12 @@ class RowSparseGrad:
             raise ValueError(
                 f"RowSparseGrad: indices must be a 1-D integer array, got "
                 f"shape {indices.shape} dtype {indices.dtype}")
+        if indices.size and indices.dtype.kind == "u" and indices.dtype.itemsize >= 8:
+            too_big = np.flatnonzero(indices > np.uint64(np.iinfo(np.int64).max))
+            if too_big.size:  # would wrap to a negative int64
+                raise ValueError(
+                    f"RowSparseGrad: index {indices[too_big[0]]} at position {too_big[0]} "
+                    f"is outside [0, {dense_shape[0]})")
         values = np.asarray(values)
         if values.size and values.dtype.kind not in "fiu":
             raise ValueError(

@@ -62,6 +62,9 @@ class Variable:
             raise ValueError(
                 f"Variable {self.name!r}: cannot assign shape {value.shape} "
                 f"to shape {self.value.shape}")
+        if value.dtype.kind not in ("fiub" if self.value.dtype.kind == "f" else "iub"):
+            raise ValueError(f"Variable {self.name!r}: cannot assign dtype {value.dtype} "
+                             f"to dtype {self.value.dtype}")
         self.value[...] = value
 
     def __array__(self, dtype=None, copy=None):
@@ -72,6 +75,19 @@ class Variable:
     def __repr__(self):
         return (f"Variable(name={self.name!r}, shape={self.value.shape}, "
                 f"dtype={self.value.dtype}, trainable={self.trainable})")
+
+
+def _as_step(value):
+    """``value`` as an int >= 0; ValueError for 1.5, "3", True or -1."""
+    if isinstance(value, GlobalStep):
+        value = int(value)
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    whole = (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, np.integer))
+             or (isinstance(value, (float, np.floating)) and float(value).is_integer()))
+    if not whole or value < 0:
+        raise ValueError(f"global step must be an integer >= 0, got {value!r}")
+    return int(value)
 
 
 class GlobalStep:
@@ -87,9 +103,7 @@ class GlobalStep:
     """
 
     def __init__(self, value=0, name="global_step"):
-        value = int(value)
-        if value < 0:
-            raise ValueError(f"global step must be >= 0, got {value}")
+        value = _as_step(value)
         self.name = name
         self.value = np.array(value, dtype=np.int64)
 
@@ -99,10 +113,8 @@ class GlobalStep:
         return self
 
     def assign(self, value):
-        value = int(value)
-        if value < 0:
-            raise ValueError(f"global step must be >= 0, got {value}")
-        self.value[...] = value
+        """Set the step to ``value`` (an integer >= 0)."""
+        self.value[...] = _as_step(value)
 
     def __int__(self):
         return int(self.value)

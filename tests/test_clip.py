@@ -1,7 +1,6 @@
 """Clipping against a NumPy computation written from SPEC §4."""
 import doctest
 
-import numba
 import numpy as np
 import pytest
 
@@ -166,16 +165,10 @@ def test_clip_by_value_clamps_summed_rows():
         clip_by_value(dense, 1.0, -1.0)
 
 
-def test_norm_does_not_depend_on_thread_count(grads):
-    threads = numba.get_num_threads()
-    try:
-        numba.set_num_threads(1)
-        one = global_norm(grad_list(grads))
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        many = global_norm(grad_list(grads))
-    finally:
-        numba.set_num_threads(threads)
-    assert one == many
+# 1 thread == 2 threads for the norms (and a clipped DeepFM step) is checked in
+# subprocesses with NUMBA_NUM_THREADS=1 and 2: test_optim_conformance.py. An
+# in-process numba.set_num_threads check cannot fail when the suite itself
+# runs with NUMBA_NUM_THREADS=1.
 
 
 def test_docstring_examples():

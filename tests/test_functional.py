@@ -266,3 +266,47 @@ def test_bad_d_out_shape_raises_naming_the_feature(shape):
 def test_bad_combiner_raises_naming_the_feature():
     with pytest.raises(ValueError, match="geo"):
         embedding_bag(TABLE, [0, 1], [0, 2], combiner="max", name="geo")
+
+
+@pytest.mark.parametrize("hash_ids", [False, True])
+def test_table_lookup_refuses_float_ids_instead_of_truncating(hash_ids):
+    # 1.7 must not silently become row 1 (functional.embedding_bag refuses
+    # floats; the table's own id conversion must too).
+    t = EmbeddingTable(10, 2, "user", seed=0, hash_ids=hash_ids)
+    with pytest.raises(ValueError, match="feature 'user': values must be integers, got dtype float64"):
+        t.lookup(np.array([1.7]), [0, 1])
+    with pytest.raises(ValueError, match="feature 'ctx': values must be integers"):
+        t.lookup_grad(np.ones((1, 2), np.float32), np.array([1.7]), [0, 1], name="ctx")
+
+
+def test_unsigned_ids_beyond_int64_are_reported_not_wrapped():
+    huge = np.array([1, 2 ** 63 + 5], np.uint64)
+    with pytest.raises(ValueError, match=r"feature 'geo': values\[1\] = 9223372036854775813 "
+                                         r"does not fit int64"):
+        embedding_bag(TABLE, huge, [0, 2], name="geo")
+    with pytest.raises(ValueError, match=r"index 9223372036854775813 at position 1"):
+        RowSparseGrad(huge, np.ones((2, 2)), (6, 2))
+
+
+@pytest.mark.parametrize("padding_idx", ["a", 1.5, True, -1, None])
+def test_bad_padding_idx_and_sizes_raise_value_errors_naming_the_table(padding_idx):
+    with pytest.raises(ValueError, match="geo.*padding_idx"):
+        embedding_bag(TABLE, [0], [0, 1], padding_idx=padding_idx if padding_idx is not None
+                      else 6, name="geo")
+    if padding_idx is not None:
+        with pytest.raises(ValueError, match=r"EmbeddingTable 'pad': padding_idx must be an "
+                                             r"integer in \[0, 4\)"):
+            EmbeddingTable(4, 2, "pad", padding_idx=padding_idx)
+    assert EmbeddingTable(4, 2, "pad", padding_idx=np.int64(2)).padding_idx == 2
+    for size in (None, "4", 4.5):
+        with pytest.raises(ValueError, match="num_embeddings must be a"):
+            embedding_bag_grad(np.ones((1, 2), np.float32), [0], [0, 1], size, name="geo")
+        with pytest.raises(ValueError, match="'pad': num_embeddings must be a positive integer"):
+            EmbeddingTable(size, 2, "pad")
+    with pytest.raises(ValueError, match="name must be a non-empty string"):
+        EmbeddingTable(4, 2, 7)
+
+
+def test_non_numeric_d_out_raises_naming_the_feature():
+    with pytest.raises(ValueError, match="feature 'geo': d_out must be a real array"):
+        embedding_bag_grad(np.array([["a", "b"]]), [0], [0, 1], 6, name="geo")

@@ -201,6 +201,40 @@ for kind, hp in hyper.items():
     arrays[f"{kind}/dense"] = dense.value
     for var in opt.variables():
         arrays[f"{kind}/{var.name}"] = np.asarray(var.value)
+
+# Clipping norms (parallel chunked sums) and a whole DeepFM step: fused
+# lookups over > PARALLEL_MIN_IDS ids, fused bias + ReLU kernels, clipping,
+# tables on AdagradDecay and dense layers on Adam.
+from sparse_train import Ragged, clip_gradients, global_norm
+from sparse_train.data import Batch, DataSpec, FeatureSpec
+from sparse_train.models import build_model, train_step
+rng = np.random.default_rng(1)
+big = rng.standard_normal(5 * 2 ** 14 + 3).astype(np.float32)
+sparse = RowSparseGrad(rng.integers(0, V, N), rng.standard_normal((N, D)), (V, D))
+arrays["global_norm"] = np.array(global_norm([big, sparse, None]))
+spec = DataSpec((FeatureSpec("user", 20000), FeatureSpec("item", 5000),
+                 FeatureSpec("tags", 300, multi_hot=True)), ("age",))
+model = build_model("deepfm", spec, embedding_dim=8, hidden_units=(32, 16), scope="t")
+gs = GlobalStep()
+tables, dense_opt = optim.AdagradDecay(0.1, gs, accumulator_decay_step=2), optim.Adam(0.01)
+norms = []
+def clip(pairs):
+    pairs, norm = clip_gradients(pairs, 0.01)
+    norms.append(norm)
+    return pairs
+for step in range(3):
+    size = 4096
+    lengths = rng.integers(0, 12, size)
+    batch = Batch(rng.integers(0, 2, size).astype(np.float32),
+                  rng.standard_normal((size, 1)).astype(np.float32),
+                  {"user": Ragged.from_dense(rng.integers(0, 20000, size)),
+                   "item": Ragged.from_dense(rng.integers(0, 5000, size)),
+                   "tags": Ragged.from_lengths(rng.integers(0, 300, lengths.sum()), lengths)})
+    arrays[f"deepfm/loss{step}"] = np.array(train_step(model, batch, tables, dense_opt, gs,
+                                                       grad_transform=clip))
+arrays["deepfm/norms"] = np.array(norms)
+for var in model.variables() + tables.variables() + dense_opt.variables():
+    arrays[f"deepfm/{var.name}"] = np.asarray(var.value)
 np.savez(out, **arrays)
 """
 
@@ -216,6 +250,19 @@ def thread_runs(tmp_path_factory, hyper):
         with np.load(out) as data:
             runs[threads] = {k: data[k] for k in data.files}
     return runs
+
+
+@pytest.mark.parametrize("what", ["global_norm", "deepfm/"])
+def test_clipping_and_a_deepfm_step_one_thread_equals_two_threads(what, thread_runs):
+    one, two = thread_runs[1], thread_runs[2]
+    keys = sorted(k for k in one if k.startswith(what))
+    assert keys and keys == sorted(k for k in two if k.startswith(what))
+    if what == "deepfm/":  # tables, dense layers, slots and beta powers all saved
+        assert any("AdagradDecay/accumulator" in k for k in keys)
+        assert any("beta1_power" in k for k in keys) and "deepfm/norms" in keys
+        assert (one["deepfm/norms"] > 0.01).all()           # clipping did scale
+    for key in keys:
+        _assert_bits(one[key], two[key], key)
 
 
 def test_thread_runs_used_the_requested_threads(thread_runs):
@@ -252,6 +299,11 @@ def _bad_pair(case, rng):
         return np.ones((V, D), np.float32), Variable(np.zeros((V, D), np.int64), "extra")
     if case == "dense_shape_mismatch":
         return RowSparseGrad([1, 2], np.ones((2, D)), (V + 1, D)), good
+    if case == "overflowing_duplicates":   # each finite; their float32 sum is inf
+        return RowSparseGrad([4, 1, 4], np.array([[3e38] * D, [1.0] * D, [3e38] * D]),
+                             (V, D)), good
+    if case == "overflowing_scale":        # finite values times a finite scale: inf
+        return RowSparseGrad([2], np.full((1, D), 1e30), (V, D)).scaled(1e20), good
     if case == "id_out_of_range":
         # Built while apply_gradients iterates its pairs: the gradient's own
         # check must still fire before the earlier pairs are applied.
@@ -260,7 +312,8 @@ def _bad_pair(case, rng):
 
 
 ERROR_CASES = ["non_finite_sparse", "non_finite_dense", "wrong_shape", "wrong_dtype_variable",
-               "dense_shape_mismatch", "id_out_of_range"]
+               "dense_shape_mismatch", "id_out_of_range", "overflowing_duplicates",
+               "overflowing_scale"]
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
@@ -299,3 +352,22 @@ def test_ids_changed_after_construction_are_still_rejected():
         grad.indices[0] = V                     # a read-only array refuses this, or
         GradientDescent(1.0).apply_gradients([(grad, table)])   # the apply does
     assert not buffer.any()
+
+
+@pytest.mark.parametrize("kind", [k for k in OPTIMIZERS if k != "GradientDescent"])
+def test_slot_of_another_variable_with_the_same_name_is_refused(kind, make_optimizer):
+    # Slots are keyed by name. A second variable under a used name (a rebuilt
+    # model) must not get the first one's slots: the kernels do not check
+    # bounds, so a [V, D] slot behind a bigger variable would be written out
+    # of bounds. The error names the variable and both shapes; nothing moves.
+    table, opt, gs, rng = _setup(kind, make_optimizer, seed=6)
+    bigger = Variable(rng.standard_normal((V + 30, D + 1)), "table")
+    watched = [table, bigger] + opt.variables()
+    before = [np.array(v.value, copy=True) for v in watched]
+    grad = RowSparseGrad([V + 29], np.ones((1, D + 1)), (V + 30, D + 1))
+    with pytest.raises(ValueError, match=r"variable 'table' has shape \(50, 5\), but its slot "
+                                         r"'\w+' has shape \(20(, 4)?,?\)"):
+        opt.apply_gradients([(grad, bigger)], global_step=gs)
+    assert int(gs) == 3
+    for var, value in zip(watched, before):
+        _assert_bits(var.value, value, var.name)

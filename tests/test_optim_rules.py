@@ -315,7 +315,7 @@ def test_beta_powers_multiplied_once_per_call_after_all_variables(kind, hyper, m
 def test_lazy_adam_bias_correction_uses_shared_powers_not_a_row_count():
     # A row first touched at the 3rd call uses beta powers beta^3 (TF contrib),
     # not a per-row count of 1 (torch SparseAdam).
-    opt = optim.LazyAdam(0.1, beta1=0.5, beta2=0.75, epsilon=0.0)
+    opt = optim.LazyAdam(0.1, beta1=0.5, beta2=0.75, epsilon=1e-30)
     var = Variable(np.zeros((3, 1)), "emb")
     for _ in range(2):
         opt.apply_gradients([(RowSparseGrad([0], np.ones((1, 1)), (3, 1)), var)])
@@ -377,6 +377,7 @@ def test_default_hyperparameters_behave_as_spec(kind, make, slots_of):
 @pytest.mark.parametrize("make", [
     lambda: optim.GradientDescent(-0.1),
     lambda: optim.GradientDescent(float("nan")),
+    lambda: optim.GradientDescent(1e39),     # inf in float32
     lambda: optim.Adagrad(-1.0),
     lambda: optim.Adagrad(0.1, initial_accumulator_value=-0.1),
     lambda: optim.Adagrad(0.1, initial_accumulator_value=0.0),          # and epsilon 0
@@ -395,6 +396,12 @@ def test_default_hyperparameters_behave_as_spec(kind, make, slots_of):
     lambda: optim.Adam(beta1=-0.1),
     lambda: optim.Adam(beta2=1.5),
     lambda: optim.Adam(epsilon=-1.0),
+    lambda: optim.Adam(epsilon=0.0),       # 0 / 0 on rows with v = 0 (see below)
+    lambda: optim.LazyAdam(epsilon=0.0),
+    lambda: optim.Adam(epsilon=1e-50),     # 0 in float32, where the rules run
+    lambda: optim.RowwiseAdagrad(0.1, epsilon=1e-50),
+    lambda: optim.Adagrad(0.1, initial_accumulator_value=1e-50, epsilon=1e-50),
+    lambda: optim.AdagradDecay(0.1, None, initial_accumulator_value=1e-50),
     lambda: optim.LazyAdam(beta2=1.0),
     lambda: optim.RowwiseAdagrad(-0.1),
     lambda: optim.RowwiseAdagrad(0.1, epsilon=-1e-8),
@@ -410,3 +417,47 @@ def test_adagrad_zero_initial_is_allowed_with_epsilon():
     var = Variable(np.zeros((2, 1)), "w")
     opt.apply_gradients([(RowSparseGrad([1], [[2.0]], (2, 1)), var)])
     assert_close(var.value[:, 0], [0.0, -0.5 * 2.0 / (2.0 + 1e-10)])
+
+
+def test_adagrad_decay_refuses_a_global_step_other_than_the_one_it_reads():
+    # AdagradDecay(lr, gs_a) then apply_gradients(global_step=gs_b): gs_a would
+    # never move, so the decay would silently stop. Refused, nothing changed.
+    from sparse_train.models.training import train_step
+    gs_a, gs_b = GlobalStep(), GlobalStep()
+    opt = optim.AdagradDecay(0.1, gs_a, accumulator_decay_step=1)
+    var = Variable(np.ones((3, 2)), "emb")
+    grad = RowSparseGrad([1], np.ones((1, 2)), (3, 2))
+    with pytest.raises(ValueError, match="AdagradDecay reads GlobalStep.*another counter"):
+        opt.apply_gradients([(grad, var)], global_step=gs_b)
+    assert int(gs_a) == int(gs_b) == 0 and opt.get_slot(var, "accumulator") is None
+    np.testing.assert_array_equal(var.value, 1.0)
+    opt.apply_gradients([(grad, var)], global_step=gs_a)   # its own counter: fine
+    opt.apply_gradients([(grad, var)])                       # or none
+    assert int(gs_a) == 1
+
+    class OneTable:   # the least a model needs for train_step
+        def loss(self, batch):
+            from sparse_train import autodiff as ad
+            return ad.embedding_bag(var, [0, 1], [0, 2]).sum()
+
+        def sparse_variables(self):
+            return [var]
+
+        def dense_variables(self):
+            return []
+    with pytest.raises(ValueError, match="another counter"):
+        train_step(OneTable(), None, opt, optim.Adam(), gs_b)
+    assert int(gs_b) == 0
+
+
+def test_adam_epsilon_must_be_positive_else_untouched_rows_become_nan():
+    # Why epsilon = 0 is refused: TF Adam steps every row of a table for a
+    # sparse gradient, and m / (sqrt(v) + 0) is 0 / 0 on each row never
+    # touched. With the smallest positive epsilon those rows stay put.
+    with pytest.raises(ValueError, match="epsilon must be > 0.0, got 0.0"):
+        optim.Adam(0.1, epsilon=0.0)
+    var = Variable(np.ones((3, 2)), "emb")
+    optim.Adam(0.1, epsilon=1e-30).apply_gradients(
+        [(RowSparseGrad([0], np.ones((1, 2)), (3, 2)), var)])
+    assert np.isfinite(var.value).all()
+    np.testing.assert_array_equal(var.value[1:], 1.0)

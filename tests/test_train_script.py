@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparse_train.data import write_criteo_like
+from sparse_train.data import open_dataset, write_criteo_like
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -59,6 +59,41 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path):
     assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
 
 
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_interrupted_run_saves_and_resumes_bit_identically(tmp_path, monkeypatch, capsys,
+                                                           signal_name):
+    """Ctrl-C or SIGTERM mid-epoch: the step finishes, a checkpoint is saved
+    there, the exit code is 130; --resume then gives the uninterrupted run's
+    figures, per-epoch history (train loss included) and step count."""
+    import signal
+    import sparse_train
+
+    common = [*SMALL, "--model", "lr", "--epochs", "2"]
+    _, straight = run(tmp_path, *common, name="straight.json")
+    real_step, calls = sparse_train.train_step, []
+
+    def step_then_signal(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 15:  # epoch 2, batch 4
+            number = getattr(signal, signal_name)
+            # without the script's handler SIGTERM would end pytest itself
+            assert signal.getsignal(number) not in (signal.SIG_DFL, signal.default_int_handler)
+            signal.raise_signal(number)
+        return loss
+    monkeypatch.setattr(sparse_train, "train_step", step_then_signal)
+    ckpt = tmp_path / "ckpt"
+    code, _ = run(tmp_path, *common, "--checkpoint-dir", ckpt, name="cut.json")
+    assert code == 130 and len(calls) == 15
+    assert f"interrupted at global step 15; saved {ckpt / 'ckpt-15.ckpt'}" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.setattr(sparse_train, "train_step", real_step)
+    code, resumed = run(tmp_path, *common, "--checkpoint-dir", ckpt, "--resume", name="res.json")
+    assert code == 0
+    for key in ("auc", "logloss", "global_step", "history"):
+        assert resumed[key] == straight[key], key
+
+
 def test_config_file_keys_and_flag_precedence(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('model = "dcn"\nepochs = 1\nbatch_size = 1000\nexamples = 3000\n'
@@ -66,10 +101,6 @@ def test_config_file_keys_and_flag_precedence(tmp_path):
     code, metrics = run(tmp_path, "--config", config, "--batch-size", "600")
     assert code == 0 and metrics["model"] == "dcn"
     assert metrics["global_step"] == 5  # 2700 training rows / 600, from the flag
-    bad = tmp_path / "bad.toml"
-    bad.write_text("batchsize = 3\n")
-    with pytest.raises(SystemExit, match="unknown key.*batchsize"):
-        train_script.main(["--config", str(bad)])
 
 
 def test_criteo_file_and_a_malformed_line(tmp_path, capsys):
@@ -86,22 +117,76 @@ def test_criteo_file_and_a_malformed_line(tmp_path, capsys):
     assert code == 2
     assert f"{data}:42" in capsys.readouterr().err
     code, metrics = run(tmp_path, "--format", "criteo", "--data", data, "--model", "lr",
-                        "--epochs", "1", "--on-bad-line", "skip", name="skip.json")
+                        "--epochs", "1", "--on-bad-line", "skip", "--quiet", name="skip.json")
     assert code == 0 and metrics["skipped_lines"] == 1
-    assert "skipped 1 malformed line" in capsys.readouterr().err
+    err = capsys.readouterr().err  # --quiet silences progress, never a skipped line
+    assert "skipped 1 malformed line" in err and f"{data}:42: numeric column 'I1'" in err
+    assert metrics["bad_line_examples"] == [f"{data}:42: numeric column 'I1': 'not-a-number' "
+                                            f"is not a number within float32 range"]
+
+
+def test_progress_of_the_id_count_and_of_a_capped_epoch(tmp_path, capsys):
+    """The vocabulary's counting pass shows progress (on a large file it is
+    minutes of reading), and with --max-examples the epoch bar knows its
+    total from the first epoch on."""
+    data = tmp_path / "day.tsv"
+    write_criteo_like(data, 1500, seed=2)
+    code, metrics = run(tmp_path, "--format", "criteo", "--data", data, "--model", "lr",
+                        "--epochs", "1", "--batch-size", "300", "--max-examples", "1000")
+    err = capsys.readouterr().err
+    assert code == 0 and "counting feature ids 1000 " in err  # the train view's rows
+    assert "epoch 1/1 [########################] 100.0%" in err
+    _, valid = open_dataset(data, "criteo", max_examples=1000).split(0.1, seed=0)
+    assert metrics["history"][0]["num_examples"] == sum(b.size for b in valid) > 0
 
 
 def test_missing_file_and_missing_data_fail_before_training(tmp_path, capsys):
     code, metrics = run(tmp_path, "--format", "criteo", "--data", tmp_path / "nope.tsv")
     assert code == 2 and metrics is None
     assert "nope.tsv" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="needs --data"):
-        train_script.main(["--format", "libsvm"])
+    assert train_script.main(["--format", "libsvm"]) == 2
+    assert "error: --format libsvm needs --data PATH" in capsys.readouterr().err
+
+
+CRITEO = ["--format", "criteo", "--data", "{missing}"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    ([*CRITEO, "--dense-learning-rate", "-0.1"], "--dense-learning-rate must be a number > 0"),
+    ([*CRITEO, "--hidden-units", "64,x"], "--hidden-units must be comma-separated integers"),
+    ([*CRITEO, "--valid-fraction", "1.5"], "--valid-fraction must be in (0, 1), got 1.5"),
+    ([*CRITEO, "--model", "fm", "--hidden-units", "8"], "--hidden-units: model 'fm' has no MLP"),
+    ([*CRITEO, "--examples", "100"], "--examples only applies with --format synthetic"),
+    ([*CRITEO, "--valid", "{missing}", "--valid-fraction", "0.2"],
+     "--valid-fraction only applies without --valid"),
+    ([*CRITEO, "--sparse-optimizer", "adagrad", "--accumulator-decay-step", "10"],
+     "--accumulator-decay-step only applies with --sparse-optimizer adagrad_decay"),
+    ([*CRITEO, "--checkpoint-every", "10"], "--checkpoint-every only applies with --checkpoint-dir"),
+    ([*CRITEO, "--resume"], "--resume only applies with --checkpoint-dir"),
+    ([*CRITEO, "--num-fields", "4"], "--num-fields only applies with --format libsvm or libffm"),
+    (["--data", "{missing}"], "--data only applies with a file --format"),
+    (["--format", "csv", "--data", "{missing}"], "--format csv needs --schema FILE.toml"),
+    (["--format", "libffm"], "--format libffm needs --data PATH"),
+    ([*CRITEO, "--config", "{unknown}"], "config file {unknown}: unknown key(s) ['batchsize']"),
+    ([*CRITEO, "--config", "{types}"], "config file {types}: epochs must be an integer, got '2'"),
+    ([*CRITEO, "--config", "{choices}"], "config file {choices}: model must be one of lr, fm,"),
+])
+def test_bad_flags_fail_naming_the_flag_before_any_data_is_read(tmp_path, capsys, argv, message):
+    """Every flag and config value is checked first: the data file named here
+    does not exist, yet the error is the flag's (nothing was read)."""
+    files = {"unknown": "batchsize = 3\n", "types": 'epochs = "2"\n',
+             "choices": 'model = "gbdt"\n'}
+    names = {key: tmp_path / f"{key}.toml" for key in files}
+    for key, text in files.items():
+        names[key].write_text(text)
+    names["missing"] = tmp_path / "missing.tsv"
+    assert train_script.main([a.format(**names) for a in argv]) == 2
+    assert f"error: {message.format(**names)}" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/datasets is absent")
 def test_movielens_sample_through_a_toml_schema(tmp_path):
-    from sparse_train.data import open_dataset
     schema, data = ROOT / "datasets" / "movielens_schema.toml", SHARED / "deepctr" / "movielens_sample.txt"
     code, metrics = run(tmp_path, "--format", "csv", "--schema", schema, "--data", data,
                         "--model", "fm", "--epochs", "1", "--batch-size", "64",

@@ -53,9 +53,31 @@ def test_global_step_counts_int64():
     assert int(GlobalStep(7)) == 7
 
 
-@pytest.mark.parametrize("bad", [-1, -100])
+@pytest.mark.parametrize("bad", [-1, -100, 1.5, "3", True, None, np.array([2])])
 def test_global_step_rejects_negative(bad):
     with pytest.raises(ValueError):
         GlobalStep(bad)
     with pytest.raises(ValueError):
         GlobalStep().assign(bad)
+
+
+def test_global_step_takes_whole_numbers_of_any_integer_type():
+    assert int(GlobalStep(np.int64(3))) == 3 and int(GlobalStep(4.0)) == 4
+    gs = GlobalStep()
+    gs.assign(np.array(9))
+    assert int(gs) == 9
+    with pytest.raises(ValueError, match=r"global step must be an integer >= 0, got 1\.5"):
+        gs.assign(1.5)
+    assert int(gs) == 9
+
+
+def test_assign_refuses_strings_and_floats_into_integers_naming_the_variable():
+    w = Variable(np.zeros((2,)), "w")
+    with pytest.raises(ValueError, match="Variable 'w': cannot assign dtype <U1"):
+        w.assign(np.array(["a", "b"]))
+    counts = Variable(np.zeros(2, np.int64), "counts")
+    with pytest.raises(ValueError, match="'counts': cannot assign dtype float64 to dtype int64"):
+        counts.assign(np.array([1.5, 2.0]))
+    w.assign([1, 2])
+    counts.assign(np.array([3, 4], np.int32))
+    assert w.value.tolist() == [1.0, 2.0] and counts.value.tolist() == [3, 4]

@@ -18,6 +18,10 @@ def _labels_like(labels, logits, op):
     array = np.asarray(labels.data if isinstance(labels, Tensor) else labels, dtype=logits.dtype)
     if array.shape != logits.shape:
         raise ValueError(f"{op}: labels shape {array.shape} != logits shape {logits.shape}")
+    bad = np.flatnonzero(~np.isfinite(array))
+    if bad.size:  # else every gradient turns NaN and the error names a table
+        raise ValueError(f"{op}: label {array.reshape(-1)[bad[0]]} at flat position "
+                         f"{bad[0]} is not finite")
     return array
 
 

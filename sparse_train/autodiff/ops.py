@@ -54,7 +54,11 @@ def add(a, b):
 
 
 def sub(a, b):
-    """a - b with broadcasting. Backward: ``da = g``, ``db = -g`` (unbroadcast)."""
+    """a - b with broadcasting. Backward: ``da = g``, ``db = -g`` (unbroadcast).
+
+    >>> sub(Tensor(np.ones((2, 2))), Tensor(np.array([1.0, 3.0]))).data.tolist()
+    [[0.0, -2.0], [0.0, -2.0]]
+    """
     a, b = _pair(a, b)
 
     def backward(g):
@@ -64,7 +68,11 @@ def sub(a, b):
 
 
 def mul(a, b):
-    """Elementwise a * b with broadcasting. Backward: ``da = g * b``, ``db = g * a``."""
+    """Elementwise a * b with broadcasting. Backward: ``da = g * b``, ``db = g * a``.
+
+    >>> mul(Tensor(np.array([2.0, 3.0])), 4.0).data.tolist()
+    [8.0, 12.0]
+    """
     a, b = _pair(a, b)
 
     def backward(g):
@@ -74,7 +82,11 @@ def mul(a, b):
 
 
 def neg(x):
-    """-x. Backward: ``dx = -g``."""
+    """-x. Backward: ``dx = -g``.
+
+    >>> neg(Tensor(np.array([1.0, -2.0]))).data.tolist()
+    [-1.0, 2.0]
+    """
     x = as_tensor(x)
     return Tensor.from_op(-x.data, (x,), lambda g: (-g,), "neg")
 
@@ -102,6 +114,9 @@ def bias_add(x, bias):
     """``x + bias`` for x [..., N] and bias [N] (TF ``bias_add``).
 
     Backward: ``dx = g``, ``dbias = sum of g over every axis but the last``.
+
+    >>> bias_add(Tensor(np.zeros((2, 2))), Tensor(np.array([1.0, 2.0]))).data.tolist()
+    [[1.0, 2.0], [1.0, 2.0]]
     """
     x, bias = _pair(x, bias)
     if bias.ndim != 1 or x.ndim < 1 or x.shape[-1] != bias.shape[0]:
@@ -174,7 +189,11 @@ def linear(x, kernel, bias=None, activation=None):
 
 
 def relu(x):
-    """``max(x, 0)``. Backward: ``dx = g * (x > 0)`` (0 at the kink, as TF/PyTorch)."""
+    """``max(x, 0)``. Backward: ``dx = g * (x > 0)`` (0 at the kink, as TF/PyTorch).
+
+    >>> relu(Tensor(np.array([-1.0, 0.0, 2.0]))).data.tolist()
+    [0.0, 0.0, 2.0]
+    """
     x = as_tensor(x)
     out = np.maximum(x.data, 0)
     return Tensor.from_op(out, (x,), lambda g: (g * (out > 0),), "relu")
@@ -187,21 +206,33 @@ def _sigmoid(x):
 
 
 def sigmoid(x):
-    """``1 / (1 + exp(-x))``, stable for large |x|. Backward: ``dx = g * s * (1 - s)``."""
+    """``1 / (1 + exp(-x))``, stable for large |x|. Backward: ``dx = g * s * (1 - s)``.
+
+    >>> sigmoid(Tensor(np.array([0.0, -1000.0], np.float32))).data.tolist()
+    [0.5, 0.0]
+    """
     x = as_tensor(x)
     out = _sigmoid(x.data)
     return Tensor.from_op(out, (x,), lambda g: (g * out * (1 - out),), "sigmoid")
 
 
 def tanh(x):
-    """``tanh(x)``. Backward: ``dx = g * (1 - tanh(x)^2)``."""
+    """``tanh(x)``. Backward: ``dx = g * (1 - tanh(x)^2)``.
+
+    >>> tanh(Tensor(np.array([0.0]))).data.tolist()
+    [0.0]
+    """
     x = as_tensor(x)
     out = np.tanh(x.data)
     return Tensor.from_op(out, (x,), lambda g: (g * (1 - out * out),), "tanh")
 
 
 def square(x):
-    """``x * x``. Backward: ``dx = 2 x g``."""
+    """``x * x``. Backward: ``dx = 2 x g``.
+
+    >>> square(Tensor(np.array([-3.0]))).data.tolist()
+    [9.0]
+    """
     x = as_tensor(x)
     return Tensor.from_op(x.data * x.data, (x,), lambda g: (2 * x.data * g,), "square")
 
@@ -225,7 +256,11 @@ def concat(tensors, axis=-1):
 
 def stack(tensors, axis=1):
     """Stack same-shape tensors along a new ``axis`` (e.g. F features [B, D]
-    into [B, F, D]). Backward: ``d tensors[i] = g[..., i, ...]`` (views)."""
+    into [B, F, D]). Backward: ``d tensors[i] = g[..., i, ...]`` (views).
+
+    >>> stack([Tensor(np.ones((4, 3))), Tensor(np.zeros((4, 3)))], axis=1).shape
+    (4, 2, 3)
+    """
     tensors = tuple(as_tensor(t) for t in tensors)
     if not tensors:
         raise ValueError("stack needs at least one tensor")
@@ -240,7 +275,11 @@ def stack(tensors, axis=1):
 
 def select(x, index, axis=1):
     """``x`` at ``index`` along ``axis``, that axis removed (``x[:, index]``
-    for axis 1). Backward: ``g`` placed at ``index`` in zeros of ``x``'s shape."""
+    for axis 1). Backward: ``g`` placed at ``index`` in zeros of ``x``'s shape.
+
+    >>> select(Tensor(np.arange(6.0).reshape(1, 3, 2)), 1).data.tolist()
+    [[2.0, 3.0]]
+    """
     x = as_tensor(x)
     where = (slice(None),) * (axis % x.ndim) + (index,)
 
@@ -252,7 +291,11 @@ def select(x, index, axis=1):
 
 
 def reshape(x, shape):
-    """``x`` with a new shape (one entry may be -1). Backward: ``g`` reshaped back."""
+    """``x`` with a new shape (one entry may be -1). Backward: ``g`` reshaped back.
+
+    >>> reshape(Tensor(np.zeros((2, 6))), (3, -1)).shape
+    (3, 4)
+    """
     x = as_tensor(x)
     out = x.data.reshape(shape)
     return Tensor.from_op(out, (x,), lambda g: (g.reshape(x.shape),), "reshape")
@@ -267,7 +310,11 @@ def _expand(g, shape, axis, keepdims):
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 (the NumPy/TF name)
     """Sum over ``axis`` (an int, a tuple, or None for all). Backward: ``g``
-    broadcast back over the summed axes."""
+    broadcast back over the summed axes.
+
+    >>> sum(Tensor(np.arange(6.0).reshape(2, 3)), axis=1).data.tolist()
+    [3.0, 12.0]
+    """
     x = as_tensor(x)
     out = np.asarray(x.data.sum(axis=axis, keepdims=keepdims))
     return Tensor.from_op(out, (x,), lambda g: (_expand(g, x.shape, axis, keepdims),), "sum")
@@ -275,7 +322,11 @@ def sum(x, axis=None, keepdims=False):  # noqa: A001 (the NumPy/TF name)
 
 def mean(x, axis=None, keepdims=False):
     """Mean over ``axis``. Backward: ``g / n`` broadcast back, n = number of
-    entries averaged."""
+    entries averaged.
+
+    >>> mean(Tensor(np.arange(6.0).reshape(2, 3)), axis=0).data.tolist()
+    [1.5, 2.5, 3.5]
+    """
     x = as_tensor(x)
     out = np.asarray(x.data.mean(axis=axis, keepdims=keepdims))
     count = x.data.size // max(out.size, 1) if x.data.size else 1

@@ -13,6 +13,7 @@ from .batch import DataSpec, FeatureSpec
 from .errors import DataError
 from .hashing import token_key
 from .vocabulary import HashBuckets, KeyCounter, save_vocabulary
+from ..progress import Progress
 
 __all__ = ["Dataset", "TextDataset", "held_out_rows"]
 
@@ -104,6 +105,13 @@ class Dataset:
     def __iter__(self):
         return self.batches()
 
+    def build_ids(self, progress=None):
+        """Fit the feature ids now, if they are still to be fitted (the
+        counting pass of a vocabulary), with a progress bar on the stream
+        ``progress`` (None: silent); returns ``vocabulary``. ``spec`` and
+        the first pass call it silently."""
+        return self.vocabulary
+
     def split(self, valid_fraction, seed=0):
         """(train, valid) views of this data: each row goes to valid with
         probability ``valid_fraction``, decided by ``seed`` and the row's
@@ -153,11 +161,14 @@ class TextDataset(Dataset):
     # -- ids and spec --------------------------------------------------------
     @property
     def vocabulary(self):
+        return self.build_ids()
+
+    def build_ids(self, progress=None):
         if self._encoders is None:
             if self._encoder_source is not None:
-                self._encoders = self._encoder_source.vocabulary
+                self._encoders = self._encoder_source.build_ids(progress)
             else:
-                self._encoders = self._fit()
+                self._encoders = self._fit(progress)
         return self._encoders
 
     @property
@@ -167,8 +178,9 @@ class TextDataset(Dataset):
                        for name, multi_hot, weighted in self.parser.sparse_columns)
         return DataSpec(sparse, tuple(self.parser.dense_names))
 
-    def _fit(self):
-        """Hash buckets as configured; vocabularies by one counting pass."""
+    def _fit(self, progress=None):
+        """Hash buckets as configured; vocabularies by one counting pass
+        (its progress shown on the stream ``progress``)."""
         encoders, counters = {}, {}
         for name, _, _ in self.parser.sparse_columns:
             kind, value = self._id_config[name]
@@ -177,10 +189,13 @@ class TextDataset(Dataset):
             else:
                 counters[name] = KeyCounter(value)
         if counters:
+            bar = Progress(None, "counting feature ids", unit="rows", file=progress)
             for parsed in self._parsed_chunks(keep_tokens=True):
                 for name, counter in counters.items():
                     raw = parsed.sparse[name]
                     counter.add(raw.keys, raw.tokens_at)
+                bar.update(parsed.labels.shape[0])
+            bar.close()
             for name, counter in counters.items():
                 encoders[name] = counter.vocabulary()
         return {name: encoders[name] for name, _, _ in self.parser.sparse_columns}
@@ -192,7 +207,6 @@ class TextDataset(Dataset):
         self.skipped_lines = len(self._extra_skipped)
         self.bad_line_examples = list(self._extra_skipped[:MAX_BAD_LINE_EXAMPLES])
         rows = 0
-        complete = True
         for chunk in iter_line_chunks(self.paths, self.chunk_bytes, self._skip_header):
             if self._row_split is not None:
                 fraction, seed, want_valid = self._row_split
@@ -200,8 +214,7 @@ class TextDataset(Dataset):
                 chunk = chunk.select(valid if want_valid else ~valid)
             if self.max_examples is not None:
                 remaining = self.max_examples - rows
-                if remaining <= 0:
-                    complete = False
+                if remaining <= 0:  # rows == max_examples: the pass is complete
                     break
                 if len(chunk) > remaining:
                     chunk = chunk.select(slice(0, remaining))
@@ -215,8 +228,7 @@ class TextDataset(Dataset):
                 parsed = self.parser.parse(chunk, keep_tokens)
             rows += len(chunk)
             yield parsed
-        if complete:
-            self.num_examples = rows
+        self.num_examples = rows
 
     def _drop_bad_lines(self, chunk, parsed):
         bad = np.flatnonzero(parsed.bad)
@@ -262,13 +274,15 @@ class TextDataset(Dataset):
             raise ValueError("this dataset is already a split view")
         common = dict(batch_size=self.batch_size, on_bad_line=self.on_bad_line,
                       chunk_bytes=self.chunk_bytes, prefetch_depth=self.prefetch,
-                      max_examples=self.max_examples, skip_header=self._skip_header,
-                      extra_skipped=self._extra_skipped)
+                      max_examples=self.max_examples, skip_header=self._skip_header)
         # ids given (a vocabulary file, another dataset) carry over; ids to be
         # fitted are fitted on the train view only, so valid rows stay unseen
+        # lines skipped outside the data (a featindex file's) are counted
+        # once, by the train view
         train = TextDataset(self.paths, self.parser, self._id_config, **common,
                             encoders=self._given_encoders, encoder_source=self._encoder_source,
-                            row_split=(valid_fraction, seed, False))
+                            row_split=(valid_fraction, seed, False),
+                            extra_skipped=self._extra_skipped)
         valid = TextDataset(self.paths, self.parser, self._id_config, **common,
                             encoder_source=train, row_split=(valid_fraction, seed, True))
         return train, valid

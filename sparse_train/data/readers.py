@@ -130,8 +130,13 @@ def _pairs_parser(format, paths, featindex, num_fields, weighted, like, on_bad_l
     """The libsvm / libffm parser, and the featindex lines it skipped."""
     index, skipped = None, []
     if featindex is not None:
-        index = load_featindex(_check_paths(featindex, "featindex file")[0], on_bad_line)
-        skipped = [(index.path, line, reason) for line, reason in index.skipped]
+        path = _check_paths(featindex, "featindex file")[0]
+        theirs = getattr(getattr(like, "parser", None), "featindex", None)
+        if theirs is not None and os.path.samefile(theirs.path, path):
+            index = theirs  # the training data's: its skipped lines are counted there
+        else:
+            index = load_featindex(path, on_bad_line)
+            skipped = [(index.path, line, reason) for line, reason in index.skipped]
     with_field = format == "libffm"
     if with_field and num_fields is None:
         num_fields = (len(like.spec.sparse_features) if like is not None

@@ -21,7 +21,7 @@ import sys
 
 from ..checkpoint import CheckpointError
 from ..data import DataError
-from ..models.fit import fit, report
+from ..models.fit import fit, report, resume_point
 from .checkpoint import DistributedCheckpointManager
 from .comm import world
 from .faults import DistributedError, fail_fast
@@ -46,9 +46,9 @@ def _train(args, open_data, build, comm):
         import numba
         numba.set_num_threads(args.threads)
     lead = comm.rank == 0
-    say = (lambda *a: None) if args.quiet or not lead else (
-        lambda *a: print(*a, file=sys.stderr, flush=True))
+    say, warn = _printers(args.quiet, lead)
     train_data, valid_data = open_data(args)
+    train_data.build_ids(progress=None if args.quiet or not lead else sys.stderr)
     model, sparse_opt, dense_opt, global_step = build(args, train_data.spec, train_data)
     total_rows = sum(v.value.size for v in model.sparse_variables())
     dist = DistributedModel(model, comm)
@@ -56,43 +56,51 @@ def _train(args, open_data, build, comm):
         f"parameters sharded by id mod {comm.size} "
         f"(this rank holds {sum(v.value.size for v in dist.sparse_variables()):,}), "
         f"{sum(v.value.size for v in dist.dense_variables()):,} dense parameters replicated")
-    manager, start_epoch, skip_batches = _checkpoints(args, dist, sparse_opt, dense_opt,
-                                                      global_step, say)
+    manager, start = _checkpoints(args, dist, sparse_opt, dense_opt, global_step, say, warn)
     result = fit(
         train_data, valid_data,
         lambda batch: dist.train_step(local_batch(batch, comm), sparse_opt, dense_opt,
                                       global_step, clip_norm=args.clip_norm or None),
         lambda batches: dist.evaluate(local_batch(b, comm) for b in batches), global_step,
-        epochs=args.epochs, seed=args.seed, start_epoch=start_epoch, skip_batches=skip_batches,
-        manager=manager, checkpoint_every=args.checkpoint_every,
+        epochs=args.epochs, seed=args.seed, **start, manager=manager, checkpoint_every=args.checkpoint_every,
         max_steps=getattr(args, "max_steps", None), say=say,
         progress=None if args.quiet or not lead else sys.stderr)
     result.update(model=args.model, format=args.format, world_size=comm.size,
                   communication_seconds=_gathered_timings(dist))
-    report(result, say, args.metrics_out if lead else None, f" on {comm.size} ranks")
+    report(result, say, args.metrics_out if lead else None, f" on {comm.size} ranks", warn)
     return result
 
 
-def _checkpoints(args, dist, sparse_opt, dense_opt, global_step, say):
-    """(manager or None, start epoch, batches to skip) after an optional resume."""
+def _printers(quiet, lead):
+    """(say, warn) as in ``scripts/train.py``: rank 0 only; ``say`` is
+    silent with ``--quiet``, ``warn`` is not."""
+    def warn(*a):
+        if lead:
+            print(*a, file=sys.stderr, flush=True)
+    return ((lambda *a: None) if quiet else warn), warn
+
+
+def _checkpoints(args, dist, sparse_opt, dense_opt, global_step, say, warn):
+    """(manager or None, ``fit`` arguments to resume from) after an
+    optional resume."""
     if not args.checkpoint_dir:
         if args.resume:
             raise ValueError("--resume needs --checkpoint-dir")
-        return None, 0, 0
+        return None, {}
     manager = DistributedCheckpointManager(dist, [sparse_opt, dense_opt], global_step,
                                            args.checkpoint_dir, max_to_keep=args.keep_checkpoints)
     if not args.resume:
-        return manager, 0, 0
+        return manager, {}
     path = manager.restore_latest()
     if path is None:
-        say(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
-        return manager, 0, 0
+        warn(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
+        return manager, {}
     manifest = manager.manifest(path)
-    metadata = manifest["metadata"]
+    start = resume_point(manifest["metadata"])
     say(f"resumed from {path} (saved by {manifest['world_size']} rank(s)) at epoch "
-        f"{metadata['epoch'] + 1}, batch {metadata['batches_done']}, "
+        f"{start['start_epoch'] + 1}, batch {start['skip_batches']}, "
         f"global step {int(global_step)}")
-    return manager, metadata["epoch"], metadata["batches_done"]
+    return manager, start
 
 
 def _gathered_timings(dist):

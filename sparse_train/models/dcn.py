@@ -17,6 +17,17 @@ class DCN(CTRModel):
     Args (besides ``CTRModel``'s):
         num_cross_layers: default 3.
         hidden_units: the deep part's widths, default (400, 400, 400).
+
+    >>> import numpy as np
+    >>> from sparse_train import Ragged
+    >>> from sparse_train.data import Batch, DataSpec, FeatureSpec
+    >>> spec = DataSpec((FeatureSpec("user", 4), FeatureSpec("item", 3)), ("age",))
+    >>> batch = Batch(np.zeros(2, np.float32), np.array([[2.0], [4.0]], np.float32),
+    ...               {"user": Ragged.from_dense([1, 3]), "item": Ragged.from_dense([0, 2])})
+    >>> model = DCN(spec, embedding_dim=2, num_cross_layers=2, hidden_units=(3,),
+    ...             scope="demo_dcn")
+    >>> model.cross.in_features, model.output.in_features, model.forward(batch).shape
+    (5, 8, (2,))
     """
 
     name = "dcn"

@@ -22,6 +22,16 @@ class DLRM(CTRModel):
             13-512-256-64-D).
         top_mlp: hidden widths of the top MLP, default (512, 256).
         self_interaction: include <v_i, v_i> (DLRM ``arch_interaction_itself``).
+
+    >>> import numpy as np
+    >>> from sparse_train import Ragged
+    >>> from sparse_train.data import Batch, DataSpec, FeatureSpec
+    >>> spec = DataSpec((FeatureSpec("user", 4), FeatureSpec("item", 3)), ("age",))
+    >>> batch = Batch(np.zeros(2, np.float32), np.array([[2.0], [4.0]], np.float32),
+    ...               {"user": Ragged.from_dense([1, 3]), "item": Ragged.from_dense([0, 2])})
+    >>> model = DLRM(spec, embedding_dim=2, bottom_mlp=(3,), top_mlp=(4,), scope="demo_dlrm")
+    >>> model.top.in_features, model.forward(batch).shape   # z (2) + 3 pairs of [z, e_1, e_2]
+    (5, (2,))
     """
 
     name = "dlrm"

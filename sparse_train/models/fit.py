@@ -5,8 +5,11 @@ owns epochs, shuffling, progress, resuming mid-epoch, step checkpoints,
 ``max_steps``, per-epoch validation and the result dict, so the single-
 process and the distributed runs follow the same steps.
 """
+import contextlib
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,12 +17,41 @@ import numpy as np
 
 from ..progress import Progress
 
-__all__ = ["fit", "report"]
+__all__ = ["fit", "report", "resume_point", "Interrupted"]
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM at a step boundary.
+
+    Attributes:
+        checkpoint: the path of the checkpoint saved at that point, or None
+            (no checkpoint manager).
+        global_step: the step reached.
+    """
+
+    def __init__(self, global_step, checkpoint=None):
+        self.global_step, self.checkpoint = global_step, checkpoint
+        where = (f"; saved {checkpoint}: continue with --resume" if checkpoint
+                 else "; nothing saved (no --checkpoint-dir)")
+        super().__init__(f"interrupted at global step {global_step}{where}")
+
+    def __str__(self):
+        return self.args[0]
+
+
+def resume_point(metadata):
+    """``fit`` keyword arguments that continue from a checkpoint's metadata
+    (what ``fit`` stores: ``epoch``, ``batches_done``, ``history``)."""
+    return {"start_epoch": int(metadata["epoch"]),
+            "skip_batches": int(metadata["batches_done"]),
+            "history": list(metadata.get("history", [])),
+            "skipped_loss": tuple(metadata.get("loss", (0.0, 0)))}
 
 
 def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
-        start_epoch=0, skip_batches=0, manager=None, checkpoint_every=0, max_steps=None,
-        say=None, progress=sys.stderr):
+        start_epoch=0, skip_batches=0, history=(), skipped_loss=(0.0, 0), manager=None,
+        checkpoint_every=0,
+        max_steps=None, say=None, progress=sys.stderr, stop_on_signals=False):
     """Train for ``epochs`` epochs; returns the result dict.
 
     Args:
@@ -28,14 +60,22 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         step: ``step(batch) -> float`` mean loss of one training step.
         evaluate: ``evaluate(batches) -> {"auc", "logloss", "num_examples"}``.
         global_step: the ``GlobalStep`` ``step`` increments.
-        start_epoch, skip_batches: where a resumed run starts (the skipped
-            batches of ``start_epoch`` are read, not trained).
+        start_epoch, skip_batches, history, skipped_loss: where a resumed
+            run starts (the skipped batches of ``start_epoch`` are read, not
+            trained), the per-epoch figures of the epochs before it and the
+            (sum, count) of the losses of the skipped batches, so the epoch's
+            train loss is the uninterrupted run's (``resume_point``).
         manager: optional checkpoint manager (``save(number, metadata)``),
             saved after each epoch and every ``checkpoint_every`` steps with
-            ``{"epoch", "batches_done"}`` to resume from.
+            ``{"epoch", "batches_done", "history", "loss"}`` to resume from.
         max_steps: stop once the global step reaches it (no evaluation of
             the unfinished epoch).
         say: message printer (None: silent); progress: stream of the bar.
+        stop_on_signals: on SIGINT (Ctrl-C) or SIGTERM, finish the current
+            step, save a checkpoint (with ``manager``) and raise
+            ``Interrupted``; a second signal stops at once. Single-process
+            runs only: a save on MPI is collective, and a launcher does not
+            signal every rank at the same step.
 
     Returns:
         The last evaluation's figures plus ``samples_per_second``,
@@ -43,62 +83,126 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         ``skipped_lines`` when the data report them.
     """
     say = say or (lambda *a: None)
-    history, examples, seconds = [], 0, 0.0
-    for epoch in range(start_epoch, epochs):
-        bar = Progress(train_data.num_examples, f"epoch {epoch + 1}/{epochs}", unit="ex",
-                       file=progress)
-        loss_sum, loss_count, batches_done, stopped = 0.0, 0, 0, False
-        started = time.perf_counter()
-        for batch in train_data.batches(shuffle=True, seed=seed * 1000 + epoch):
-            if batches_done < skip_batches:
-                batches_done += 1
-                bar.update(batch.size)
-                continue
-            loss = step(batch)
-            if not np.isfinite(loss):
-                raise ValueError(f"the loss became {loss} at step {int(global_step)}; lower the "
-                                 f"learning rates or set --clip-norm")
-            loss_sum, loss_count = loss_sum + loss * batch.size, loss_count + batch.size
-            batches_done += 1
-            bar.update(batch.size, loss=loss_sum / loss_count)
-            if manager and checkpoint_every and int(global_step) % checkpoint_every == 0:
-                manager.save(int(global_step), {"epoch": epoch, "batches_done": batches_done})
+    history, examples, seconds = list(history), 0, 0.0
+    figures = None  # the evaluation of the current state, once there is one
+    stopping = _SignalFlag() if stop_on_signals else contextlib.nullcontext(None)
+    with stopping as signalled:
+        for epoch in range(start_epoch, epochs):
             if max_steps and int(global_step) >= max_steps:
-                stopped = True
+                say(f"global step {int(global_step)} has reached --max-steps {max_steps}")
                 break
-        seconds += time.perf_counter() - started
-        examples += loss_count
-        skip_batches = 0
-        bar.close()
-        if stopped:
-            say(f"stopped at global step {int(global_step)} (max_steps)")
-            break
-        figures = evaluate(valid_data.batches())
-        figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
-        history.append(figures)
-        say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
-            f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
-        if manager:
-            manager.save(int(global_step), {"epoch": epoch + 1, "batches_done": 0})
-    result = dict(history[-1]) if history else evaluate(valid_data.batches())
-    result.update(samples_per_second=examples / seconds if seconds else None,
+            bar = Progress(train_data.num_examples, f"epoch {epoch + 1}/{epochs}", unit="ex",
+                           file=progress)
+            loss_sum, loss_count, batches_done, stopped = 0.0, 0, 0, False
+            if skip_batches:
+                loss_sum, loss_count = float(skipped_loss[0]), int(skipped_loss[1])
+            trained = 0
+            started = time.perf_counter()
+            for batch in train_data.batches(shuffle=True, seed=seed * 1000 + epoch):
+                if batches_done < skip_batches:
+                    batches_done += 1
+                    bar.update(batch.size)
+                    continue
+                figures = None
+                loss = step(batch)
+                if not np.isfinite(loss):
+                    raise ValueError(f"the loss became {loss} at step {int(global_step)}; lower "
+                                     f"the learning rates or set --clip-norm")
+                loss_sum, loss_count = loss_sum + loss * batch.size, loss_count + batch.size
+                trained += batch.size
+                batches_done += 1
+                bar.update(batch.size, loss=loss_sum / loss_count)
+                if signalled is not None and signalled.is_set():
+                    bar.close()
+                    path = (manager.save(int(global_step), _position(
+                        epoch, batches_done, history, loss_sum, loss_count)) if manager else None)
+                    raise Interrupted(int(global_step), path)
+                if manager and checkpoint_every and int(global_step) % checkpoint_every == 0:
+                    manager.save(int(global_step), _position(epoch, batches_done, history,
+                                                             loss_sum, loss_count))
+                if max_steps and int(global_step) >= max_steps:
+                    stopped = True
+                    break
+            seconds += time.perf_counter() - started
+            examples += trained
+            skip_batches = 0
+            bar.close()
+            if stopped:
+                say(f"stopped at global step {int(global_step)} (max_steps)")
+                break
+            figures = evaluate(valid_data.batches())
+            figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
+            history.append(figures)
+            say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
+                f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
+            if manager:
+                manager.save(int(global_step), _position(epoch + 1, 0, history))
+    result = dict(figures) if figures is not None else evaluate(valid_data.batches())
+    result.update(samples_per_second=examples / seconds if seconds and examples else None,
                   global_step=int(global_step), history=history)
     planted = getattr(valid_data, "planted_auc", None)
     if planted is not None:
         result["planted_auc"] = planted
-    skipped = sum(getattr(d, "skipped_lines", 0) or 0 for d in (train_data, valid_data))
+    skipped = [d for d in (train_data, valid_data) if getattr(d, "skipped_lines", 0)]
     if skipped:
-        result["skipped_lines"] = skipped
+        result["skipped_lines"] = sum(d.skipped_lines for d in skipped)
+        result["bad_line_examples"] = [f"{path}:{line}: {reason}" for d in skipped
+                                       for path, line, reason in d.bad_line_examples]
     return result
 
 
-def report(result, say, metrics_out=None, where=""):
-    """Print the closing lines of a run and write ``metrics_out`` (JSON)."""
+def _position(epoch, batches_done, history, loss_sum=0.0, loss_count=0):
+    """Checkpoint metadata to resume from (``resume_point`` reads it); the
+    per-epoch figures in strict JSON, NaN (an AUC of one class) as None."""
+    history = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
+                for k, v in figures.items()} for figures in history]
+    return {"epoch": epoch, "batches_done": batches_done, "history": history,
+            "loss": [float(loss_sum), int(loss_count)]}
+
+
+class _SignalFlag:
+    """Context: SIGINT and SIGTERM set an ``Event`` instead of killing the
+    process (a second one restores the default behaviour and raises at
+    once); the previous handlers come back on exit. Outside the main thread
+    (where Python cannot install handlers) it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.event = threading.Event()
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self._handle)
+        return self.event
+
+    def _handle(self, number, frame):
+        if self.event.is_set():  # the second signal: stop now
+            raise KeyboardInterrupt
+        self.event.set()
+        print(f"\n{signal.Signals(number).name}: stopping after this step "
+              f"(again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        return False
+
+
+def report(result, say, metrics_out=None, where="", warn=None):
+    """Print the closing lines of a run and write ``metrics_out`` (JSON).
+
+    ``warn`` (default ``say``) prints what must be seen even when ``say``
+    is silent: the skipped malformed lines, with the first few of them."""
+    warn = warn or say
     if "planted_auc" in result:
         say(f"planted model's auc on the validation data: {result['planted_auc']:.4f} "
             f"(the best any model can do)")
     if result.get("skipped_lines"):
-        say(f"skipped {result['skipped_lines']} malformed line(s)")
+        examples = result.get("bad_line_examples", [])
+        warn(f"skipped {result['skipped_lines']} malformed line(s)"
+             + (f", the first {len(examples)}:" if examples else "")
+             + "".join(f"\n  {line}" for line in examples))
     speed = result["samples_per_second"]
     say(f"validation auc {result['auc']:.4f}, logloss {result['logloss']:.4f}, "
         + (f"{speed:,.0f} samples/s{where}" if speed else "no training this run"))

@@ -20,7 +20,10 @@ def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step
     ``global_step`` is passed only to the LAST ``apply_gradients`` call, so it
     is incremented exactly once per step, after every variable is updated;
     rules reading it (AdagradDecay) all see the step before the increment
-    (SPEC §1). A group without gradients is skipped.
+    (SPEC §1). A group without gradients is skipped. Every group's
+    gradients are validated before any variable is updated, so a bad
+    gradient raises with the model unchanged. Passing the same optimizer
+    twice (or ``dense_optimizer=None``) makes one ``apply_gradients`` call.
 
     Args:
         model: a ``CTRModel`` (``sparse_variables()``, ``dense_variables()``, ``loss``).
@@ -52,7 +55,9 @@ def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step
     grads_and_vars = compute_gradients(loss, sparse_vars + dense_vars)
     if grad_transform is not None:
         grads_and_vars = list(grad_transform(grads_and_vars))
-    if dense_optimizer is None:
+    if dense_optimizer is None or dense_optimizer is sparse_optimizer:
+        # One optimizer for everything: ONE apply_gradients call, so Adam's
+        # beta powers advance once per step, not once per group.
         groups = [(sparse_optimizer, grads_and_vars)]
     else:
         sparse_ids = {id(v) for v in sparse_vars}
@@ -61,8 +66,14 @@ def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step
     groups = [(opt, pairs) for opt, pairs in groups if any(g is not None for g, _ in pairs)]
     if not groups:
         raise ValueError("train_step: the loss depends on no variable of the model")
-    for i, (optimizer, pairs) in enumerate(groups):
-        optimizer.apply_gradients(pairs, global_step=global_step if i == len(groups) - 1 else None)
+    # Validate every group before applying any: a bad dense gradient must not
+    # leave the tables already updated (nothing changes before an error).
+    for optimizer, _ in groups:  # AdagradDecay must read the counter this step moves
+        if hasattr(optimizer, "check_global_step"):
+            optimizer.check_global_step(global_step)
+    prepared = [(opt, opt._prepare(pairs, global_step)) for opt, pairs in groups]
+    for i, (optimizer, checked) in enumerate(prepared):
+        optimizer._apply_prepared(checked, global_step if i == len(prepared) - 1 else None)
     return float(loss.data)
 
 

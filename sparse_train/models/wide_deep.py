@@ -15,6 +15,20 @@ class WideDeep(CTRModel):
 
     Args (besides ``CTRModel``'s):
         hidden_units: the deep part's hidden widths, default (400, 400, 400).
+
+    >>> import numpy as np
+    >>> from sparse_train import Ragged
+    >>> from sparse_train.data import Batch, DataSpec, FeatureSpec
+    >>> spec = DataSpec((FeatureSpec("user", 4), FeatureSpec("item", 3)), ("age",))
+    >>> batch = Batch(np.zeros(2, np.float32), np.array([[2.0], [4.0]], np.float32),
+    ...               {"user": Ragged.from_dense([1, 3]), "item": Ragged.from_dense([0, 2])})
+    >>> model = WideDeep(spec, embedding_dim=2, hidden_units=(4,), scope="demo_wd")
+    >>> model.deep.in_features, model.forward(batch).shape   # 2 fields x 2 + 1 numeric
+    (5, (2,))
+    >>> logit = model.deep(ad.concat([model.embedding.flat(batch), model.dense_input(batch)],
+    ...                              axis=1)).data[:, 0] + model.wide(batch).data
+    >>> bool(np.allclose(model.forward(batch).data, logit))
+    True
     """
 
     name = "wide_deep"

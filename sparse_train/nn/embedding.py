@@ -32,6 +32,13 @@ INITIALIZERS = {
 }
 
 
+def _is_integer(value):
+    """A whole number (``5``, ``np.int64(5)``, ``5.0``), not a bool or a string."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return False
+    return bool(np.isfinite(value)) and int(value) == value
+
+
 class EmbeddingTable:
     """An embedding table and its lookups (torch ``nn.EmbeddingBag`` vocabulary).
 
@@ -62,19 +69,23 @@ class EmbeddingTable:
     def __init__(self, num_embeddings, embedding_dim, name,
                  initializer="truncated_normal", seed=None, padding_idx=None,
                  hash_ids=False, out=None):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"EmbeddingTable: name must be a non-empty string, got {name!r}")
         for what, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
-            if isinstance(value, bool) or int(value) != value or value <= 0:
+            if not _is_integer(value) or value <= 0:
                 raise ValueError(f"EmbeddingTable {name!r}: {what} must be a positive integer, got {value!r}")
         if initializer not in INITIALIZERS:
             raise ValueError(
                 f"EmbeddingTable {name!r}: initializer must be one of {sorted(INITIALIZERS)}, "
                 f"got {initializer!r}")
-        if padding_idx is not None and not 0 <= padding_idx < num_embeddings:
+        if padding_idx is not None and (not _is_integer(padding_idx)
+                                        or not 0 <= padding_idx < num_embeddings):
             raise ValueError(
-                f"EmbeddingTable {name!r}: padding_idx {padding_idx} is outside [0, {num_embeddings})")
+                f"EmbeddingTable {name!r}: padding_idx must be an integer in "
+                f"[0, {num_embeddings}), got {padding_idx!r}")
         self.num_embeddings = int(num_embeddings)
         self.embedding_dim = int(embedding_dim)
-        self.padding_idx = padding_idx
+        self.padding_idx = None if padding_idx is None else int(padding_idx)
         self.hash_ids = bool(hash_ids)
         self.seed = zlib.crc32(name.encode()) if seed is None else int(seed)
         shape = (self.num_embeddings, self.embedding_dim)
@@ -110,8 +121,10 @@ class EmbeddingTable:
         return self.weight.name
 
     def ids(self, values, name=None):
-        """``values`` as int64 ids of this table (``id mod V`` if ``hash_ids``)."""
-        values = np.ascontiguousarray(values, dtype=np.int64)
+        """``values`` as int64 ids of this table (``id mod V`` if ``hash_ids``).
+
+        Non-integer ids (e.g. floats) are an error, never truncated."""
+        values = F.as_ids(values, "values", name or self.name)
         if not self.hash_ids:
             return values
         negative = np.flatnonzero(values < 0)

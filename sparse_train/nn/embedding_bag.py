@@ -29,6 +29,13 @@ def _check_combiner(combiner, where):
     return combiner
 
 
+def _arrays_of(ragged):
+    """The objects a fused lookup is built from (compared by identity)."""
+    if not isinstance(ragged, Ragged):
+        return (ragged,)
+    return (ragged, ragged.values, ragged.offsets, ragged.weights)
+
+
 class EmbeddingBag:
     """Pooled lookup of one feature in an ``EmbeddingTable``, as an autodiff op
     (``autodiff.embedding_bag``: [B, D] out, row-sparse table gradient).
@@ -197,9 +204,16 @@ class EmbeddingBagCollection:
         coefficients (``kernels.lookup.fuse_bags``). Each feature's ids are
         checked first (errors name the feature)."""
         sparse = self._sparse(batch)
-        if self._fused_cache[0] is not sparse:  # built once per batch
-            self._fused_cache = (sparse, Ragged(*self._fused_bags(sparse)))
-        return self._fused_cache[1]
+        # Built once per batch. The key is every feature's arrays, not the
+        # dict: a dict reused with a feature's Ragged replaced must not get
+        # the previous ids' lookup. (Arrays changed in place are not seen.)
+        key = tuple(_arrays_of(sparse[f]) for f in self.bags)
+        cached_key, fused = self._fused_cache
+        if cached_key is None or len(cached_key) != len(key) or any(
+                a is not b for old, new in zip(cached_key, key) for a, b in zip(old, new)):
+            fused = Ragged(*self._fused_bags(sparse))
+            self._fused_cache = (key, fused)
+        return fused
 
     def _sparse(self, batch):
         sparse = batch.sparse if isinstance(batch, Batch) else batch

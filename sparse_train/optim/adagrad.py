@@ -23,12 +23,14 @@ class Adagrad(Optimizer):
         initial_accumulator_value: >= 0; > 0 when epsilon is 0.
         epsilon: >= 0, added outside the square root.
 
-    >>> from sparse_train import Variable
-    >>> w = Variable(np.zeros((1, 1)), "w")
-    >>> opt = Adagrad(1.0, initial_accumulator_value=0.0, epsilon=0.0 + 1e-30)
-    >>> opt.apply_gradients([(np.array([[3.0]]), w)])
-    >>> float(w.value[0, 0]), float(opt.get_slot(w, "accumulator").value[0, 0])
-    (-1.0, 9.0)
+    >>> from sparse_train import RowSparseGrad, Variable
+    >>> w = Variable(np.zeros((2, 1)), "w")
+    >>> opt = Adagrad(1.0, initial_accumulator_value=7.0)
+    >>> opt.apply_gradients([(RowSparseGrad([1, 1], [[1.0], [2.0]], (2, 1)), w)])
+    >>> opt.get_slot(w, "accumulator").value[:, 0].tolist()   # 7 + (1 + 2)**2
+    [7.0, 16.0]
+    >>> w.value[:, 0].tolist()                                  # -3 / sqrt(16)
+    [0.0, -0.75]
     """
 
     def __init__(self, learning_rate, initial_accumulator_value=0.1, epsilon=0.0,
@@ -37,10 +39,11 @@ class Adagrad(Optimizer):
         self._initial = check_number("initial_accumulator_value",
                                      initial_accumulator_value, low=0.0)
         self._epsilon = check_number("epsilon", epsilon, low=0.0)
-        if self._initial == 0.0 and self._epsilon == 0.0:
+        if np.float32(self._initial) == 0.0 and np.float32(self._epsilon) == 0.0:
             raise ValueError(
                 "initial_accumulator_value must be > 0 when epsilon is 0 "
-                "(else the first update divides by zero), got 0")
+                f"(else the first update divides by zero; both are 0 in float32), "
+                f"got {initial_accumulator_value!r} and epsilon {epsilon!r}")
         self._slot_specs = {"accumulator": ("like", np.float32, self._initial)}
 
     def get_config(self):

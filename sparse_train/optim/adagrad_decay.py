@@ -4,7 +4,7 @@ import numpy as np
 from ..kernels._jit import row_dim
 from ..kernels.adagrad_decay import adagrad_decay_apply
 from ..variable import GlobalStep
-from .base import Optimizer, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, row_view
 
 __all__ = ["AdagradDecay"]
 
@@ -35,6 +35,23 @@ class AdagradDecay(Optimizer):
         initial_accumulator_value: > 0; also the floor of a decay.
         accumulator_decay_step: > 0, steps per decay period.
         accumulator_decay_rate: in (0, 1).
+
+    Row 1 is touched twice; the 2nd call (step 2 = one period of 2) decays
+    its accumulator ``max((1 + 2**2) * 0.5, 1) = 2.5`` before adding ``2**2``;
+    untouched rows keep the initial value and power 0:
+
+    >>> from sparse_train import GlobalStep, RowSparseGrad, Variable
+    >>> step, w = GlobalStep(), Variable(np.zeros((3, 1)), "w")
+    >>> opt = AdagradDecay(1.0, step, initial_accumulator_value=1.0,
+    ...                    accumulator_decay_step=2, accumulator_decay_rate=0.5)
+    >>> for _ in range(2):
+    ...     opt.apply_gradients([(RowSparseGrad([1], [[2.0]], (3, 1)), w)], global_step=step)
+    >>> opt.get_slot(w, "accumulator").value[:, 0].tolist()
+    [1.0, 6.5, 1.0]
+    >>> opt.get_slot(w, "accumulator_decay_power").value.tolist(), int(step)
+    ([0, 1, 0], 2)
+    >>> round(float(w.value[1, 0]), 5)  # -2/sqrt(5) - 2/sqrt(6.5)
+    -1.67889
     """
 
     def __init__(self, learning_rate, global_step, initial_accumulator_value=0.1,
@@ -44,8 +61,10 @@ class AdagradDecay(Optimizer):
         if global_step is not None and not isinstance(global_step, GlobalStep):
             raise TypeError(f"global_step must be a GlobalStep or None, got {type(global_step).__name__}")
         self._global_step = global_step
-        self._initial = check_number("initial_accumulator_value", initial_accumulator_value,
-                                     low=0.0, low_open=True)
+        self._initial = check_float32_positive(  # the rule has no epsilon
+            "initial_accumulator_value",
+            check_number("initial_accumulator_value", initial_accumulator_value,
+                         low=0.0, low_open=True))
         step = check_number("accumulator_decay_step", accumulator_decay_step, low=0.0, low_open=True)
         if step != int(step):
             raise ValueError(f"accumulator_decay_step must be an integer, got {accumulator_decay_step!r}")
@@ -60,6 +79,21 @@ class AdagradDecay(Optimizer):
     @property
     def global_step(self):
         return self._global_step
+
+    def check_global_step(self, global_step):
+        """ValueError if ``global_step`` (the counter a training step
+        increments) is not the one this optimizer reads: its decay would
+        then follow a counter that never moves."""
+        if (global_step is not None and self._global_step is not None
+                and global_step is not self._global_step):
+            raise ValueError(
+                f"{self._name} reads {self._global_step!r} (given to its constructor) but "
+                f"apply_gradients was given another counter, {global_step!r}: pass the same "
+                f"GlobalStep to both")
+
+    def _prepare(self, grads_and_vars, global_step=None):
+        self.check_global_step(global_step)
+        return super()._prepare(grads_and_vars, global_step)
 
     def get_config(self):
         return {**super().get_config(), "initial_accumulator_value": self._initial,

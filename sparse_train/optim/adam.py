@@ -6,7 +6,7 @@ import numpy as np
 from ..kernels._jit import row_dim
 from ..kernels.adam import adam_apply, lazy_adam_apply
 from ..variable import Variable
-from .base import Optimizer, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, row_view
 
 __all__ = ["Adam", "LazyAdam"]
 
@@ -26,6 +26,25 @@ class Adam(Optimizer):
     per ``apply_gradients``, after all variables.
 
     Slots ``m``, ``v`` [V, D] float32 (0).
+
+    Args:
+        learning_rate: >= 0; beta1, beta2: in [0, 1); epsilon: > 0.
+
+    Row 0 is touched by the first call only, yet the second call moves it
+    (its m decays to ``0.9 * 0.1``); row 1, never touched, stays put:
+
+    >>> from sparse_train import RowSparseGrad, Variable
+    >>> w, opt = Variable(np.zeros((3, 1)), "w"), Adam(0.1)
+    >>> opt.apply_gradients([(RowSparseGrad([0], [[1.0]], (3, 1)), w)])
+    >>> [round(x, 4) for x in w.value[:, 0].tolist()]  # lr_t = .1 sqrt(1 - .999) / (1 - .9)
+    [-0.1, 0.0, 0.0]
+    >>> opt.apply_gradients([(RowSparseGrad([2], [[1.0]], (3, 1)), w)])
+    >>> [round(x, 4) for x in w.value[:, 0].tolist()]
+    [-0.167, 0.0, -0.0744]
+    >>> round(float(opt.get_slot(w, "m").value[0, 0]), 6)
+    0.09
+    >>> round(float(opt.beta1_power.value), 6)   # 0.9 * 0.9 * 0.9: once per call
+    0.729
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
@@ -33,7 +52,10 @@ class Adam(Optimizer):
         super().__init__(learning_rate, name)
         self._beta1 = check_number("beta1", beta1, low=0.0, high=1.0, high_open=True)
         self._beta2 = check_number("beta2", beta2, low=0.0, high=1.0, high_open=True)
-        self._epsilon = check_number("epsilon", epsilon, low=0.0)
+        # epsilon = 0 makes m / (sqrt(v) + epsilon) = 0 / 0 = NaN on any row
+        # with v = 0: under Adam, every row a sparse gradient never touched.
+        self._epsilon = check_float32_positive(
+            "epsilon", check_number("epsilon", epsilon, low=0.0, low_open=True))
         self._slot_specs = {"m": ("like", np.float32, 0.0), "v": ("like", np.float32, 0.0)}
         self._non_slot = {
             "beta1_power": Variable(np.float32(self._beta1), f"{name}/beta1_power", trainable=False),
@@ -82,6 +104,18 @@ class LazyAdam(Adam):
     m and v. The bias correction still uses the optimizer's shared beta
     powers (unlike ``torch.optim.SparseAdam``, which counts steps per
     parameter).
+
+    The example of ``Adam``: row 0, absent from the second call, keeps its
+    weight and moments:
+
+    >>> from sparse_train import RowSparseGrad, Variable
+    >>> w, opt = Variable(np.zeros((3, 1)), "w"), LazyAdam(0.1)
+    >>> opt.apply_gradients([(RowSparseGrad([0], [[1.0]], (3, 1)), w)])
+    >>> opt.apply_gradients([(RowSparseGrad([2], [[1.0]], (3, 1)), w)])
+    >>> [round(x, 4) for x in w.value[:, 0].tolist()]
+    [-0.1, 0.0, -0.0744]
+    >>> round(float(opt.get_slot(w, "m").value[0, 0]), 6)
+    0.1
     """
 
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..kernels.checks import first_id_out_of_range, first_non_finite
+from ..kernels.coalesce import summed_grad_rows
 from ..sparse import RowSparseGrad, identity_plan_parts
 from ..variable import GlobalStep, Variable
 
@@ -32,6 +33,14 @@ def check_number(name, value, low=None, high=None, low_open=False, high_open=Fal
     return number
 
 
+def check_float32_positive(name, value):
+    """``value`` (a positive number) as given, or ValueError if float32, in
+    which the rules run, rounds it to 0 (e.g. an epsilon of 1e-50)."""
+    if np.float32(value) == 0.0:
+        raise ValueError(f"{name} must be > 0 in float32 (at least 1.4e-45), got {value!r}")
+    return value
+
+
 def row_view(array):
     """The [V, D] view of a variable or slot: ``[V, ...] -> [V, prod(...)]``;
     a scalar is one row of one value."""
@@ -51,6 +60,8 @@ class Optimizer:
 
     def __init__(self, learning_rate, name):
         self._learning_rate = check_number("learning_rate", learning_rate, low=0.0)
+        if self._learning_rate > float(np.finfo(np.float32).max):  # kernels take float32
+            raise ValueError(f"learning_rate must be finite in float32, got {learning_rate!r}")
         self._name = name
         self._slots = {}
         self._non_slot = {}
@@ -127,7 +138,16 @@ class Optimizer:
         return compute_gradients(loss, var_list)
 
     def minimize(self, loss, var_list=None, global_step=None):
-        """``compute_gradients`` then ``apply_gradients``."""
+        """``compute_gradients`` then ``apply_gradients``.
+
+        >>> from sparse_train import GlobalStep, Tensor
+        >>> from sparse_train.optim import GradientDescent
+        >>> w, step = Variable(np.array([3.0]), "w"), GlobalStep()
+        >>> loss = (Tensor(w) * Tensor(w)).sum()          # d loss / dw = 2 w = 6
+        >>> GradientDescent(0.25).minimize(loss, global_step=step)
+        >>> w.value.tolist(), int(step)                   # 3 - 0.25 * 6
+        ([1.5], 1)
+        """
         return self.apply_gradients(self.compute_gradients(loss, var_list),
                                     global_step=global_step)
 
@@ -146,9 +166,12 @@ class Optimizer:
         Every pair is validated before anything is mutated: a bad gradient
         raises ValueError naming its variable, and no table or slot changes.
         """
-        if global_step is not None and not isinstance(global_step, GlobalStep):
-            raise TypeError(f"global_step must be a GlobalStep, got {type(global_step).__name__}")
-        prepared = self._prepare(grads_and_vars)
+        self._apply_prepared(self._prepare(grads_and_vars, global_step), global_step)
+
+    def _apply_prepared(self, prepared, global_step=None):
+        """Phases 2 and 3 of ``apply_gradients`` for the output of ``_prepare``
+        (``train_step`` validates every optimizer's pairs before it applies
+        any, so a bad dense gradient cannot leave the tables updated)."""
         for var, _, _ in prepared:
             self._create_slots(var)
         for var, plan, dense in prepared:
@@ -157,8 +180,10 @@ class Optimizer:
         if global_step is not None:
             global_step.increment()
 
-    def _prepare(self, grads_and_vars):
+    def _prepare(self, grads_and_vars, global_step=None):
         """Validated ``[(var, plan, dense)]``; raises before anything is mutated."""
+        if global_step is not None and not isinstance(global_step, GlobalStep):
+            raise TypeError(f"global_step must be a GlobalStep, got {type(global_step).__name__}")
         pairs = list(grads_and_vars)
         prepared, seen = [], set()
         for pair in pairs:
@@ -176,11 +201,28 @@ class Optimizer:
             if var.name in seen:
                 raise ValueError(f"{self._name}: variable {var.name!r} appears twice in one apply_gradients call")
             seen.add(var.name)
+            self._check_existing_slots(var)
             prepared.append((var, _plan_for(grad, var), not isinstance(grad, RowSparseGrad)))
         if not prepared:
             names = [p[1].name for p in pairs if isinstance(p[1], Variable)]
             raise ValueError(f"{self._name}: no gradients provided for any variable: {names}")
         return prepared
+
+    def _check_existing_slots(self, var):
+        """Slots are keyed by variable name: a slot made for another variable
+        of that name (a rebuilt model, a name reused) must not be handed to
+        a kernel, which would index it out of bounds."""
+        for slot in self._slot_specs:
+            existing = self._slots.get(slot, {}).get(var.name)
+            if existing is None:
+                continue
+            shape, dtype = self.slot_shape(var, slot)
+            if existing.shape != shape or existing.dtype != dtype:
+                raise ValueError(
+                    f"{self._name}: variable {var.name!r} has shape {var.shape}, but its "
+                    f"slot {slot!r} has shape {existing.shape} {existing.dtype} (expected "
+                    f"{shape} {dtype}): was another variable named {var.name!r} "
+                    f"updated by this optimizer?")
 
     # --------------------------------------------------------- for subclasses
     def _create_slots(self, var):
@@ -232,6 +274,7 @@ def _plan_for(grad, var):
         _check_finite(plan[3].reshape(-1, 1), var, "gradient coefficient")
         if not np.isfinite(plan[5]):
             raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan[5]}")
+        _check_summed_finite(plan, var)
         return plan
     dense = np.asarray(grad)
     if dense.dtype.kind not in "fiu" or dense.dtype == np.bool_:
@@ -246,6 +289,36 @@ def _plan_for(grad, var):
     _check_finite(src, var, "gradient")
     rows, starts, src_index, src_coef = identity_plan_parts(rows_of_var)
     return rows, starts, src_index, src_coef, src, np.float32(1.0)
+
+
+#: A summed row whose bound stays below this cannot overflow float32, even
+#: with the rounding of millions of additions (each at most 2**-24 relative).
+_SAFE_BOUND = 0.25 * float(np.finfo(np.float32).max)
+
+
+def _check_summed_finite(plan, var):
+    """Finite values can still sum (duplicate ids) or scale (clipping) to
+    inf in float32. Bound every summed row by ``max|src| * max|coef| *
+    (number of contributions) * |scale|``; only when the bound is not safe
+    are the summed rows computed and scanned (never in normal training).
+    Cost: a max and a min over src and over coef (W1: about 1% of a step)."""
+    rows, _, _, coef, src, scale = plan
+    if rows.shape[0] == 0 or src.size == 0:
+        return
+    bound = (max(float(src.max()), -float(src.min()))
+             * max(float(coef.max()), -float(coef.min()))
+             * float(coef.shape[0]) * abs(float(scale)))
+    if bound < _SAFE_BOUND:
+        return
+    summed = np.empty((rows.shape[0], src.shape[1]), np.float32)
+    summed_grad_rows(summed, plan)
+    bad = first_non_finite(summed.reshape(-1))
+    if bad >= 0:
+        row, col = divmod(int(bad), max(summed.shape[1], 1))
+        raise ValueError(
+            f"non-finite gradient for variable {var.name!r}: row {rows[row]}, column {col} "
+            f"sums to {summed.reshape(-1)[bad]} in float32 (finite values of duplicate ids, "
+            f"times the gradient's scale {scale}, overflow)")
 
 
 def _check_finite(src, var, what):

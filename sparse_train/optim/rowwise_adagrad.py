@@ -3,7 +3,7 @@ import numpy as np
 
 from ..kernels._jit import row_dim
 from ..kernels.rowwise_adagrad import rowwise_adagrad_apply
-from .base import Optimizer, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, row_view
 
 __all__ = ["RowwiseAdagrad"]
 
@@ -20,11 +20,20 @@ class RowwiseAdagrad(Optimizer):
     Args:
         learning_rate: >= 0.
         epsilon: > 0 (the accumulator starts at 0).
+
+    >>> from sparse_train import RowSparseGrad, Variable
+    >>> w, opt = Variable(np.zeros((2, 2)), "w"), RowwiseAdagrad(1.0)
+    >>> opt.apply_gradients([(RowSparseGrad([1], [[1.0, 7.0]], (2, 2)), w)])
+    >>> opt.get_slot(w, "accumulator").value.tolist()   # mean(1, 49) = 25
+    [0.0, 25.0]
+    >>> [round(x, 6) for x in w.value[1].tolist()], w.value[0].tolist()   # -g / sqrt(25)
+    ([-0.2, -1.4], [0.0, 0.0])
     """
 
     def __init__(self, learning_rate, epsilon=1e-8, name="RowwiseAdagrad"):
         super().__init__(learning_rate, name)
-        self._epsilon = check_number("epsilon", epsilon, low=0.0, low_open=True)
+        self._epsilon = check_float32_positive(
+            "epsilon", check_number("epsilon", epsilon, low=0.0, low_open=True))
         self._slot_specs = {"accumulator": ("rows", np.float32, 0.0)}
 
     def get_config(self):

@@ -203,3 +203,30 @@ def test_float32_stays_float32():
     grads = ad.gradients(y, [x, w])
     assert y.dtype == np.float32
     assert all(g.dtype == np.float32 for g in grads)
+
+
+@pytest.mark.parametrize("axis,index", [(1, 2), (0, 0), (-1, 1)])
+def test_select(axis, index):
+    # EmbeddingBagCollection.__call__ splits its [B, F, D] stack with select.
+    x = randn(3, 4, 2)
+    out = check_op(lambda t: ad.select(t, index, axis=axis), x)
+    np.testing.assert_allclose(out.data, np.take(x, index, axis=axis))
+
+
+def test_neg_and_linear_relu():
+    local = np.random.default_rng(7)   # not the module rng: runs alone (-k) alike
+    x = local.standard_normal((3, 2))
+    np.testing.assert_allclose(check_op(ad.neg, x).data, -x)
+    x, w, b = (local.standard_normal(s) for s in ((6, 2), (2, 4), (4,)))
+    pre = x @ w + b
+    assert (pre > 0).any() and (pre < 0).any() and np.abs(pre).min() > 1e-3  # no kink within eps
+    out = check_op(lambda *t: ad.linear(*t, activation="relu"), x, w, b)
+    np.testing.assert_allclose(out.data, np.maximum(pre, 0))
+
+
+def test_non_finite_labels_are_refused_naming_the_position():
+    x = Tensor(np.zeros(3, np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match="label nan at flat position 1 is not finite"):
+        ad.sigmoid_cross_entropy_with_logits(x, [1.0, np.nan, 0.0])
+    with pytest.raises(ValueError, match="label inf at flat position 2"):
+        ad.sigmoid_cross_entropy_with_logits(x, [1.0, 0.0, np.inf])

@@ -126,6 +126,26 @@ def test_bad_featindex_line(tmp_path):
     assert next(iter(ds)).size == 1
 
 
+def test_bad_featindex_line_is_counted_once_over_train_and_valid(tmp_path):
+    """The featindex belongs to the data, not to a view of it: a held-out
+    split and a validation file read ``like=`` the training data do not
+    count its malformed line again."""
+    rows = "".join(f"{i % 2} {3 + i % 2}:1\n" for i in range(40))
+    (tmp_path / "d.svm").write_text(rows)
+    (tmp_path / "v.svm").write_text(rows[:24])
+    (tmp_path / "fi.txt").write_text("1:a\t3\n2:b\t4\nno tab here\n")
+    full = open_dataset(tmp_path / "d.svm", "libsvm", featindex=tmp_path / "fi.txt",
+                        on_bad_line="skip")
+    train, held_out = full.split(0.3, seed=0)
+    valid = open_dataset(tmp_path / "v.svm", "libsvm", featindex=tmp_path / "fi.txt",
+                         on_bad_line="skip", like=train)
+    for ds in (train, held_out, valid):
+        list(ds)
+    assert (train.skipped_lines, held_out.skipped_lines, valid.skipped_lines) == (1, 0, 0)
+    assert [line for _, line, _ in train.bad_line_examples] == [3]
+    assert sum(b.size for b in train) + sum(b.size for b in held_out) == 40
+
+
 def test_errors_raised_through_prefetch_thread(tmp_path):
     path = criteo_file(tmp_path, {30: CRITEO_BAD["short"][0]}, total=40)
     ds = open_dataset(path, "criteo", ids="hash", batch_size=4, chunk_bytes=256, prefetch=2)

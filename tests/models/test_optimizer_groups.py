@@ -177,3 +177,82 @@ def test_frozen_variables_are_not_trainable_in_collections():
     assert collections.get_collection(collections.TRAINABLE_VARIABLES) == []
     pairs = ad.compute_gradients(model.loss(make_batch()))
     assert frozen not in [v for _, v in pairs]
+
+
+def test_bad_dense_gradient_leaves_the_whole_model_unchanged():
+    # The tables' optimizer runs first; the dense group's bad gradient must
+    # still be caught before ANY variable, slot or the step changes.
+    model = small_deepfm()
+    gs = GlobalStep()
+    sparse_opt, dense_opt = make_optimizers(gs)
+    train_step(model, make_batch(seed=0, size=8), sparse_opt, dense_opt, gs)   # slots exist
+
+    def poison_bias(pairs):
+        out = []
+        for grad, var in pairs:
+            if var is model.dense_variables()[-1]:
+                grad = np.array(grad, copy=True)
+                grad.flat[0] = np.nan
+            out.append((grad, var))
+        return out
+    watched = model.variables() + sparse_opt.variables() + dense_opt.variables()
+    before = [v.value.copy() for v in watched]
+    with pytest.raises(ValueError, match=f"{model.dense_variables()[-1].name}.*nan"):
+        train_step(model, make_batch(seed=1, size=8), sparse_opt, dense_opt, gs,
+                   grad_transform=poison_bias)
+    assert int(gs) == 1
+    for var, value in zip(watched, before):
+        np.testing.assert_array_equal(var.value, value, err_msg=var.name)
+
+
+def test_one_optimizer_given_for_both_groups_applies_once_per_step():
+    # train_step(model, batch, adam, adam) is ONE apply_gradients call: Adam's
+    # beta powers advance once per step, as with dense_optimizer=None.
+    model_a, model_b = small_deepfm(), small_deepfm()
+    adam_a, adam_b = optim.Adam(LR_DENSE), optim.Adam(LR_DENSE)
+    gs_a, gs_b = GlobalStep(), GlobalStep()
+    for step in range(2):
+        batch = make_batch(seed=20 + step, size=8)
+        train_step(model_a, batch, adam_a, adam_a, gs_a)
+        train_step(model_b, batch, adam_b, None, gs_b)
+    assert int(gs_a) == int(gs_b) == 2
+    np.testing.assert_allclose(float(adam_a.beta1_power.value), BETA1 ** 3, rtol=1e-6)
+    for var_a, var_b in zip(model_a.variables(), model_b.variables()):
+        np.testing.assert_array_equal(var_a.value, var_b.value, err_msg=var_a.name)
+
+
+def test_deepfm_checkpoint_restore_continues_bit_for_bit(tmp_path):
+    # The README recipe: tables on AdagradDecay (decaying every 2 steps), dense
+    # layers on Adam, clipping, a CheckpointManager; a fresh process (other
+    # initial values) restores after 3 steps and must match an uninterrupted run.
+    from sparse_train import Checkpoint, CheckpointManager, clip_gradients
+    clip = lambda pairs: clip_gradients(pairs, 0.05)[0]
+    batches = [make_batch(seed=30 + s, size=8) for s in range(6)]
+
+    def build(seed):
+        collections.reset_collections()
+        model = build_model("deepfm", SPEC, embedding_dim=4, seed=seed, hidden_units=(8, 6))
+        gs = GlobalStep()
+        opts = make_optimizers(gs)
+        return model, gs, opts, Checkpoint(model.variables(), list(opts), gs)
+
+    def state(model, gs, opts):
+        arrays = [v.value for v in model.variables()] + [v.value for o in opts for v in o.variables()]
+        return [a.tobytes() for a in arrays] + [int(gs)]
+
+    model, gs, opts, _ = build(3)
+    for batch in batches:
+        train_step(model, batch, *opts, gs, grad_transform=clip)
+    expected = state(model, gs, opts)
+
+    model, gs, opts, ckpt = build(3)
+    manager = CheckpointManager(ckpt, tmp_path, max_to_keep=1)
+    for batch in batches[:3]:
+        train_step(model, batch, *opts, gs, grad_transform=clip)
+    manager.save()
+    fresh, gs2, opts2, ckpt2 = build(4)
+    assert state(fresh, gs2, opts2) != state(model, gs, opts)
+    assert CheckpointManager(ckpt2, tmp_path).restore_latest() == str(tmp_path / "ckpt-3.ckpt")
+    for batch in batches[3:]:
+        train_step(fresh, batch, *opts2, gs2, grad_transform=clip)
+    assert state(fresh, gs2, opts2) == expected

@@ -153,3 +153,23 @@ def test_feature_linear_matches_numpy():
     assert [v.name for v in lin.dense_variables()] == ["lin/dense/kernel", "lin/bias"]
     fresh = FeatureLinear(SPEC, "lin0")
     assert not fresh.sparse_variables()[0].value.any()  # tables start at zero
+
+
+def test_collection_sees_a_feature_replaced_in_the_same_batch_dict():
+    # The fused lookup is cached per batch; replacing one feature's Ragged (or
+    # its values) in the same dict must give the new ids' embeddings.
+    from sparse_train.data import Batch
+    spec = DataSpec((FeatureSpec("user", 4), FeatureSpec("item", 3)))
+    ebc = EmbeddingBagCollection(spec, 2, "cache_test/emb", seed=1)
+    batch = Batch(np.zeros(2, np.float32), None,
+                  {"user": Ragged.from_dense([1, 3]), "item": Ragged.from_dense([0, 2])})
+    table = ebc.weight.value
+    np.testing.assert_array_equal(ebc.stacked(batch).data[:, 0], table[[1, 3]])
+    batch.sparse["user"] = Ragged.from_dense([0, 2])
+    np.testing.assert_array_equal(ebc.stacked(batch).data[:, 0], table[[0, 2]])
+    batch.sparse["user"].values = np.array([3, 3], np.int64)
+    np.testing.assert_array_equal(ebc.stacked(batch).data[:, 0], table[[3, 3]])
+    np.testing.assert_array_equal(ebc.stacked(batch).data[:, 1], table[4 + np.array([0, 2])])
+    batch.sparse["user"] = Ragged.from_dense([9, 0])
+    with pytest.raises(ValueError, match="feature 'user': id 9"):
+        ebc.stacked(batch)
