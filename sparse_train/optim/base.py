@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..kernels.checks import first_id_out_of_range, first_non_finite
+from ..kernels._jit import row_dim
 from ..kernels.coalesce import summed_grad_rows
 from ..sparse import RowSparseGrad, identity_plan_parts
 from ..variable import GlobalStep, Variable
@@ -311,7 +312,7 @@ def _check_summed_finite(plan, var):
     if bound < _SAFE_BOUND:
         return
     summed = np.empty((rows.shape[0], src.shape[1]), np.float32)
-    summed_grad_rows(summed, plan)
+    summed_grad_rows(summed, plan, row_dim(summed.shape[1]))
     bad = first_non_finite(summed.reshape(-1))
     if bad >= 0:
         row, col = divmod(int(bad), max(summed.shape[1], 1))
