@@ -371,6 +371,11 @@ def main(argv=None):
     from sparse_train.models.fit import Interrupted
     try:
         args = parse_args(argv)
+    except UsageError as error:
+        if _launcher_rank() == 0:  # under mpirun every rank finds it: say it once
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
         if args.distributed:  # every rank runs this; a failing rank ends the whole job
             from sparse_train.distributed import run_distributed
             run_distributed(args, open_data, build)
@@ -385,6 +390,15 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _launcher_rank():
+    """This process's rank as an MPI launcher set it (0 without one)."""
+    import os
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
     return 0
 
 

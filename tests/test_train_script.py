@@ -54,6 +54,8 @@ def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     common = [*SMALL, "--model", "lr", "--checkpoint-dir", ckpt, "--epochs", "1"]
     run(tmp_path, *common, "--checkpoint-every", "4", "--max-steps", "6", name="b.json")
+    # saved every 4 steps and where --max-steps stopped (the resume starts there)
+    assert sorted(p.name for p in ckpt.glob("*.ckpt")) == ["ckpt-4.ckpt", "ckpt-6.ckpt"]
     code, resumed = run(tmp_path, *common, "--resume", name="c.json")
     assert code == 0
     assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
@@ -146,6 +148,26 @@ def test_missing_file_and_missing_data_fail_before_training(tmp_path, capsys):
     assert "nope.tsv" in capsys.readouterr().err
     assert train_script.main(["--format", "libsvm"]) == 2
     assert "error: --format libsvm needs --data PATH" in capsys.readouterr().err
+    header_only = tmp_path / "h.tsv"
+    header_only.write_text("label\t" + "\t".join(f"I{i}" for i in range(1, 14)) + "\t"
+                           + "\t".join(f"C{i}" for i in range(1, 27)) + "\n")
+    code, metrics = run(tmp_path, "--format", "criteo", "--data", header_only, "--quiet")
+    assert code == 2 and metrics is None
+    assert "the training data has no examples" in capsys.readouterr().err
+
+
+def test_undefined_figures_are_null_in_the_metrics_json(tmp_path, capsys):
+    """A validation part of one class has no AUC: a warning, and null (strict
+    JSON, not NaN) in --metrics-out."""
+    data = tmp_path / "day.tsv"
+    write_criteo_like(data, 300, seed=4)
+    lines = data.read_text().splitlines()
+    data.write_text("".join("0" + line[1:] + "\n" for line in lines))  # no click at all
+    code, _ = run(tmp_path, "--format", "criteo", "--data", data, "--model", "lr",
+                  "--epochs", "1", "--quiet")
+    assert code == 0 and "one class only: auc is undefined" in capsys.readouterr().err
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["auc"] is None
 
 
 CRITEO = ["--format", "criteo", "--data", "{missing}"]

@@ -7,6 +7,7 @@ process and the distributed runs follow the same steps.
 """
 import contextlib
 import json
+import math
 import signal
 import sys
 import threading
@@ -66,7 +67,8 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             (sum, count) of the losses of the skipped batches, so the epoch's
             train loss is the uninterrupted run's (``resume_point``).
         manager: optional checkpoint manager (``save(number, metadata)``),
-            saved after each epoch and every ``checkpoint_every`` steps with
+            saved after each epoch, every ``checkpoint_every`` steps and
+            where ``max_steps`` stops, with
             ``{"epoch", "batches_done", "history", "loss"}`` to resume from.
         max_steps: stop once the global step reaches it (no evaluation of
             the unfinished epoch).
@@ -117,14 +119,17 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                     path = (manager.save(int(global_step), _position(
                         epoch, batches_done, history, loss_sum, loss_count)) if manager else None)
                     raise Interrupted(int(global_step), path)
-                if manager and checkpoint_every and int(global_step) % checkpoint_every == 0:
+                stopped = bool(max_steps) and int(global_step) >= max_steps
+                if manager and (stopped or checkpoint_every
+                                and int(global_step) % checkpoint_every == 0):
                     manager.save(int(global_step), _position(epoch, batches_done, history,
                                                              loss_sum, loss_count))
-                if max_steps and int(global_step) >= max_steps:
-                    stopped = True
+                if stopped:
                     break
             seconds += time.perf_counter() - started
             examples += trained
+            if not batches_done:
+                raise ValueError(f"the training data has no examples: {train_data!r}")
             skip_batches = 0
             bar.close()
             if stopped:
@@ -154,9 +159,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
 def _position(epoch, batches_done, history, loss_sum=0.0, loss_count=0):
     """Checkpoint metadata to resume from (``resume_point`` reads it); the
     per-epoch figures in strict JSON, NaN (an AUC of one class) as None."""
-    history = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                for k, v in figures.items()} for figures in history]
-    return {"epoch": epoch, "batches_done": batches_done, "history": history,
+    return {"epoch": epoch, "batches_done": batches_done, "history": _strict(history),
             "loss": [float(loss_sum), int(loss_count)]}
 
 
@@ -203,10 +206,28 @@ def report(result, say, metrics_out=None, where="", warn=None):
         warn(f"skipped {result['skipped_lines']} malformed line(s)"
              + (f", the first {len(examples)}:" if examples else "")
              + "".join(f"\n  {line}" for line in examples))
+    if not result.get("num_examples"):
+        warn("the validation data has no examples: auc and logloss are undefined (NaN)")
+    elif not np.isfinite(result["auc"]):
+        warn("the validation data holds one class only: auc is undefined (NaN)")
     speed = result["samples_per_second"]
     say(f"validation auc {result['auc']:.4f}, logloss {result['logloss']:.4f}, "
         + (f"{speed:,.0f} samples/s{where}" if speed else "no training this run"))
     if metrics_out:
         path = Path(metrics_out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        # strict JSON (jq, JavaScript): an undefined figure is null, not NaN
+        path.write_text(json.dumps(_strict(result), indent=2, allow_nan=False) + "\n")
+
+
+def _strict(value):
+    """``value`` with NaN / inf floats as None and NumPy scalars as Python's."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
