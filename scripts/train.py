@@ -54,7 +54,8 @@ def _parser():
         epilog=__doc__.split("\n\n", 2)[2], argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="TOML file with any of these keys (underscores)")
     data = p.add_argument_group("data")
-    data.add_argument("--data", help="training file(s), comma-separated")
+    data.add_argument("--data", help="training file(s), comma-separated; globs such as "
+                      "'day_*.gz' expand in sorted order")
     data.add_argument("--valid", help="validation file (ids from the training data)")
     data.add_argument("--valid-fraction", type=float, help="held out of --data by seed")
     data.add_argument("--format", choices=("synthetic", "criteo", "libsvm", "libffm", "csv"))
@@ -262,7 +263,7 @@ def open_data(args):
         dataset = open_dataset(format="synthetic", num_examples=args.examples,
                                seed=args.seed, batch_size=args.batch_size)
         return dataset.split(args.valid_fraction, seed=args.seed)
-    paths = [p for p in str(args.data).split(",") if p]
+    paths = file_list(args.data, "--data")
     extra = {k: getattr(args, k) for k in ("num_fields", "featindex", "schema")
              if getattr(args, k) is not None}
     if args.format == "criteo":
@@ -271,10 +272,26 @@ def open_data(args):
                            hash_buckets=args.hash_buckets, max_examples=args.max_examples,
                            **common, **extra)
     if args.valid:
-        valid_paths = [p for p in str(args.valid).split(",") if p]
+        valid_paths = file_list(args.valid, "--valid")
         return dataset, open_dataset(valid_paths, args.format, like=dataset,
                                      max_examples=args.max_examples, **common, **extra)
     return dataset.split(args.valid_fraction, seed=args.seed)
+
+
+def file_list(value, flag):
+    """Files of a comma-separated list whose items may be glob patterns
+    (``day_*.gz``, in sorted order); a pattern matching nothing is an error."""
+    import glob
+    paths = []
+    for item in (p.strip() for p in str(value).split(",")):
+        if item and glob.has_magic(item):
+            matched = sorted(glob.glob(item))
+            if not matched:
+                raise FileNotFoundError(f"{flag}: no file matches {item!r}")
+            paths += matched
+        elif item:
+            paths.append(item)
+    return paths
 
 
 def build(args, spec, train_data=None):

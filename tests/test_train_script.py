@@ -142,6 +142,20 @@ def test_progress_of_the_id_count_and_of_a_capped_epoch(tmp_path, capsys):
     assert metrics["history"][0]["num_examples"] == sum(b.size for b in valid) > 0
 
 
+def test_data_glob_expands_in_sorted_order(tmp_path):
+    """--data 'part-*.tsv' reads the files the pattern matches in sorted
+    order, as the same list spelt out; a pattern matching nothing fails."""
+    for k in (1, 0):
+        write_criteo_like(tmp_path / f"part-{k}.tsv", 400, seed=k)
+    common = ["--format", "criteo", "--model", "lr", "--epochs", "1", "--quiet"]
+    code, globbed = run(tmp_path, *common, "--data", tmp_path / "part-*.tsv", name="g.json")
+    listed = ",".join(str(tmp_path / f"part-{k}.tsv") for k in (0, 1))
+    _, explicit = run(tmp_path, *common, "--data", listed, name="l.json")
+    assert code == 0 and globbed["history"] == explicit["history"]
+    assert globbed["history"][0]["num_examples"] > 0
+    assert train_script.main([*common, "--data", str(tmp_path / "nope-*.tsv")]) == 2
+
+
 def test_missing_file_and_missing_data_fail_before_training(tmp_path, capsys):
     code, metrics = run(tmp_path, "--format", "criteo", "--data", tmp_path / "nope.tsv")
     assert code == 2 and metrics is None

@@ -94,7 +94,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                 say(f"global step {int(global_step)} has reached --max-steps {max_steps}")
                 break
             bar = Progress(train_data.num_examples, f"epoch {epoch + 1}/{epochs}", unit="ex",
-                           file=progress)
+                           file=progress, interval=progress_interval(progress))
             loss_sum, loss_count, batches_done, stopped = 0.0, 0, 0, False
             if skip_batches:
                 loss_sum, loss_count = float(skipped_loss[0]), int(skipped_loss[1])
@@ -154,6 +154,13 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         result["bad_line_examples"] = [f"{path}:{line}: {reason}" for d in skipped
                                        for path, line, reason in d.bad_line_examples]
     return result
+
+
+def progress_interval(stream):
+    """Seconds between progress lines: a terminal redraws one line twice a
+    second; a log file (not a terminal) gets a line every 10 s, not a
+    thousand lines a run."""
+    return 0.5 if getattr(stream, "isatty", lambda: False)() else 10.0
 
 
 def _position(epoch, batches_done, history, loss_sum=0.0, loss_count=0):
