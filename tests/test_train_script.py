@@ -252,3 +252,28 @@ def test_lr_on_ipinyou_beats_a_count_baseline(tmp_path):
                         "--dense-learning-rate", "0.01", "--epochs", "2", "--quiet")
     assert code == 0 and metrics["history"][-1]["num_examples"] == 21150
     assert metrics["auc"] > 0.565
+
+
+def test_ranks_on_one_host_share_its_cores():
+    """Under mpirun with 2 ranks here, unset thread pools get cores // 2
+    threads each (or the cores the launcher bound the rank to), before
+    NumPy loads; a variable the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, os, sys\n"
+            f"spec = importlib.util.spec_from_file_location('t', {str(ROOT / 'scripts' / 'train.py')!r})\n"
+            "t = importlib.util.module_from_spec(spec); spec.loader.exec_module(t)\n"
+            "assert 'numpy' not in sys.modules\n"
+            "note = t.share_cores_between_ranks()\n"
+            "print(note); print(os.environ['NUMBA_NUM_THREADS'], os.environ['OMP_NUM_THREADS'])\n")
+    env = {k: v for k, v in os.environ.items() if k not in train_script.THREAD_VARIABLES}
+    env.update(OMPI_COMM_WORLD_LOCAL_SIZE="2", OMP_NUM_THREADS="7")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    cores = os.cpu_count()
+    mine = len(os.sched_getaffinity(0))
+    share = mine if mine < cores else max(1, cores // 2)
+    assert out[0].startswith(f"2 ranks on this host of {cores} cores: {share} thread(s) a rank")
+    assert "OMP_NUM_THREADS" not in out[0] and out[1] == f"{share} 7"
