@@ -5,7 +5,7 @@ scripts/train.py and print AUC, logloss and samples/s as Markdown.
     python scripts/results.py            # needs ../shared/datasets for iPinYou
 
 Each run prints a line to stderr when it starts and its row when it ends
-(about 8 minutes in all on 2 cores); the table goes to stdout.
+(under a minute in all on 2 cores); the table goes to stdout.
 """
 import importlib.util
 import json
