@@ -19,6 +19,7 @@ Examples:
 """
 import argparse
 import math
+import os
 import sys
 
 if sys.version_info >= (3, 11):
@@ -326,6 +327,20 @@ def base_rate(dataset, rows=200_000):
     return clicks / count if count else 0.5
 
 
+def batches_options(args):
+    """The options that decide which batches a step trains on (saved in
+    checkpoints: a mid-epoch resume must not change them)."""
+    keys = ["format", "batch_size", "seed"]
+    keys += (["examples"] if args.format == "synthetic" else
+             ["data", "max_examples", "valid", "ids", "min_count", "hash_buckets"])
+    keys += [] if args.valid else ["valid_fraction"]
+    options = {key: getattr(args, key) for key in keys}
+    for key in ("data", "valid"):  # the files, wherever the run starts from
+        if options.get(key):
+            options[key] = [os.path.abspath(p) for p in file_list(options[key], _flag(key))]
+    return options
+
+
 def printers(args, lead=True):
     """(say, warn): ``say`` prints progress messages (not with --quiet, nor
     on ranks other than 0); ``warn`` prints on rank 0 whatever --quiet says
@@ -338,7 +353,7 @@ def printers(args, lead=True):
 
 def train(args):
     import sparse_train as st
-    from sparse_train.models.fit import resume_point
+    from sparse_train.models.fit import check_resume, resume_point
 
     if args.threads:
         import numba
@@ -361,7 +376,9 @@ def train(args):
             if path is None:
                 warn(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
             else:
-                start = resume_point(st.checkpoint.load_checkpoint(path).header["metadata"])
+                metadata = st.checkpoint.load_checkpoint(path).header["metadata"]
+                check_resume(metadata, args.batches, _flag)
+                start = resume_point(metadata)
                 say(f"resumed from {path} at epoch {start['start_epoch'] + 1}, batch "
                     f"{start['skip_batches']}, global step {int(global_step)}")
 
@@ -374,7 +391,8 @@ def train(args):
         lambda batches: st.models.evaluate(model, batches), global_step,
         epochs=args.epochs, seed=args.seed, **start, manager=manager,
         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-        say=say, progress=None if args.quiet else sys.stderr, stop_on_signals=True)
+        run=args.batches, say=say, progress=None if args.quiet else sys.stderr,
+        stop_on_signals=True)
     result.update(model=args.model, format=args.format)
     st.models.report(result, say, args.metrics_out, warn=warn)
     return result
@@ -396,6 +414,7 @@ def main(argv=None):
     if threads_note and args.distributed and not args.quiet and _launcher_rank() == 0:
         print(threads_note, file=sys.stderr)
     try:
+        args.batches = batches_options(args)
         if args.distributed:  # every rank runs this; a failing rank ends the whole job
             from sparse_train.distributed import run_distributed
             run_distributed(args, open_data, build)
@@ -425,7 +444,6 @@ def share_cores_between_ranks():
     rank's Numba and OpenBLAS pools take every core and the ranks fight over
     them: the default run on 2 ranks x 2 cores took 59 s, not 25 s. Must run
     before NumPy is imported; returns a note to print, or None."""
-    import os
     local = next((int(os.environ[v]) for v in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
                                                 "MV2_COMM_WORLD_LOCAL_SIZE")
                   if os.environ.get(v, "").isdigit()), 1)
@@ -445,7 +463,6 @@ def share_cores_between_ranks():
 
 def _launcher_rank():
     """This process's rank as an MPI launcher set it (0 without one)."""
-    import os
     for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])

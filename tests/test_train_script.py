@@ -49,13 +49,17 @@ def test_resume_continues_bit_identically(tmp_path):
     assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
 
 
-def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path):
+def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path, capsys):
     _, straight = run(tmp_path, *SMALL, "--epochs", "1", "--model", "lr", name="a.json")
     ckpt = tmp_path / "ckpt"
     common = [*SMALL, "--model", "lr", "--checkpoint-dir", ckpt, "--epochs", "1"]
     run(tmp_path, *common, "--checkpoint-every", "4", "--max-steps", "6", name="b.json")
     # saved every 4 steps and where --max-steps stopped (the resume starts there)
     assert sorted(p.name for p in ckpt.glob("*.ckpt")) == ["ckpt-4.ckpt", "ckpt-6.ckpt"]
+    # inside an epoch, other batches would make the skipped ones the wrong ones
+    assert train_script.main([*map(str, common), "--resume", "--batch-size", "400"]) == 2
+    assert ("cannot resume inside epoch 1 (after batch 6) with other batches: --batch-size "
+            "400 (the checkpoint's: 500)") in capsys.readouterr().err
     code, resumed = run(tmp_path, *common, "--resume", name="c.json")
     assert code == 0
     assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]

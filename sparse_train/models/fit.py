@@ -18,7 +18,7 @@ import numpy as np
 
 from ..progress import Progress
 
-__all__ = ["fit", "report", "resume_point", "Interrupted"]
+__all__ = ["fit", "report", "resume_point", "check_resume", "Interrupted"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -51,7 +51,7 @@ def resume_point(metadata):
 
 def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         start_epoch=0, skip_batches=0, history=(), skipped_loss=(0.0, 0), manager=None,
-        checkpoint_every=0,
+        checkpoint_every=0, run=None,
         max_steps=None, say=None, progress=sys.stderr, stop_on_signals=False):
     """Train for ``epochs`` epochs; returns the result dict.
 
@@ -70,6 +70,9 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             saved after each epoch, every ``checkpoint_every`` steps and
             where ``max_steps`` stops, with
             ``{"epoch", "batches_done", "history", "loss"}`` to resume from.
+        run: a JSON-able dict of the options that fix the batches (data,
+            batch size, seed), saved in each checkpoint as ``"run"`` so a
+            resume can refuse other ones (``check_resume``).
         max_steps: stop once the global step reaches it (no evaluation of
             the unfinished epoch).
         say: message printer (None: silent); progress: stream of the bar.
@@ -117,13 +120,14 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                 if signalled is not None and signalled.is_set():
                     bar.close()
                     path = (manager.save(int(global_step), _position(
-                        epoch, batches_done, history, loss_sum, loss_count)) if manager else None)
+                        epoch, batches_done, history, loss_sum, loss_count, run))
+                        if manager else None)
                     raise Interrupted(int(global_step), path)
                 stopped = bool(max_steps) and int(global_step) >= max_steps
                 if manager and (stopped or checkpoint_every
                                 and int(global_step) % checkpoint_every == 0):
                     manager.save(int(global_step), _position(epoch, batches_done, history,
-                                                             loss_sum, loss_count))
+                                                             loss_sum, loss_count, run))
                 if stopped:
                     break
             seconds += time.perf_counter() - started
@@ -141,7 +145,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
                 f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
             if manager:
-                manager.save(int(global_step), _position(epoch + 1, 0, history))
+                manager.save(int(global_step), _position(epoch + 1, 0, history, run=run))
     result = dict(figures) if figures is not None else evaluate(valid_data.batches())
     result.update(samples_per_second=examples / seconds if seconds and examples else None,
                   global_step=int(global_step), history=history)
@@ -163,11 +167,36 @@ def progress_interval(stream):
     return 0.5 if getattr(stream, "isatty", lambda: False)() else 10.0
 
 
-def _position(epoch, batches_done, history, loss_sum=0.0, loss_count=0):
+def _position(epoch, batches_done, history, loss_sum=0.0, loss_count=0, run=None):
     """Checkpoint metadata to resume from (``resume_point`` reads it); the
     per-epoch figures in strict JSON, NaN (an AUC of one class) as None."""
-    return {"epoch": epoch, "batches_done": batches_done, "history": _strict(history),
-            "loss": [float(loss_sum), int(loss_count)]}
+    position = {"epoch": epoch, "batches_done": batches_done, "history": _strict(history),
+                "loss": [float(loss_sum), int(loss_count)]}
+    if run is not None:
+        position["run"] = _strict(run)
+    return position
+
+
+def check_resume(metadata, run, flag=lambda key: key):
+    """Refuse to resume mid-epoch with options that change the batches.
+
+    A checkpoint saved inside an epoch resumes by skipping the batches
+    already trained; with another batch size, seed or data those are other
+    batches, and the run would silently train on the wrong ones. At an
+    epoch boundary any change is allowed (a new schedule). Raises
+    ``ValueError`` naming each differing option (``flag(key)``, e.g.
+    ``--batch-size``) with both values.
+    """
+    saved = metadata.get("run")
+    if saved is None or run is None or not metadata.get("batches_done"):
+        return
+    run = _strict(run)
+    changed = [f"{flag(k)} {run.get(k)!r} (the checkpoint's: {saved.get(k)!r})"
+               for k in sorted(set(saved) | set(run)) if saved.get(k) != run.get(k)]
+    if changed:
+        raise ValueError(f"cannot resume inside epoch {metadata['epoch'] + 1} (after batch "
+                         f"{metadata['batches_done']}) with other batches: "
+                         + "; ".join(changed) + ". Resume with the checkpoint's values")
 
 
 class _SignalFlag:
