@@ -139,14 +139,15 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             if stopped:
                 say(f"stopped at global step {int(global_step)} (max_steps)")
                 break
-            figures = evaluate(valid_data.batches())
+            figures = evaluate(_with_progress(valid_data, "evaluating", progress))
             figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
             history.append(figures)
             say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
                 f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
             if manager:
                 manager.save(int(global_step), _position(epoch + 1, 0, history, run=run))
-    result = dict(figures) if figures is not None else evaluate(valid_data.batches())
+    result = (dict(figures) if figures is not None
+              else evaluate(_with_progress(valid_data, "evaluating", progress)))
     result.update(samples_per_second=examples / seconds if seconds and examples else None,
                   global_step=int(global_step), history=history)
     planted = getattr(valid_data, "planted_auc", None)
@@ -158,6 +159,16 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         result["bad_line_examples"] = [f"{path}:{line}: {reason}" for d in skipped
                                        for path, line, reason in d.bad_line_examples]
     return result
+
+
+def _with_progress(dataset, desc, stream):
+    """``dataset.batches()``, counted on a progress bar on ``stream``."""
+    bar = Progress(dataset.num_examples, desc, unit="ex", file=stream,
+                   interval=progress_interval(stream))
+    for batch in dataset.batches():
+        yield batch
+        bar.update(batch.size)
+    bar.close()
 
 
 def progress_interval(stream):
