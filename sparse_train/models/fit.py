@@ -150,15 +150,23 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
               else evaluate(_with_progress(valid_data, "evaluating", progress)))
     result.update(samples_per_second=examples / seconds if seconds and examples else None,
                   global_step=int(global_step), history=history)
+    result.update(_data_notes(train_data, valid_data))
+    return result
+
+
+def _data_notes(train_data, valid_data):
+    """What the data report besides the figures: the planted model's AUC
+    (synthetic log) and the malformed lines skipped, with the first few."""
+    notes = {}
     planted = getattr(valid_data, "planted_auc", None)
     if planted is not None:
-        result["planted_auc"] = planted
+        notes["planted_auc"] = planted
     skipped = [d for d in (train_data, valid_data) if getattr(d, "skipped_lines", 0)]
     if skipped:
-        result["skipped_lines"] = sum(d.skipped_lines for d in skipped)
-        result["bad_line_examples"] = [f"{path}:{line}: {reason}" for d in skipped
-                                       for path, line, reason in d.bad_line_examples]
-    return result
+        notes["skipped_lines"] = sum(d.skipped_lines for d in skipped)
+        notes["bad_line_examples"] = [f"{path}:{line}: {reason}" for d in skipped
+                                      for path, line, reason in d.bad_line_examples]
+    return notes
 
 
 def _with_progress(dataset, desc, stream):
