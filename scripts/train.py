@@ -19,6 +19,7 @@ Examples:
 """
 import argparse
 import math
+import os
 import sys
 
 if sys.version_info >= (3, 11):
@@ -54,7 +55,8 @@ def _parser():
         epilog=__doc__.split("\n\n", 2)[2], argument_default=argparse.SUPPRESS)
     p.add_argument("--config", help="TOML file with any of these keys (underscores)")
     data = p.add_argument_group("data")
-    data.add_argument("--data", help="training file(s), comma-separated")
+    data.add_argument("--data", help="training file(s), comma-separated; globs such as "
+                      "'day_*.gz' expand in sorted order")
     data.add_argument("--valid", help="validation file (ids from the training data)")
     data.add_argument("--valid-fraction", type=float, help="held out of --data by seed")
     data.add_argument("--format", choices=("synthetic", "criteo", "libsvm", "libffm", "csv"))
@@ -262,7 +264,7 @@ def open_data(args):
         dataset = open_dataset(format="synthetic", num_examples=args.examples,
                                seed=args.seed, batch_size=args.batch_size)
         return dataset.split(args.valid_fraction, seed=args.seed)
-    paths = [p for p in str(args.data).split(",") if p]
+    paths = file_list(args.data, "--data")
     extra = {k: getattr(args, k) for k in ("num_fields", "featindex", "schema")
              if getattr(args, k) is not None}
     if args.format == "criteo":
@@ -271,10 +273,26 @@ def open_data(args):
                            hash_buckets=args.hash_buckets, max_examples=args.max_examples,
                            **common, **extra)
     if args.valid:
-        valid_paths = [p for p in str(args.valid).split(",") if p]
+        valid_paths = file_list(args.valid, "--valid")
         return dataset, open_dataset(valid_paths, args.format, like=dataset,
                                      max_examples=args.max_examples, **common, **extra)
     return dataset.split(args.valid_fraction, seed=args.seed)
+
+
+def file_list(value, flag):
+    """Files of a comma-separated list whose items may be glob patterns
+    (``day_*.gz``, in sorted order); a pattern matching nothing is an error."""
+    import glob
+    paths = []
+    for item in (p.strip() for p in str(value).split(",")):
+        if item and glob.has_magic(item):
+            matched = sorted(glob.glob(item))
+            if not matched:
+                raise FileNotFoundError(f"{flag}: no file matches {item!r}")
+            paths += matched
+        elif item:
+            paths.append(item)
+    return paths
 
 
 def build(args, spec, train_data=None):
@@ -309,6 +327,20 @@ def base_rate(dataset, rows=200_000):
     return clicks / count if count else 0.5
 
 
+def batches_options(args):
+    """The options that decide which batches a step trains on (saved in
+    checkpoints: a mid-epoch resume must not change them)."""
+    keys = ["format", "batch_size", "seed"]
+    keys += (["examples"] if args.format == "synthetic" else
+             ["data", "max_examples", "valid", "ids", "min_count", "hash_buckets"])
+    keys += [] if args.valid else ["valid_fraction"]
+    options = {key: getattr(args, key) for key in keys}
+    for key in ("data", "valid"):  # the files, wherever the run starts from
+        if options.get(key):
+            options[key] = [os.path.abspath(p) for p in file_list(options[key], _flag(key))]
+    return options
+
+
 def printers(args, lead=True):
     """(say, warn): ``say`` prints progress messages (not with --quiet, nor
     on ranks other than 0); ``warn`` prints on rank 0 whatever --quiet says
@@ -321,7 +353,7 @@ def printers(args, lead=True):
 
 def train(args):
     import sparse_train as st
-    from sparse_train.models.fit import resume_point
+    from sparse_train.models.fit import check_resume, resume_point
 
     if args.threads:
         import numba
@@ -344,7 +376,9 @@ def train(args):
             if path is None:
                 warn(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
             else:
-                start = resume_point(st.checkpoint.load_checkpoint(path).header["metadata"])
+                metadata = st.checkpoint.load_checkpoint(path).header["metadata"]
+                check_resume(metadata, args.batches, _flag)
+                start = resume_point(metadata)
                 say(f"resumed from {path} at epoch {start['start_epoch'] + 1}, batch "
                     f"{start['skip_batches']}, global step {int(global_step)}")
 
@@ -357,7 +391,8 @@ def train(args):
         lambda batches: st.models.evaluate(model, batches), global_step,
         epochs=args.epochs, seed=args.seed, **start, manager=manager,
         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
-        say=say, progress=None if args.quiet else sys.stderr, stop_on_signals=True)
+        run=args.batches, say=say, progress=None if args.quiet else sys.stderr,
+        stop_on_signals=True)
     result.update(model=args.model, format=args.format)
     st.models.report(result, say, args.metrics_out, warn=warn)
     return result
@@ -366,11 +401,20 @@ def train(args):
 def main(argv=None):
     """Run the script; returns the exit code (0, 2 for bad input, 130 when
     interrupted)."""
+    threads_note = share_cores_between_ranks()
     from sparse_train.checkpoint import CheckpointError
     from sparse_train.data import DataError
     from sparse_train.models.fit import Interrupted
     try:
         args = parse_args(argv)
+    except UsageError as error:
+        if _launcher_rank() == 0:  # under mpirun every rank finds it: say it once
+            print(f"error: {error}", file=sys.stderr)
+        return 2
+    if threads_note and args.distributed and not args.quiet and _launcher_rank() == 0:
+        print(threads_note, file=sys.stderr)
+    try:
+        args.batches = batches_options(args)
         if args.distributed:  # every rank runs this; a failing rank ends the whole job
             from sparse_train.distributed import run_distributed
             run_distributed(args, open_data, build)
@@ -385,6 +429,43 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+#: Thread pools of a process: Numba's, OpenBLAS's, OpenMP's, MKL's.
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                    "MKL_NUM_THREADS")
+
+
+def share_cores_between_ranks():
+    """Under an MPI launcher with several ranks on this host, give each rank
+    its share of the cores: every thread pool left unset gets ``cores //
+    ranks`` threads (as torchrun sets OMP_NUM_THREADS=1). Otherwise each
+    rank's Numba and OpenBLAS pools take every core and the ranks fight over
+    them: the default run on 2 ranks x 2 cores took 59 s, not 25 s. Must run
+    before NumPy is imported; returns a note to print, or None."""
+    local = next((int(os.environ[v]) for v in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                                                "MV2_COMM_WORLD_LOCAL_SIZE")
+                  if os.environ.get(v, "").isdigit()), 1)
+    unset = [v for v in THREAD_VARIABLES if v not in os.environ]
+    if local <= 1 or not unset or "numpy" in sys.modules:
+        return None
+    cores = os.cpu_count() or 1
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    # bound by the launcher to fewer cores than the host's: those are this
+    # rank's; else the ranks share them all
+    share = mine if mine < cores else max(1, cores // local)
+    for name in unset:
+        os.environ[name] = str(share)
+    return (f"{local} ranks on this host of {cores} cores: {share} thread(s) a rank "
+            f"({', '.join(unset)}; set them to choose)")
+
+
+def _launcher_rank():
+    """This process's rank as an MPI launcher set it (0 without one)."""
+    for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
     return 0
 
 

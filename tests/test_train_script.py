@@ -49,11 +49,17 @@ def test_resume_continues_bit_identically(tmp_path):
     assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
 
 
-def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path):
+def test_resume_mid_epoch_from_a_step_checkpoint(tmp_path, capsys):
     _, straight = run(tmp_path, *SMALL, "--epochs", "1", "--model", "lr", name="a.json")
     ckpt = tmp_path / "ckpt"
     common = [*SMALL, "--model", "lr", "--checkpoint-dir", ckpt, "--epochs", "1"]
     run(tmp_path, *common, "--checkpoint-every", "4", "--max-steps", "6", name="b.json")
+    # saved every 4 steps and where --max-steps stopped (the resume starts there)
+    assert sorted(p.name for p in ckpt.glob("*.ckpt")) == ["ckpt-4.ckpt", "ckpt-6.ckpt"]
+    # inside an epoch, other batches would make the skipped ones the wrong ones
+    assert train_script.main([*map(str, common), "--resume", "--batch-size", "400"]) == 2
+    assert ("cannot resume inside epoch 1 (after batch 6) with other batches: --batch-size "
+            "400 (the checkpoint's: 500)") in capsys.readouterr().err
     code, resumed = run(tmp_path, *common, "--resume", name="c.json")
     assert code == 0
     assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
@@ -140,12 +146,46 @@ def test_progress_of_the_id_count_and_of_a_capped_epoch(tmp_path, capsys):
     assert metrics["history"][0]["num_examples"] == sum(b.size for b in valid) > 0
 
 
+def test_data_glob_expands_in_sorted_order(tmp_path):
+    """--data 'part-*.tsv' reads the files the pattern matches in sorted
+    order, as the same list spelt out; a pattern matching nothing fails."""
+    for k in (1, 0):
+        write_criteo_like(tmp_path / f"part-{k}.tsv", 400, seed=k)
+    common = ["--format", "criteo", "--model", "lr", "--epochs", "1", "--quiet"]
+    code, globbed = run(tmp_path, *common, "--data", tmp_path / "part-*.tsv", name="g.json")
+    listed = ",".join(str(tmp_path / f"part-{k}.tsv") for k in (0, 1))
+    _, explicit = run(tmp_path, *common, "--data", listed, name="l.json")
+    assert code == 0 and globbed["history"] == explicit["history"]
+    assert globbed["history"][0]["num_examples"] > 0
+    assert train_script.main([*common, "--data", str(tmp_path / "nope-*.tsv")]) == 2
+
+
 def test_missing_file_and_missing_data_fail_before_training(tmp_path, capsys):
     code, metrics = run(tmp_path, "--format", "criteo", "--data", tmp_path / "nope.tsv")
     assert code == 2 and metrics is None
     assert "nope.tsv" in capsys.readouterr().err
     assert train_script.main(["--format", "libsvm"]) == 2
     assert "error: --format libsvm needs --data PATH" in capsys.readouterr().err
+    header_only = tmp_path / "h.tsv"
+    header_only.write_text("label\t" + "\t".join(f"I{i}" for i in range(1, 14)) + "\t"
+                           + "\t".join(f"C{i}" for i in range(1, 27)) + "\n")
+    code, metrics = run(tmp_path, "--format", "criteo", "--data", header_only, "--quiet")
+    assert code == 2 and metrics is None
+    assert "the training data has no examples" in capsys.readouterr().err
+
+
+def test_undefined_figures_are_null_in_the_metrics_json(tmp_path, capsys):
+    """A validation part of one class has no AUC: a warning, and null (strict
+    JSON, not NaN) in --metrics-out."""
+    data = tmp_path / "day.tsv"
+    write_criteo_like(data, 300, seed=4)
+    lines = data.read_text().splitlines()
+    data.write_text("".join("0" + line[1:] + "\n" for line in lines))  # no click at all
+    code, _ = run(tmp_path, "--format", "criteo", "--data", data, "--model", "lr",
+                  "--epochs", "1", "--quiet")
+    assert code == 0 and "one class only: auc is undefined" in capsys.readouterr().err
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and json.loads(text)["auc"] is None
 
 
 CRITEO = ["--format", "criteo", "--data", "{missing}"]
@@ -216,3 +256,28 @@ def test_lr_on_ipinyou_beats_a_count_baseline(tmp_path):
                         "--dense-learning-rate", "0.01", "--epochs", "2", "--quiet")
     assert code == 0 and metrics["history"][-1]["num_examples"] == 21150
     assert metrics["auc"] > 0.565
+
+
+def test_ranks_on_one_host_share_its_cores():
+    """Under mpirun with 2 ranks here, unset thread pools get cores // 2
+    threads each (or the cores the launcher bound the rank to), before
+    NumPy loads; a variable the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import importlib.util, os, sys\n"
+            f"spec = importlib.util.spec_from_file_location('t', {str(ROOT / 'scripts' / 'train.py')!r})\n"
+            "t = importlib.util.module_from_spec(spec); spec.loader.exec_module(t)\n"
+            "assert 'numpy' not in sys.modules\n"
+            "note = t.share_cores_between_ranks()\n"
+            "print(note); print(os.environ['NUMBA_NUM_THREADS'], os.environ['OMP_NUM_THREADS'])\n")
+    env = {k: v for k, v in os.environ.items() if k not in train_script.THREAD_VARIABLES}
+    env.update(OMPI_COMM_WORLD_LOCAL_SIZE="2", OMP_NUM_THREADS="7")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    cores = os.cpu_count()
+    mine = len(os.sched_getaffinity(0))
+    share = mine if mine < cores else max(1, cores // 2)
+    assert out[0].startswith(f"2 ranks on this host of {cores} cores: {share} thread(s) a rank")
+    assert "OMP_NUM_THREADS" not in out[0] and out[1] == f"{share} 7"

@@ -25,10 +25,14 @@ def slice_rows(batch, start, stop):
 
 
 def _take_ragged(r, rows):
-    lengths = (r.offsets[1:] - r.offsets[:-1])[rows]
+    # O(len(rows)), never O(num_bags): the synthetic log takes each shuffled
+    # batch out of all its rows (a whole-array diff here made an epoch
+    # quadratic in the rows: 80% of LR's epoch time at 400k rows).
+    starts = r.offsets[rows]
+    lengths = r.offsets[rows + 1] - starts
     offsets = np.zeros(rows.shape[0] + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    source = np.repeat(r.offsets[:-1][rows] - offsets[:-1], lengths)
+    source = np.repeat(starts - offsets[:-1], lengths)
     source += np.arange(offsets[-1], dtype=np.int64)
     weights = None if r.weights is None else r.weights[source]
     return Ragged(r.values[source], offsets, weights)

@@ -189,7 +189,9 @@ class TextDataset(Dataset):
             else:
                 counters[name] = KeyCounter(value)
         if counters:
-            bar = Progress(None, "counting feature ids", unit="rows", file=progress)
+            interval = 0.5 if getattr(progress, "isatty", lambda: False)() else 10.0
+            bar = Progress(None, "counting feature ids", unit="rows", file=progress,
+                           interval=interval)
             for parsed in self._parsed_chunks(keep_tokens=True):
                 for name, counter in counters.items():
                     raw = parsed.sparse[name]

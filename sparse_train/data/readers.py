@@ -155,6 +155,8 @@ def _check_paths(path, what="data file"):
     for p in paths:
         if not isinstance(p, (str, os.PathLike)):
             raise TypeError(f"a {what} path must be str or os.PathLike, got {type(p).__name__}")
+        if Path(p).is_dir():
+            raise FileNotFoundError(f"{what} {p} is a directory: give its files")
         if not Path(p).is_file():
             raise FileNotFoundError(f"{what} not found: {p}")
     return [str(p) for p in paths]

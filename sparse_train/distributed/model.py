@@ -149,16 +149,21 @@ class DistributedModel:
         if clip_norm is not None:
             pairs = clip_gradients(pairs, clip_norm, use_norm=self._global_norm(pairs))[0]
         num_sparse = len(self.sparse_variables())
-        if dense_optimizer is None:
-            groups = [(sparse_optimizer, pairs)]
+        if dense_optimizer is None or dense_optimizer is sparse_optimizer:
+            groups = [(sparse_optimizer, pairs)]  # one apply: Adam's powers move once
         else:
             groups = [(sparse_optimizer, pairs[:num_sparse]), (dense_optimizer, pairs[num_sparse:])]
         groups = [(opt, p) for opt, p in groups if any(g is not None for g, _ in p)]
         if not groups:
             raise ValueError("train_step: the loss depends on no variable of the model")
-        for i, (optimizer, group) in enumerate(groups):
-            optimizer.apply_gradients(group,
-                                      global_step=global_step if i == len(groups) - 1 else None)
+        # As models.train_step: every group validated before any is applied,
+        # so a bad gradient leaves this rank's variables unchanged.
+        for optimizer, _ in groups:
+            if hasattr(optimizer, "check_global_step"):
+                optimizer.check_global_step(global_step)
+        prepared = [(opt, opt._prepare(group, global_step)) for opt, group in groups]
+        for i, (optimizer, checked) in enumerate(prepared):
+            optimizer._apply_prepared(checked, global_step if i == len(prepared) - 1 else None)
         # float32 sum / int count: the arithmetic of one process's mean loss.
         return float(np.float32(loss_sum) / global_size)
 

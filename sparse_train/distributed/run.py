@@ -21,7 +21,7 @@ import sys
 
 from ..checkpoint import CheckpointError
 from ..data import DataError
-from ..models.fit import fit, report, resume_point
+from ..models.fit import check_resume, fit, report, resume_point
 from .checkpoint import DistributedCheckpointManager
 from .comm import world
 from .faults import DistributedError, fail_fast
@@ -63,7 +63,8 @@ def _train(args, open_data, build, comm):
                                       global_step, clip_norm=args.clip_norm or None),
         lambda batches: dist.evaluate(local_batch(b, comm) for b in batches), global_step,
         epochs=args.epochs, seed=args.seed, **start, manager=manager, checkpoint_every=args.checkpoint_every,
-        max_steps=getattr(args, "max_steps", None), say=say,
+        max_steps=getattr(args, "max_steps", None), run=getattr(args, "batches", None),
+        say=say,
         progress=None if args.quiet or not lead else sys.stderr)
     result.update(model=args.model, format=args.format, world_size=comm.size,
                   communication_seconds=_gathered_timings(dist))
@@ -96,6 +97,8 @@ def _checkpoints(args, dist, sparse_opt, dense_opt, global_step, say, warn):
         warn(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
         return manager, {}
     manifest = manager.manifest(path)
+    check_resume(manifest["metadata"], getattr(args, "batches", None),
+                 lambda key: "--" + key.replace("_", "-"))
     start = resume_point(manifest["metadata"])
     say(f"resumed from {path} (saved by {manifest['world_size']} rank(s)) at epoch "
         f"{start['start_epoch'] + 1}, batch {start['skip_batches']}, "

@@ -7,6 +7,7 @@ process and the distributed runs follow the same steps.
 """
 import contextlib
 import json
+import math
 import signal
 import sys
 import threading
@@ -17,7 +18,7 @@ import numpy as np
 
 from ..progress import Progress
 
-__all__ = ["fit", "report", "resume_point", "Interrupted"]
+__all__ = ["fit", "report", "resume_point", "check_resume", "Interrupted"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -50,7 +51,7 @@ def resume_point(metadata):
 
 def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         start_epoch=0, skip_batches=0, history=(), skipped_loss=(0.0, 0), manager=None,
-        checkpoint_every=0,
+        checkpoint_every=0, run=None,
         max_steps=None, say=None, progress=sys.stderr, stop_on_signals=False):
     """Train for ``epochs`` epochs; returns the result dict.
 
@@ -66,8 +67,12 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             (sum, count) of the losses of the skipped batches, so the epoch's
             train loss is the uninterrupted run's (``resume_point``).
         manager: optional checkpoint manager (``save(number, metadata)``),
-            saved after each epoch and every ``checkpoint_every`` steps with
+            saved after each epoch, every ``checkpoint_every`` steps and
+            where ``max_steps`` stops, with
             ``{"epoch", "batches_done", "history", "loss"}`` to resume from.
+        run: a JSON-able dict of the options that fix the batches (data,
+            batch size, seed), saved in each checkpoint as ``"run"`` so a
+            resume can refuse other ones (``check_resume``).
         max_steps: stop once the global step reaches it (no evaluation of
             the unfinished epoch).
         say: message printer (None: silent); progress: stream of the bar.
@@ -92,7 +97,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                 say(f"global step {int(global_step)} has reached --max-steps {max_steps}")
                 break
             bar = Progress(train_data.num_examples, f"epoch {epoch + 1}/{epochs}", unit="ex",
-                           file=progress)
+                           file=progress, interval=progress_interval(progress))
             loss_sum, loss_count, batches_done, stopped = 0.0, 0, 0, False
             if skip_batches:
                 loss_sum, loss_count = float(skipped_loss[0]), int(skipped_loss[1])
@@ -115,49 +120,102 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                 if signalled is not None and signalled.is_set():
                     bar.close()
                     path = (manager.save(int(global_step), _position(
-                        epoch, batches_done, history, loss_sum, loss_count)) if manager else None)
+                        epoch, batches_done, history, loss_sum, loss_count, run))
+                        if manager else None)
                     raise Interrupted(int(global_step), path)
-                if manager and checkpoint_every and int(global_step) % checkpoint_every == 0:
+                stopped = bool(max_steps) and int(global_step) >= max_steps
+                if manager and (stopped or checkpoint_every
+                                and int(global_step) % checkpoint_every == 0):
                     manager.save(int(global_step), _position(epoch, batches_done, history,
-                                                             loss_sum, loss_count))
-                if max_steps and int(global_step) >= max_steps:
-                    stopped = True
+                                                             loss_sum, loss_count, run))
+                if stopped:
                     break
             seconds += time.perf_counter() - started
             examples += trained
+            if not batches_done:
+                raise ValueError(f"the training data has no examples: {train_data!r}")
             skip_batches = 0
             bar.close()
             if stopped:
                 say(f"stopped at global step {int(global_step)} (max_steps)")
                 break
-            figures = evaluate(valid_data.batches())
+            figures = evaluate(_with_progress(valid_data, "evaluating", progress))
             figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
             history.append(figures)
             say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
                 f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
             if manager:
-                manager.save(int(global_step), _position(epoch + 1, 0, history))
-    result = dict(figures) if figures is not None else evaluate(valid_data.batches())
+                manager.save(int(global_step), _position(epoch + 1, 0, history, run=run))
+    result = (dict(figures) if figures is not None
+              else evaluate(_with_progress(valid_data, "evaluating", progress)))
     result.update(samples_per_second=examples / seconds if seconds and examples else None,
                   global_step=int(global_step), history=history)
-    planted = getattr(valid_data, "planted_auc", None)
-    if planted is not None:
-        result["planted_auc"] = planted
-    skipped = [d for d in (train_data, valid_data) if getattr(d, "skipped_lines", 0)]
-    if skipped:
-        result["skipped_lines"] = sum(d.skipped_lines for d in skipped)
-        result["bad_line_examples"] = [f"{path}:{line}: {reason}" for d in skipped
-                                       for path, line, reason in d.bad_line_examples]
+    result.update(_data_notes(train_data, valid_data))
     return result
 
 
-def _position(epoch, batches_done, history, loss_sum=0.0, loss_count=0):
+def _data_notes(train_data, valid_data):
+    """What the data report besides the figures: the planted model's AUC
+    (synthetic log) and the malformed lines skipped, with the first few."""
+    notes = {}
+    planted = getattr(valid_data, "planted_auc", None)
+    if planted is not None:
+        notes["planted_auc"] = planted
+    skipped = [d for d in (train_data, valid_data) if getattr(d, "skipped_lines", 0)]
+    if skipped:
+        notes["skipped_lines"] = sum(d.skipped_lines for d in skipped)
+        notes["bad_line_examples"] = [f"{path}:{line}: {reason}" for d in skipped
+                                      for path, line, reason in d.bad_line_examples]
+    return notes
+
+
+def _with_progress(dataset, desc, stream):
+    """``dataset.batches()``, counted on a progress bar on ``stream``."""
+    bar = Progress(dataset.num_examples, desc, unit="ex", file=stream,
+                   interval=progress_interval(stream))
+    for batch in dataset.batches():
+        yield batch
+        bar.update(batch.size)
+    bar.close()
+
+
+def progress_interval(stream):
+    """Seconds between progress lines: a terminal redraws one line twice a
+    second; a log file (not a terminal) gets a line every 10 s, not a
+    thousand lines a run."""
+    return 0.5 if getattr(stream, "isatty", lambda: False)() else 10.0
+
+
+def _position(epoch, batches_done, history, loss_sum=0.0, loss_count=0, run=None):
     """Checkpoint metadata to resume from (``resume_point`` reads it); the
     per-epoch figures in strict JSON, NaN (an AUC of one class) as None."""
-    history = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v)
-                for k, v in figures.items()} for figures in history]
-    return {"epoch": epoch, "batches_done": batches_done, "history": history,
-            "loss": [float(loss_sum), int(loss_count)]}
+    position = {"epoch": epoch, "batches_done": batches_done, "history": _strict(history),
+                "loss": [float(loss_sum), int(loss_count)]}
+    if run is not None:
+        position["run"] = _strict(run)
+    return position
+
+
+def check_resume(metadata, run, flag=lambda key: key):
+    """Refuse to resume mid-epoch with options that change the batches.
+
+    A checkpoint saved inside an epoch resumes by skipping the batches
+    already trained; with another batch size, seed or data those are other
+    batches, and the run would silently train on the wrong ones. At an
+    epoch boundary any change is allowed (a new schedule). Raises
+    ``ValueError`` naming each differing option (``flag(key)``, e.g.
+    ``--batch-size``) with both values.
+    """
+    saved = metadata.get("run")
+    if saved is None or run is None or not metadata.get("batches_done"):
+        return
+    run = _strict(run)
+    changed = [f"{flag(k)} {run.get(k)!r} (the checkpoint's: {saved.get(k)!r})"
+               for k in sorted(set(saved) | set(run)) if saved.get(k) != run.get(k)]
+    if changed:
+        raise ValueError(f"cannot resume inside epoch {metadata['epoch'] + 1} (after batch "
+                         f"{metadata['batches_done']}) with other batches: "
+                         + "; ".join(changed) + ". Resume with the checkpoint's values")
 
 
 class _SignalFlag:
@@ -203,10 +261,28 @@ def report(result, say, metrics_out=None, where="", warn=None):
         warn(f"skipped {result['skipped_lines']} malformed line(s)"
              + (f", the first {len(examples)}:" if examples else "")
              + "".join(f"\n  {line}" for line in examples))
+    if not result.get("num_examples"):
+        warn("the validation data has no examples: auc and logloss are undefined (NaN)")
+    elif not np.isfinite(result["auc"]):
+        warn("the validation data holds one class only: auc is undefined (NaN)")
     speed = result["samples_per_second"]
     say(f"validation auc {result['auc']:.4f}, logloss {result['logloss']:.4f}, "
         + (f"{speed:,.0f} samples/s{where}" if speed else "no training this run"))
     if metrics_out:
         path = Path(metrics_out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        # strict JSON (jq, JavaScript): an undefined figure is null, not NaN
+        path.write_text(json.dumps(_strict(result), indent=2, allow_nan=False) + "\n")
+
+
+def _strict(value):
+    """``value`` with NaN / inf floats as None and NumPy scalars as Python's."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

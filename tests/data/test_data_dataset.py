@@ -115,3 +115,35 @@ def test_max_examples_and_drop_last(csv_data):
     assert [b.size for b in ds] == [40, 40, 20]
     assert [b.size for b in ds.batches(drop_last=True)] == [40, 40]
     assert ds.num_examples == 100  # rows in one pass (the progress bar's total)
+
+
+def test_take_slice_concat_rows_against_python_lists():
+    """The row operations every batch goes through, against lists of bags:
+    random rows (repeats, any order), empty bags, per-id weights."""
+    from sparse_train import Ragged
+    from sparse_train.data import Batch
+    from sparse_train.data._batching import concat, slice_rows, take_rows
+
+    rng = np.random.default_rng(5)
+    n = 50
+    bags = [list(rng.integers(0, 99, rng.integers(0, 4))) for _ in range(n)]
+    weights = [list(rng.random(len(b)).astype(np.float32)) for b in bags]
+    ragged = Ragged.from_lengths(np.array(sum(bags, []), np.int64), [len(b) for b in bags],
+                                 np.array(sum(weights, []), np.float32))
+    batch = Batch(np.arange(n, dtype=np.float32), np.arange(2 * n, dtype=np.float32).reshape(n, 2),
+                  {"f": ragged})
+
+    def as_lists(b):
+        r = b.sparse["f"]
+        cut = [(r.offsets[i], r.offsets[i + 1]) for i in range(b.size)]
+        return (b.labels.tolist(), b.dense.tolist(), [r.values[s:e].tolist() for s, e in cut],
+                [r.weights[s:e].tolist() for s, e in cut])
+
+    rows = rng.integers(0, n, 30)
+    assert as_lists(take_rows(batch, rows)) == (
+        [float(i) for i in rows], [[2.0 * i, 2.0 * i + 1] for i in rows],
+        [[int(v) for v in bags[i]] for i in rows], [[float(w) for w in weights[i]] for i in rows])
+    part = as_lists(slice_rows(batch, 7, 19))
+    assert part[2] == [[int(v) for v in b] for b in bags[7:19]]
+    joined = as_lists(concat([slice_rows(batch, 0, 20), slice_rows(batch, 20, n)]))
+    assert joined == as_lists(batch)

@@ -40,24 +40,50 @@ def test_import_does_not_import_mpi4py():
                         if not k.startswith(("OMPI_", "PMI", "PMIX"))})
 
 
-@pytest.mark.parametrize("clip_norm, separate_dense", [(None, True), (0.5, True), (None, False)])
-def test_single_process_comm_trains_bit_for_bit(clip_norm, separate_dense):
+@pytest.mark.parametrize("clip_norm, optimizers", [
+    (None, "separate"), (0.5, "separate"), (None, "sparse only"), (None, "adam twice")])
+def test_single_process_comm_trains_bit_for_bit(clip_norm, optimizers):
     """DistributedModel on a SingleProcessComm == models.train_step: every
-    variable, slot, Adam power, the global step and the loss."""
+    variable, slot, Adam power, the global step and the loss; also with one
+    optimizer given for both groups (one apply a step: Adam's powers move
+    once)."""
     data, batches = sc.model_data()
     ref_model, ref_sparse, ref_dense, ref_step = sc.model_setup(data.spec)
     model, sparse, dense, step = sc.model_setup(data.spec)
     dist = DistributedModel(model, SingleProcessComm())
     transform = None if clip_norm is None else (
         lambda grads: st.clip_gradients(grads, clip_norm)[0])
+    ref_pair, pair = {"separate": ((ref_sparse, ref_dense), (sparse, dense)),
+                      "sparse only": ((ref_sparse, None), (sparse, None)),
+                      "adam twice": ((ref_dense, ref_dense), (dense, dense))}[optimizers]
     for batch in batches:
-        expected = st.train_step(ref_model, batch, ref_sparse,
-                                 ref_dense if separate_dense else None, ref_step, transform)
-        got = dist.train_step(batch, sparse, dense if separate_dense else None, step, clip_norm)
+        expected = st.train_step(ref_model, batch, *ref_pair, ref_step, transform)
+        got = dist.train_step(batch, *pair, step, clip_norm)
         assert got == expected
     _states_equal(sc.state_of(ref_model.variables(), [ref_sparse, ref_dense], ref_step),
                   sc.state_of(dist.variables(), [sparse, dense], step))
     assert dist.evaluate(batches) == st.models.evaluate(ref_model, batches)
+
+
+def test_a_bad_dense_gradient_leaves_the_shards_unchanged(monkeypatch):
+    """As models.train_step: every group is validated before any is applied,
+    so a non-finite dense gradient raises with tables, slots and step as
+    they were."""
+    data, batches = sc.model_data()
+    model, sparse, dense, step = sc.model_setup(data.spec)
+    dist = DistributedModel(model, SingleProcessComm())
+    dist.train_step(batches[0], sparse, dense, step)
+    before = sc.state_of(dist.variables(), [sparse, dense], step)
+    summed = dist._allreduce
+
+    def poisoned(dense_grads, total):
+        pairs, loss = summed(dense_grads, total)
+        pairs[0][0].flat[0] = np.nan
+        return pairs, loss
+    monkeypatch.setattr(dist, "_allreduce", poisoned)
+    with pytest.raises(ValueError, match="non-finite|not finite|NaN"):
+        dist.train_step(batches[1], sparse, dense, step)
+    _states_equal(before, sc.state_of(dist.variables(), [sparse, dense], step))
 
 
 def test_single_process_lookups_bit_exact(tmp_path):
