@@ -1,17 +1,10 @@
 """sparse_train: recommender training on the CPU with row-sparse embedding
 gradients applied by Numba kernels, with TF / DeepRec / PyTorch semantics."""
-import os
+from . import _process
 
-# Thread pools: OpenBLAS's workers (dense layers) and Numba's OpenMP workers
-# (sparse kernels) both spin after their work, stealing the cores the other
-# needs next; on 2 cores a Numba kernel right after a matmul waited up to
-# 1.6 ms, and DeepFM training (BENCH W2) ran 88 ms a step instead of 70.
-# Shorter spins, measured best of 1k-300k: OpenBLAS 2**4 cycles (read when
-# numpy loads, so only if sparse_train is imported first; else set it in the
-# environment), libgomp 10000 rounds (read when Numba starts its threads).
-# Values already in the environment win.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# Before numpy and Numba load: see _process (thread spinning, malloc reuse).
+_process.limit_thread_spinning()
+_process.keep_freed_memory()
 
 from . import autodiff, checkpoint, clip, collections, data, functional, metrics, models, nn, optim  # noqa: E402,I001
 from .autodiff import Tensor, compute_gradients, gradients, no_grad

@@ -114,7 +114,7 @@ def row_buffer(dim):
     return np.empty(dim, np.float32)
 
 
-@overload(row_buffer, inline="always")
+@overload(row_buffer, inline="always", prefer_literal=True)
 def _row_buffer(dim):
     if isinstance(dim, types.IntegerLiteral):
         def stack_row(dim):
@@ -124,3 +124,37 @@ def _row_buffer(dim):
     def heap_row(dim):
         return np.empty(dim, np.float32)
     return heap_row
+
+
+def row_buffer_or(row, dim):
+    """A scratch row for accumulating into ``row`` ([dim] float32): a stack
+    buffer when ``dim`` is a compile-time constant, else ``row`` itself (so
+    a loop over many rows needs no allocation either way). Copy the buffer
+    into ``row`` when done; with ``row`` itself that copy changes nothing."""
+    return row
+
+
+@overload(row_buffer_or, inline="always", prefer_literal=True)
+def _row_buffer_or(row, dim):
+    if isinstance(dim, types.IntegerLiteral):
+        def stack_row(row, dim):
+            return numba.carray(_stack_floats(dim), dim)
+        return stack_row
+
+    def same_row(row, dim):
+        return row
+    return same_row
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def loop_width(row, dim):
+    """Trip count for an update rule's loop over a [dim] row: the constant
+    ``dim`` from 64 floats up, else the row's runtime length. LLVM unrolls a
+    constant loop of 16 or 32 floats into scalar code (Numba leaves the SLP
+    vectoriser off), while with a runtime count its loop vectoriser runs;
+    from 64 up the constant count vectorises without runtime checks
+    (W1 Adagrad, rows in cache: D = 32 2.8x faster than constant, D = 128
+    1.1x slower than constant; the same bits either way)."""
+    if dim >= 64:
+        return dim
+    return row.shape[0]

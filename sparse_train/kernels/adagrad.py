@@ -5,7 +5,7 @@
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange, row_buffer
+from ._jit import loop_width, njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 
@@ -13,7 +13,8 @@ from .prefetch import AHEAD, prefetch_row
 @njit_inline
 def adagrad_row(w, accumulator, g, lr, epsilon, dim):
     """In place: w, accumulator [dim] float32."""
-    for j in range(dim):
+    width = loop_width(w, dim)
+    for j in range(width):
         accumulator[j] += g[j] * g[j]
         w[j] -= lr * g[j] / (np.sqrt(accumulator[j]) + epsilon)
 

@@ -11,7 +11,7 @@ so nothing decays.
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange, row_buffer
+from ._jit import loop_width, njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch, prefetch_row
 
@@ -20,11 +20,12 @@ from .prefetch import AHEAD, prefetch, prefetch_row
 def adagrad_decay_row(w, accumulator, power, r, g, lr, initial, rate, step,
                       decay_step, dim):
     """In place: w, accumulator [dim] float32 (row r), power [V] int64."""
+    width = loop_width(w, dim)
     if step // decay_step > power[r]:
-        for j in range(dim):
+        for j in range(width):
             accumulator[j] = max(accumulator[j] * rate, initial)
         power[r] += 1
-    for j in range(dim):
+    for j in range(width):
         accumulator[j] += g[j] * g[j]
         w[j] -= lr * g[j] / np.sqrt(accumulator[j])
 

@@ -10,16 +10,18 @@ rows with g = 0 (TF decays m and v of all rows for a sparse gradient).
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange, row_buffer
+from ._jit import loop_width, njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
+from .rows import row_fill
 
 
 @njit_inline
 def adam_row(w, m, v, g, lr_t, beta1, beta2, epsilon, dim):
     """In place: w, m, v [dim] float32."""
+    width = loop_width(w, dim)
     one = np.float32(1.0)
-    for j in range(dim):
+    for j in range(width):
         m[j] = beta1 * m[j] + (one - beta1) * g[j]
         v[j] = beta2 * v[j] + (one - beta2) * (g[j] * g[j])
         w[j] -= lr_t * m[j] / (np.sqrt(v[j]) + epsilon)
@@ -60,8 +62,7 @@ def adam_apply(weight, m, v, row_slot, grad, lr_t, beta1, beta2, epsilon, dim):
             if row_slot[r] >= 0:
                 summed_grad_row(g, grad, row_slot[r], dim)
             else:
-                for j in range(dim):
-                    g[j] = 0.0
+                row_fill(g, np.float32(0.0), dim)
             adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
     for u in prange(rows.shape[0]):
         row_slot[rows[u]] = -1

@@ -25,6 +25,7 @@ races, and the sum order (hence every bit) is the same for any thread count.
 import numpy as np
 
 from ._jit import njit, njit_inline, njit_parallel, prange, row_buffer
+from .rows import row_axpy, row_fill, row_scale
 
 #: Rows handled by one parallel task (one gradient buffer per task).
 ROW_CHUNK = 64
@@ -194,17 +195,14 @@ def group_rows(ids):
 @njit_inline
 def summed_grad_row(out, grad, u, dim):
     """In place: out [dim] float32 = summed gradient of plan row u (see
-    module); ``dim`` as given to the kernel (``_jit.row_dim``)."""
+    module); ``dim`` as given to the kernel (``_jit.row_dim``). In order:
+    ``out = 0; out += coef_k * src[k]`` for each contribution k; ``out *=
+    scale`` (vector code: ``rows``)."""
     starts, src_index, src_coef, src, scale = grad[1], grad[2], grad[3], grad[4], grad[5]
-    for j in range(dim):
-        out[j] = 0.0
+    row_fill(out, np.float32(0.0), dim)
     for k in range(starts[u], starts[u + 1]):
-        coef = src_coef[k]
-        source = src[src_index[k]]
-        for j in range(dim):
-            out[j] += coef * source[j]
-    for j in range(dim):
-        out[j] *= scale
+        row_axpy(out, src, src_index[k] * dim, src_coef[k], dim)
+    row_scale(out, scale, dim)
 
 
 @njit_parallel

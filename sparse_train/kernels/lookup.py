@@ -6,9 +6,10 @@ an empty array when ``has_weights`` is False.
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange, row_buffer
+from ._jit import njit_inline, njit_parallel, prange, row_buffer_or
 from .coalesce import group_rows
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
+from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
 SUM, MEAN, SQRTN = 0, 1, 2
 
@@ -32,10 +33,6 @@ def bag_divisor(values, weights, has_weights, start, end, combiner, padding_idx)
     return total
 
 
-#: Bags pooled by one parallel task (one accumulator row per task).
-BAG_CHUNK = 16
-
-
 @njit_parallel
 def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
                           combiner, padding_idx, dim):
@@ -44,35 +41,30 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
     weight [V, D] float32; values [n] int64; offsets [B+1] int64; weights [n]
     float32 or empty; dim = D (``_jit.row_dim``). A bag that is empty, all
     padding, or has a zero divisor gives zeros. Parallel over bags; each bag
-    sums ``w_i * e_i`` in position order (w_i = 1 without weights), then
-    divides by its divisor.
+    sums ``w_i * e_i`` in position order (without weights ``e_i``, the same
+    bits as ``1 * e_i``), then divides by its divisor (vector code: ``rows``).
     """
     last = values.shape[0] - 1
-    num_bags = out.shape[0]
-    for c in prange((num_bags + BAG_CHUNK - 1) // BAG_CHUNK):
-        acc = row_buffer(dim)
-        for b in range(c * BAG_CHUNK, min(num_bags, (c + 1) * BAG_CHUNK)):
-            for j in range(dim):
-                acc[j] = 0.0
-            start, end = offsets[b], offsets[b + 1]
-            divisor = bag_divisor(values, weights, has_weights, start, end,
-                                  combiner, padding_idx)
-            if divisor != 0.0:
-                for i in range(start, end):
-                    prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
-                    index = values[i]
-                    if index == padding_idx:
-                        continue
-                    w = weights[i] if has_weights else np.float32(1.0)
-                    source = weight[index]
-                    for j in range(dim):
-                        acc[j] += w * source[j]
-                if combiner != SUM:
-                    for j in range(dim):
-                        acc[j] /= divisor
-            row = out[b]
-            for j in range(dim):
-                row[j] = acc[j]
+    for b in prange(out.shape[0]):
+        row = out[b]
+        acc = row_buffer_or(row, dim)
+        row_fill(acc, np.float32(0.0), dim)
+        start, end = offsets[b], offsets[b + 1]
+        divisor = bag_divisor(values, weights, has_weights, start, end,
+                              combiner, padding_idx)
+        if divisor != 0.0:
+            for i in range(start, end):
+                prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
+                index = values[i]
+                if index == padding_idx:
+                    continue
+                if has_weights:
+                    row_axpy(acc, weight, index * dim, weights[i], dim)
+                else:
+                    row_add(acc, weight, index * dim, dim)
+            if combiner != SUM:
+                row_divide(acc, divisor, dim)
+        row_store(out, b * dim, acc, dim)
 
 
 @njit_parallel

@@ -5,7 +5,7 @@
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange, row_buffer
+from ._jit import loop_width, njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch, prefetch_row
 
@@ -13,12 +13,13 @@ from .prefetch import AHEAD, prefetch, prefetch_row
 @njit_inline
 def rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon, dim):
     """In place: w [dim] float32 (row r), accumulator [V] float32."""
+    width = loop_width(w, dim)
     total = np.float32(0.0)
-    for j in range(dim):
+    for j in range(width):
         total += g[j] * g[j]
     accumulator[r] += total / np.float32(dim)
     denominator = np.sqrt(accumulator[r]) + epsilon
-    for j in range(dim):
+    for j in range(width):
         w[j] -= lr * g[j] / denominator
 
 

@@ -1,5 +1,5 @@
 """Plain gradient descent (TF ``GradientDescentOptimizer``): w -= lr * g."""
-from ._jit import njit_inline, njit_parallel, prange, row_buffer
+from ._jit import loop_width, njit_inline, njit_parallel, prange, row_buffer
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 
@@ -7,7 +7,8 @@ from .prefetch import AHEAD, prefetch_row
 @njit_inline
 def sgd_row(w, g, lr, dim):
     """In place: w [dim] float32. w -= lr * g."""
-    for j in range(dim):
+    width = loop_width(w, dim)
+    for j in range(width):
         w[j] -= lr * g[j]
 
 

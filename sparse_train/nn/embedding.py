@@ -4,6 +4,7 @@ import zlib
 import numpy as np
 
 from .. import functional as F
+from .._aligned import aligned_empty
 from ..variable import Variable
 
 __all__ = ["EmbeddingTable", "INITIALIZERS"]
@@ -90,7 +91,7 @@ class EmbeddingTable:
         self.seed = zlib.crc32(name.encode()) if seed is None else int(seed)
         shape = (self.num_embeddings, self.embedding_dim)
         if out is None:
-            value = np.empty(shape, np.float32)
+            value = aligned_empty(shape, np.float32)
         elif (out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous):
             raise ValueError(f"EmbeddingTable {name!r}: out must be a C-contiguous {shape} "
                              f"float32 array, got {out.shape} {out.dtype}")

@@ -5,6 +5,7 @@ torchrec name), where several features may share one table."""
 import numpy as np
 
 from .. import autodiff as ad
+from .._aligned import aligned_empty
 from ..collections import register_variable
 from ..data.batch import Batch, DataSpec
 from ..functional import COMBINERS, check_bags
@@ -147,7 +148,7 @@ class EmbeddingBagCollection:
         for feature in specs:
             table = tables.setdefault(feature.name, feature.name)
             sizes[table] = max(sizes.get(table, 0), feature.num_embeddings)
-        stacked = np.empty((sum(sizes.values()), self.embedding_dim), np.float32)
+        stacked = aligned_empty((sum(sizes.values()), self.embedding_dim), np.float32)
         self.tables, self._row_offset, first = {}, {}, 0
         for table, size in sizes.items():
             full = f"{name}/{table}"
