@@ -103,8 +103,8 @@ def _radix_pass(out, keys, shift, mask, parallel):
 
 
 @njit_parallel
-def _unpack_runs(packed, pos_bits, parallel):
-    """(rows [U], starts [U+1], order [n]) of packed keys sorted by id."""
+def _unpack_runs(packed, tag_bits, parallel):
+    """(rows [U], starts [U+1], tags [n]) of packed keys sorted by id."""
     n = packed.shape[0]
     slices = _num_slices(parallel)
     firsts = np.zeros(slices + 1, np.int64)
@@ -112,7 +112,7 @@ def _unpack_runs(packed, pos_bits, parallel):
         lo, hi = _slice_bounds(n, slices, s)
         count = 0
         for i in range(lo, hi):
-            if i == 0 or (packed[i] >> pos_bits) != (packed[i - 1] >> pos_bits):
+            if i == 0 or (packed[i] >> tag_bits) != (packed[i - 1] >> tag_bits):
                 count += 1
         firsts[s + 1] = count
     for s in range(slices):
@@ -121,19 +121,37 @@ def _unpack_runs(packed, pos_bits, parallel):
     rows = np.empty(num_rows, np.int64)
     starts = np.empty(num_rows + 1, np.int64)
     starts[num_rows] = n
-    order = np.empty(n, np.int64)
-    position_mask = (np.int64(1) << pos_bits) - 1
+    tags = np.empty(n, np.int64)
+    tag_mask = (np.int64(1) << tag_bits) - 1
     for s in prange(slices):
         lo, hi = _slice_bounds(n, slices, s)
         u = firsts[s]
         for i in range(lo, hi):
             key = packed[i]
-            order[i] = key & position_mask
-            if i == 0 or (key >> pos_bits) != (packed[i - 1] >> pos_bits):
-                rows[u] = key >> pos_bits
+            tags[i] = key & tag_mask
+            if i == 0 or (key >> tag_bits) != (packed[i - 1] >> tag_bits):
+                rows[u] = key >> tag_bits
                 starts[u] = i
                 u += 1
-    return rows, starts, order
+    return rows, starts, tags
+
+
+@njit_inline  # into parallel kernels: it calls parallel ones (see group_rows)
+def group_packed(keys, key_bits, tag_bits, parallel):
+    """Group tagged ids: keys [n] int64 = ``id << tag_bits | tag`` in
+    position order (ids >= 0 of ``key_bits`` bits, key_bits + tag_bits <=
+    63); consumed. Returns (rows [U], starts [U+1], tags [n]): unique ids in
+    increasing order, and the tags of each id's positions in position
+    order. A stable LSD radix sort on the id bits (2048-bucket digits)."""
+    n = keys.shape[0]
+    passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
+    digit_bits = (key_bits + passes - 1) // passes
+    mask = (1 << digit_bits) - 1
+    spare = np.empty(n, np.int64)
+    for p in range(passes):
+        _radix_pass(spare, keys, tag_bits + p * digit_bits, mask, parallel)
+        keys, spare = spare, keys
+    return _unpack_runs(keys, tag_bits, parallel)
 
 
 @njit
@@ -163,8 +181,8 @@ def group_rows(ids):
     ``rows`` are the unique ids in increasing order; ``order[starts[u]:
     starts[u+1]]`` are the positions holding ``rows[u]``, ascending. A
     stable LSD radix sort of ``id << bits(n) | position`` packed in one
-    int64 (ids >= 0; 2 passes of 11-bit digits for up to 4M rows, 3 up to
-    8G): O(n) a pass, no comparison sort, parallel above
+    int64 (``group_packed``; ids >= 0; 2 passes of 11-bit digits for up to
+    4M rows, 3 up to 8G): O(n) a pass, no comparison sort, parallel above
     ``PARALLEL_MIN_IDS``. Increasing rows also make the update kernels sweep
     the table in address order. Ids too wide to pack (id * n >= 2**63, far
     beyond any table in memory) fall back to a stable merge sort. Call it
@@ -181,15 +199,9 @@ def group_rows(ids):
         order = np.argsort(ids, kind="mergesort")
         rows, starts = _runs_of_order(ids, order)
         return rows, starts, order
-    passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
-    digit_bits = (key_bits + passes - 1) // passes
-    mask = (1 << digit_bits) - 1
-    keys, spare = np.empty(n, np.int64), np.empty(n, np.int64)
+    keys = np.empty(n, np.int64)
     _pack(keys, ids, pos_bits, parallel)
-    for p in range(passes):
-        _radix_pass(spare, keys, pos_bits + p * digit_bits, mask, parallel)
-        keys, spare = spare, keys
-    return _unpack_runs(keys, pos_bits, parallel)
+    return group_packed(keys, key_bits, pos_bits, parallel)
 
 
 @njit_inline

@@ -7,7 +7,7 @@ an empty array when ``has_weights`` is False.
 import numpy as np
 
 from ._jit import njit_inline, njit_parallel, prange, row_buffer_or
-from .coalesce import group_rows
+from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
@@ -53,15 +53,20 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
         divisor = bag_divisor(values, weights, has_weights, start, end,
                               combiner, padding_idx)
         if divisor != 0.0:
-            for i in range(start, end):
-                prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
-                index = values[i]
-                if index == padding_idx:
-                    continue
-                if has_weights:
-                    row_axpy(acc, weight, index * dim, weights[i], dim)
-                else:
-                    row_add(acc, weight, index * dim, dim)
+            if has_weights or padding_idx >= 0:
+                for i in range(start, end):
+                    prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
+                    index = values[i]
+                    if index == padding_idx:
+                        continue
+                    if has_weights:
+                        row_axpy(acc, weight, index * dim, weights[i], dim)
+                    else:
+                        row_add(acc, weight, index * dim, dim)
+            else:  # the common case, in its own tight loop
+                for i in range(start, end):
+                    prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
+                    row_add(acc, weight, values[i] * dim, dim)
             if combiner != SUM:
                 row_divide(acc, divisor, dim)
         row_store(out, b * dim, acc, dim)
@@ -80,6 +85,10 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
     """
     n = values.shape[0]
     num_bags = offsets.shape[0] - 1
+    if combiner == SUM and not has_weights and padding_idx < 0 and n > 0:
+        plan = _unit_plan(values, offsets)
+        if plan[0].shape[0] > 0:
+            return plan
     bag_of = np.empty(n, np.int64)
     coef = np.empty(n, np.float32)
     dropped = np.zeros(num_bags, np.int64)
@@ -116,6 +125,28 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
         src_index[k] = bag_of[order[k]]
         src_coef[k] = coef[order[k]]
     return rows, starts, src_index, src_coef
+
+
+@njit_inline  # into embedding_bag_grad_plan: it calls parallel kernels
+def _unit_plan(values, offsets):
+    """The plan when every id contributes ``1 * d_out[b]`` (sum, no weights,
+    no padding): each position is tagged with its bag, so the grouping hands
+    back ``src_index`` directly (no position -> bag map, no gathers).
+    Returns an empty plan (no rows) when ids and bags are too wide to pack
+    in an int64; the caller then takes the general path."""
+    n = values.shape[0]
+    num_bags = offsets.shape[0] - 1
+    key_bits = _bit_length(np.max(values))
+    tag_bits = _bit_length(max(num_bags - 1, 0))
+    if key_bits + tag_bits > 63:
+        return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
+                np.empty(0, np.float32))
+    keys = np.empty(n, np.int64)
+    for b in prange(num_bags):
+        for i in range(offsets[b], offsets[b + 1]):
+            keys[i] = (values[i] << tag_bits) | b
+    rows, starts, src_index = group_packed(keys, key_bits, tag_bits, n >= PARALLEL_MIN_IDS)
+    return rows, starts, src_index, np.ones(n, np.float32)
 
 
 @njit_parallel
