@@ -65,10 +65,12 @@ prange = numba.prange
 # ------------------------------------------------------------ row widths
 #: Row widths (embedding_dim) compiled as constants. A row kernel takes the
 #: width as its last argument, ``dim``; given as ``row_dim(D)`` it is a
-#: compile-time constant for these widths, so every ``range(dim)`` row loop
-#: unrolls to straight vector code and the row's scratch lives in registers
-#: or on the stack. Other widths share one generic variant (a runtime int).
-#: Measured on W1 1M x 64 (2 threads): pooled forward 1.4 -> 0.x ms.
+#: compile-time constant for these widths: the row arithmetic of ``rows``
+#: becomes straight-line vector code, the row's scratch lives on the stack
+#: (where LLVM knows it aliases nothing), and prefetches unroll. Other
+#: widths share one generic variant (a runtime int) with the same bits.
+#: Measured on W1 (2 threads, pooled lookup alone): 1M x 64 uniform
+#: 2.3 -> 1.7 ms, 10M x 16 Zipf 1.2 -> 0.8 ms, together with ``rows``.
 STATIC_DIMS = frozenset((8, 16, 32, 64, 128))
 
 #: Tests switch this off to compare the generic variant with the constant

@@ -136,7 +136,7 @@ def _unpack_runs(packed, tag_bits, parallel):
     return rows, starts, tags
 
 
-@njit_inline  # into parallel kernels: it calls parallel ones (see group_rows)
+@njit  # only ever called from parallel kernels, which start Numba's threads
 def group_packed(keys, key_bits, tag_bits, parallel):
     """Group tagged ids: keys [n] int64 = ``id << tag_bits | tag`` in
     position order (ids >= 0 of ``key_bits`` bits, key_bits + tag_bits <=
@@ -154,26 +154,6 @@ def group_packed(keys, key_bits, tag_bits, parallel):
     return _unpack_runs(keys, tag_bits, parallel)
 
 
-@njit
-def _runs_of_order(ids, order):
-    """(rows, starts) of the positions ``order`` that sort ``ids``."""
-    n = order.shape[0]
-    count = 0
-    for k in range(n):
-        if k == 0 or ids[order[k]] != ids[order[k - 1]]:
-            count += 1
-    rows = np.empty(count, np.int64)
-    starts = np.empty(count + 1, np.int64)
-    starts[count] = n
-    u = 0
-    for k in range(n):
-        if k == 0 or ids[order[k]] != ids[order[k - 1]]:
-            rows[u] = ids[order[k]]
-            starts[u] = k
-            u += 1
-    return rows, starts
-
-
 @njit_parallel  # calls parallel kernels: Numba must start its threads on entry
 def group_rows(ids):
     """Group positions by id: (rows [U], starts [U+1], order [n]) int64.
@@ -184,8 +164,9 @@ def group_rows(ids):
     int64 (``group_packed``; ids >= 0; 2 passes of 11-bit digits for up to
     4M rows, 3 up to 8G): O(n) a pass, no comparison sort, parallel above
     ``PARALLEL_MIN_IDS``. Increasing rows also make the update kernels sweep
-    the table in address order. Ids too wide to pack (id * n >= 2**63, far
-    beyond any table in memory) fall back to a stable merge sort. Call it
+    the table in address order. Ids too wide to pack with their positions
+    (id * n >= 2**63, far beyond any table that fits in memory) raise
+    ValueError. Call it
     from Python or from a parallel kernel: a cached serial kernel calling it
     crashes when Numba's threads are not yet started.
     """
@@ -196,9 +177,8 @@ def group_rows(ids):
     key_bits = _bit_length(np.max(ids))
     pos_bits = _bit_length(n - 1)
     if key_bits + pos_bits > 63:
-        order = np.argsort(ids, kind="mergesort")
-        rows, starts = _runs_of_order(ids, order)
-        return rows, starts, order
+        raise ValueError("group_rows: ids must be below 2**(63 - bits(len(ids))), "
+                         "about 5e11 rows for 16M ids")
     keys = np.empty(n, np.int64)
     _pack(keys, ids, pos_bits, parallel)
     return group_packed(keys, key_bits, pos_bits, parallel)

@@ -6,7 +6,7 @@ an empty array when ``has_weights`` is False.
 """
 import numpy as np
 
-from ._jit import njit_inline, njit_parallel, prange, row_buffer_or
+from ._jit import njit, njit_inline, njit_parallel, prange, row_buffer_or
 from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
@@ -117,8 +117,12 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
                 if values[i] != padding_idx:
                     kept[m] = i
                     m += 1
-        rows, starts, kept_order = group_rows(values[kept])
-        order = kept[kept_order]
+        kept_values = np.empty(m, np.int64)
+        for j in range(m):
+            kept_values[j] = values[kept[j]]
+        rows, starts, order = group_rows(kept_values)
+        for k in range(m):
+            order[k] = kept[order[k]]
     src_index = np.empty(order.shape[0], np.int64)
     src_coef = np.empty(order.shape[0], np.float32)
     for k in prange(order.shape[0]):
@@ -127,13 +131,23 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
     return rows, starts, src_index, src_coef
 
 
-@njit_inline  # into embedding_bag_grad_plan: it calls parallel kernels
+@njit_parallel
+def _bag_tagged_keys(keys, values, offsets, tag_bits):
+    """In place: keys [n] int64 = ``values[i] << tag_bits | b`` for each
+    position i of bag b."""
+    for b in prange(offsets.shape[0] - 1):
+        for i in range(offsets[b], offsets[b + 1]):
+            keys[i] = (values[i] << tag_bits) | b
+
+
+@njit
 def _unit_plan(values, offsets):
     """The plan when every id contributes ``1 * d_out[b]`` (sum, no weights,
     no padding): each position is tagged with its bag, so the grouping hands
     back ``src_index`` directly (no position -> bag map, no gathers).
     Returns an empty plan (no rows) when ids and bags are too wide to pack
-    in an int64; the caller then takes the general path."""
+    in an int64; the caller then takes the general path. Called from
+    ``embedding_bag_grad_plan`` only (it calls parallel kernels)."""
     n = values.shape[0]
     num_bags = offsets.shape[0] - 1
     key_bits = _bit_length(np.max(values))
@@ -142,9 +156,7 @@ def _unit_plan(values, offsets):
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.float32))
     keys = np.empty(n, np.int64)
-    for b in prange(num_bags):
-        for i in range(offsets[b], offsets[b + 1]):
-            keys[i] = (values[i] << tag_bits) | b
+    _bag_tagged_keys(keys, values, offsets, tag_bits)
     rows, starts, src_index = group_packed(keys, key_bits, tag_bits, n >= PARALLEL_MIN_IDS)
     return rows, starts, src_index, np.ones(n, np.float32)
 

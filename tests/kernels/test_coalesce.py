@@ -4,7 +4,7 @@ The grouping behind every coalesce and every update plan: unique ids in
 increasing order, each id's positions ascending. Covered here on every path
 of the kernel: empty and single-id input, the serial and the parallel radix
 sort (above ``PARALLEL_MIN_IDS``), one to three radix passes, and ids too
-wide to pack with their positions (the merge-sort fallback).
+wide to pack with their positions (refused).
 """
 import numpy as np
 import pytest
@@ -47,12 +47,11 @@ def test_random_ids_serial_and_parallel(num_rows, n):
     assert_groups(ids)
 
 
-def test_ids_too_wide_to_pack_use_the_fallback():
-    # id bits + position bits > 63: the merge-sort path, same contract
-    rng = np.random.default_rng(1)
-    base = np.int64(1) << np.int64(60)
-    ids = base + rng.integers(0, 4, 300)
-    assert_groups(ids)
+def test_ids_too_wide_to_pack_are_refused():
+    # id bits + position bits > 63: no table that large fits in memory
+    ids = (np.int64(1) << np.int64(60)) + np.arange(300)
+    with pytest.raises(ValueError, match="ids must be below"):
+        group_rows(ids)
 
 
 def test_input_ids_are_not_modified_and_read_only_input_works():
