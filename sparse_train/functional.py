@@ -104,7 +104,13 @@ def grad_checked(d_out, bags, num_embeddings, name=None):
             f"per bag), got {d_out.shape}")
     if d_out.dtype != np.float32 or not d_out.flags.c_contiguous:
         raise ValueError(f"{_where(name)}: d_out must be C-contiguous float32")
-    rows, starts, src_index, src_coef = _lookup.embedding_bag_grad_plan(*bags)
+    values, offsets, _, has_weights, combiner, padding_idx = bags
+    plan = None
+    if combiner == _lookup.SUM and not has_weights and padding_idx < 0 and values.shape[0]:
+        plan = _lookup.unit_grad_plan(values, offsets)   # the common case, without gathers
+    if plan is None or plan[0].shape[0] == 0:
+        plan = _lookup.embedding_bag_grad_plan(*bags)
+    rows, starts, src_index, src_coef = plan
     plan = (rows, starts, src_index, src_coef, d_out, np.float32(1.0))
     return RowSparseGrad._from_plan(plan, (num_embeddings, d_out.shape[1]))
 

@@ -85,10 +85,6 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
     """
     n = values.shape[0]
     num_bags = offsets.shape[0] - 1
-    if combiner == SUM and not has_weights and padding_idx < 0 and n > 0:
-        plan = _unit_plan(values, offsets)
-        if plan[0].shape[0] > 0:
-            return plan
     bag_of = np.empty(n, np.int64)
     coef = np.empty(n, np.float32)
     dropped = np.zeros(num_bags, np.int64)
@@ -140,16 +136,20 @@ def _bag_tagged_keys(keys, values, offsets, tag_bits):
             keys[i] = (values[i] << tag_bits) | b
 
 
-@njit
-def _unit_plan(values, offsets):
-    """The plan when every id contributes ``1 * d_out[b]`` (sum, no weights,
-    no padding): each position is tagged with its bag, so the grouping hands
-    back ``src_index`` directly (no position -> bag map, no gathers).
-    Returns an empty plan (no rows) when ids and bags are too wide to pack
-    in an int64; the caller then takes the general path. Called from
-    ``embedding_bag_grad_plan`` only (it calls parallel kernels)."""
+@njit_parallel  # calls parallel kernels: Numba must start its threads on entry
+def unit_grad_plan(values, offsets):
+    """``embedding_bag_grad_plan`` when every id contributes ``1 * d_out[b]``
+    (sum, no weights, no padding; the caller checks): each position is
+    tagged with its bag, so the grouping hands back ``src_index`` directly
+    (no position -> bag map, no gathers). Returns an empty plan (no rows)
+    when ids and bags are too wide to pack in an int64 (the caller then
+    takes the general plan). A kernel of its own, so that a model that never
+    needs it never compiles it."""
     n = values.shape[0]
     num_bags = offsets.shape[0] - 1
+    if n == 0:
+        return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
+                np.empty(0, np.float32))
     key_bits = _bit_length(np.max(values))
     tag_bits = _bit_length(max(num_bags - 1, 0))
     if key_bits + tag_bits > 63:

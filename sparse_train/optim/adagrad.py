@@ -1,9 +1,8 @@
 """Adagrad (TF v1 ``AdagradOptimizer``, with PyTorch's epsilon as an option)."""
 import numpy as np
 
-from ..kernels._jit import row_dim
 from ..kernels.adagrad import adagrad_apply
-from .base import Optimizer, check_number, row_view
+from .base import Optimizer, check_number, kernel_dim, row_view
 
 __all__ = ["Adagrad"]
 
@@ -54,4 +53,4 @@ class Adagrad(Optimizer):
         weight = row_view(var.value)
         adagrad_apply(weight, self._slot_rows("accumulator", var), plan,
                       np.float32(self._learning_rate), np.float32(self._epsilon),
-                      row_dim(weight.shape[1]))
+                      kernel_dim(weight, dense))

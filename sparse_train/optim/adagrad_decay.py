@@ -1,10 +1,9 @@
 """AdagradDecay (DeepRec ``AdagradDecayOptimizer``, V2 slot shapes)."""
 import numpy as np
 
-from ..kernels._jit import row_dim
 from ..kernels.adagrad_decay import adagrad_decay_apply
 from ..variable import GlobalStep
-from .base import Optimizer, check_float32_positive, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, kernel_dim, row_view
 
 __all__ = ["AdagradDecay"]
 
@@ -108,4 +107,4 @@ class AdagradDecay(Optimizer):
             self._slot_rows("accumulator_decay_power", var), plan,
             np.float32(self._learning_rate), np.float32(self._initial),
             np.float32(self._decay_rate), np.int64(step), np.int64(self._decay_step),
-            row_dim(weight.shape[1]))
+            kernel_dim(weight, dense))

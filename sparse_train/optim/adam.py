@@ -3,10 +3,9 @@ import math
 
 import numpy as np
 
-from ..kernels._jit import row_dim
 from ..kernels.adam import adam_apply, lazy_adam_apply
 from ..variable import Variable
-from .base import Optimizer, check_float32_positive, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, kernel_dim, row_view
 
 __all__ = ["Adam", "LazyAdam"]
 
@@ -85,12 +84,12 @@ class Adam(Optimizer):
     def _apply(self, var, plan, dense):
         weight, m, v = row_view(var.value), self._slot_rows("m", var), self._slot_rows("v", var)
         if dense:  # every row is touched: the lazy kernel moves them all
-            lazy_adam_apply(weight, m, v, plan, *self._scalars(), row_dim(weight.shape[1]))
+            lazy_adam_apply(weight, m, v, plan, *self._scalars(), kernel_dim(weight, dense))
             return
         row_slot = self._row_slot.get(var.name)
         if row_slot is None or row_slot.shape[0] != weight.shape[0]:
             row_slot = self._row_slot[var.name] = np.full(weight.shape[0], -1, np.int64)
-        adam_apply(weight, m, v, row_slot, plan, *self._scalars(), row_dim(weight.shape[1]))
+        adam_apply(weight, m, v, row_slot, plan, *self._scalars(), kernel_dim(weight, dense))
 
     def _finish(self):
         self.beta1_power.value *= np.float32(self._beta1)
@@ -125,4 +124,4 @@ class LazyAdam(Adam):
     def _apply(self, var, plan, dense):
         weight = row_view(var.value)
         lazy_adam_apply(weight, self._slot_rows("m", var), self._slot_rows("v", var), plan,
-                        *self._scalars(), row_dim(weight.shape[1]))
+                        *self._scalars(), kernel_dim(weight, dense))

@@ -44,6 +44,14 @@ def check_float32_positive(name, value):
     return value
 
 
+def kernel_dim(weight, dense):
+    """The ``dim`` argument of an update kernel for the [V, D] ``weight``: a
+    compile-time constant (``kernels._jit.row_dim``) for a table's sparse
+    gradient, a plain int for a dense one (dense layers of every width then
+    share one compiled variant; their rows are contiguous anyway)."""
+    return weight.shape[1] if dense else row_dim(weight.shape[1])
+
+
 def row_view(array):
     """The [V, D] view of a variable or slot: ``[V, ...] -> [V, prod(...)]``;
     a scalar is one row of one value."""

@@ -1,9 +1,8 @@
 """Plain gradient descent (TF ``GradientDescentOptimizer``)."""
 import numpy as np
 
-from ..kernels._jit import row_dim
 from ..kernels.sgd import sgd_apply
-from .base import Optimizer, row_view
+from .base import Optimizer, kernel_dim, row_view
 
 __all__ = ["GradientDescent"]
 
@@ -26,4 +25,4 @@ class GradientDescent(Optimizer):
 
     def _apply(self, var, plan, dense):
         weight = row_view(var.value)
-        sgd_apply(weight, plan, np.float32(self._learning_rate), row_dim(weight.shape[1]))
+        sgd_apply(weight, plan, np.float32(self._learning_rate), kernel_dim(weight, dense))

@@ -1,9 +1,8 @@
 """Row-wise Adagrad (FBGEMM / torchrec ``EXACT_ROWWISE_ADAGRAD``)."""
 import numpy as np
 
-from ..kernels._jit import row_dim
 from ..kernels.rowwise_adagrad import rowwise_adagrad_apply
-from .base import Optimizer, check_float32_positive, check_number, row_view
+from .base import Optimizer, check_float32_positive, check_number, kernel_dim, row_view
 
 __all__ = ["RowwiseAdagrad"]
 
@@ -43,4 +42,4 @@ class RowwiseAdagrad(Optimizer):
         weight = row_view(var.value)
         rowwise_adagrad_apply(weight, self._slot_rows("accumulator", var), plan,
                               np.float32(self._learning_rate), np.float32(self._epsilon),
-                              row_dim(weight.shape[1]))
+                              kernel_dim(weight, dense))

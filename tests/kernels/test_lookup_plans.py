@@ -1,9 +1,9 @@
 """The two plans of an embedding bag's gradient agree.
 
-``embedding_bag_grad_plan`` takes a short path when every id contributes
-``1 * d_out[b]`` (sum, no weights, no padding): the grouping tags each id
-with its bag. Weights of one select the general path (position -> bag map,
-coefficients). Both must give the same bits, on batches small and large
+``functional.embedding_bag_grad`` takes a short path (``unit_grad_plan``)
+when every id contributes ``1 * d_out[b]`` (sum, no weights, no padding):
+the grouping tags each id with its bag. Weights of one select the general
+``embedding_bag_grad_plan`` (position -> bag map, coefficients). Both must give the same bits, on batches small and large
 enough for the parallel grouping, and match a brute-force sum.
 """
 import numpy as np
