@@ -13,7 +13,8 @@ class Ragged:
         weights: optional [n] float32 per-id weights.
 
     The lookups check ids and offsets (and name the feature); this container
-    only fixes the dtypes.
+    only fixes the dtypes, refusing values that are not integers (a float id
+    would otherwise be truncated to another row).
 
     >>> r = Ragged.from_lengths([4, 7, 7], [2, 0, 1])
     >>> r.offsets.tolist(), r.num_bags
@@ -23,8 +24,8 @@ class Ragged:
     __slots__ = ("values", "offsets", "weights")
 
     def __init__(self, values, offsets, weights=None):
-        self.values = np.ascontiguousarray(values, dtype=np.int64)
-        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.values = _as_int64("values", values)
+        self.offsets = _as_int64("offsets", offsets)
         self.weights = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
 
     @classmethod
@@ -55,3 +56,12 @@ class Ragged:
     def __repr__(self):
         weighted = ", weighted" if self.weights is not None else ""
         return f"Ragged(num_bags={self.num_bags}, num_values={self.values.shape[0]}{weighted})"
+
+
+def _as_int64(what, array):
+    array = np.asarray(array)
+    if array.size and array.dtype.kind not in "iu":
+        raise ValueError(f"Ragged: {what} must be integers, got dtype {array.dtype}")
+    if array.dtype == np.uint64 and array.size and int(array.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"Ragged: {what} holds {int(array.max())}, beyond int64")
+    return np.ascontiguousarray(array, dtype=np.int64)
