@@ -61,6 +61,12 @@ njit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
 prange = numba.prange
 
+# Start Numba's thread pool now. Some serial kernels (``coalesce.group_rows``,
+# ``lookup.unit_grad_plan``) only sequence parallel ones, which keeps them
+# cheap to compile; loaded from the cache, such a serial kernel would call a
+# parallel one before anything started the pool, and crash.
+numba.get_num_threads()
+
 
 # ------------------------------------------------------------ row widths
 #: Row widths (embedding_dim) compiled as constants. A row kernel takes the

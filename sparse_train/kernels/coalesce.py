@@ -136,7 +136,7 @@ def _unpack_runs(packed, tag_bits, parallel):
     return rows, starts, tags
 
 
-@njit  # only ever called from parallel kernels, which start Numba's threads
+@njit  # sequences parallel kernels (the pool is started in _jit)
 def group_packed(keys, key_bits, tag_bits, parallel):
     """Group tagged ids: keys [n] int64 = ``id << tag_bits | tag`` in
     position order (ids >= 0 of ``key_bits`` bits, key_bits + tag_bits <=
@@ -154,7 +154,17 @@ def group_packed(keys, key_bits, tag_bits, parallel):
     return _unpack_runs(keys, tag_bits, parallel)
 
 
-@njit_parallel  # calls parallel kernels: Numba must start its threads on entry
+@njit
+def max_id(ids):
+    """Largest of ids [n] int64 (n > 0), serially (a vectorised max; a
+    parallel reduction would cost more to compile than it saves)."""
+    largest = ids[0]
+    for i in range(ids.shape[0]):
+        largest = max(largest, ids[i])
+    return largest
+
+
+@njit  # sequences parallel kernels (the pool is started in _jit)
 def group_rows(ids):
     """Group positions by id: (rows [U], starts [U+1], order [n]) int64.
 
@@ -166,15 +176,13 @@ def group_rows(ids):
     ``PARALLEL_MIN_IDS``. Increasing rows also make the update kernels sweep
     the table in address order. Ids too wide to pack with their positions
     (id * n >= 2**63, far beyond any table that fits in memory) raise
-    ValueError. Call it
-    from Python or from a parallel kernel: a cached serial kernel calling it
-    crashes when Numba's threads are not yet started.
+    ValueError.
     """
     n = ids.shape[0]
     if n == 0:
         return np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64)
     parallel = n >= PARALLEL_MIN_IDS
-    key_bits = _bit_length(np.max(ids))
+    key_bits = _bit_length(max_id(ids))
     pos_bits = _bit_length(n - 1)
     if key_bits + pos_bits > 63:
         raise ValueError("group_rows: ids must be below 2**(63 - bits(len(ids))), "

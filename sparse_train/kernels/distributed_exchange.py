@@ -90,10 +90,6 @@ def route_groups(keys, starts, order, world_size, shard_rows):
       occ_rank [m] int64: the occurrence's place among those sent to its
           owner, in position order;
       occurrences [W] int64: occurrences sent to each owner.
-
-    (group_rows is called by the Python caller: a cached serial kernel that
-    calls the parallel sort can crash when loaded from the cache before any
-    parallel kernel has started Numba's thread pool.)
     """
     m = order.shape[0]
     requests = np.zeros(world_size, np.int64)

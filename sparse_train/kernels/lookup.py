@@ -7,7 +7,7 @@ an empty array when ``has_weights`` is False.
 import numpy as np
 
 from ._jit import njit, njit_inline, njit_parallel, prange, row_buffer_or
-from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows
+from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows, max_id
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
@@ -136,7 +136,7 @@ def _bag_tagged_keys(keys, values, offsets, tag_bits):
             keys[i] = (values[i] << tag_bits) | b
 
 
-@njit_parallel  # calls parallel kernels: Numba must start its threads on entry
+@njit  # sequences parallel kernels (the pool is started in _jit)
 def unit_grad_plan(values, offsets):
     """``embedding_bag_grad_plan`` when every id contributes ``1 * d_out[b]``
     (sum, no weights, no padding; the caller checks): each position is
@@ -150,7 +150,7 @@ def unit_grad_plan(values, offsets):
     if n == 0:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.float32))
-    key_bits = _bit_length(np.max(values))
+    key_bits = _bit_length(max_id(values))
     tag_bits = _bit_length(max(num_bags - 1, 0))
     if key_bits + tag_bits > 63:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
