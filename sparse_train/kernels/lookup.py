@@ -73,6 +73,33 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
 
 
 @njit_parallel
+def _bag_coefficients(bag_of, coef, dropped, values, offsets, weights, has_weights,
+                      combiner, padding_idx):
+    """In place, for each position i of bag b: bag_of[i] = b, coef[i] =
+    w_i / divisor_b (w_i for sum); dropped[b] = positions of bag b that
+    contribute nothing (padding ids; every id of a zero-divisor bag).
+    Parallel over bags."""
+    for b in prange(offsets.shape[0] - 1):
+        start, end = offsets[b], offsets[b + 1]
+        divisor = bag_divisor(values, weights, has_weights, start, end,
+                              combiner, padding_idx)
+        for i in range(start, end):
+            bag_of[i] = b
+            w = weights[i] if has_weights else np.float32(1.0)
+            coef[i] = w if combiner == SUM else w / divisor
+            if divisor == 0.0 or values[i] == padding_idx:
+                dropped[b] += 1
+
+
+@njit_parallel
+def _gather_plan(src_index, src_coef, order, bag_of, coef):
+    """In place: src_index[k] = bag_of[order[k]], src_coef[k] = coef[order[k]]."""
+    for k in prange(order.shape[0]):
+        src_index[k] = bag_of[order[k]]
+        src_coef[k] = coef[order[k]]
+
+
+@njit  # sequences parallel kernels (the pool is started in _jit)
 def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
                             padding_idx):
     """Plan of the table gradient of an embedding bag (see ``coalesce``).
@@ -88,28 +115,18 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
     bag_of = np.empty(n, np.int64)
     coef = np.empty(n, np.float32)
     dropped = np.zeros(num_bags, np.int64)
-    for b in prange(num_bags):
-        start, end = offsets[b], offsets[b + 1]
-        divisor = bag_divisor(values, weights, has_weights, start, end,
-                              combiner, padding_idx)
-        for i in range(start, end):
-            bag_of[i] = b
-            w = weights[i] if has_weights else np.float32(1.0)
-            coef[i] = w if combiner == SUM else w / divisor
-            if divisor == 0.0 or values[i] == padding_idx:
-                dropped[b] += 1
-    if dropped.sum() == 0:
+    _bag_coefficients(bag_of, coef, dropped, values, offsets, weights, has_weights,
+                      combiner, padding_idx)
+    num_dropped = dropped.sum()
+    if num_dropped == 0:
         rows, starts, order = group_rows(values)
     else:  # rare: compact the kept positions, then map back
-        kept = np.empty(n - dropped.sum(), np.int64)
+        kept = np.empty(n - num_dropped, np.int64)
         m = 0
         for b in range(num_bags):
-            start, end = offsets[b], offsets[b + 1]
-            divisor = bag_divisor(values, weights, has_weights, start, end,
-                                  combiner, padding_idx)
-            if divisor == 0.0:
+            if dropped[b] == offsets[b + 1] - offsets[b]:
                 continue
-            for i in range(start, end):
+            for i in range(offsets[b], offsets[b + 1]):
                 if values[i] != padding_idx:
                     kept[m] = i
                     m += 1
@@ -121,9 +138,7 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
             order[k] = kept[order[k]]
     src_index = np.empty(order.shape[0], np.int64)
     src_coef = np.empty(order.shape[0], np.float32)
-    for k in prange(order.shape[0]):
-        src_index[k] = bag_of[order[k]]
-        src_coef[k] = coef[order[k]]
+    _gather_plan(src_index, src_coef, order, bag_of, coef)
     return rows, starts, src_index, src_coef
 
 
