@@ -30,7 +30,7 @@ else:  # pragma: no cover
 DEFAULTS = {
     "config": None, "data": None, "valid": None, "valid_fraction": 0.1,
     "format": "synthetic", "schema": None, "model": "deepfm", "embedding_dim": 16,
-    "hidden_units": "256,128", "batch_size": 512, "epochs": 4,
+    "hidden_units": "256,128", "batch_size": 512, "epochs": 3,
     "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.3,
     "dense_optimizer": "adam", "dense_learning_rate": 0.0005,
     "accumulator_decay_step": 100_000, "clip_norm": None,
