@@ -43,7 +43,18 @@ def _missing_mask(tokens):
     return np.fromiter((t is None or t == "" for t in tokens), bool, len(tokens))
 
 
-class Vocabulary:
+class _Encoder:
+    """Token -> id: ``lookup`` hashes tokens to keys, ``ids_of_keys`` maps them."""
+
+    def lookup(self, tokens):
+        """Ids [n] int64 of tokens (str or int; None or "" = missing)."""
+        tokens = list(tokens)
+        keys = _tokens_to_keys(tokens)
+        keys[_missing_mask(tokens)] = 0
+        return self.ids_of_keys(keys)
+
+
+class Vocabulary(_Encoder):
     """Token -> id for one feature (0 missing, 1 out of vocabulary, 2.. tokens).
 
     Args:
@@ -109,13 +120,6 @@ class Vocabulary:
                              keys, np.int64(MISSING_ID), np.int64(OOV_ID))
         return out
 
-    def lookup(self, tokens):
-        """Ids [n] int64 of tokens (str or int; None or "" = missing)."""
-        tokens = list(tokens)
-        keys = _tokens_to_keys(tokens)
-        keys[_missing_mask(tokens)] = 0
-        return self.ids_of_keys(keys)
-
     def to_dict(self):
         out = {"type": self.kind, "min_count": self.min_count, "tokens": list(self.tokens)}
         if self.counts is not None:
@@ -129,7 +133,7 @@ class Vocabulary:
         return f"Vocabulary({len(self.tokens)} tokens, min_count={self.min_count})"
 
 
-class HashBuckets:
+class HashBuckets(_Encoder):
     """Token -> ``1 + key % num_buckets``, id 0 for missing; no training pass.
 
     Args:
@@ -159,13 +163,6 @@ class HashBuckets:
         out = np.empty(keys.shape[0], np.int64)
         _kernels.bucket_ids(out, keys, np.int64(self.num_buckets))
         return out
-
-    def lookup(self, tokens):
-        """Ids [n] int64 of tokens (str or int; None or "" = missing)."""
-        tokens = list(tokens)
-        keys = _tokens_to_keys(tokens)
-        keys[_missing_mask(tokens)] = 0
-        return self.ids_of_keys(keys)
 
     def to_dict(self):
         return {"type": self.kind, "num_buckets": self.num_buckets, "hash": _HASH_NAME}
