@@ -61,10 +61,14 @@ njit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
 prange = numba.prange
 
-# Start Numba's thread pool now. Some serial kernels (``coalesce.group_rows``,
-# ``lookup.unit_grad_plan``) only sequence parallel ones, which keeps them
-# cheap to compile; loaded from the cache, such a serial kernel would call a
-# parallel one before anything started the pool, and crash.
+# Start Numba's thread pool at import. Some serial kernels only sequence
+# parallel ones (``coalesce.group_rows``, ``lookup.embedding_bag_grad_plan``,
+# ``lookup.unit_grad_plan``: cheaper to compile than one parallel function),
+# and such a kernel can be a process's first Numba call. Numba 0.68 starts the
+# pool there by itself (checked with this line removed, compiling and from
+# the cache); an earlier Numba was seen to crash when a cached one ran first,
+# so the pool is started here whatever the version does. The first-call case
+# is tested in tests/kernels/test_coalesce.py.
 numba.get_num_threads()
 
 

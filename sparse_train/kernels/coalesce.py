@@ -154,16 +154,6 @@ def group_packed(keys, key_bits, tag_bits, parallel):
     return _unpack_runs(keys, tag_bits, parallel)
 
 
-@njit
-def max_id(ids):
-    """Largest of ids [n] int64 (n > 0), serially (a vectorised max; a
-    parallel reduction would cost more to compile than it saves)."""
-    largest = ids[0]
-    for i in range(ids.shape[0]):
-        largest = max(largest, ids[i])
-    return largest
-
-
 @njit  # sequences parallel kernels (the pool is started in _jit)
 def group_rows(ids):
     """Group positions by id: (rows [U], starts [U+1], order [n]) int64.
@@ -182,7 +172,7 @@ def group_rows(ids):
     if n == 0:
         return np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64)
     parallel = n >= PARALLEL_MIN_IDS
-    key_bits = _bit_length(max_id(ids))
+    key_bits = _bit_length(np.max(ids))
     pos_bits = _bit_length(n - 1)
     if key_bits + pos_bits > 63:
         raise ValueError("group_rows: ids must be below 2**(63 - bits(len(ids))), "

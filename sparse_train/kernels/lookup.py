@@ -7,7 +7,7 @@ an empty array when ``has_weights`` is False.
 import numpy as np
 
 from ._jit import njit, njit_inline, njit_parallel, prange, row_buffer_or
-from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows, max_id
+from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
@@ -165,7 +165,7 @@ def unit_grad_plan(values, offsets):
     if n == 0:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.float32))
-    key_bits = _bit_length(max_id(values))
+    key_bits = _bit_length(np.max(values))
     tag_bits = _bit_length(max(num_bags - 1, 0))
     if key_bits + tag_bits > 63:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),

@@ -6,6 +6,10 @@ of the kernel: empty and single-id input, the serial and the parallel radix
 sort (above ``PARALLEL_MIN_IDS``), one to three radix passes, and ids too
 wide to pack with their positions (refused).
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -60,3 +64,28 @@ def test_input_ids_are_not_modified_and_read_only_input_works():
     frozen.flags.writeable = False
     group_rows(frozen)
     np.testing.assert_array_equal(frozen, ids)
+
+
+_FIRST_CALL = """
+import numpy as np
+from sparse_train.kernels.coalesce import PARALLEL_MIN_IDS, group_rows
+ids = np.random.default_rng(3).integers(0, 5000, 2 * PARALLEL_MIN_IDS)
+rows, starts, order = group_rows(ids)
+want_rows, counts = np.unique(ids, return_counts=True)
+assert np.array_equal(rows, want_rows)
+assert np.array_equal(starts, np.concatenate([[0], np.cumsum(counts)]))
+assert np.array_equal(order, np.argsort(ids, kind="stable"))
+print("ok")
+"""
+
+
+def test_first_call_of_a_fresh_process_takes_the_parallel_path():
+    """``group_rows`` is a serial kernel that calls parallel ones. As the very
+    first Numba call of a process, on an input above ``PARALLEL_MIN_IDS``
+    (the parallel radix sort), it must give numpy's grouping; run twice, so
+    the second process loads it from the cache."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", _FIRST_CALL], capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
