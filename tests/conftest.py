@@ -15,6 +15,9 @@ HYPER = {
     "Adam": dict(learning_rate=0.05, beta1=0.8, beta2=0.95, epsilon=1e-6),
     "LazyAdam": dict(learning_rate=0.05, beta1=0.8, beta2=0.95, epsilon=1e-6),
     "RowwiseAdagrad": dict(learning_rate=0.3, epsilon=1e-3),
+    "Ftrl": dict(learning_rate=0.3, initial_accumulator_value=0.2, l1_regularization_strength=0.01,
+                 l2_regularization_strength=0.05, l2_shrinkage_regularization_strength=0.02,
+                 beta=0.1),
 }
 
 

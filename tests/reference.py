@@ -187,6 +187,34 @@ def rowwise_adagrad(w, accumulator, ids, values, lr, epsilon=1e-8):
     return w.reshape(shape), a
 
 
+
+def ftrl(w, accum, linear, ids, values, lr, learning_rate_power=-0.5, l1=0.0, l2=0.0,
+         l2_shrinkage=0.0, beta=0.0):
+    """TF FTRL-Proximal (SPEC §2, TF 2.21 ``ApplyFtrlV2``), per element of a
+    touched row, with ``p = -learning_rate_power``::
+
+        g_s = g + 2 * l2_shrinkage * w;  a_new = a + g*g   (plain g)
+        linear += g_s - (a_new**p - a**p) / lr * w
+        quad = (a_new**p + beta) / lr + 2 * l2
+        w = (sign(linear) * l1 - linear) / quad  if |linear| > l1  else 0
+        a = a_new
+
+    Returns (w, accum, linear)."""
+    shape = np.shape(w)
+    w, a, linear = _rows(w), _rows(accum), _rows(linear)
+    p = -learning_rate_power
+    rows, g = _summed(ids, values)
+    for u, r in enumerate(rows):
+        g_s = g[u] + 2.0 * l2_shrinkage * w[r]
+        a_new = a[r] + g[u] * g[u]
+        linear[r] = linear[r] + g_s - (a_new ** p - a[r] ** p) / lr * w[r]
+        quad = (a_new ** p + beta) / lr + 2.0 * l2
+        with np.errstate(divide="ignore", invalid="ignore"):  # quad 0: unselected
+            w[r] = np.where(np.abs(linear[r]) > l1,
+                            (np.sign(linear[r]) * l1 - linear[r]) / quad, 0.0)
+        a[r] = a_new
+    return w.reshape(shape), a.reshape(shape), linear.reshape(shape)
+
 # ----------------------------------------------------------------- lookups
 def _bags(values, offsets, weights, combiner, padding_idx):
     """Per bag: (ids, weights, divisor) with padding ids removed; divisor is
@@ -266,6 +294,9 @@ def initial_slots(kind, hyper, shape):
         return {"m": np.zeros(shape), "v": np.zeros(shape)}
     if kind == "RowwiseAdagrad":
         return {"accumulator": np.zeros(num_rows)}
+    if kind == "Ftrl":
+        return {"accum": np.full(shape, hyper.get("initial_accumulator_value", 0.1)),
+                "linear": np.zeros(shape)}
     raise ValueError(kind)
 
 
@@ -295,4 +326,11 @@ def step(kind, hyper, w, slots, ids, values, beta_powers=None, global_step=None)
     if kind == "RowwiseAdagrad":
         w, a = rowwise_adagrad(w, slots["accumulator"], ids, values, lr, h.get("epsilon", f32(1e-8)))
         return w, {"accumulator": a}
+    if kind == "Ftrl":
+        w, a, linear = ftrl(
+            w, slots["accum"], slots["linear"], ids, values, lr,
+            h.get("learning_rate_power", -0.5), h.get("l1_regularization_strength", 0.0),
+            h.get("l2_regularization_strength", 0.0),
+            h.get("l2_shrinkage_regularization_strength", 0.0), h.get("beta", 0.0))
+        return w, {"accum": a, "linear": linear}
     raise ValueError(kind)

@@ -5,6 +5,8 @@
 - a gradient with duplicate ids gives the same bits as its pre-summed form;
 - a sparse gradient and its dense form give the same bits on touched rows;
 - 1 thread and 2 threads give the same bits;
+- a checkpoint (``Checkpoint``) restores every slot and the hyperparameters,
+  and the restored run continues bit for bit;
 - bad input raises before any variable or slot changes.
 """
 import json
@@ -16,12 +18,14 @@ import numpy as np
 import pytest
 
 from sparse_train import GlobalStep, RowSparseGrad, Variable
+from sparse_train.checkpoint import Checkpoint, load_checkpoint
 from sparse_train.optim import GradientDescent
 from sparse_train.functional import embedding_bag_grad
 
 import reference as ref
 
-OPTIMIZERS = ["GradientDescent", "Adagrad", "AdagradDecay", "Adam", "LazyAdam", "RowwiseAdagrad"]
+OPTIMIZERS = ["GradientDescent", "Adagrad", "AdagradDecay", "Adam", "LazyAdam", "RowwiseAdagrad",
+              "Ftrl"]
 V, D = 20, 4
 
 
@@ -167,6 +171,42 @@ def test_empty_gradient_touches_nothing(kind, make_optimizer, hyper, slots_of, b
     for name in slots0:
         _assert_bits(slots1[name], slots0[name], name)
 
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_checkpoint_restores_slots_and_config_and_continues_bit_for_bit(
+        kind, make_optimizer, slots_of, tmp_path):
+    # A table and a dense variable, saved after the warm-up; a fresh process
+    # (other values, no slots, another step) restores and runs on.
+    def run_on(table, dense, opt, gs):
+        rng = np.random.default_rng(21)
+        for _ in range(2):
+            ids, values = _grad(rng, rng.integers(0, V, 12))
+            opt.apply_gradients([(RowSparseGrad(ids, values, (V, D)), table),
+                                 (rng.standard_normal((3, 5)).astype(np.float32), dense)],
+                                global_step=gs)
+        return ([table.value.copy(), dense.value.copy(), gs.value.copy()]
+                + [np.array(v.value, copy=True) for v in opt.variables()])
+
+    table, opt, gs, rng = _setup(kind, make_optimizer, seed=7)
+    dense = Variable(rng.standard_normal((3, 5)), "dense")
+    opt.apply_gradients([(np.ones((3, 5), np.float32), dense)])
+    path = Checkpoint([table, dense], [opt], gs).save(tmp_path / "c.ckpt")
+    header = load_checkpoint(path).header["optimizers"][0]
+    assert header["config"] == opt.get_config() and header["class"] == kind
+    expected = run_on(table, dense, opt, gs)
+
+    other = np.random.default_rng(99)
+    fresh_table = Variable(other.standard_normal((V, D)), "table")
+    fresh_dense = Variable(other.standard_normal((3, 5)), "dense")
+    fresh_gs = GlobalStep(11)
+    fresh = make_optimizer(kind, fresh_gs)
+    Checkpoint([fresh_table, fresh_dense], [fresh], fresh_gs).restore(path)
+    assert int(fresh_gs) == 3
+    assert sorted(slots_of(fresh, fresh_table)) == fresh.get_slot_names()
+    got = run_on(fresh_table, fresh_dense, fresh, fresh_gs)
+    assert len(got) == len(expected)
+    for k, (a, b) in enumerate(zip(got, expected)):
+        _assert_bits(a, b, f"state {k}")
 
 # ------------------------------------------------------------------ threads
 _THREAD_SCRIPT = r"""

@@ -3,15 +3,17 @@ from .adagrad import Adagrad
 from .adagrad_decay import AdagradDecay
 from .adam import Adam, LazyAdam
 from .base import Optimizer
+from .ftrl import Ftrl
 from .gradient_descent import GradientDescent
 from .rowwise_adagrad import RowwiseAdagrad
 
 __all__ = ["Optimizer", "GradientDescent", "Adagrad", "AdagradDecay", "Adam",
-           "LazyAdam", "RowwiseAdagrad", "OPTIMIZERS", "build_optimizer"]
+           "LazyAdam", "RowwiseAdagrad", "Ftrl", "OPTIMIZERS", "build_optimizer"]
 
 #: Command-line names of the optimizers.
 OPTIMIZERS = {"sgd": GradientDescent, "adagrad": Adagrad, "adagrad_decay": AdagradDecay,
-              "adam": Adam, "lazy_adam": LazyAdam, "rowwise_adagrad": RowwiseAdagrad}
+              "adam": Adam, "lazy_adam": LazyAdam, "rowwise_adagrad": RowwiseAdagrad,
+              "ftrl": Ftrl}
 
 
 def build_optimizer(kind, learning_rate, global_step=None, **options):
