@@ -51,7 +51,7 @@ class Ftrl(Optimizer):
     >>> opt = Ftrl(1.0, l1_regularization_strength=0.5)
     >>> for _ in range(2):
     ...     opt.apply_gradients([(RowSparseGrad([1], [[1.0]], (3, 1)), w)])
-    >>> opt.get_slot(w, "accum").value[:, 0].round(4).tolist()   # 0.1 + 1 + 1
+    >>> opt.get_slot(w, "accum").value[:, 0].astype(float).round(4).tolist()  # 0.1 + 1 + 1
     [0.1, 2.1, 0.1]
     >>> round(float(opt.get_slot(w, "linear").value[1, 0]), 5)   # 2 + (sqrt(2.1) - sqrt(1.1)) * 0.47673
     2.19085
