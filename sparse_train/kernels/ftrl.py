@@ -20,33 +20,42 @@ from .prefetch import AHEAD, prefetch_row
 
 
 @njit_inline
-def accum_power(a, power):
-    """``a ** power`` (float32); ``sqrt(a)`` for power 0.5, as TF does."""
-    if power == np.float32(0.5):
-        return np.sqrt(a)
-    return a ** power
+def ftrl_element(w, accum, linear, j, g, sigma, sigma_new, lr, l1, l2_twice, shrink_twice):
+    """In place: w[j], accum[j], linear[j] (float32), given sigma =
+    accum[j]**p and sigma_new = (accum[j] + g*g)**p.
+
+    Branch-free, so the loops around it vectorise. ``np.divide`` is ``/``
+    (the same float32 division) without the zero check that Numba's default
+    error model puts on ``/``: that check, a branch per element, kept the
+    loop scalar (measured: 2k rows x 64 in cache, 1.6 ms -> 0.12 ms). A
+    zero ``quad`` (accum, l2 and beta all 0, p > 0) gives inf or nan there
+    and the select keeps 0: linear is 0 too, as no gradient has reached the
+    element yet (``optim.Ftrl`` refuses l2_shrinkage with a zero initial
+    accumulator and no l2 or beta, which would move linear without one).
+    """
+    lin = linear[j] + ((g + shrink_twice * w[j]) - np.divide(sigma_new - sigma, lr) * w[j])
+    linear[j] = lin
+    shrunk = np.divide(np.copysign(l1, lin) - lin, np.divide(sigma_new, lr) + l2_twice)
+    w[j] = shrunk if abs(lin) > l1 else np.float32(0.0)
+    accum[j] = accum[j] + g * g
 
 
 @njit_inline
 def ftrl_row(w, accum, linear, g, lr, power, l1, l2, l2_shrinkage, dim):
     """In place: w, accum, linear [dim] float32. l2 includes beta; all
-    scalars float32."""
+    scalars float32. Two loops, so that the sqrt one has no pow call."""
     two = np.float32(2.0)
     shrink_twice = two * l2_shrinkage
     l2_twice = two * l2
     width = loop_width(w, dim)
-    for j in range(width):
-        a_new = accum[j] + g[j] * g[j]
-        sigma_power = accum_power(a_new, power)
-        lin = linear[j] + ((g[j] + shrink_twice * w[j])
-                           - (sigma_power - accum_power(accum[j], power)) / lr * w[j])
-        linear[j] = lin
-        if abs(lin) > l1:
-            quad = sigma_power / lr + l2_twice
-            w[j] = ((l1 - lin) if lin > 0 else (-l1 - lin)) / quad
-        else:
-            w[j] = np.float32(0.0)
-        accum[j] = a_new
+    if power == np.float32(0.5):
+        for j in range(width):
+            ftrl_element(w, accum, linear, j, g[j], np.sqrt(accum[j]),
+                         np.sqrt(accum[j] + g[j] * g[j]), lr, l1, l2_twice, shrink_twice)
+    else:
+        for j in range(width):
+            ftrl_element(w, accum, linear, j, g[j], accum[j] ** power,
+                         (accum[j] + g[j] * g[j]) ** power, lr, l1, l2_twice, shrink_twice)
 
 
 @njit_parallel
