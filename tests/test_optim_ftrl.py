@@ -251,6 +251,9 @@ def test_tf_ftrl_test_equivalences_from_zero(power, other, sparse):
     dict(learning_rate=0.1, l2_shrinkage_regularization_strength=-1.0),
     dict(learning_rate=0.1, beta=-1.0),
     dict(learning_rate=0.1, beta=float("inf")),
+    dict(learning_rate=0.1, l1_regularization_strength=1e39),             # inf in float32
+    dict(learning_rate=0.1, l2_shrinkage_regularization_strength=1e39),
+    dict(learning_rate=1e-40, beta=1.0),  # beta / (2 lr), folded into l2, is inf in float32
     # quad = 0 for a zero gradient at accum 0, and linear = 2 s w != 0: w = inf
     dict(learning_rate=0.1, initial_accumulator_value=0.0,
          l2_shrinkage_regularization_strength=0.1),

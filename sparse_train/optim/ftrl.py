@@ -75,6 +75,11 @@ class Ftrl(Optimizer):
         self._l2_shrinkage = check_number("l2_shrinkage_regularization_strength",
                                           l2_shrinkage_regularization_strength, low=0.0)
         self._beta = check_number("beta", beta, low=0.0)
+        _check_float32_finite({
+            "initial_accumulator_value": self._initial, "l1_regularization_strength": self._l1,
+            "l2_regularization_strength": self._l2,
+            "l2_shrinkage_regularization_strength": self._l2_shrinkage,
+            "l2_regularization_strength + beta / (2 * learning_rate)": self._folded_l2()})
         if (np.float32(self._initial) == 0.0 and np.float32(self._power) != 0.0
                 and np.float32(self._l2_shrinkage) != 0.0
                 and np.float32(self._l2) == 0.0 and np.float32(self._beta) == 0.0):
@@ -94,11 +99,23 @@ class Ftrl(Optimizer):
                 "l2_shrinkage_regularization_strength": self._l2_shrinkage,
                 "beta": self._beta}
 
+    def _folded_l2(self):
+        """l2 with beta folded in, as TF's Python side passes it to the
+        kernel (computed in float64, then rounded to float32)."""
+        return self._l2 + self._beta / (2.0 * self._learning_rate)
+
     def _apply(self, var, plan, dense):
-        # TF's Python side folds beta into l2 (in float64, then float32);
-        # read the rate here so a changed learning rate is followed.
-        l2 = self._l2 + self._beta / (2.0 * self._learning_rate)
+        l2 = self._folded_l2()
         weight = row_view(var.value)
         ftrl_apply(weight, self._slot_rows("accum", var), self._slot_rows("linear", var), plan,
                    np.float32(self._learning_rate), np.float32(-self._power), np.float32(self._l1),
                    np.float32(l2), np.float32(self._l2_shrinkage), kernel_dim(weight, dense))
+
+
+def _check_float32_finite(values):
+    """ValueError naming the first of ``values`` ({name: number}) that is
+    inf in float32, where the rule runs (e.g. beta = 1 with a learning rate
+    of 1e-40)."""
+    for name, value in values.items():
+        if value > float(np.finfo(np.float32).max):
+            raise ValueError(f"{name} must be finite in float32 (below 3.4e38), got {value!r}")
