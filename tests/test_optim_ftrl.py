@@ -226,10 +226,13 @@ def _tf_equivalence_run(opt, sparse):
 
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("power, other", [
-    (-0.5, lambda: Adagrad(3.0, initial_accumulator_value=0.1)),   # testEquiv[Sparse]Adagrad...
-    (-0.0, lambda: GradientDescent(3.0)),                          # testEquiv[Sparse]GradientDescent...
+    (-0.5, lambda: Adagrad(3.0, initial_accumulator_value=0.1)),
+    (-0.0, lambda: GradientDescent(3.0)),
 ])
 def test_tf_ftrl_test_equivalences_from_zero(power, other, sparse):
+    # testEquiv[Sparse]AdagradwithoutRegularization and
+    # testEquiv[Sparse]GradientDescentwithoutRegularization: from zero
+    # weights, FTRL without l1/l2 takes Adagrad's (p = 0.5) or SGD's (p = 0) steps.
     got = _tf_equivalence_run(Ftrl(3.0, learning_rate_power=power,
                                    initial_accumulator_value=0.1), sparse)
     expected = _tf_equivalence_run(other(), sparse)
@@ -245,6 +248,7 @@ def test_tf_ftrl_test_equivalences_from_zero(power, other, sparse):
     dict(learning_rate=1e-50),            # 0 in float32
     dict(learning_rate=float("nan")),
     dict(learning_rate=0.1, learning_rate_power=0.5),
+    dict(learning_rate=0.1, learning_rate_power=-1e39),                   # inf in float32
     dict(learning_rate=0.1, initial_accumulator_value=-0.1),
     dict(learning_rate=0.1, l1_regularization_strength=-1.0),
     dict(learning_rate=0.1, l2_regularization_strength=-1.0),

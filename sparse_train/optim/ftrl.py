@@ -53,11 +53,10 @@ class Ftrl(Optimizer):
     ...     opt.apply_gradients([(RowSparseGrad([1], [[1.0]], (3, 1)), w)])
     >>> opt.get_slot(w, "accum").value[:, 0].astype(float).round(4).tolist()  # 0.1 + 1 + 1
     [0.1, 2.1, 0.1]
-    >>> round(float(opt.get_slot(w, "linear").value[1, 0]), 5)   # 2 + (sqrt(2.1) - sqrt(1.1)) * 0.47673
-    2.19085
-    >>> round(float(w.value[1, 0]), 5)                          # (0.5 - 2.19085) / sqrt(2.1)
-    -1.1668
-    >>> w.value[[0, 2], 0].tolist()                             # untouched
+    >>> linear = opt.get_slot(w, "linear").value[1, 0]  # 2 + (sqrt(2.1) - sqrt(1.1)) * 0.47673
+    >>> round(float(linear), 5), round(float(w.value[1, 0]), 5)  # w = (0.5 - linear) / sqrt(2.1)
+    (2.19085, -1.1668)
+    >>> w.value[[0, 2], 0].tolist()                                 # untouched
     [0.0, 0.0]
     """
 
@@ -76,6 +75,7 @@ class Ftrl(Optimizer):
                                           l2_shrinkage_regularization_strength, low=0.0)
         self._beta = check_number("beta", beta, low=0.0)
         _check_float32_finite({
+            "-learning_rate_power": -self._power,
             "initial_accumulator_value": self._initial, "l1_regularization_strength": self._l1,
             "l2_regularization_strength": self._l2,
             "l2_shrinkage_regularization_strength": self._l2_shrinkage,
