@@ -15,15 +15,29 @@ sparse format). A libsvm file has no fields; three ways to get them:
 - otherwise all indices form one feature, ``features``.
 
 Labels: 1 and +1 mean a click, 0 and -1 none; other values must lie in [0, 1].
+
+Limits. Fields and featindex indices size arrays (a field per feature, a
+featindex entry per index), so one hostile line could make them absurdly
+large: a field number >= ``max_fields`` (default ``MAX_FIELDS``) or an
+index > ``max_index`` (default ``MAX_INDEX``) is a ``DataError`` naming
+file:line and the limit, which the keyword raises.
 """
 import numpy as np
 
 from ..kernels import data_hash as _hash
 from ..kernels import data_libsvm as _kernels
+from ._lines import iter_line_chunks
 from ._parsed import Parsed, RawFeature
 from .errors import DataError
 
-__all__ = ["PairsParser", "FeatIndex", "load_featindex"]
+__all__ = ["PairsParser", "FeatIndex", "load_featindex", "scan_num_fields", "MAX_FIELDS",
+           "MAX_INDEX"]
+
+#: Default largest number of libffm fields (features); each costs a
+#: [rows of a chunk] int64 column while a chunk is grouped.
+MAX_FIELDS = 1000
+#: Default largest featindex index (its map holds one int64 per index).
+MAX_INDEX = (1 << 26) - 1
 
 
 class FeatIndex:
@@ -52,7 +66,7 @@ def _field_order(label):
     return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
 
-def load_featindex(path, on_bad_line="error"):
+def load_featindex(path, on_bad_line="error", max_index=MAX_INDEX):
     """Read a featindex file (``field:value<TAB>index`` a line; a key
     without ``:`` is its own field, e.g. ``truncate``).
 
@@ -60,6 +74,7 @@ def load_featindex(path, on_bad_line="error"):
         on_bad_line: "error" raises ``DataError`` at a malformed line (no tab,
             an index that is not a non-negative integer, an index listed
             twice); "skip" leaves it out and records it in ``.skipped``.
+        max_index: an index above it is a ``DataError`` (it sizes the map).
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "featindex.txt")
@@ -81,6 +96,10 @@ def load_featindex(path, on_bad_line="error"):
                 reason = f"expected field:value<TAB>index, got {line!r}"
             elif not index.isascii() or not index.isdigit():
                 reason = f"index {index!r} is not a non-negative integer"
+            elif int(index) > max_index:
+                raise DataError(f"index {index} exceeds max_index = {max_index} (the map holds "
+                                f"one entry per index; raise max_index if it is real)",
+                                path, number)
             elif int(index) in fields_of:
                 reason = f"index {index} is listed twice"
             if reason is not None:
@@ -98,6 +117,34 @@ def load_featindex(path, on_bad_line="error"):
     indices = np.fromiter(fields_of.keys(), np.int64, len(fields_of))
     feature_of_index[indices] = [feature[label] for label in fields_of.values()]
     return FeatIndex(labels, feature_of_index, str(path), skipped)
+
+
+def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS):
+    """1 + the largest field of the well-formed lines of libffm files (a
+    pass over the files; give ``num_fields`` to avoid it). A field >=
+    ``max_fields`` is a ``DataError`` naming its file:line.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.ffm")
+    >>> _ = open(p, "w").write("1 0:5:1 2:7:1\\n0 100000000:1:1\\n")
+    >>> scan_num_fields([p], 1 << 20)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    sparse_train.data.errors.DataError: ...x.ffm:2: field 100000000 is not below max_fields = 1000 ...
+    """
+    largest = -1
+    for chunk in iter_line_chunks(paths, chunk_bytes, skip_header):
+        counts, _, (_, fields, _, _, status, _) = parse_pair_lines(chunk, True)
+        good = np.repeat(status == 0, counts)
+        if good.any():
+            top = int(fields[good].max())
+            if top >= max_fields:
+                row = np.repeat(np.arange(len(chunk)), counts)[good & (fields >= max_fields)][0]
+                raise DataError(f"field {fields[good & (fields >= max_fields)][0]} is not below "
+                                f"max_fields = {max_fields} (each field is a feature; give "
+                                f"num_fields, or raise max_fields if the data really has that "
+                                f"many)", chunk.path, int(chunk.line_numbers[row]))
+            largest = max(largest, top)
+    return largest + 1
 
 
 def parse_pair_lines(chunk, with_field):
@@ -124,9 +171,11 @@ class PairsParser:
         featindex: libsvm: a ``FeatIndex`` mapping indices to fields; an
             index it does not list makes a line bad.
         weighted: keep the values as per-id weights (else they are dropped).
+        max_fields: the largest ``num_fields`` accepted (``MAX_FIELDS``).
     """
 
-    def __init__(self, with_field, num_fields=None, featindex=None, weighted=True):
+    def __init__(self, with_field, num_fields=None, featindex=None, weighted=True,
+                 max_fields=MAX_FIELDS):
         self.with_field = bool(with_field)
         self.featindex = featindex
         self.weighted = bool(weighted)
@@ -138,6 +187,9 @@ class PairsParser:
         if num_fields is not None:
             if isinstance(num_fields, bool) or int(num_fields) != num_fields or num_fields < 1:
                 raise ValueError(f"num_fields must be a positive integer, got {num_fields!r}")
+            if num_fields > max_fields:
+                raise ValueError(f"num_fields = {num_fields} exceeds max_fields = {max_fields} "
+                                 f"(each field is a feature; raise max_fields if it is real)")
             self.feature_names = tuple(f"field_{f}" for f in range(int(num_fields)))
         elif featindex is not None:
             self.feature_names = featindex.feature_names
