@@ -95,3 +95,18 @@ def test_a_huge_featindex_index_is_refused(tmp_path):
     path.write_text("1:a\t0\n2:b\t999999999999\n")
     with pytest.raises(DataError, match=r"featindex.txt:2: index 999999999999 exceeds max_index"):
         load_featindex(path)
+
+
+def test_invalid_utf8_in_a_schema_names_file_and_line(tmp_path):
+    from sparse_train.data import Schema, SchemaError
+    path = tmp_path / "bad.toml"
+    path.write_bytes(b'[[features]]\nname = "a\xff"\n')
+    with pytest.raises(SchemaError, match=r"bad.toml:2: not UTF-8 text \(byte 0xff\)"):
+        Schema.load(path)
+
+
+def test_invalid_utf8_in_libsvm_data_is_a_bad_token_at_its_line(tmp_path):
+    path = tmp_path / "x.svm"
+    path.write_bytes(b"1 3:1 4:1\n0 \xff\xfe:1\n")
+    with pytest.raises(DataError, match=r"x.svm:2: token 1 .* is not index:value"):
+        next(iter(open_dataset(path, "libsvm", batch_size=2)))
