@@ -1031,7 +1031,7 @@ def read_pointer(directory, pointer_name, number_of):
 
     Every name of the pointer must be a plain file name that ``number_of``
     accepts; otherwise ``CheckpointError`` (its ``bad_name`` the name)."""
-    pointer_path = os.path.join(directory, pointer_name)
+    pointer_path = entry_path(directory, pointer_name, pointer_name)  # not a symlink out
     try:
         with open(pointer_path, "rb") as f:
             pointer = json.loads(f.read().decode("ascii"))

@@ -199,3 +199,12 @@ def test_a_lock_of_another_host_is_not_taken(tmp_path):
     with pytest.raises(DirectoryLockedError, match="host elsewhere.invalid"):
         DirectoryLock(tmp_path).acquire()
     assert (tmp_path / "LOCK").exists()
+
+
+def test_a_pointer_that_is_a_symlink_out_is_not_read(tmp_path, saved):
+    outside = tmp_path / "elsewhere"
+    outside.write_text(json.dumps({"latest": "ckpt-1.ckpt", "checkpoints": ["ckpt-1.ckpt"]}))
+    (saved / "latest").unlink()
+    os.symlink(outside, saved / "latest")
+    with pytest.raises(CheckpointError, match="latest is a symlink leading out"):
+        CheckpointManager(_checkpoint(), saved).restore_latest()

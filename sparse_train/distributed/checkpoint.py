@@ -182,6 +182,15 @@ class DistributedCheckpointManager:
             raise error
         return None
 
+    def latest_step(self):
+        """The number (global step) of the newest checkpoint, or None (every rank)."""
+        candidates = self.comm.bcast(self._candidates() if self.comm.rank == 0 else None)
+        return self._number(os.path.basename(candidates[0])) if candidates else None
+
+    def has_checkpoints(self):
+        """Whether the directory holds a checkpoint of this manager (every rank)."""
+        return self.latest_step() is not None
+
     def manifest(self, path):
         """The manifest (dict) at ``path``, read on rank 0 and shared."""
         return _collective(self.comm, "restore", lambda: _read_manifest(path) if self.comm.rank == 0

@@ -65,3 +65,11 @@ def test_temporaries_of_a_dead_save_are_removed(tmp_path):
     with pytest.warns(UserWarning, match="removed 2 temporary file"):
         DistributedCheckpointManager(dist, optimizers, step, directory)
     assert sorted(os.listdir(directory)) == [".mine.abcdefgh.tmp"]
+
+
+def test_latest_step_and_has_checkpoints(tmp_path):
+    dist, optimizers, step = _setup()
+    manager = DistributedCheckpointManager(dist, optimizers, step, tmp_path)
+    assert manager.latest_step() is None and not manager.has_checkpoints()
+    manager.save(checkpoint_number=7)
+    assert manager.latest_step() == 7 and manager.has_checkpoints()
