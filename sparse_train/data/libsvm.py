@@ -20,7 +20,8 @@ Limits. Fields and featindex indices size arrays (a field per feature, a
 featindex entry per index), so one hostile line could make them absurdly
 large: a field number >= ``max_fields`` (default ``MAX_FIELDS``) or an
 index > ``max_index`` (default ``MAX_INDEX``) is a ``DataError`` naming
-file:line and the limit, which the keyword raises.
+file:line and the limit, which the keyword raises. A row of more than
+``max_bag_length`` pairs (``MAX_BAG_LENGTH``) is a bad line.
 """
 import numpy as np
 
@@ -31,13 +32,16 @@ from ._parsed import Parsed, RawFeature
 from .errors import DataError
 
 __all__ = ["PairsParser", "FeatIndex", "load_featindex", "scan_num_fields", "MAX_FIELDS",
-           "MAX_INDEX"]
+           "MAX_INDEX", "MAX_BAG_LENGTH"]
 
 #: Default largest number of libffm fields (features); each costs a
 #: [rows of a chunk] int64 column while a chunk is grouped.
 MAX_FIELDS = 1000
 #: Default largest featindex index (its map holds one int64 per index).
 MAX_INDEX = (1 << 26) - 1
+#: Default largest number of pairs in one row (all its bags together).
+MAX_BAG_LENGTH = 1 << 20
+_TOO_MANY_PAIRS = 6  # a status beside the kernel's (4: label range, 5: unknown feature)
 
 
 class FeatIndex:
@@ -147,16 +151,25 @@ def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS
     return largest + 1
 
 
-def parse_pair_lines(chunk, with_field):
+def parse_pair_lines(chunk, with_field, max_pairs=None):
     """(pairs per line [n], line offsets into the pairs [n+1], the kernel's
-    ``parse_pairs`` output) of a ``LineChunk`` of libsvm / libffm lines."""
+    ``parse_pairs`` output) of a ``LineChunk`` of libsvm / libffm lines.
+    A line of more than ``max_pairs`` pairs gets no pairs (count 0) and
+    status ``6``."""
     n = len(chunk)
     counts = np.empty(n, np.int64)
     _kernels.count_pairs(counts, chunk.buf, chunk.line_starts, chunk.line_ends)
+    too_many = None
+    if max_pairs is not None and (counts > max_pairs).any():
+        too_many = counts > max_pairs
+        counts[too_many] = 0
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    return counts, offsets, _kernels.parse_pairs(chunk.buf, chunk.line_starts,
-                                                 chunk.line_ends, offsets, with_field)
+    parsed = _kernels.parse_pairs(chunk.buf, chunk.line_starts, chunk.line_ends, offsets,
+                                  with_field)
+    if too_many is not None:
+        parsed[4][too_many] = _TOO_MANY_PAIRS
+    return counts, offsets, parsed
 
 
 class PairsParser:
@@ -172,10 +185,12 @@ class PairsParser:
             index it does not list makes a line bad.
         weighted: keep the values as per-id weights (else they are dropped).
         max_fields: the largest ``num_fields`` accepted (``MAX_FIELDS``).
+        max_bag_length: a row of more pairs is a bad line (``MAX_BAG_LENGTH``).
     """
 
     def __init__(self, with_field, num_fields=None, featindex=None, weighted=True,
-                 max_fields=MAX_FIELDS):
+                 max_fields=MAX_FIELDS, max_bag_length=MAX_BAG_LENGTH):
+        self.max_bag_length = int(max_bag_length)
         self.with_field = bool(with_field)
         self.featindex = featindex
         self.weighted = bool(weighted)
@@ -212,7 +227,7 @@ class PairsParser:
     def parse(self, chunk, keep_tokens=False):
         """``Parsed`` of a ``LineChunk`` (token texts are always available)."""
         counts, offsets, (labels, fields, indices, values, status, bad_token) = \
-            parse_pair_lines(chunk, self.with_field)
+            parse_pair_lines(chunk, self.with_field, self.max_bag_length)
         n = len(chunk)
         # 1 / +1 are clicks, 0 / -1 are not; anything else must lie in [0, 1]
         labels[labels == -1.0] = 0.0
@@ -269,6 +284,9 @@ class PairsParser:
             return f"label {tokens[0]!r} is not a number"
         if code == 4:
             return f"label {tokens[0]} is not 0/1, -1/+1 or within [0, 1]"
+        if code == _TOO_MANY_PAIRS:
+            return (f"more than max_bag_length = {self.max_bag_length} pairs in the row "
+                    f"(raise max_bag_length if the data really has such rows)")
         if code in (_kernels.PAIRS_BAD_TOKEN, _kernels.PAIRS_BAD_VALUE):
             token = tokens[bad_token[i]]
             form = "field:index:value" if self.with_field else "index:value"

@@ -110,3 +110,14 @@ def test_invalid_utf8_in_libsvm_data_is_a_bad_token_at_its_line(tmp_path):
     path.write_bytes(b"1 3:1 4:1\n0 \xff\xfe:1\n")
     with pytest.raises(DataError, match=r"x.svm:2: token 1 .* is not index:value"):
         next(iter(open_dataset(path, "libsvm", batch_size=2)))
+
+
+def test_a_row_longer_than_max_bag_length_is_a_bad_line(tmp_path):
+    from sparse_train.data._lines import iter_line_chunks as chunks
+    path = tmp_path / "x.svm"
+    path.write_bytes(b"1 3:1 4:1\n0" + b" 5:1" * 9 + b"\n1 6:1\n")
+    chunk = next(chunks([path], 1 << 20))
+    parsed = PairsParser(False, max_bag_length=8).parse(chunk)
+    assert parsed.bad.tolist() == [False, True, False]
+    assert "more than max_bag_length = 8 pairs" in parsed.reason(1)
+    assert PairsParser(False, max_bag_length=9).parse(chunk).bad is None
