@@ -938,13 +938,14 @@ def remove_stale_temporaries(directory, owns):
 
 class DirectoryLock:
     """An advisory lock file (default ``LOCK``) in a directory, held by one
-    process: JSON with its pid, host and start time.
+    process for as long as it runs: an ``flock`` on the file, which holds
+    JSON naming the holder's pid, host and start time.
 
-    ``acquire()`` creates it; if it exists and its process is alive (or on
-    another host), ``DirectoryLockedError`` names the holder. A lock left
-    by a dead process on this host is stale: it is taken over, with a
-    warning. ``release()`` (also at exit, or leaving a ``with`` block)
-    removes the file if it is still this process's.
+    ``acquire()`` takes it, or raises ``DirectoryLockedError`` naming the
+    live holder. The kernel drops the ``flock`` when its process dies (even
+    by kill -9), so a lock file left by a dead process is stale: it is taken
+    over, with a warning naming that process. ``release()`` (also at exit,
+    or leaving a ``with`` block) removes the file.
 
     >>> import tempfile
     >>> with DirectoryLock(tempfile.mkdtemp()) as lock:
@@ -958,69 +959,75 @@ class DirectoryLock:
         self.directory = os.fspath(directory)
         self.path = os.path.join(self.directory, name)
         self.held = False
+        self._fd = None
 
     def acquire(self):
         """Take the lock; ``DirectoryLockedError`` if a live process holds it."""
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        for _ in range(3):
+        import fcntl
+        if self.held:
+            return self
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise DirectoryLockedError(
+                    f"{self.directory} is in use by {holder} (lock file {self.path}); use "
+                    f"another directory, or wait for that run to end") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # released and removed between our open and flock: retry
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(me))
-            self.held, self._me = True, me
+            previous = _read_holder(fd)
+            if previous is not None:
+                warnings.warn(f"{self.path}: taking over the stale lock of {previous}, "
+                              f"which is no longer running", stacklevel=2)
+            me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.time()}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me, 0)
+            self._fd, self.held = fd, True
             atexit.register(self.release)
             return self
         raise DirectoryLockedError(f"could not take the lock {self.path}")
 
-    def _take_over_if_stale(self):
-        try:
-            with open(self.path, "rb") as f:
-                holder = json.loads(f.read().decode("utf-8"))
-            pid, host = int(holder["pid"]), str(holder["host"])
-        except FileNotFoundError:
-            return
-        except (ValueError, KeyError, TypeError):
-            if time.time() - os.path.getmtime(self.path) < 10:
-                raise DirectoryLockedError(f"{self.path} is being written by another process "
-                                           f"(another run is starting in {self.directory})")
-            pid, host = None, socket.gethostname()
-        if host != socket.gethostname():
-            raise DirectoryLockedError(
-                f"{self.directory} is locked by process {pid} on host {host} ({self.path}); "
-                f"use another directory, or delete the lock file if that run is over")
-        if pid is not None and _process_alive(pid):
-            raise DirectoryLockedError(
-                f"{self.directory} is in use by process {pid} on this host ({self.path}); "
-                f"use another directory, or wait for that run to end")
-        warnings.warn(f"{self.path}: taking over a stale lock of process {pid} "
-                      f"(no longer running)", stacklevel=4)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
     def release(self):
-        """Remove the lock file if this process still holds it."""
+        """Remove the lock file and drop the lock (a no-op if not held)."""
         if not self.held:
             return
+        import fcntl
         self.held = False
         atexit.unregister(self.release)
         try:
-            with open(self.path, "rb") as f:
-                holder = json.loads(f.read().decode("utf-8"))
-            if holder.get("pid") == self._me["pid"] and holder.get("host") == self._me["host"]:
-                os.unlink(self.path)
-        except (OSError, ValueError):
+            os.unlink(self.path)  # before unlocking: a waiter re-checks the inode
+        except FileNotFoundError:
             pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
     def __enter__(self):
         return self.acquire()
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _read_holder(fd):
+    """'process P on host H' from a lock file's content, or None if empty."""
+    raw = os.pread(fd, 4096, 0)
+    if not raw:
+        return None
+    try:
+        holder = json.loads(raw.decode("utf-8"))
+        return f"process {int(holder['pid'])} on host {holder['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "an unknown process"
 
 
 # ------------------------------------------------------------ helpers
