@@ -237,7 +237,8 @@ class Checkpoint:
                 drops += _match_optimizer(opt, saved_opts[name], self.variables, match)
         self._match_step_and_rng(header, strict, match)
         if match.problems:
-            raise CheckpointError(f"checkpoint {path} does not fit: " + "; ".join(match.problems))
+            raise CheckpointError(f"checkpoint {path} does not fit: " + "; ".join(match.problems)
+                                  + _shard_hint(path))
         return match.targets, drops
 
     def _match_step_and_rng(self, header, strict, match):
@@ -592,6 +593,11 @@ def _read_header(f, path):
         raise corrupt(f"only {size} bytes")
     magic, header_len = _PREFIX.unpack(f.read(_PREFIX.size))
     if magic != MAGIC:
+        if magic.startswith(b"{") and str(path).endswith(".manifest.json"):
+            raise CheckpointError(f"{path} is the manifest of a sharded (distributed) "
+                                  f"checkpoint, not a checkpoint file: restore it with "
+                                  f"sparse_train.distributed.restore_sharded or "
+                                  f"DistributedCheckpointManager (any number of ranks)")
         raise corrupt(f"bad magic {magic!r}")
     f.seek(size - _TRAILER.size)
     header_crc, _, saved_size, end_magic = _TRAILER.unpack(f.read(_TRAILER.size))
@@ -617,6 +623,16 @@ def _read_header(f, path):
         if nbytes != expected or data_start + offset + expected > size - _TRAILER.size:
             raise corrupt(f"array {name!r} does not fit the file")
     return header, data_start
+
+
+def _shard_hint(path):
+    """For a shard file of a multi-rank save, what reads it instead."""
+    found = re.search(r"\.shard-(\d+)-of-(\d+)\.ckpt$", os.fspath(path))
+    if not found or int(found.group(2)) < 2:
+        return ""
+    return (f" (this is shard {found.group(1)} of {found.group(2)} of a distributed "
+            f"checkpoint: restore its manifest with sparse_train.distributed.restore_sharded "
+            f"or DistributedCheckpointManager, on any number of ranks)")
 
 
 def _nbytes(meta):

@@ -220,3 +220,16 @@ def test_the_lock_of_a_killed_process_is_taken_over_saying_so(tmp_path):
     assert not (tmp_path / "LOCK").exists()
     _holder(tmp_path, 0).wait()  # a process that ends normally releases at exit
     assert not (tmp_path / "LOCK").exists()
+
+
+def test_a_shard_or_manifest_given_to_checkpoint_restore_says_what_reads_it(tmp_path):
+    shard = tmp_path / "ckpt-4.shard-1-of-2.ckpt"
+    Checkpoint([Variable(np.zeros((2, 3)), "w")]).save(shard)  # half the rows of a [4, 3] table
+    with pytest.raises(CheckpointError, match=r"shape \(2, 3\) in the checkpoint.*shard 1 of 2 "
+                                              r"of a distributed checkpoint.*restore_sharded"):
+        Checkpoint([Variable(np.zeros((4, 3)), "w")]).restore(shard)
+    manifest = tmp_path / "ckpt-4.manifest.json"
+    manifest.write_text(json.dumps({"format": "sparse_train.sharded_checkpoint"}) + " " * 40)
+    with pytest.raises(CheckpointError, match="manifest of a sharded .*restore_sharded") as info:
+        Checkpoint([Variable(np.zeros((4, 3)), "w")]).restore(manifest)
+    assert not isinstance(info.value, ck.CorruptCheckpointError)
