@@ -44,6 +44,8 @@ symlink, and only regular files that start with the checkpoint magic.
 Temporary files are named ``.{target}.{host}.{pid}.{random}.tmp``; a new
 manager removes its own pattern's leftovers of a save that died (the
 writing process gone, or written on another host over a day ago).
+``DirectoryLock`` keeps a second run out of a directory (an ``flock``'d
+lock file naming its holder; a dead holder's lock is taken over).
 
 Memory. Arrays are streamed in chunks of ``CHUNK_BYTES`` both ways, so a
 table is never held twice. ``save`` writes each array straight from the
