@@ -54,34 +54,9 @@ class LineChunk:
 def open_binary(path):
     """Open a file for reading bytes, through gzip when it starts with the
     gzip magic bytes (``.gz`` or not; a plain file named ``.gz`` reads as is)."""
-    f = open(path, "rb")
-    try:
+    with open(path, "rb") as f:
         compressed = f.read(2) == _GZIP_MAGIC
-        f.seek(0)
-    except BaseException:
-        f.close()
-        raise
-    return gzip.GzipFile(fileobj=f, mode="rb") if compressed else f
-
-
-class _Closing:
-    """Closes a GzipFile and the raw file under it."""
-
-    def __init__(self, f):
-        self.f = f
-
-    def __enter__(self):
-        return self.f
-
-    def __exit__(self, *exc):
-        raw = getattr(self.f, "fileobj", None)
-        self.f.close()
-        if raw is not None:
-            raw.close()
-
-
-def _open(path):
-    return _Closing(open_binary(path))
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
 def _gzip_error(path, error, line):
@@ -93,7 +68,7 @@ def first_line(path, max_line_bytes=MAX_LINE_BYTES):
     """The first line of a file, decoded (UTF-8, a byte-order mark dropped),
     without its line ending; None for an empty file. ``DataError`` for a
     first line longer than ``max_line_bytes`` or damaged gzip data."""
-    with _open(path) as f:
+    with open_binary(path) as f:
         try:
             raw = f.readline(max_line_bytes + 1)
         except _GZIP_ERRORS as error:
@@ -140,7 +115,7 @@ def iter_line_chunks(paths, chunk_bytes, skip_first_line=False, max_line_bytes=M
     for file_index, path in enumerate(paths):
         number = 1
         carry = b""
-        with _open(path) as f:
+        with open_binary(path) as f:
             while True:
                 try:
                     data = f.read(chunk_bytes)
