@@ -34,6 +34,19 @@ fsyncs it, renames it over the target with ``os.replace`` and fsyncs the
 directory: a crash at any point leaves either the old file or the new one,
 never a mix. ``CheckpointManager`` writes its ``latest`` pointer the same way.
 
+Directory contents are data. ``CheckpointManager`` (and the distributed
+manager) read file names from the ``latest`` pointer; each must be a plain
+name of the manager's own pattern (``{checkpoint_name}-{number}.ckpt``) in
+its directory: a separator, ``..``, an absolute path, another pattern or a
+symlink leading out of the directory is refused with ``CheckpointError``.
+Pruning (``max_to_keep``) deletes only such names, never following a
+symlink, and only regular files that start with the checkpoint magic.
+Temporary files are named ``.{target}.{host}.{pid}.{random}.tmp``; a new
+manager removes its own pattern's leftovers of a save that died (the
+writing process gone, or written on another host over a day ago).
+``DirectoryLock`` keeps a second run out of a directory (an ``flock``'d
+lock file naming its holder; a dead holder's lock is taken over).
+
 Memory. Arrays are streamed in chunks of ``CHUNK_BYTES`` both ways, so a
 table is never held twice. ``save`` writes each array straight from the
 variable's memory, computing its CRC on the way, then rewrites the header in
@@ -61,11 +74,15 @@ Optimizer state is reached through ``Optimizer.non_slot_variables``,
 >>> bool((w2.value == w.value).all()), int(step2), accumulator.value[0, 0].item()
 (True, 1, 1.100000023841858)
 """
+import atexit
 import json
 import os
 import re
+import socket
+import stat
 import struct
 import tempfile
+import time
 import warnings
 import zlib
 
@@ -76,7 +93,8 @@ from .variable import GlobalStep, Variable
 
 __all__ = ["Checkpoint", "CheckpointManager", "CheckpointReader", "load_checkpoint",
            "CheckpointError", "CorruptCheckpointError", "optimizer_state_dict",
-           "load_optimizer_state_dict", "FORMAT_VERSION"]
+           "load_optimizer_state_dict", "FORMAT_VERSION", "DirectoryLock",
+           "DirectoryLockedError"]
 
 FORMAT_VERSION = 1
 MAGIC = b"SPTCKPT\x00"
@@ -96,6 +114,10 @@ class CheckpointError(ValueError):
 
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint file is truncated, damaged or not a checkpoint."""
+
+
+class DirectoryLockedError(CheckpointError):
+    """Another live process holds a directory's ``DirectoryLock``."""
 
 
 # --------------------------------------------------------------- Checkpoint
@@ -217,7 +239,8 @@ class Checkpoint:
                 drops += _match_optimizer(opt, saved_opts[name], self.variables, match)
         self._match_step_and_rng(header, strict, match)
         if match.problems:
-            raise CheckpointError(f"checkpoint {path} does not fit: " + "; ".join(match.problems))
+            raise CheckpointError(f"checkpoint {path} does not fit: " + "; ".join(match.problems)
+                                  + _shard_hint(path))
         return match.targets, drops
 
     def _match_step_and_rng(self, header, strict, match):
@@ -415,8 +438,8 @@ def _atomic_write(path, write):
     rename it over ``path``; on any error the temporary file is removed."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp",
+                               prefix=f".{os.path.basename(path)}.{_HOST}.{os.getpid()}.")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -572,6 +595,11 @@ def _read_header(f, path):
         raise corrupt(f"only {size} bytes")
     magic, header_len = _PREFIX.unpack(f.read(_PREFIX.size))
     if magic != MAGIC:
+        if magic.startswith(b"{") and str(path).endswith(".manifest.json"):
+            raise CheckpointError(f"{path} is the manifest of a sharded (distributed) "
+                                  f"checkpoint, not a checkpoint file: restore it with "
+                                  f"sparse_train.distributed.restore_sharded or "
+                                  f"DistributedCheckpointManager (any number of ranks)")
         raise corrupt(f"bad magic {magic!r}")
     f.seek(size - _TRAILER.size)
     header_crc, _, saved_size, end_magic = _TRAILER.unpack(f.read(_TRAILER.size))
@@ -597,6 +625,16 @@ def _read_header(f, path):
         if nbytes != expected or data_start + offset + expected > size - _TRAILER.size:
             raise corrupt(f"array {name!r} does not fit the file")
     return header, data_start
+
+
+def _shard_hint(path):
+    """For a shard file of a multi-rank save, what reads it instead."""
+    found = re.search(r"\.shard-(\d+)-of-(\d+)\.ckpt$", os.fspath(path))
+    if not found or int(found.group(2)) < 2:
+        return ""
+    return (f" (this is shard {found.group(1)} of {found.group(2)} of a distributed "
+            f"checkpoint: restore its manifest with sparse_train.distributed.restore_sharded "
+            f"or DistributedCheckpointManager, on any number of ranks)")
 
 
 def _nbytes(meta):
@@ -664,7 +702,13 @@ class CheckpointManager:
     save order) is replaced atomically, then files beyond ``max_to_keep``
     are deleted; a crash at any point leaves ``latest`` naming a complete
     file. ``restore_latest`` falls back to older files when the latest is
-    corrupt.
+    corrupt, and to the newest file found in the directory (with a warning)
+    when the pointer names only missing files.
+
+    The pointer is data: a name in it that is not a plain file name of
+    this manager's pattern, or a symlink leading out of the directory, is
+    refused with ``CheckpointError`` (see the module docstring). A new
+    manager removes the temporary files of a save that died.
 
     Args:
         checkpoint: the ``Checkpoint`` to save and restore.
@@ -681,8 +725,8 @@ class CheckpointManager:
     ...     _ = step.increment()
     >>> [os.path.basename(p) for p in manager.checkpoints]
     ['ckpt-1.ckpt', 'ckpt-2.ckpt']
-    >>> os.path.basename(manager.restore_latest()), int(step)
-    ('ckpt-2.ckpt', 2)
+    >>> os.path.basename(manager.restore_latest()), int(step), manager.latest_step()
+    ('ckpt-2.ckpt', 2, 2)
     """
 
     POINTER = "latest"
@@ -698,23 +742,32 @@ class CheckpointManager:
         self.directory = os.fspath(directory)
         self.max_to_keep = max_to_keep
         self.checkpoint_name = checkpoint_name
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise CheckpointError(f"checkpoint directory {self.directory} is not a directory")
         os.makedirs(self.directory, exist_ok=True)
+        remove_stale_temporaries(self.directory, self._owns)
 
     @property
     def checkpoints(self):
         """Paths of the kept checkpoints that exist, oldest save first."""
         names = self._read_pointer()[1]
-        return [os.path.join(self.directory, n) for n in names
-                if os.path.exists(os.path.join(self.directory, n))]
+        return [p for p in (self._path(n) for n in names) if os.path.exists(p)]
 
     @property
     def latest_checkpoint(self):
         """Path of the newest checkpoint, or None."""
-        latest, names = self._read_pointer()
-        for name in ([latest] if latest else []) + names[::-1]:
-            if os.path.exists(os.path.join(self.directory, name)):
-                return os.path.join(self.directory, name)
-        return None
+        candidates = self._candidates()
+        return candidates[0] if candidates else None
+
+    def latest_step(self):
+        """The number (global step) of the newest checkpoint, or None."""
+        latest = self.latest_checkpoint
+        return None if latest is None else self._number(os.path.basename(latest))
+
+    def has_checkpoints(self):
+        """Whether the directory holds a checkpoint of this manager (or a
+        distributed one, which raises ``CheckpointError`` saying so)."""
+        return self.latest_checkpoint is not None
 
     def save(self, checkpoint_number=None, metadata=None):
         """Write a new checkpoint, update ``latest``, drop the oldest; its path."""
@@ -724,16 +777,13 @@ class CheckpointManager:
             checkpoint_number = int(step) if step is not None else 1 + max(
                 [self._number(n) for n in names] + [0])
         name = f"{self.checkpoint_name}-{int(checkpoint_number)}.ckpt"
-        self.checkpoint.save(os.path.join(self.directory, name), metadata)
+        self.checkpoint.save(self._path(name), metadata)
         names = [n for n in names if n != name] + [name]
         kept = names if self.max_to_keep is None else names[-self.max_to_keep:]
         pointer = _dumps({"latest": name, "checkpoints": kept})
         _atomic_write(os.path.join(self.directory, self.POINTER), lambda f: f.write(pointer))
         for old in names[:len(names) - len(kept)]:
-            try:
-                os.unlink(os.path.join(self.directory, old))
-            except FileNotFoundError:
-                pass
+            remove_own_file(self.directory, old, MAGIC)
         return os.path.join(self.directory, name)
 
     def restore_latest(self, fallback=True, strict=True):
@@ -744,11 +794,8 @@ class CheckpointManager:
         safe); without, ``CorruptCheckpointError`` propagates. A checkpoint that
         does not fit the objects always raises.
         """
-        latest = self.latest_checkpoint
-        candidates = ([latest] if latest else []) + [
-            p for p in self.checkpoints[::-1] if p != latest]
         error = None
-        for path in candidates:
+        for path in self._candidates():
             try:
                 self.checkpoint.restore(path, strict=strict)
                 return path
@@ -761,29 +808,274 @@ class CheckpointManager:
             raise error
         return None
 
+    def _candidates(self):
+        """Existing checkpoint paths, newest first: the pointer's; when it
+        names only missing files, the directory's own files (warning)."""
+        latest, names = self._read_pointer()
+        ordered = ([latest] if latest else []) + [n for n in names[::-1] if n != latest]
+        found = [p for p in (self._path(n) for n in ordered) if os.path.exists(p)]
+        if ordered and not found:
+            scanned = sorted(_own_names(self.directory, self._number), key=self._number)[::-1]
+            found = [self._path(n) for n in scanned]
+            if found:
+                warnings.warn(f"{os.path.join(self.directory, self.POINTER)} names only missing "
+                              f"files ({', '.join(ordered)}); falling back to the newest "
+                              f"checkpoint in the directory, {found[0]}", stacklevel=3)
+        if not found:
+            self._refuse_distributed()
+        return found
+
     def _read_pointer(self):
-        return read_pointer(self.directory, self.POINTER, self._number)
+        try:
+            return read_pointer(self.directory, self.POINTER, self._number)
+        except CheckpointError as error:
+            if re.fullmatch(r"[\w.-]+\.manifest\.json", getattr(error, "bad_name", "") or ""):
+                self._refuse_distributed(always=True)
+            raise
+
+    def _refuse_distributed(self, always=False):
+        """A directory of sharded (multi-rank) checkpoints: say what reads it."""
+        manifests = sorted(n for n in os.listdir(self.directory)
+                           if re.fullmatch(re.escape(self.checkpoint_name)
+                                           + r"-\d+\.manifest\.json", n))
+        if manifests or always:
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} holds sharded checkpoints of a "
+                f"distributed run ({', '.join(manifests) or 'its latest pointer names a manifest'}), "
+                f"not single-process ones: restore them with "
+                f"sparse_train.distributed.DistributedCheckpointManager (train.py --distributed), "
+                f"on any number of ranks (it reshards), or point to another directory")
+
+    def _path(self, name):
+        return entry_path(self.directory, name, self.POINTER)
 
     def _number(self, file_name):
         found = re.fullmatch(re.escape(self.checkpoint_name) + r"-(\d+)\.ckpt", file_name)
         return int(found.group(1)) if found else None
+
+    def _owns(self, file_name):
+        return file_name == self.POINTER or self._number(file_name) is not None
+
+
+# ------------------------------------------------------------ directories
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:64] or "host"
+#: A temporary file written on another host is stale after this many seconds.
+STALE_TEMPORARY_SECONDS = 24 * 3600
+_TEMPORARY = re.compile(r"\.(?P<target>[\w.-]+?)\.(?:(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.)?"
+                        r"[a-z0-9_]{8}\.tmp")
+
+
+def _plain_name(name):
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and re.fullmatch(r"[\w.-]+", name) is not None)
+
+
+def entry_path(directory, name, pointer_name="latest", links=True):
+    """``directory/name`` for a file name read from the directory's own
+    files; ``CheckpointError`` unless it is a plain name whose real path
+    (symlinks resolved, unless ``links`` is False) lies inside ``directory``."""
+    if not _plain_name(name):
+        raise CheckpointError(f"{os.path.join(directory, pointer_name)}: {name!r} is not a plain "
+                              f"file name; names read from a checkpoint directory must name "
+                              f"files inside it")
+    path = os.path.join(directory, name)
+    if links and os.path.islink(path):
+        inside = os.path.realpath(directory)
+        if os.path.dirname(os.path.realpath(path)) != inside:
+            raise CheckpointError(f"{path} is a symlink leading out of the checkpoint directory "
+                                  f"(to {os.path.realpath(path)}); refused")
+    return path
+
+
+def remove_own_file(directory, name, magic):
+    """Delete ``directory/name`` (a plain name) if it is a symlink (the link
+    only: unlink never follows it) or a regular file starting with
+    ``magic``; warn and keep it otherwise."""
+    path = entry_path(directory, name, links=False)
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode):
+            with open(path, "rb") as f:
+                if f.read(len(magic)) != magic:
+                    warnings.warn(f"{path} is not a checkpoint file written by sparse_train; "
+                                  f"not deleting it", stacklevel=3)
+                    return
+        elif not stat.S_ISLNK(mode):
+            warnings.warn(f"{path} is not a regular file; not deleting it", stacklevel=3)
+            return
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _own_names(directory, number_of):
+    return [n for n in os.listdir(directory) if number_of(n) is not None]
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory, owns):
+    """Delete the temporary files of saves that died in ``directory``:
+    names ``_atomic_write`` makes for a target ``owns(target)`` accepts,
+    written by a process that is gone (this host), over
+    ``STALE_TEMPORARY_SECONDS`` ago (another host), or by an older
+    version (no host and pid in the name). Returns the names removed."""
+    removed = []
+    for name in os.listdir(directory):
+        found = _TEMPORARY.fullmatch(name)
+        if not found or not owns(found.group("target")):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            if found.group("host") == _HOST:
+                if _process_alive(int(found.group("pid"))):
+                    continue
+            elif found.group("host") is not None:
+                if time.time() - info.st_mtime < STALE_TEMPORARY_SECONDS:
+                    continue
+            os.unlink(path)
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    if removed:
+        warnings.warn(f"{directory}: removed {len(removed)} temporary file(s) of a save that "
+                      f"did not finish ({', '.join(sorted(removed))})", stacklevel=3)
+    return removed
+
+
+class DirectoryLock:
+    """An advisory lock file (default ``LOCK``) in a directory, held by one
+    process for as long as it runs: an ``flock`` on the file, which holds
+    JSON naming the holder's pid, host and start time.
+
+    ``acquire()`` takes it, or raises ``DirectoryLockedError`` naming the
+    live holder. The kernel drops the ``flock`` when its process dies (even
+    by kill -9), so a lock file left by a dead process is stale: it is taken
+    over, with a warning naming that process. ``release()`` (also at exit,
+    or leaving a ``with`` block) removes the file.
+
+    >>> import tempfile
+    >>> with DirectoryLock(tempfile.mkdtemp()) as lock:
+    ...     lock.held
+    True
+    """
+
+    def __init__(self, directory, name="LOCK"):
+        if not _plain_name(name):
+            raise ValueError(f"DirectoryLock: name must be a plain file name, got {name!r}")
+        self.directory = os.fspath(directory)
+        self.path = os.path.join(self.directory, name)
+        self.held = False
+        self._fd = None
+
+    def acquire(self):
+        """Take the lock; ``DirectoryLockedError`` if a live process holds it."""
+        import fcntl
+        if self.held:
+            return self
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise DirectoryLockedError(
+                    f"{self.directory} is in use by {holder} (lock file {self.path}); use "
+                    f"another directory, or wait for that run to end") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # released and removed between our open and flock: retry
+                os.close(fd)
+                continue
+            previous = _read_holder(fd)
+            if previous is not None:
+                warnings.warn(f"{self.path}: taking over the stale lock of {previous}, "
+                              f"which is no longer running", stacklevel=2)
+            me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.time()}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, me, 0)
+            self._fd, self.held = fd, True
+            atexit.register(self.release)
+            return self
+        raise DirectoryLockedError(f"could not take the lock {self.path}")
+
+    def release(self):
+        """Remove the lock file and drop the lock (a no-op if not held)."""
+        if not self.held:
+            return
+        import fcntl
+        self.held = False
+        atexit.unregister(self.release)
+        try:
+            os.unlink(self.path)  # before unlocking: a waiter re-checks the inode
+        except FileNotFoundError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _read_holder(fd):
+    """'process P on host H' from a lock file's content, or None if empty."""
+    raw = os.pread(fd, 4096, 0)
+    if not raw:
+        return None
+    try:
+        holder = json.loads(raw.decode("utf-8"))
+        return f"process {int(holder['pid'])} on host {holder['host']}"
+    except (ValueError, KeyError, TypeError):
+        return "an unknown process"
 
 
 # ------------------------------------------------------------ helpers
 def read_pointer(directory, pointer_name, number_of):
     """(latest name or None, kept names oldest first) of a checkpoint
     directory: from its pointer file, or by scanning the directory (names
-    whose ``number_of(name)`` is not None) when it is missing or unreadable."""
+    whose ``number_of(name)`` is not None) when it is missing or unreadable.
+
+    Every name of the pointer must be a plain file name that ``number_of``
+    accepts; otherwise ``CheckpointError`` (its ``bad_name`` the name)."""
+    pointer_path = entry_path(directory, pointer_name, pointer_name)  # not a symlink out
     try:
-        with open(os.path.join(directory, pointer_name), "rb") as f:
+        with open(pointer_path, "rb") as f:
             pointer = json.loads(f.read().decode("ascii"))
-        return pointer["latest"], list(pointer["checkpoints"])
+        latest, names = pointer["latest"], list(pointer["checkpoints"])
     except FileNotFoundError:
         pass
     except (ValueError, KeyError, TypeError):
-        warnings.warn(f"{directory}/{pointer_name} is unreadable; scanning the directory",
-                      stacklevel=4)
-    names = sorted((n for n in os.listdir(directory) if number_of(n) is not None), key=number_of)
+        warnings.warn(f"{pointer_path} is unreadable; scanning the directory", stacklevel=4)
+    else:
+        for name in ([] if latest is None else [latest]) + names:
+            if not _plain_name(name) or number_of(name) is None:
+                error = CheckpointError(
+                    f"{pointer_path} names {name!r}, which is not a checkpoint file name of "
+                    f"this directory (a plain name of the manager's pattern); refused: a "
+                    f"checkpoint directory's files may only name files inside it")
+                error.bad_name = name if isinstance(name, str) else None
+                raise error
+        return latest, names
+    names = sorted(_own_names(directory, number_of), key=number_of)
     return (names[-1] if names else None), names
 
 

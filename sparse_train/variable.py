@@ -27,7 +27,10 @@ class Variable:
     slots and its entry in checkpoints.
 
     Args:
-        value: array-like, the initial value.
+        value: array-like, the initial value. A trainable variable's array
+            must be writable (optimizers update it in place): a read-only
+            one (e.g. a read-only memory map) is a ``ValueError`` naming the
+            variable, here and when ``value`` is replaced.
         name: unique, non-empty name such as ``"embedding/user_id"``.
         trainable: whether ``Optimizer.minimize`` updates it by default.
 
@@ -40,8 +43,22 @@ class Variable:
         if not isinstance(name, str) or not name:
             raise ValueError(f"Variable name must be a non-empty string, got {name!r}")
         self.name = name
-        self.value = _as_value(value, name)
         self.trainable = bool(trainable)
+        self.value = _as_value(value, name)
+
+    @property
+    def value(self):
+        """The array (C-contiguous; float32 or int64)."""
+        return self._value
+
+    @value.setter
+    def value(self, array):
+        if self.trainable and isinstance(array, np.ndarray) and not array.flags.writeable:
+            raise ValueError(
+                f"Variable {self.name!r}: the value array is read-only, but a trainable "
+                f"variable is updated in place (pass a writable copy, e.g. np.array(value), "
+                f"or trainable=False)")
+        self._value = array
 
     @property
     def shape(self):

@@ -40,3 +40,25 @@ def test_tables_and_every_optimizers_slots_start_on_a_line():
         opt.apply_gradients([(grad, table.weight)], global_step=step)
         for name in opt.get_slot_names():
             assert _on_a_line(opt.get_slot(table.weight, name).value), (opt.name, name)
+
+
+def test_a_table_too_large_for_memory_names_itself_and_its_bytes(monkeypatch):
+    from sparse_train import _aligned
+    from sparse_train.nn import EmbeddingTable
+    with pytest.raises(MemoryError, match=r"embedding table 'user_id' needs 64000000000000 bytes"):
+        EmbeddingTable(10 ** 12, 16, "user_id")
+    # a table that numpy could reserve (overcommit) but the machine cannot hold:
+    # refused before it is filled (the OOM killer would end the process)
+    monkeypatch.setattr(_aligned, "available_memory", lambda: 10 << 20)
+    with pytest.raises(ValueError, match=r"embedding table 'item' needs 128000000 bytes "
+                                         r"\(122.1 MiB\) .* only 10485760 bytes"):
+        EmbeddingTable(2_000_000, 16, "item")
+    assert aligned_empty((1000, 16)).shape == (1000, 16)  # small: not checked
+    with pytest.raises(MemoryError, match=r"the embedding tables of 'ebc' \(c0: 2000000 rows"):
+        EmbeddingBagCollection(DataSpec((FeatureSpec("c0", 2_000_000),)), 16, name="ebc")
+
+
+def test_available_memory_is_a_positive_number():
+    from sparse_train._aligned import available_memory
+    value = available_memory()
+    assert value is None or value > 0

@@ -81,3 +81,15 @@ def test_assign_refuses_strings_and_floats_into_integers_naming_the_variable():
     w.assign([1, 2])
     counts.assign(np.array([3, 4], np.int32))
     assert w.value.tolist() == [1.0, 2.0] and counts.value.tolist() == [3, 4]
+
+
+def test_a_read_only_array_is_refused_naming_the_variable():
+    frozen = np.ones((4, 2), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match=r"Variable 'emb/user': the value array is read-only"):
+        Variable(frozen, "emb/user")
+    assert Variable(frozen, "constant", trainable=False).value is frozen
+    v = Variable(np.zeros((4, 2)), "w")
+    with pytest.raises(ValueError, match=r"Variable 'w': the value array is read-only"):
+        v.value = frozen
+    assert v.value.flags.writeable

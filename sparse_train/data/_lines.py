@@ -1,15 +1,28 @@
 """Reading text files in chunks of whole lines, never the whole file.
 
 A chunk is a NumPy view of raw bytes plus the span and the (1-based) line
-number of each non-blank line in it. ``.gz`` files are decompressed on the fly.
+number of each non-blank line in it. Gzip files are decompressed on the fly,
+recognised by their content (magic bytes), whatever their name.
+
+Bad files are ``DataError``s naming the file (and line): a truncated or
+damaged gzip stream, a line longer than ``max_line_bytes`` (a file without
+newlines would otherwise be read whole into memory).
 """
 import gzip
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LineChunk", "iter_line_chunks", "open_binary", "first_line"]
+from .errors import DataError
+
+__all__ = ["LineChunk", "iter_line_chunks", "open_binary", "first_line", "MAX_LINE_BYTES"]
+
+#: Default longest line, in bytes (``max_line_bytes``): far beyond any real
+#: row, small enough that a file without newlines cannot exhaust memory.
+MAX_LINE_BYTES = 64 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
 
 @dataclass
@@ -39,18 +52,30 @@ class LineChunk:
 
 
 def open_binary(path):
-    """Open a file for reading bytes, through gzip when it ends in ``.gz``."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+    """Open a file for reading bytes, through gzip when it starts with the
+    gzip magic bytes (``.gz`` or not; a plain file named ``.gz`` reads as is)."""
+    with open(path, "rb") as f:
+        compressed = f.read(2) == _GZIP_MAGIC
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
-def first_line(path):
+def _gzip_error(path, error, line):
+    where = f"after line {line - 1}: " if line > 1 else ""
+    return DataError(f"{where}the gzip data is truncated or damaged ({error})", path)
+
+
+def first_line(path, max_line_bytes=MAX_LINE_BYTES):
     """The first line of a file, decoded (UTF-8, a byte-order mark dropped),
-    without its line ending; None for an empty file."""
+    without its line ending; None for an empty file. ``DataError`` for a
+    first line longer than ``max_line_bytes`` or damaged gzip data."""
     with open_binary(path) as f:
-        raw = f.readline()
+        try:
+            raw = f.readline(max_line_bytes + 1)
+        except _GZIP_ERRORS as error:
+            raise _gzip_error(path, error, 1) from None
+    if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+        raise DataError(f"line 1 is longer than max_line_bytes = {max_line_bytes} bytes "
+                        f"(not a text file of rows? raise the limit if it is)", path, 1)
     if not raw:
         return None
     return raw.rstrip(b"\r\n").decode("utf-8-sig", "replace")
@@ -73,11 +98,13 @@ def _chunk(path, file_index, body, first_number):
     return chunk, int(numbers.shape[0])
 
 
-def iter_line_chunks(paths, chunk_bytes, skip_first_line=False):
+def iter_line_chunks(paths, chunk_bytes, skip_first_line=False, max_line_bytes=MAX_LINE_BYTES):
     """Yield ``LineChunk``s of about ``chunk_bytes`` bytes over the files in
     order. Blank lines are dropped (they still count in line numbers); a last
     line without a newline is read; a line longer than ``chunk_bytes`` makes
-    a larger chunk. ``skip_first_line`` drops each file's line 1 (a header).
+    a larger chunk, one longer than ``max_line_bytes`` is a ``DataError``
+    (file:line), as is truncated or damaged gzip data. ``skip_first_line``
+    drops each file's line 1 (a header).
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "x.txt")
@@ -90,7 +117,10 @@ def iter_line_chunks(paths, chunk_bytes, skip_first_line=False):
         carry = b""
         with open_binary(path) as f:
             while True:
-                data = f.read(chunk_bytes)
+                try:
+                    data = f.read(chunk_bytes)
+                except _GZIP_ERRORS as error:
+                    raise _gzip_error(path, error, number) from None
                 if not data:
                     if not carry:
                         break
@@ -98,6 +128,10 @@ def iter_line_chunks(paths, chunk_bytes, skip_first_line=False):
                 buf = carry + data if carry else data
                 cut = buf.rfind(b"\n")
                 if cut < 0:
+                    if len(buf) > max_line_bytes:
+                        raise DataError(f"line is longer than max_line_bytes = {max_line_bytes} "
+                                        f"bytes (no newline; raise the limit if the data "
+                                        f"really has such lines)", path, number)
                     carry = buf
                     continue
                 body, carry = buf[:cut + 1], buf[cut + 1:]

@@ -15,15 +15,33 @@ sparse format). A libsvm file has no fields; three ways to get them:
 - otherwise all indices form one feature, ``features``.
 
 Labels: 1 and +1 mean a click, 0 and -1 none; other values must lie in [0, 1].
+
+Limits. Fields and featindex indices size arrays (a field per feature, a
+featindex entry per index), so one hostile line could make them absurdly
+large: a field number >= ``max_fields`` (default ``MAX_FIELDS``) or an
+index > ``max_index`` (default ``MAX_INDEX``) is a ``DataError`` naming
+file:line and the limit, which the keyword raises. A row of more than
+``max_bag_length`` pairs (``MAX_BAG_LENGTH``) is a bad line.
 """
 import numpy as np
 
 from ..kernels import data_hash as _hash
 from ..kernels import data_libsvm as _kernels
+from ._lines import iter_line_chunks
 from ._parsed import Parsed, RawFeature
 from .errors import DataError
 
-__all__ = ["PairsParser", "FeatIndex", "load_featindex"]
+__all__ = ["PairsParser", "FeatIndex", "load_featindex", "scan_num_fields", "MAX_FIELDS",
+           "MAX_INDEX", "MAX_BAG_LENGTH"]
+
+#: Default largest number of libffm fields (features); each costs a
+#: [rows of a chunk] int64 column while a chunk is grouped.
+MAX_FIELDS = 1000
+#: Default largest featindex index (its map holds one int64 per index).
+MAX_INDEX = (1 << 26) - 1
+#: Default largest number of pairs in one row (all its bags together).
+MAX_BAG_LENGTH = 1 << 20
+_TOO_MANY_PAIRS = 6  # a status beside the kernel's (4: label range, 5: unknown feature)
 
 
 class FeatIndex:
@@ -52,7 +70,7 @@ def _field_order(label):
     return (0, int(label), "") if label.isdigit() else (1, 0, label)
 
 
-def load_featindex(path, on_bad_line="error"):
+def load_featindex(path, on_bad_line="error", max_index=MAX_INDEX):
     """Read a featindex file (``field:value<TAB>index`` a line; a key
     without ``:`` is its own field, e.g. ``truncate``).
 
@@ -60,6 +78,7 @@ def load_featindex(path, on_bad_line="error"):
         on_bad_line: "error" raises ``DataError`` at a malformed line (no tab,
             an index that is not a non-negative integer, an index listed
             twice); "skip" leaves it out and records it in ``.skipped``.
+        max_index: an index above it is a ``DataError`` (it sizes the map).
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "featindex.txt")
@@ -81,6 +100,10 @@ def load_featindex(path, on_bad_line="error"):
                 reason = f"expected field:value<TAB>index, got {line!r}"
             elif not index.isascii() or not index.isdigit():
                 reason = f"index {index!r} is not a non-negative integer"
+            elif int(index) > max_index:
+                raise DataError(f"index {index} exceeds max_index = {max_index} (the map holds "
+                                f"one entry per index; raise max_index if it is real)",
+                                path, number)
             elif int(index) in fields_of:
                 reason = f"index {index} is listed twice"
             if reason is not None:
@@ -100,16 +123,53 @@ def load_featindex(path, on_bad_line="error"):
     return FeatIndex(labels, feature_of_index, str(path), skipped)
 
 
-def parse_pair_lines(chunk, with_field):
+def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS):
+    """1 + the largest field of the well-formed lines of libffm files (a
+    pass over the files; give ``num_fields`` to avoid it). A field >=
+    ``max_fields`` is a ``DataError`` naming its file:line.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.ffm")
+    >>> _ = open(p, "w").write("1 0:5:1 2:7:1\\n0 100000000:1:1\\n")
+    >>> scan_num_fields([p], 1 << 20)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    sparse_train.data.errors.DataError: ...x.ffm:2: field 100000000 is not below max_fields = 1000 ...
+    """
+    largest = -1
+    for chunk in iter_line_chunks(paths, chunk_bytes, skip_header):
+        counts, _, (_, fields, _, _, status, _) = parse_pair_lines(chunk, True)
+        good = np.repeat(status == 0, counts)
+        if good.any():
+            top = int(fields[good].max())
+            if top >= max_fields:
+                row = np.repeat(np.arange(len(chunk)), counts)[good & (fields >= max_fields)][0]
+                raise DataError(f"field {fields[good & (fields >= max_fields)][0]} is not below "
+                                f"max_fields = {max_fields} (each field is a feature; give "
+                                f"num_fields, or raise max_fields if the data really has that "
+                                f"many)", chunk.path, int(chunk.line_numbers[row]))
+            largest = max(largest, top)
+    return largest + 1
+
+
+def parse_pair_lines(chunk, with_field, max_pairs=None):
     """(pairs per line [n], line offsets into the pairs [n+1], the kernel's
-    ``parse_pairs`` output) of a ``LineChunk`` of libsvm / libffm lines."""
+    ``parse_pairs`` output) of a ``LineChunk`` of libsvm / libffm lines.
+    A line of more than ``max_pairs`` pairs gets no pairs (count 0) and
+    status ``6``."""
     n = len(chunk)
     counts = np.empty(n, np.int64)
     _kernels.count_pairs(counts, chunk.buf, chunk.line_starts, chunk.line_ends)
+    too_many = None
+    if max_pairs is not None and (counts > max_pairs).any():
+        too_many = counts > max_pairs
+        counts[too_many] = 0
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    return counts, offsets, _kernels.parse_pairs(chunk.buf, chunk.line_starts,
-                                                 chunk.line_ends, offsets, with_field)
+    parsed = _kernels.parse_pairs(chunk.buf, chunk.line_starts, chunk.line_ends, offsets,
+                                  with_field)
+    if too_many is not None:
+        parsed[4][too_many] = _TOO_MANY_PAIRS
+    return counts, offsets, parsed
 
 
 class PairsParser:
@@ -124,9 +184,13 @@ class PairsParser:
         featindex: libsvm: a ``FeatIndex`` mapping indices to fields; an
             index it does not list makes a line bad.
         weighted: keep the values as per-id weights (else they are dropped).
+        max_fields: the largest ``num_fields`` accepted (``MAX_FIELDS``).
+        max_bag_length: a row of more pairs is a bad line (``MAX_BAG_LENGTH``).
     """
 
-    def __init__(self, with_field, num_fields=None, featindex=None, weighted=True):
+    def __init__(self, with_field, num_fields=None, featindex=None, weighted=True,
+                 max_fields=MAX_FIELDS, max_bag_length=MAX_BAG_LENGTH):
+        self.max_bag_length = int(max_bag_length)
         self.with_field = bool(with_field)
         self.featindex = featindex
         self.weighted = bool(weighted)
@@ -138,6 +202,9 @@ class PairsParser:
         if num_fields is not None:
             if isinstance(num_fields, bool) or int(num_fields) != num_fields or num_fields < 1:
                 raise ValueError(f"num_fields must be a positive integer, got {num_fields!r}")
+            if num_fields > max_fields:
+                raise ValueError(f"num_fields = {num_fields} exceeds max_fields = {max_fields} "
+                                 f"(each field is a feature; raise max_fields if it is real)")
             self.feature_names = tuple(f"field_{f}" for f in range(int(num_fields)))
         elif featindex is not None:
             self.feature_names = featindex.feature_names
@@ -160,7 +227,7 @@ class PairsParser:
     def parse(self, chunk, keep_tokens=False):
         """``Parsed`` of a ``LineChunk`` (token texts are always available)."""
         counts, offsets, (labels, fields, indices, values, status, bad_token) = \
-            parse_pair_lines(chunk, self.with_field)
+            parse_pair_lines(chunk, self.with_field, self.max_bag_length)
         n = len(chunk)
         # 1 / +1 are clicks, 0 / -1 are not; anything else must lie in [0, 1]
         labels[labels == -1.0] = 0.0
@@ -217,6 +284,9 @@ class PairsParser:
             return f"label {tokens[0]!r} is not a number"
         if code == 4:
             return f"label {tokens[0]} is not 0/1, -1/+1 or within [0, 1]"
+        if code == _TOO_MANY_PAIRS:
+            return (f"more than max_bag_length = {self.max_bag_length} pairs in the row "
+                    f"(raise max_bag_length if the data really has such rows)")
         if code in (_kernels.PAIRS_BAD_TOKEN, _kernels.PAIRS_BAD_VALUE):
             token = tokens[bad_token[i]]
             form = "field:index:value" if self.with_field else "index:value"

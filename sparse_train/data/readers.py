@@ -3,10 +3,10 @@ import os
 from pathlib import Path
 
 from ._lines import first_line
-from .dataset import TextDataset, scan_num_fields
+from .dataset import TextDataset
 from .delimited import DelimitedParser, resolve_columns
 from .errors import DataError, SchemaError
-from .libsvm import PairsParser, load_featindex
+from .libsvm import PairsParser, load_featindex, scan_num_fields
 from .schema import Schema, criteo_schema
 from .synthetic import SyntheticClickLog
 from .vocabulary import load_vocabulary

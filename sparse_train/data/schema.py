@@ -105,7 +105,13 @@ class Schema:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"schema file not found: {path}")
-        return cls.from_toml(path.read_text(encoding="utf-8"), source=str(path))
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SchemaError(f"not UTF-8 text (byte {raw[err.start]:#04x})", path,
+                              raw.count(b"\n", 0, err.start) + 1) from None
+        return cls.from_toml(text, source=str(path))
 
     @classmethod
     def from_toml(cls, text, source="<schema>"):

@@ -18,6 +18,12 @@ checkpoint file restores the same way, as a world of one. The directory
 must be visible to every rank at the same path (a shared file system on
 several hosts).
 
+Names in the manifest and the pointer are data: each must be a plain file
+name of the expected pattern in the directory (shard r of W is
+``*.shard-r-of-W.ckpt``); anything else, or a symlink out of the directory,
+is refused with ``CheckpointError``, and pruning deletes only the exact
+names a save of that prefix writes.
+
 If any rank fails, every rank raises (``CheckpointError``, or
 ``CorruptCheckpointError`` when a file is damaged), so none is left waiting.
 """
@@ -29,9 +35,9 @@ import zlib
 
 import numpy as np
 
-from ..checkpoint import (Checkpoint, CheckpointError, CheckpointReader, read_pointer,
-                          CorruptCheckpointError, _atomic_write, _dumps,
-                          load_optimizer_state_dict)
+from ..checkpoint import (MAGIC, Checkpoint, CheckpointError, CheckpointReader, read_pointer,
+                          CorruptCheckpointError, _atomic_write, _dumps, entry_path,
+                          load_optimizer_state_dict, remove_own_file, remove_stale_temporaries)
 from .faults import DistributedError
 from .sharding import owned_ids, shard_size
 
@@ -101,7 +107,7 @@ def restore_sharded(path, dist, optimizers, global_step=None):
                            else None, root_result=True)
     _check_tables(manifest, dist, path)
     directory = os.path.dirname(os.path.abspath(path))
-    shards = [os.path.join(directory, name) for name in manifest["shards"]]
+    shards = [entry_path(directory, name, os.path.basename(path)) for name in manifest["shards"]]
     if manifest["world_size"] == comm.size:
         _collective(comm, "restore", lambda: Checkpoint(
             dist.variables(), optimizers, global_step).restore(shards[comm.rank]))
@@ -136,6 +142,8 @@ class DistributedCheckpointManager:
         self.max_to_keep = max_to_keep
         self.checkpoint_name = checkpoint_name
         os.makedirs(self.directory, exist_ok=True)
+        if self.comm.rank == 0:  # no rank saves before rank 0 answers save's bcast
+            remove_stale_temporaries(self.directory, self._owns)
 
     @property
     def comm(self):
@@ -174,6 +182,15 @@ class DistributedCheckpointManager:
             raise error
         return None
 
+    def latest_step(self):
+        """The number (global step) of the newest checkpoint, or None (every rank)."""
+        candidates = self.comm.bcast(self._candidates() if self.comm.rank == 0 else None)
+        return self._number(os.path.basename(candidates[0])) if candidates else None
+
+    def has_checkpoints(self):
+        """Whether the directory holds a checkpoint of this manager (every rank)."""
+        return self.latest_step() is not None
+
     def manifest(self, path):
         """The manifest (dict) at ``path``, read on rank 0 and shared."""
         return _collective(self.comm, "restore", lambda: _read_manifest(path) if self.comm.rank == 0
@@ -183,25 +200,45 @@ class DistributedCheckpointManager:
     def _candidates(self):
         latest, names = self._read_pointer()
         ordered = ([latest] if latest else []) + [n for n in names[::-1] if n != latest]
-        return [os.path.join(self.directory, n) for n in ordered
-                if os.path.exists(os.path.join(self.directory, n))]
+        found = [p for p in (self._path(n) for n in ordered) if os.path.exists(p)]
+        if ordered and not found:
+            scanned = sorted((n for n in os.listdir(self.directory)
+                              if n.endswith(".manifest.json") and self._number(n) is not None),
+                             key=self._number)[::-1]
+            found = [self._path(n) for n in scanned]
+            if found:
+                warnings.warn(f"{os.path.join(self.directory, self.POINTER)} names only missing "
+                              f"files ({', '.join(ordered)}); falling back to the newest "
+                              f"checkpoint in the directory, {found[0]}", stacklevel=3)
+        return found
+
+    def _path(self, name):
+        return entry_path(self.directory, name, self.POINTER)
+
+    def _owns(self, file_name):
+        return (file_name == self.POINTER or self._number(file_name) is not None
+                or re.fullmatch(re.escape(self.checkpoint_name) + r"-\d+\.shard-\d+-of-\d+\.ckpt",
+                                file_name) is not None)
 
     def _update_pointer(self, latest, kept, dropped):
         pointer = _dumps({"latest": latest, "checkpoints": kept})
         _atomic_write(os.path.join(self.directory, self.POINTER), lambda f: f.write(pointer))
         for name in dropped:
-            path = os.path.join(self.directory, name)
-            files = [name]
-            try:
-                files = _read_manifest(path)["shards"] + files  # manifest last
-            except (OSError, CheckpointError):
-                pass
-            for file in files:
-                try:
-                    os.unlink(os.path.join(self.directory, file))
-                except FileNotFoundError:
-                    pass
+            for file in self._files_of(name):
+                remove_own_file(self.directory, file, MAGIC if file.endswith(".ckpt") else b"{")
         return True
+
+    def _files_of(self, name):
+        """The files a save wrote for pointer entry ``name``, manifest last:
+        only the exact names ``save_sharded`` gives that prefix."""
+        if not name.endswith(".manifest.json"):
+            return [name]
+        prefix = name[:-len(".manifest.json")]
+        try:
+            world_size = _read_manifest(self._path(name))["world_size"]
+        except (OSError, CheckpointError):
+            return [name]
+        return [shard_file(prefix, r, world_size) for r in range(world_size)] + [name]
 
     def _read_pointer(self):
         return read_pointer(self.directory, self.POINTER, self._number)
@@ -249,12 +286,29 @@ def _read_manifest(path):
         if manifest["format_version"] > MANIFEST_VERSION:
             raise CheckpointError(f"{path} has manifest version {manifest['format_version']}; "
                                   f"this sparse_train reads up to {MANIFEST_VERSION}")
-        int(manifest["world_size"]), list(manifest["shards"])
+        _check_shard_names(path, manifest)
         return manifest
     except (ValueError, KeyError, TypeError) as error:
         if isinstance(error, CheckpointError):
             raise
         raise CorruptCheckpointError(f"manifest {path} is unreadable: {error!r}") from None
+
+
+def _check_shard_names(path, manifest):
+    """Shard r of W must be a plain name ``*.shard-r-of-W.ckpt`` (TypeError,
+    KeyError for a malformed manifest; CheckpointError for a bad name)."""
+    world_size, shards = manifest["world_size"], manifest["shards"]
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise TypeError(f"world_size {world_size!r} is not a positive integer")
+    if not isinstance(shards, list) or len(shards) != world_size:
+        raise TypeError(f"shards must list {world_size} file names")
+    for rank, name in enumerate(shards):
+        if not (isinstance(name, str) and re.fullmatch(
+                r"[\w.-]+\.shard-" + f"{rank}-of-{world_size}" + r"\.ckpt", name)):
+            raise CheckpointError(
+                f"manifest {path}: shard {rank} is {name!r}, not a plain file name "
+                f"'<prefix>.shard-{rank}-of-{world_size}.ckpt' of its directory; refused: "
+                f"a checkpoint directory's files may only name files inside it")
 
 
 def _check_tables(manifest, dist, path):

@@ -91,7 +91,7 @@ class EmbeddingTable:
         self.seed = zlib.crc32(name.encode()) if seed is None else int(seed)
         shape = (self.num_embeddings, self.embedding_dim)
         if out is None:
-            value = aligned_empty(shape, np.float32)
+            value = aligned_empty(shape, np.float32, f"embedding table {name!r}")
         elif (out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous):
             raise ValueError(f"EmbeddingTable {name!r}: out must be a C-contiguous {shape} "
                              f"float32 array, got {out.shape} {out.dtype}")

@@ -148,7 +148,9 @@ class EmbeddingBagCollection:
         for feature in specs:
             table = tables.setdefault(feature.name, feature.name)
             sizes[table] = max(sizes.get(table, 0), feature.num_embeddings)
-        stacked = aligned_empty((sum(sizes.values()), self.embedding_dim), np.float32)
+        stacked = aligned_empty((sum(sizes.values()), self.embedding_dim), np.float32,
+                                f"the embedding tables of {name!r} ("
+                                + ", ".join(f"{t}: {n} rows" for t, n in sizes.items()) + ")")
         self.tables, self._row_offset, first = {}, {}, 0
         for table, size in sizes.items():
             full = f"{name}/{table}"
