@@ -50,14 +50,16 @@ def log1p_transform(x):
     return math.log1p(x) if x > 0 else 0.0
 
 
-def reference_numeric(cells, kind=None, buckets=None):
-    """Float64 NumPy reference of a numeric column's preprocessing, fitted on
-    the same cells: cells (str, "" = missing) -> values [n] float32, or ids
-    [n] int64 for kind "bucketize". kind None = the default, log_standard."""
+def reference_numeric(cells, kind=None, buckets=None, fit=None):
+    """Float64 NumPy reference of a numeric column's preprocessing fitted on
+    the cells ``fit`` (default: ``cells``): cells (str, "" = missing) ->
+    values [n] float32, or ids [n] int64 for kind "bucketize". kind None =
+    the default, log_standard."""
     kind = kind or "log_standard"
+    fit = cells if fit is None else fit
     missing = np.array([c == "" for c in cells])
     x = np.array([float(c) if c != "" else 0.0 for c in cells], np.float64)
-    seen = x[~missing]
+    seen = np.array([float(c) for c in fit if c != ""], np.float64)
     if kind == "bucketize":
         edges = np.unique(np.quantile(seen, np.arange(1, buckets) / buckets))
         ids = np.array([1 + int(np.sum(edges <= v)) for v in x], np.int64)
@@ -71,7 +73,7 @@ def reference_numeric(cells, kind=None, buckets=None):
         y = (np.where(missing, mean, x) - lo) / ((hi - lo) or 1.0)
     else:
         t = np.sign(x) * np.log1p(np.abs(x)) if kind == "log_standard" else x
-        ts = t[~missing]
+        ts = np.sign(seen) * np.log1p(np.abs(seen)) if kind == "log_standard" else seen
         mean, std = ts.mean(), np.sqrt(np.mean((ts - ts.mean()) ** 2))
         y = (t - mean) / (std or 1.0)
     return np.where(missing, 0.0 if kind != "minmax" else y, y).astype(np.float32)
