@@ -152,7 +152,11 @@ def test_feature_linear_matches_numpy():
     assert [v.name for v in lin.sparse_variables()] == ["lin/weight"]
     assert [v.name for v in lin.dense_variables()] == ["lin/dense/kernel", "lin/bias"]
     fresh = FeatureLinear(SPEC, "lin0")
-    assert not fresh.sparse_variables()[0].value.any()  # tables start at zero
+    # everything starts at zero, as TF's linear models: tables, numeric
+    # kernel (random before; Adam barely moved it on raw numerics) and bias
+    for v in fresh.variables():
+        assert not v.value.any(), v.name
+    assert fresh.dense.kernel.shape == (SPEC.num_dense, 1)
 
 
 def test_collection_sees_a_feature_replaced_in_the_same_batch_dict():
