@@ -13,7 +13,7 @@ from ..kernels import data_hash as _hash
 from ._lines import first_line
 from ._parsed import Parsed, RawFeature
 from .errors import DataError, SchemaError
-from .numeric import DEFAULT_NORMALIZER, NORMALIZERS
+from .numeric import DEFAULT_NORMALIZER, LOG_NORMALIZERS, NORMALIZERS
 from .schema import Schema
 
 __all__ = ["DelimitedParser", "resolve_columns"]
@@ -106,9 +106,10 @@ class DelimitedParser:
         self._late = []
         for j, (_, c) in enumerate(self._dense):
             self._assign(plan, c, _csv.ROLE_NUMBER, 1 + j)
-        # raw values beyond float32 range are bad lines where they would be
-        # used as they are
-        self._plain = np.array([self._kind(f) == "none" for f, _ in self._dense], bool)
+        # raw values beyond float32 range are bad lines unless a log brings
+        # them back (Criteo's log1p convention)
+        self._plain = np.array([self._kind(f) not in LOG_NORMALIZERS for f, _ in self._dense],
+                               bool)
         self._categorical = {}
         for feature, c in self._sparse:
             if feature.type == "categorical":
@@ -227,7 +228,7 @@ class DelimitedParser:
         """Raw numeric features [n, d] float64 from values, status [d, n]:
         NaN where missing or bad; marks as ``NUMBER_BAD`` in ``status`` (in
         place) values that are not finite, and values beyond float32 range
-        of features used as they are (normalizer "none")."""
+        unless the feature's normalizer takes their log."""
         ok = status == _csv.NUMBER_OK
         bad = ok & ~np.isfinite(values)
         if self._plain.any():

@@ -20,12 +20,16 @@ deviation (ddof 0, as scikit-learn's ``StandardScaler``), minimum and maximum:
                     ``len(b) + 2`` ids
 
 A zero spread (s = 0, hi = lo) counts as 1. ``DEFAULT_NORMALIZER`` applies to a
-numeric column that declares nothing: "log_standard". Measured on
-``clothing_reviews`` (age; positive_feedback_count, heavy-tailed up to 122) and
-the Criteo samples (I1..I13, counts up to 10^5..10^6), a plain z-score leaves
-the tail values 10-60 standard deviations out, where they dominate a linear
-logit; the signed log first compresses them, then the z-score gives every
-column unit scale for one shared learning rate (see the README's table).
+numeric column that declares nothing: "log_standard". CTR numerics are mostly
+heavy-tailed counts (Criteo's I1..I13 reach 10^5..10^6): a plain z-score
+leaves their tails tens of standard deviations out, where they dominate a
+linear logit; the signed log compresses them first (keeping the sign of
+negative values, unlike Criteo's log1p), then the z-score gives every column
+unit scale for one shared learning rate, with missing cells at the mean.
+Measured with scikit-learn's LR (5 x 5-fold CV) on the DeepCTR Criteo sample,
+all features: log_standard AUC 0.648, log1p 0.634, standard 0.603, buckets
+0.582, minmax 0.524; on clothing_reviews (age, a feedback count; the words
+carry the signal) every choice is within 0.0005 (0.9387-0.9392).
 
 Statistics are exact over the first ``MAX_STATISTIC_ROWS`` training rows
 (file order), so they have the same bits whatever the batch size, chunk size
@@ -37,6 +41,8 @@ __all__ = ["NumericEncoder", "NumericStatistics", "NORMALIZERS", "DEFAULT_NORMAL
            "MAX_STATISTIC_ROWS", "numeric_encoder"]
 
 NORMALIZERS = ("none", "log1p", "standard", "minmax", "log_standard")
+#: Normalizers whose log takes any finite raw value into float32 range.
+LOG_NORMALIZERS = ("log1p", "log_standard")
 DEFAULT_NORMALIZER = "log_standard"
 #: Training rows (the first, in file order) the statistics are computed on.
 MAX_STATISTIC_ROWS = 1 << 20

@@ -188,3 +188,18 @@ def test_vocabulary_without_statistics_is_refused(tmp_path):
                      vocabulary=tmp_path / "v.json")
     with pytest.raises(SchemaError, match="numeric feature 'x': like= preprocesses it"):
         open_dataset(valid_path, "csv", schema=schema(normalizer="standard"), like=plain)
+
+
+@pytest.mark.parametrize("kind, bad", [("standard", True), ("none", True), ("minmax", True),
+                                       ("log1p", False), ("log_standard", False)])
+def test_beyond_float32_is_bad_unless_a_log_takes_it(tmp_path, kind, bad):
+    path = tmp_path / "big.csv"
+    path.write_text("y,c,x\n1,a,3\n0,b,1e39\n1,a,\n")
+    ds = open_dataset(path, "csv", schema=schema(normalizer=kind))
+    if bad:
+        with pytest.raises(DataError, match=r"big.csv:3: numeric column 'x': '1e39' is not a "
+                                            r"number within float32 range"):
+            ds.spec
+    else:
+        dense = collect(ds)[1][:, 0]
+        np.testing.assert_allclose(dense, reference_numeric(["3", "1e39", ""], kind), rtol=1e-6)
