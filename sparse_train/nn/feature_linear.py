@@ -27,9 +27,18 @@ class FeatureLinear:
     one ``"{name}/weight"`` as in ``EmbeddingBagCollection``; names:
     ``"{name}/weight"``, ``"{name}/dense/kernel"``, ``"{name}/bias"``.
 
+    A multi-hot bag adds up its ids' weights (combiner ``"sum"``, TF's
+    ``LinearClassifier(sparse_combiner="sum")`` and scikit-learn's
+    bag-of-words indicators), where an embedding averages them: with
+    ``"mean"`` a word's weight in a 60-word review moves 60 times slower, and
+    LR on clothing_reviews (default flags) scored AUC 0.688 against 0.926
+    with "sum" (scikit-learn's LR 0.939).
+
     Args:
         spec: the ``DataSpec``; name: scope; seed: model seed;
-        combiner, tables: as in ``EmbeddingBagCollection``.
+        combiner: as in ``EmbeddingBagCollection``, but a feature it leaves
+            open (None, or absent from the dict) gets ``"sum"``;
+        tables: as in ``EmbeddingBagCollection``.
 
     >>> from sparse_train.data import DataSpec, FeatureSpec
     >>> lin = FeatureLinear(DataSpec((FeatureSpec("a", 5),), ("x",)), "demo/linear")
@@ -41,6 +50,10 @@ class FeatureLinear:
 
     def __init__(self, spec, name, seed=0, combiner=None, tables=None):
         self.name = name
+        if combiner is None or isinstance(combiner, dict):
+            given = combiner or {}
+            combiner = {f.name: "sum" for f in spec.sparse_features}
+            combiner.update(given)  # unknown names: refused by the collection
         self.weights = EmbeddingBagCollection(spec, 1, name, seed, combiner, tables,
                                               initializer="zeros")
         self.dense = (Linear(spec.num_dense, 1, f"{name}/dense", seed, use_bias=False)
