@@ -23,16 +23,35 @@ class RawFeature:
 @dataclass
 class Parsed:
     """A parsed chunk of n lines. ``bad`` [n] bool marks malformed lines (None
-    when all are good); ``reason(i)`` says what is wrong with line i."""
+    when all are good); ``reason(i)`` says what is wrong with line i.
+
+    ``numeric``: None when ``dense`` [n, d] float32 is final; else the names
+    of ``dense``'s columns, raw values [n, d] float64 (NaN = missing) that
+    ``encode`` normalizes or bucketizes."""
     labels: np.ndarray
     dense: np.ndarray
     sparse: dict
     bad: np.ndarray = None
     reason: Callable = None
+    numeric: tuple = None
 
     def encode(self, encoders):
         """The ``Batch``, token keys mapped to ids by ``encoders`` (feature
-        name -> ``Vocabulary`` or ``HashBuckets``)."""
+        name -> ``Vocabulary``, ``HashBuckets`` or, for numeric features,
+        ``NumericEncoder``); bucketized numeric features follow the others
+        in ``Batch.sparse``."""
         sparse = {name: Ragged(encoders[name].ids_of_keys(raw.keys), raw.offsets, raw.weights)
                   for name, raw in self.sparse.items()}
-        return Batch(self.labels, self.dense, sparse)
+        dense = self.dense
+        if self.numeric is not None:
+            n = self.labels.shape[0]
+            columns = []
+            for j, name in enumerate(self.numeric):
+                encoder = encoders[name]
+                if encoder.kind == "bucketize":
+                    sparse[name] = Ragged(encoder.ids(dense[:, j]),
+                                          np.arange(n + 1, dtype=np.int64))
+                else:
+                    columns.append(encoder.apply(dense[:, j]))
+            dense = (np.stack(columns, axis=1) if columns else np.zeros((n, 0), np.float32))
+        return Batch(self.labels, dense, sparse)

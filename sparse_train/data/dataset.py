@@ -12,6 +12,7 @@ from ._lines import iter_line_chunks
 from .batch import DataSpec, FeatureSpec
 from .errors import DataError
 from .hashing import token_key
+from .numeric import NumericEncoder, NumericStatistics, needs_statistics
 from .vocabulary import HashBuckets, KeyCounter, save_vocabulary
 from ..progress import Progress
 
@@ -120,9 +121,28 @@ class Dataset:
         raise NotImplementedError
 
     def save_vocabulary(self, path):
-        """Write the feature ids (``vocabulary``) as JSON; read them back
-        with ``open_dataset(..., vocabulary=path)``."""
+        """Write the feature ids (``vocabulary``, numeric statistics
+        included) as JSON; read them back with ``open_dataset(...,
+        vocabulary=path)``."""
         save_vocabulary(path, self.vocabulary)
+
+    def preprocessing_state(self):
+        """The fitted numeric preprocessing as a JSON-able dict: feature name
+        -> ``NumericEncoder.to_dict()`` (normalizer and training statistics,
+        or bucket boundaries); {} for data without numeric columns to fit
+        (the synthetic log generates its numerics). Keep it in a checkpoint;
+        ``check_preprocessing`` refuses data that would be preprocessed
+        otherwise, and ``open_dataset(..., vocabulary=...)`` restores it."""
+        return {}
+
+    def check_preprocessing(self, state, where="the checkpoint"):
+        """Raise ``DataError`` naming the first numeric feature whose
+        preprocessing differs from ``state`` (a ``preprocessing_state()``)."""
+        mine = self.preprocessing_state()
+        for name in sorted(set(mine) | set(state)):
+            if mine.get(name) != state.get(name):
+                raise DataError(f"numeric feature {name!r}: this data's preprocessing "
+                                f"{mine.get(name)} differs from {where}'s {state.get(name)}")
 
     def _check_batch_args(self, batch_size):
         batch_size = self.batch_size if batch_size is None else batch_size
@@ -171,6 +191,11 @@ class TextDataset(Dataset):
                 self._encoders = self._fit(progress)
         return self._encoders
 
+    def preprocessing_state(self):
+        encoders = self.vocabulary
+        return {name: encoders[name].to_dict()
+                for name, _, _ in getattr(self.parser, "numeric_columns", ())}
+
     @property
     def spec(self):
         encoders = self.vocabulary
@@ -179,16 +204,26 @@ class TextDataset(Dataset):
         return DataSpec(sparse, tuple(self.parser.dense_names))
 
     def _fit(self, progress=None):
-        """Hash buckets as configured; vocabularies by one counting pass
-        (its progress shown on the stream ``progress``)."""
-        encoders, counters = {}, {}
+        """Hash buckets as configured; vocabularies and numeric statistics
+        by one counting pass (its progress shown on the stream
+        ``progress``)."""
+        encoders, counters, statistics = {}, {}, {}
+        numeric = list(getattr(self.parser, "numeric_columns", ()))
+        for name, kind, buckets in numeric:
+            if needs_statistics(kind):
+                statistics[name] = NumericStatistics(kind, buckets)
+            else:
+                encoders[name] = NumericEncoder(kind)
         for name, _, _ in self.parser.sparse_columns:
+            if name in statistics:
+                continue
             kind, value = self._id_config[name]
             if kind == "hash":
                 encoders[name] = HashBuckets(value)
             else:
                 counters[name] = KeyCounter(value)
-        if counters:
+        if counters or statistics:
+            positions = {name: j for j, (name, _, _) in enumerate(numeric)}
             interval = 0.5 if getattr(progress, "isatty", lambda: False)() else 10.0
             bar = Progress(None, "counting feature ids", unit="rows", file=progress,
                            interval=interval)
@@ -196,11 +231,17 @@ class TextDataset(Dataset):
                 for name, counter in counters.items():
                     raw = parsed.sparse[name]
                     counter.add(raw.keys, raw.tokens_at)
+                for name, stat in statistics.items():
+                    stat.add(parsed.dense[:, positions[name]])
                 bar.update(parsed.labels.shape[0])
             bar.close()
             for name, counter in counters.items():
                 encoders[name] = counter.vocabulary()
-        return {name: encoders[name] for name, _, _ in self.parser.sparse_columns}
+            for name, stat in statistics.items():
+                encoders[name] = stat.encoder()
+        names = [name for name, _, _ in self.parser.sparse_columns]
+        names += [name for name, _, _ in numeric if name not in names]
+        return {name: encoders[name] for name in names}
 
     # -- passes ----------------------------------------------------------------
     def _parsed_chunks(self, keep_tokens=False):

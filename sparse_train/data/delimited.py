@@ -13,6 +13,7 @@ from ..kernels import data_hash as _hash
 from ._lines import first_line
 from ._parsed import Parsed, RawFeature
 from .errors import DataError, SchemaError
+from .numeric import DEFAULT_NORMALIZER, LOG_NORMALIZERS, NORMALIZERS
 from .schema import Schema
 
 __all__ = ["DelimitedParser", "resolve_columns"]
@@ -61,6 +62,11 @@ class DelimitedParser:
     Args:
         schema: a ``Schema``.
         columns: the column names of the file (``resolve_columns``).
+        normalizer: the normalizer of numeric features that declare none.
+
+    ``parse`` leaves numeric features raw (float64, NaN where missing, in
+    ``Parsed.dense``); ``Parsed.encode`` normalizes or bucketizes them with
+    the fitted ``NumericEncoder``s.
 
     >>> import numpy as np
     >>> from sparse_train.data._lines import LineChunk
@@ -71,13 +77,17 @@ class DelimitedParser:
     >>> chunk = LineChunk("f.csv", 0, buf, np.array([0, 10]), np.array([9, 13]), np.array([1, 2]))
     >>> p = DelimitedParser(s, ["y", "a", "g"]).parse(chunk)
     >>> p.labels.tolist(), p.dense[:, 0].tolist(), p.sparse["g"].offsets.tolist()
-    ([1.0, 0.0], [2.5, 0.0], [0, 2, 3])
+    ([1.0, 0.0], [2.5, nan], [0, 2, 3])
     """
 
-    def __init__(self, schema, columns):
+    def __init__(self, schema, columns, normalizer=DEFAULT_NORMALIZER):
         if not isinstance(schema, Schema):
             raise TypeError(f"schema must be a Schema, got {type(schema).__name__}")
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)}, "
+                             f"got {normalizer!r}")
         self.schema = schema
+        self.normalizer = normalizer
         self.columns = list(columns)
         schema.check_columns(self.columns, "the data")
         index = {name: i for i, name in enumerate(self.columns)}
@@ -96,7 +106,10 @@ class DelimitedParser:
         self._late = []
         for j, (_, c) in enumerate(self._dense):
             self._assign(plan, c, _csv.ROLE_NUMBER, 1 + j)
-        self._log1p = np.array([f.transform == "log1p" for f, _ in self._dense], bool)
+        # raw values beyond float32 range are bad lines unless a log brings
+        # them back (Criteo's log1p convention)
+        self._plain = np.array([self._kind(f) not in LOG_NORMALIZERS for f, _ in self._dense],
+                               bool)
         self._categorical = {}
         for feature, c in self._sparse:
             if feature.type == "categorical":
@@ -120,14 +133,28 @@ class DelimitedParser:
         else:
             self._late.append((column, role, slot))
 
+    def _kind(self, feature):
+        if feature.bucketize is not None:
+            return "bucketize"
+        return feature.normalizer or self.normalizer
+
     @property
     def dense_names(self):
-        return tuple(f.name for f, _ in self._dense)
+        return tuple(f.name for f, _ in self._dense if f.bucketize is None)
+
+    @property
+    def numeric_columns(self):
+        """(name, kind, buckets) of each numeric feature, in order: kind is a
+        normalizer or "bucketize" (buckets: N, else None)."""
+        return tuple((f.name, self._kind(f), f.bucketize) for f, _ in self._dense)
 
     @property
     def sparse_columns(self):
-        """(name, multi_hot, weighted) of each sparse feature, in order."""
-        return tuple((f.name, f.type == "multi_hot", False) for f, _ in self._sparse)
+        """(name, multi_hot, weighted) of each sparse feature, in order: the
+        categorical and multi_hot ones, then the bucketized numeric ones."""
+        return (tuple((f.name, f.type == "multi_hot", False) for f, _ in self._sparse)
+                + tuple((f.name, False, False) for f, _ in self._dense
+                        if f.bucketize is not None))
 
     def parse(self, chunk, keep_tokens=False):
         """``Parsed`` of a ``LineChunk``; ``keep_tokens`` lets
@@ -163,7 +190,8 @@ class DelimitedParser:
                 return self._reason(chunk, i, cells, label_status, number_status[1:])
         else:
             bad = None
-        return Parsed(labels, dense, sparse, bad, reason)
+        return Parsed(labels, dense, sparse, bad, reason,
+                      numeric=tuple(f.name for f, _ in self._dense))
 
     def _read_late(self, buf, spans, plan, numbers, number_status, keys):
         """Fill the numbers or keys of features that share a column with an
@@ -197,22 +225,19 @@ class DelimitedParser:
         return labels, status
 
     def _numeric(self, values, status):
-        """Dense features [n, d] float32 from values, status [d, n]: 0 where
-        missing or bad, transformed; marks values beyond float32 range as
-        ``NUMBER_BAD`` in ``status`` (in place)."""
-        values[status != _csv.NUMBER_OK] = 0.0
-        if self._log1p.any():
-            rows = values[self._log1p]
-            positive = rows > 0.0
-            rows[positive] = np.log1p(rows[positive])
-            rows[~positive] = 0.0
-            values[self._log1p] = rows
-        with np.errstate(over="ignore"):  # beyond float32: reported as bad below
-            out = np.ascontiguousarray(values.T, dtype=np.float32)
-        infinite = ~np.isfinite(out.T)
-        if infinite.any():
-            status[(status == _csv.NUMBER_OK) & infinite] = _csv.NUMBER_BAD
-        return out
+        """Raw numeric features [n, d] float64 from values, status [d, n]:
+        NaN where missing or bad; marks as ``NUMBER_BAD`` in ``status`` (in
+        place) values that are not finite, and values beyond float32 range
+        unless the feature's normalizer takes their log."""
+        ok = status == _csv.NUMBER_OK
+        bad = ok & ~np.isfinite(values)
+        if self._plain.any():
+            bad[self._plain] |= ok[self._plain] & (
+                np.abs(values[self._plain]) > np.finfo(np.float32).max)
+        if bad.any():
+            status[bad] = _csv.NUMBER_BAD
+        values[status != _csv.NUMBER_OK] = np.nan
+        return np.ascontiguousarray(values.T)
 
     def _categorical_feature(self, buf, cell_spans, keys):
         quote = self._quote

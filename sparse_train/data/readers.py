@@ -7,6 +7,7 @@ from .dataset import TextDataset
 from .delimited import DelimitedParser, resolve_columns
 from .errors import DataError, SchemaError
 from .libsvm import PairsParser, load_featindex, scan_num_fields
+from .numeric import DEFAULT_NORMALIZER, NORMALIZERS, NumericEncoder, needs_statistics
 from .schema import Schema, criteo_schema
 from .synthetic import SyntheticClickLog
 from .vocabulary import load_vocabulary
@@ -14,13 +15,14 @@ from .vocabulary import load_vocabulary
 __all__ = ["open_dataset", "FORMATS"]
 
 FORMATS = ("synthetic", "criteo", "libsvm", "libffm", "csv")
-_ONLY = {"schema": ("csv",), "featindex": ("libsvm",), "num_fields": ("libsvm", "libffm"),
+_ONLY = {"schema": ("csv",), "normalizer": ("csv",), "featindex": ("libsvm",), "num_fields": ("libsvm", "libffm"),
          "delimiter": ("criteo",), "header": ("criteo",)}
 
 
 def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
                  ids="vocabulary", min_count=1, hash_buckets=1 << 20, vocabulary=None,
-                 like=None, on_bad_line="error", numeric_transform="log1p", delimiter=None,
+                 like=None, on_bad_line="error", numeric_transform="log1p", normalizer=None,
+                 delimiter=None,
                  header=None, featindex=None, num_fields=None, weighted=True,
                  chunk_bytes=4 << 20, prefetch=1, max_examples=None, **synthetic_options):
     """Open a click log for batch-by-batch reading; returns a ``Dataset``.
@@ -43,14 +45,20 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
             out-of-vocabulary id. An int, or a dict feature name -> int.
         hash_buckets: hash: buckets a feature (int, or dict name -> int).
         vocabulary: ids saved by ``Dataset.save_vocabulary`` (a path, or a
-            dict name -> ``Vocabulary``/``HashBuckets``) instead of fitting.
+            dict name -> ``Vocabulary``/``HashBuckets``/``NumericEncoder``)
+            instead of fitting; numeric features keep the statistics saved
+            there (the training data's).
         like: another ``Dataset`` (the training data) whose ids this one
             uses, e.g. a validation file.
         on_bad_line: "error" raises ``DataError`` (file:line: what) at the
             first malformed line; "skip" skips and counts them
             (``.skipped_lines``, ``.bad_line_examples``).
-        numeric_transform: criteo: "log1p" (log(1 + x) for x > 0, else 0) or
-            "none".
+        numeric_transform: criteo: the normalizer of I1..I13, "log1p"
+            (log(1 + x) for x > 0, else 0; the Criteo convention), "none" or
+            another of ``NORMALIZERS`` (``data/numeric.py``).
+        normalizer: csv: the normalizer of numeric features whose schema
+            entry declares none (None: ``DEFAULT_NORMALIZER``,
+            "log_standard"; see ``data/numeric.py`` for the choices).
         delimiter, header: criteo: None detects them from line 1 (a tab
             means TSV; a first cell that is not a number means a header).
         featindex: libsvm: a ``field:value<TAB>index`` file mapping indices
@@ -80,7 +88,7 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     given = {"schema": schema, "featindex": featindex, "num_fields": num_fields,
-             "delimiter": delimiter, "header": header}
+             "delimiter": delimiter, "header": header, "normalizer": normalizer}
     for name, value in given.items():
         if value is not None and format not in _ONLY[name]:
             raise ValueError(f"{name} applies to format {' or '.join(_ONLY[name])}, "
@@ -105,7 +113,11 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
             schema = schema if isinstance(schema, Schema) else Schema.load(schema)
         else:
             schema = _criteo_schema(paths[0], numeric_transform, delimiter, header)
-        parser = DelimitedParser(schema, resolve_columns(schema, paths))
+        if normalizer is not None and normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)}, "
+                             f"got {normalizer!r}")
+        parser = DelimitedParser(schema, resolve_columns(schema, paths),
+                                 normalizer or DEFAULT_NORMALIZER)
         skip_header = schema.header
         # (name, ids, min_count, hash_buckets): a schema may override the defaults
         columns = [(f.name, f.ids, f.min_count, f.hash_buckets) for f in schema.sparse_features]
@@ -117,7 +129,8 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
     id_config = {name: _id_config(name, feature_ids or ids, feature_min or min_count,
                                   feature_buckets or hash_buckets)
                  for name, feature_ids, feature_min, feature_buckets in columns}
-    encoders = _given_encoders(vocabulary, [c[0] for c in columns], like)
+    numeric = getattr(parser, "numeric_columns", ())
+    encoders = _given_encoders(vocabulary, [c[0] for c in columns], like, numeric)
     return TextDataset(paths, parser, id_config, batch_size=int(batch_size),
                        on_bad_line=on_bad_line, chunk_bytes=int(chunk_bytes),
                        prefetch_depth=int(prefetch), max_examples=max_examples,
@@ -188,11 +201,21 @@ def _id_config(name, kind, min_count, hash_buckets):
     return kind, value
 
 
-def _given_encoders(vocabulary, names, like):
+def _given_encoders(vocabulary, names, like, numeric=()):
+    """The encoders given by ``vocabulary`` for the sparse features ``names``
+    and the numeric ones ``numeric`` ((name, kind, buckets)); a numeric
+    feature absent there is added when its kind fits nothing ("none",
+    "log1p")."""
     if like is not None:
         theirs = [f.name for f in like.spec.sparse_features]
-        if theirs != names:
-            raise SchemaError(f"like= has features {theirs}, this data has {names}")
+        mine = names + [name for name, kind, _ in numeric if kind == "bucketize"]
+        if theirs != mine:
+            raise SchemaError(f"like= has features {theirs}, this data has {mine}")
+        theirs = {name: d.get("normalizer") for name, d in like.preprocessing_state().items()}
+        for name, kind, _ in numeric:
+            if theirs.get(name) != kind:
+                raise SchemaError(f"numeric feature {name!r}: like= preprocesses it as "
+                                  f"{theirs.get(name)!r}, this data as {kind!r}")
         return None
     if vocabulary is None:
         return None
@@ -203,7 +226,20 @@ def _given_encoders(vocabulary, names, like):
     missing = [n for n in names if n not in vocabulary]
     if missing:
         raise DataError(f"the vocabulary has no ids for feature(s) {missing}", where)
-    return {name: vocabulary[name] for name in names}
+    out = {name: vocabulary[name] for name in names}
+    for name, kind, _ in numeric:
+        given = vocabulary.get(name)
+        if given is None:
+            if needs_statistics(kind):
+                raise DataError(f"numeric feature {name!r}: the vocabulary has no training "
+                                f"statistics for its normalizer {kind!r}", where)
+            given = NumericEncoder(kind)
+        elif getattr(given, "kind", None) != kind:
+            raise DataError(f"numeric feature {name!r}: the vocabulary preprocesses it as "
+                            f"{getattr(given, 'kind', type(given).__name__)!r}, the schema "
+                            f"as {kind!r}", where)
+        out[name] = given
+    return out
 
 
 def _criteo_schema(path, numeric_transform, delimiter, header):
@@ -219,6 +255,7 @@ def _criteo_schema(path, numeric_transform, delimiter, header):
             header = False
         except ValueError:
             header = True
-    if numeric_transform not in (None, "none", "log1p"):
-        raise ValueError(f"numeric_transform must be 'log1p' or 'none', got {numeric_transform!r}")
+    if numeric_transform is not None and numeric_transform not in NORMALIZERS:
+        raise ValueError(f"numeric_transform must be one of {', '.join(NORMALIZERS)}, "
+                         f"got {numeric_transform!r}")
     return criteo_schema(numeric_transform, delimiter, header)

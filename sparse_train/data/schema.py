@@ -20,14 +20,26 @@
     [[features]]
     name = "age"
     type = "numeric"
-    transform = "log1p"    # optional: log(1 + x) for x > 0, else 0
+    normalizer = "standard"  # optional: "standard", "minmax", "log1p",
+                           #   "log_standard" or "none" (see data/numeric.py);
+                           #   default "log_standard"
+    [[features]]
+    name = "price"
+    type = "numeric"
+    bucketize = 10         # optional: quantile buckets of the training rows,
+                           #   then a categorical feature (ids 0 missing, 1..)
 
 Optional keys of a ``[[features]]`` entry: ``column`` (the column read, when
 it differs from ``name``), and for categorical / multi_hot features ``ids``
 ("vocabulary" or "hash"), ``min_count`` and ``hash_buckets``, which override
-the reader's defaults for that feature. Columns no feature names are ignored.
-An empty cell is missing: id 0 for categorical and multi_hot features (one
-missing id in the bag), 0.0 for numeric ones. Unknown keys are errors, so a
+the reader's defaults for that feature; for numeric features ``transform``
+("log1p" or "none", the older spelling of ``normalizer``). Columns no feature
+names are ignored. An empty cell is missing: id 0 for categorical and
+multi_hot features (one missing id in the bag), for numeric ones the
+training mean (0 after a z-score), 0 under "none" / "log1p", id 0 when
+bucketized. A bucketized column appears in the ``DataSpec`` as a sparse
+feature of the column's feature name, after the categorical and multi_hot
+ones (in schema order). Unknown keys are errors, so a
 misspelt key does not pass silently.
 """
 import math
@@ -36,13 +48,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SchemaError
+from .numeric import NORMALIZERS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["Schema", "FeatureColumn", "criteo_schema", "FEATURE_TYPES", "TRANSFORMS"]
+__all__ = ["Schema", "FeatureColumn", "criteo_schema", "FEATURE_TYPES", "TRANSFORMS",
+           "NORMALIZERS"]
 
 FEATURE_TYPES = ("categorical", "multi_hot", "numeric")
 TRANSFORMS = ("none", "log1p")
@@ -50,13 +64,17 @@ ID_KINDS = ("vocabulary", "hash")
 
 _DATA_KEYS = {"delimiter", "header", "names", "quote"}
 _LABEL_KEYS = {"column", "threshold"}
-_FEATURE_KEYS = {"name", "type", "column", "separator", "transform", "ids",
-                 "min_count", "hash_buckets"}
+_FEATURE_KEYS = {"name", "type", "column", "separator", "transform", "normalizer",
+                 "bucketize", "ids", "min_count", "hash_buckets"}
 
 
 @dataclass(frozen=True)
 class FeatureColumn:
-    """One ``[[features]]`` entry: a feature ``name`` read from ``column``."""
+    """One ``[[features]]`` entry: a feature ``name`` read from ``column``.
+
+    ``normalizer`` (numeric): as declared (``transform`` folded in), None
+    when the entry declares none (the reader's default applies);
+    ``bucketize``: N quantile buckets, or None."""
     name: str
     type: str
     column: str
@@ -65,6 +83,8 @@ class FeatureColumn:
     ids: str = None
     min_count: int = None
     hash_buckets: int = None
+    normalizer: str = None
+    bucketize: int = None
 
 
 @dataclass(frozen=True)
@@ -179,7 +199,13 @@ class Schema:
 
     @property
     def dense_features(self):
+        """The numeric features (bucketized ones included: they are read as
+        numbers, then become ids)."""
         return tuple(f for f in self.features if f.type == "numeric")
+
+    @property
+    def bucketized_features(self):
+        return tuple(f for f in self.features if f.bucketize is not None)
 
     @property
     def sparse_features(self):
@@ -242,11 +268,29 @@ def _feature(i, entry, label, fail):
     elif separator is not None:
         fail(f"{where}: separator applies to multi_hot features only")
     transform = entry.get("transform", "none")
+    normalizer, bucketize = entry.get("normalizer"), entry.get("bucketize")
     if kind == "numeric":
         if transform not in TRANSFORMS:
             fail(f"{where}: transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
-    elif "transform" in entry:
-        fail(f"{where}: transform applies to numeric features only")
+        if normalizer is not None and normalizer not in NORMALIZERS:
+            fail(f"{where}: normalizer must be one of {', '.join(NORMALIZERS)}, "
+                 f"got {normalizer!r}")
+        if "transform" in entry:
+            if normalizer is not None and normalizer != transform:
+                fail(f"{where}: transform = {transform!r} and normalizer = {normalizer!r} "
+                     f"disagree (transform is the older name of normalizer: give one)")
+            normalizer = transform
+        if bucketize is not None:
+            if isinstance(bucketize, bool) or not isinstance(bucketize, int) or bucketize < 2:
+                fail(f"{where}: bucketize must be an integer >= 2 (the number of "
+                     f"buckets), got {bucketize!r}")
+            if normalizer is not None:
+                fail(f"{where}: give bucketize or normalizer/transform, not both")
+        transform = "log1p" if normalizer == "log1p" else "none"
+    else:
+        for key in ("transform", "normalizer", "bucketize"):
+            if key in entry:
+                fail(f"{where}: {key} applies to numeric features only")
     options = {}
     for key in ("ids", "min_count", "hash_buckets"):
         if key in entry and kind == "numeric":
@@ -260,7 +304,8 @@ def _feature(i, entry, label, fail):
             fail(f"{where}: {key} must be a positive integer, got {value!r}")
         options[key] = value
     return FeatureColumn(name=name, type=kind, column=column, separator=separator,
-                         transform=transform, ids=ids, **options)
+                         transform=transform, ids=ids, normalizer=normalizer,
+                         bucketize=bucketize, **options)
 
 
 #: Column names of the Criteo display-advertising data (Kaggle DAC, 1TB logs).
@@ -273,8 +318,9 @@ def criteo_schema(numeric_transform="log1p", delimiter="\t", header=False):
     categorical ``C1..C26``; the original TSV has no header.
 
     Args:
-        numeric_transform: "log1p" (log(1 + x) for x > 0, else 0; the usual
-            Criteo preprocessing, e.g. DLRM) or "none".
+        numeric_transform: the normalizer of I1..I13: "log1p" (log(1 + x)
+            for x > 0, else 0; the usual Criteo preprocessing, e.g. DLRM),
+            "none", or another of ``NORMALIZERS`` ("standard", ...).
 
     >>> s = criteo_schema()
     >>> len(s.dense_features), len(s.sparse_features), s.delimiter == "\\t"
@@ -282,7 +328,7 @@ def criteo_schema(numeric_transform="log1p", delimiter="\t", header=False):
     """
     if numeric_transform is None:
         numeric_transform = "none"
-    features = [{"name": f"I{i}", "type": "numeric", "transform": numeric_transform}
+    features = [{"name": f"I{i}", "type": "numeric", "normalizer": numeric_transform}
                 for i in range(1, 14)]
     features += [{"name": f"C{i}", "type": "categorical"} for i in range(1, 27)]
     data = {"delimiter": delimiter, "header": header}

@@ -9,7 +9,9 @@ id 0 for a missing value:
     HashBuckets   0 = missing, 1 + key % num_buckets
 
 Both save to and load from JSON (``save_vocabulary`` / ``load_vocabulary``),
-so training and validation use the same ids.
+so training and validation use the same ids; the same file keeps the fitted
+``NumericEncoder`` of each numeric feature (``numeric.py``: training
+statistics or bucket boundaries), type "numeric".
 """
 import json
 from pathlib import Path
@@ -19,6 +21,7 @@ import numpy as np
 from ..kernels import data_hash as _kernels
 from .errors import DataError
 from .hashing import token_keys
+from .numeric import NumericEncoder
 
 __all__ = ["Vocabulary", "HashBuckets", "save_vocabulary", "load_vocabulary"]
 
@@ -183,13 +186,17 @@ def _from_dict(name, d, path):
             if d.get("hash", _HASH_NAME) != _HASH_NAME:
                 raise ValueError(f"unknown hash {d.get('hash')!r} (this version uses {_HASH_NAME!r})")
             return HashBuckets(d["num_buckets"])
+        if kind == "numeric":
+            return NumericEncoder.from_dict(d)
     except (KeyError, ValueError, TypeError) as err:
         raise DataError(f"feature {name!r}: {err}", path) from None
-    raise DataError(f"feature {name!r}: type must be 'vocabulary' or 'hash', got {kind!r}", path)
+    raise DataError(f"feature {name!r}: type must be 'vocabulary', 'hash' or 'numeric', "
+                    f"got {kind!r}", path)
 
 
 def save_vocabulary(path, encoders):
-    """Write feature name -> ``Vocabulary`` / ``HashBuckets`` as JSON.
+    """Write feature name -> ``Vocabulary`` / ``HashBuckets`` /
+    ``NumericEncoder`` as JSON.
 
     >>> import tempfile, os
     >>> p = os.path.join(tempfile.mkdtemp(), "vocab.json")

@@ -9,7 +9,9 @@ class LR(CTRModel):
 
         logit = bias + sum_f w_f[ids_f] + dense @ v
 
-    (``nn.FeatureLinear``; ``embedding_dim`` is unused). Variables: the
+    (``nn.FeatureLinear``; ``embedding_dim`` is unused). All weights start
+    at zero, as TF's ``LinearClassifier`` (the logit bias then takes the
+    data's log-odds, ``init_logit_bias``). Variables: the
     features' [V_f, 1] tables stacked in ``lr/linear/weight`` (row ranges,
     feature after feature), ``lr/linear/dense/kernel``, ``lr/linear/bias``.
 

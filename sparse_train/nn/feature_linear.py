@@ -19,27 +19,47 @@ class FeatureLinear:
     an embedding bag of width 1, so its gradient is row-sparse; ``c_i`` the
     combiner's coefficient, e.g. the libsvm value of id i), ``v`` a
     ``Linear(num_dense, 1)`` kernel over the numeric features (absent
-    without them) and ``bias`` a scalar. Tables start at zero (the term is
-    convex in them, stacked in one ``"{name}/weight"`` as in
-    ``EmbeddingBagCollection``); names: ``"{name}/weight"``,
-    ``"{name}/dense/kernel"``, ``"{name}/bias"``.
+    without them) and ``bias`` a scalar. Everything starts at zero, as in
+    TF's linear models (the term is convex, so no symmetry needs breaking;
+    a random numeric kernel started LR far from the base rate on raw
+    numerics and Adam at 5e-4 barely moved it); a model sets the bias to the
+    data's log-odds (``CTRModel.init_logit_bias``). Tables are stacked in
+    one ``"{name}/weight"`` as in ``EmbeddingBagCollection``; names:
+    ``"{name}/weight"``, ``"{name}/dense/kernel"``, ``"{name}/bias"``.
+
+    A multi-hot bag adds up its ids' weights (combiner ``"sum"``, TF's
+    ``LinearClassifier(sparse_combiner="sum")`` and scikit-learn's
+    bag-of-words indicators), where an embedding averages them: with
+    ``"mean"`` a word's weight in a 60-word review moves 60 times slower, and
+    LR on clothing_reviews (default flags) scored AUC 0.688 against 0.926
+    with "sum" (scikit-learn's LR 0.939).
 
     Args:
         spec: the ``DataSpec``; name: scope; seed: model seed;
-        combiner, tables: as in ``EmbeddingBagCollection``.
+        combiner: as in ``EmbeddingBagCollection``, but a feature it leaves
+            open (None, or absent from the dict) gets ``"sum"``;
+        tables: as in ``EmbeddingBagCollection``.
 
     >>> from sparse_train.data import DataSpec, FeatureSpec
     >>> lin = FeatureLinear(DataSpec((FeatureSpec("a", 5),), ("x",)), "demo/linear")
     >>> [v.name for v in lin.variables()]
     ['demo/linear/weight', 'demo/linear/dense/kernel', 'demo/linear/bias']
+    >>> float(abs(lin.dense.kernel.value).max() + abs(lin.weights.weight.value).max())
+    0.0
     """
 
     def __init__(self, spec, name, seed=0, combiner=None, tables=None):
         self.name = name
+        if combiner is None or isinstance(combiner, dict):
+            given = combiner or {}
+            combiner = {f.name: "sum" for f in spec.sparse_features}
+            combiner.update(given)  # unknown names: refused by the collection
         self.weights = EmbeddingBagCollection(spec, 1, name, seed, combiner, tables,
                                               initializer="zeros")
         self.dense = (Linear(spec.num_dense, 1, f"{name}/dense", seed, use_bias=False)
                       if spec.num_dense else None)
+        if self.dense is not None:
+            self.dense.kernel.value[...] = 0.0  # zeros, as TF's linear models
         self.bias = Variable(np.zeros(1, np.float32), f"{name}/bias")
         register_variable(self.bias)
 

@@ -50,6 +50,35 @@ def log1p_transform(x):
     return math.log1p(x) if x > 0 else 0.0
 
 
+def reference_numeric(cells, kind=None, buckets=None, fit=None):
+    """Float64 NumPy reference of a numeric column's preprocessing fitted on
+    the cells ``fit`` (default: ``cells``): cells (str, "" = missing) ->
+    values [n] float32, or ids [n] int64 for kind "bucketize". kind None =
+    the default, log_standard."""
+    kind = kind or "log_standard"
+    fit = cells if fit is None else fit
+    missing = np.array([c == "" for c in cells])
+    x = np.array([float(c) if c != "" else 0.0 for c in cells], np.float64)
+    seen = np.array([float(c) for c in fit if c != ""], np.float64)
+    if kind == "bucketize":
+        edges = np.unique(np.quantile(seen, np.arange(1, buckets) / buckets))
+        ids = np.array([1 + int(np.sum(edges <= v)) for v in x], np.int64)
+        return np.where(missing, 0, ids)
+    if kind == "none":
+        y = x
+    elif kind == "log1p":
+        y = np.array([log1p_transform(v) for v in x])
+    elif kind == "minmax":
+        lo, hi, mean = seen.min(), seen.max(), seen.mean()
+        y = (np.where(missing, mean, x) - lo) / ((hi - lo) or 1.0)
+    else:
+        t = np.sign(x) * np.log1p(np.abs(x)) if kind == "log_standard" else x
+        ts = np.sign(seen) * np.log1p(np.abs(seen)) if kind == "log_standard" else seen
+        mean, std = ts.mean(), np.sqrt(np.mean((ts - ts.mean()) ** 2))
+        y = (t - mean) / (std or 1.0)
+    return np.where(missing, 0.0 if kind != "minmax" else y, y).astype(np.float32)
+
+
 def parse_csv_rows(text, delimiter, header, names=None):
     """(column names, list of dict rows) of CSV text."""
     reader = csv.reader(text.splitlines(), delimiter=delimiter, quotechar='"')
@@ -65,8 +94,9 @@ def reference_delimited(rows, label, threshold, features, mode="vocabulary", min
                         buckets=None):
     """What a ``Schema`` reader must produce for dict rows.
 
-    features: list of (name, type, separator, transform). Returns (labels,
-    dense [n, d] float32, {name: (values, offsets)}).
+    features: list of (name, type, separator, transform); a numeric
+    feature's transform is its normalizer (None: the default). Returns
+    (labels, dense [n, d] float32, {name: (values, offsets)}).
     """
     labels = []
     for r in rows:
@@ -76,11 +106,7 @@ def reference_delimited(rows, label, threshold, features, mode="vocabulary", min
     sparse = {}
     for name, kind, separator, transform in features:
         if kind == "numeric":
-            col = []
-            for r in rows:
-                x = 0.0 if r[name] == "" else float(r[name])
-                col.append(log1p_transform(x) if transform == "log1p" else x)
-            dense_cols.append(col)
+            dense_cols.append(reference_numeric([r[name] for r in rows], transform))
             continue
         token_rows = []
         for r in rows:
@@ -92,7 +118,7 @@ def reference_delimited(rows, label, threshold, features, mode="vocabulary", min
             token_rows.append(tokens)
         ids = vocabulary_ids(token_rows, min_count) if mode == "vocabulary" else None
         sparse[name] = ragged([encode(t, ids, mode, buckets) for t in token_rows])
-    dense = np.array(dense_cols, np.float64).T.astype(np.float32).reshape(len(rows), -1)
+    dense = np.array(dense_cols, np.float32).T.reshape(len(rows), -1)
     return np.array(labels, np.float32), dense, sparse
 
 

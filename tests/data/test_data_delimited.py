@@ -7,7 +7,8 @@ import pytest
 from sparse_train.data import Schema, open_dataset
 
 from _data_reference import (assert_same_batches, collect, log1p_transform,
-                             parse_csv_rows, reference_delimited)
+                             parse_csv_rows, reference_delimited,
+                             reference_numeric)
 
 CRITEO_NAMES = ["label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
 
@@ -43,7 +44,7 @@ def assert_matches(got, expected):
     labels, dense, sparse = got
     ref_labels, ref_dense, ref_sparse = expected
     np.testing.assert_array_equal(labels, ref_labels)
-    np.testing.assert_array_equal(dense, ref_dense)
+    np.testing.assert_allclose(dense, ref_dense, rtol=1e-6, atol=1e-6)  # z-scores: float64 rounding
     assert sorted(sparse) == sorted(ref_sparse)
     for name, (values, offsets) in ref_sparse.items():
         np.testing.assert_array_equal(sparse[name][0], values, err_msg=name)
@@ -126,7 +127,7 @@ def test_schema_csv_against_csv_module(tmp_path):
     _, rows = parse_csv_rows(CSV, ",", header=True)
     features = [("user_id", "categorical", None, None), ("genres", "multi_hot", "|", None),
                 ("age", "numeric", None, "log1p"), ("title", "categorical", None, None),
-                ("score", "numeric", None, "none")]
+                ("score", "numeric", None, None)]  # score declares nothing: the default
     expected = reference_delimited(rows, "rating", 4, features)
     assert_matches(collect(ds), expected)
     spec = ds.spec
@@ -161,8 +162,10 @@ def test_schema_tsv_with_names_and_no_header(tmp_path):
     np.testing.assert_array_equal(sparse["b"][0], ref_sparse["b"][0])
     from sparse_train.data import token_key
     assert sparse["a"][0].tolist() == [1 + token_key("5") % 7, 0, 1 + token_key("6") % 7]
-    # the column "a" feeds a categorical and a numeric feature
-    np.testing.assert_array_equal(dense[:, 0], np.float32([5, 0, 6]))
+    # the column "a" feeds a categorical and a numeric feature (the default
+    # normalizer: signed log, then z-score; the empty cell -> 0, the mean)
+    np.testing.assert_allclose(dense[:, 0], reference_numeric(["5", "", "6"]), rtol=1e-6)
+    assert dense[1, 0] == 0.0
 
 
 def test_quoted_separator_and_crlf(tmp_path):

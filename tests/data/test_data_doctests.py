@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["batch", "dataset", "delimited", "errors", "hashing", "libsvm", "readers",
-           "schema", "synthetic", "vocabulary", "_batching", "_lines"]
+           "numeric", "schema", "synthetic", "vocabulary", "_batching", "_lines"]
 
 
 @pytest.mark.parametrize("name", MODULES)

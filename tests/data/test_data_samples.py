@@ -53,7 +53,7 @@ def assert_same_parse(got, expected, weighted=False):
     labels, dense, sparse = got
     ref_labels, ref_dense, ref_sparse = expected
     np.testing.assert_array_equal(labels, ref_labels)
-    np.testing.assert_array_equal(dense, ref_dense)
+    np.testing.assert_allclose(dense, ref_dense, rtol=1e-6, atol=1e-6)  # z-scores: float64 rounding
     assert list(sparse) == list(ref_sparse)
     for name, ref in ref_sparse.items():
         for what, a, b in zip(("values", "offsets", "weights"), sparse[name], ref):
@@ -92,8 +92,8 @@ def test_schema_samples(sample, schema, rows, ids):
     positives = sum((float(r[label]) >= threshold) if threshold is not None else float(r[label])
                     for r in records)
     check_batches(ds, rows, positives)
-    features = [(f["name"], f["type"], f.get("separator"), f.get("transform", "none"))
-                for f in doc["features"]]
+    features = [(f["name"], f["type"], f.get("separator"),
+                 f.get("normalizer", f.get("transform"))) for f in doc["features"]]
     numeric = [f for f in features if f[1] == "numeric"]
     ordered = [f for f in features if f[1] != "numeric"]  # the reader's feature order
     expected = reference_delimited(records, label, threshold, numeric + ordered, ids,

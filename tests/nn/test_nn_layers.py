@@ -152,7 +152,11 @@ def test_feature_linear_matches_numpy():
     assert [v.name for v in lin.sparse_variables()] == ["lin/weight"]
     assert [v.name for v in lin.dense_variables()] == ["lin/dense/kernel", "lin/bias"]
     fresh = FeatureLinear(SPEC, "lin0")
-    assert not fresh.sparse_variables()[0].value.any()  # tables start at zero
+    # everything starts at zero, as TF's linear models: tables, numeric
+    # kernel (random before; Adam barely moved it on raw numerics) and bias
+    for v in fresh.variables():
+        assert not v.value.any(), v.name
+    assert fresh.dense.kernel.shape == (SPEC.num_dense, 1)
 
 
 def test_collection_sees_a_feature_replaced_in_the_same_batch_dict():
@@ -173,3 +177,18 @@ def test_collection_sees_a_feature_replaced_in_the_same_batch_dict():
     batch.sparse["user"] = Ragged.from_dense([9, 0])
     with pytest.raises(ValueError, match="feature 'user': id 9"):
         ebc.stacked(batch)
+
+
+def test_feature_linear_sums_an_unweighted_bag():
+    # TF's LinearClassifier(sparse_combiner="sum"): a bag of words adds its
+    # words' weights (an embedding of the same bag would average them)
+    from sparse_train.data import Batch
+    spec = DataSpec((FeatureSpec("words", 6, multi_hot=True),))
+    bag = Ragged(np.array([2, 3, 5, 1], np.int64), np.array([0, 3, 3, 4], np.int64))
+    batch = Batch(np.zeros(3, np.float32), None, {"words": bag})
+    w = np.array([0.0, 1.0, 2.0, 4.0, 8.0, 16.0], np.float32)
+    for combiner, expected in ((None, [22.0, 0.0, 1.0]),
+                               ({"words": "mean"}, [22.0 / 3, 0.0, 1.0])):
+        lin = FeatureLinear(spec, f"bag_{combiner is None}", combiner=combiner)
+        lin.weights.weight.value[:, 0] = w
+        np.testing.assert_allclose(lin(batch).data, expected, rtol=1e-6)
