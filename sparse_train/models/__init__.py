@@ -8,11 +8,12 @@ from .dlrm import DLRM
 from .fit import fit, report
 from .fm import FM
 from .lr import LR
+from .predict import predict
 from .training import evaluate, train_step
 from .wide_deep import WideDeep
 
 __all__ = ["build_model", "MODELS", "CTRModel", "LR", "FM", "WideDeep", "DeepFM", "DCN",
-           "DLRM", "train_step", "evaluate", "fit", "report", "model_options"]
+           "DLRM", "train_step", "evaluate", "fit", "report", "model_options", "predict"]
 
 #: Registry name -> model class.
 MODELS = {cls.name: cls for cls in (LR, FM, WideDeep, DeepFM, DCN, DLRM)}
