@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.batch import Batch
+from .data.schema import Schema
 from .models.base import CTRModel
 
 __all__ = ["export_onnx", "onnx_model", "onnx_inputs", "numeric_transforms_from_schema",
@@ -91,8 +92,10 @@ def export_onnx(model, path, *, opset=17, numeric_transforms=None,
             ``feature``, default ``first_id`` 0). Optional keys on any
             entry: ``"log1p": true`` applies log1p first, ``"clip": [lo,
             hi]`` clips last (not for bucketize). Non-bucketized entries
-            must name the model's numeric features in order. None: the
-            ``dense`` input holds the model's numeric features as they are.
+            must name the model's numeric features in order. A ``Schema``,
+            or a ``Dataset`` read through one (csv, criteo, parquet), gives
+            its numeric features' transforms. None: the ``dense`` input
+            holds the model's numeric features as they are.
         external_data_threshold: initializer bytes beyond which the tables
             go to ``{path}.data`` (default: just under protobuf's 2 GB).
 
@@ -218,6 +221,11 @@ _OPTIONAL_KEYS = {"feature", "kind", "log1p", "clip", "first_id"}
 
 def _check_transforms(transforms, spec):
     """Validated copies of the entries (ValueError naming entry and feature)."""
+    if isinstance(transforms, Schema):
+        transforms = numeric_transforms_from_schema(transforms)
+    elif transforms is not None and isinstance(getattr(getattr(transforms, "parser", None),
+                                                       "schema", None), Schema):
+        transforms = numeric_transforms_from_schema(transforms.parser.schema)  # a Dataset
     if transforms is None:
         return None
     entries = []

@@ -216,3 +216,27 @@ def test_rejects_what_it_cannot_export(tmp_path):
 def test_docstring_examples_run():
     result = doctest.testmod(importlib.import_module("sparse_train.export"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_dataset_transforms_let_the_graph_read_raw_file_values(tmp_path):
+    """A model trained on a CSV whose numeric columns the reader log1p's,
+    exported with ``numeric_transforms=dataset``, takes the file's values."""
+    from sparse_train.data import Schema, open_dataset
+    schema = Schema.from_dict({"label": {"column": "y"}, "features": [
+        {"name": "user", "type": "categorical"}, {"name": "n", "type": "numeric",
+                                                  "transform": "log1p"},
+        {"name": "m", "type": "numeric"}]})
+    rng = np.random.default_rng(0)
+    raw = np.stack([rng.choice([-2.0, 0.0, 1.5, 40.0, 900.0], 60),
+                    np.round(rng.standard_normal(60), 4)], 1)
+    lines = ["y,user,n,m"] + [f"{rng.integers(0, 2)},u{rng.integers(0, 7)},{a!r},{b!r}"
+                              for a, b in raw.tolist()]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    data = open_dataset(tmp_path / "d.csv", "csv", schema=schema, batch_size=60)
+    model = build_model("wide_deep", data.spec, embedding_dim=3, hidden_units=(4,),
+                        scope="export_raw")
+    batch = next(iter(data))
+    feed = onnx_inputs(batch, data.spec, dense=raw.astype(np.float32))
+    got = session(onnx_model(model, numeric_transforms=data)).run(None, feed)[0]
+    np.testing.assert_allclose(got, predict(model, batch), rtol=0, atol=1e-6)
+    assert not np.array_equal(batch.dense, raw.astype(np.float32))  # log1p did something

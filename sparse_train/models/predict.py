@@ -4,7 +4,7 @@ import numpy as np
 from ..data.batch import Batch
 from .base import CTRModel
 
-__all__ = ["predict"]
+__all__ = ["predict", "write_predictions"]
 
 
 def predict(model, batch):
@@ -41,3 +41,26 @@ def predict(model, batch):
     if not isinstance(batch, Batch):
         raise TypeError(f"predict: expected a Batch, got {type(batch).__name__}")
     return np.ascontiguousarray(model.predict(batch), dtype=np.float32).reshape(batch.size)
+
+
+def write_predictions(model, batches, path):
+    """Write ``predict(model, batch)`` of every row of ``batches`` to a text
+    file, one probability a line, in row order (``%.9g``: nine significant
+    digits read back as the same float32). Returns the number of rows.
+
+    >>> import os, tempfile
+    >>> from sparse_train.data import open_dataset
+    >>> from sparse_train.models import build_model
+    >>> data = open_dataset(format="synthetic", num_examples=300, seed=0, batch_size=128)
+    >>> model = build_model("lr", data.spec, scope="doc_write_predictions")
+    >>> path = os.path.join(tempfile.mkdtemp(), "valid.txt")
+    >>> write_predictions(model, data, path), len(open(path).read().split())
+    (300, 300)
+    """
+    rows = 0
+    with open(path, "w", encoding="ascii") as out:
+        for batch in batches:
+            probabilities = predict(model, batch)
+            out.write("".join(f"{p:.9g}\n" for p in probabilities.tolist()))
+            rows += probabilities.shape[0]
+    return rows

@@ -38,3 +38,14 @@ def test_predict_rejects_what_is_not_a_model_or_batch():
 def test_predict_docstring_example_runs():
     result = doctest.testmod(importlib.import_module("sparse_train.models.predict"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_write_predictions_one_line_a_row_in_order(tmp_path):
+    from sparse_train.models import write_predictions
+    model = build_model("fm", SPEC, embedding_dim=4, scope="predict_write")
+    batches = [make_batch(seed=s, size=n) for s, n in ((1, 5), (2, 7))]
+    rows = write_predictions(model, batches, tmp_path / "p.txt")
+    lines = (tmp_path / "p.txt").read_text().splitlines()
+    expected = np.concatenate([predict(model, b) for b in batches])
+    assert rows == len(lines) == 12
+    np.testing.assert_array_equal(np.array(lines, np.float64).astype(np.float32), expected)
