@@ -65,7 +65,7 @@ def _onnx():
 
 
 # ------------------------------------------------------------------ public API
-def export_onnx(model, path, *, opset=17, numeric_transforms=None,
+def export_onnx(model, path, *, opset=17, numeric_transforms=None, vocabulary=None,
                 external_data_threshold=PROTOBUF_LIMIT):
     """Write ``model`` as an ONNX file that maps raw features to click
     probabilities (see the module docstring for the inputs and the graph)::
@@ -96,6 +96,14 @@ def export_onnx(model, path, *, opset=17, numeric_transforms=None,
             or a ``Dataset`` read through one (csv, criteo, parquet), gives
             its numeric features' transforms. None: the ``dense`` input
             holds the model's numeric features as they are.
+        vocabulary: optional ``{feature: Vocabulary}`` (a dataset's
+            ``.vocabulary``): those features' inputs are then the raw tokens,
+            string [B, L] tensors padded with ``""``, mapped to ids in the
+            graph by ``ai.onnx.ml.LabelEncoder`` as the readers do (a token
+            not in the vocabulary: the out-of-vocabulary id; ``""``
+            dropped, and a bag left without a token holds the missing id,
+            like an empty CSV cell). Hash-bucket features cannot be mapped
+            (ONNX has no 64-bit FNV hash) and are refused.
         external_data_threshold: initializer bytes beyond which the tables
             go to ``{path}.data`` (default: just under protobuf's 2 GB).
 
@@ -115,7 +123,8 @@ def export_onnx(model, path, *, opset=17, numeric_transforms=None,
     ['user', 'tags', 'dense']
     """
     onnx = _onnx()
-    proto = onnx_model(model, opset=opset, numeric_transforms=numeric_transforms)
+    proto = onnx_model(model, opset=opset, numeric_transforms=numeric_transforms,
+                       vocabulary=vocabulary)
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"export_onnx: directory not found: {path.parent}")
@@ -133,7 +142,7 @@ def export_onnx(model, path, *, opset=17, numeric_transforms=None,
     return str(path)
 
 
-def onnx_model(model, *, opset=17, numeric_transforms=None):
+def onnx_model(model, *, opset=17, numeric_transforms=None, vocabulary=None):
     """The ``onnx.ModelProto`` that ``export_onnx`` writes (same arguments),
     checked by ``onnx.checker`` when under the protobuf limit."""
     onnx = _onnx()
@@ -144,7 +153,8 @@ def onnx_model(model, *, opset=17, numeric_transforms=None):
                          f"(exportable: {sorted(_MODEL_GRAPHS)})")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < 17:
         raise ValueError(f"export_onnx: opset must be an integer >= 17, got {opset!r}")
-    graph = _Graph(onnx, model.spec, _check_transforms(numeric_transforms, model.spec))
+    transforms = _check_transforms(numeric_transforms, model.spec)
+    graph = _Graph(onnx, model.spec, transforms, _check_vocabulary(vocabulary, model.spec))
     logit = _MODEL_GRAPHS[model.name](graph, model)
     graph.node("Sigmoid", [logit], "probability")
     proto = graph.model(f"sparse_train {model.name}", opset)
@@ -289,6 +299,28 @@ def _boundaries(values, where):
     return b.astype(np.float32)
 
 
+def _check_vocabulary(vocabulary, spec):
+    """``{feature: Vocabulary}`` checked against the spec, or None."""
+    if vocabulary is None:
+        return None
+    from .data.vocabulary import Vocabulary
+    checked = {}
+    for name, encoder in dict(vocabulary).items():
+        feature = spec.feature(name)  # KeyError names an unknown feature
+        if not isinstance(encoder, Vocabulary):
+            raise ValueError(f"export_onnx: feature {name!r} has {type(encoder).__name__} ids; "
+                             f"only a Vocabulary maps raw tokens in ONNX (no 64-bit FNV hash)")
+        if feature.weighted:
+            raise ValueError(f"export_onnx: feature {name!r} is weighted; raw tokens carry "
+                             f"no weights")
+        if encoder.num_embeddings != feature.num_embeddings:
+            raise ValueError(f"export_onnx: the vocabulary of {name!r} has "
+                             f"{encoder.num_embeddings} ids, the model's table "
+                             f"{feature.num_embeddings}")
+        checked[name] = encoder
+    return checked
+
+
 # ------------------------------------------------------------ graph building
 def _tensor_bytes(tensor):
     return len(tensor.raw_data) if tensor.raw_data else 0
@@ -298,8 +330,9 @@ class _Graph:
     """Nodes, initializers and inputs of one graph; names internal values
     ``_{n}_{hint}`` so they cannot meet a feature's name."""
 
-    def __init__(self, onnx, spec, transforms):
+    def __init__(self, onnx, spec, transforms, vocabulary=None):
         self.onnx, self.spec, self.transforms = onnx, spec, transforms
+        self.vocabulary = vocabulary or {}
         self.nodes, self.initializers, self.inputs = [], [], []
         self._count, self._consts, self._pools = 0, {}, {}
         names = [f.name for f in spec.sparse_features]
@@ -347,7 +380,10 @@ class _Graph:
         inputs = sorted(self.inputs, key=lambda value: order[value.name])
         graph = helper.make_graph(self.nodes, graph_name, inputs, [output],
                                   self.initializers)
-        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+        opsets = [helper.make_opsetid("", opset)]
+        if self.vocabulary:
+            opsets.append(helper.make_opsetid("ai.onnx.ml", 2))
+        proto = helper.make_model(graph, opset_imports=opsets,
                                   producer_name="sparse_train", ir_version=_IR_VERSION)
         return proto
 
@@ -412,6 +448,8 @@ class _Graph:
         if feature.name in self.bucket_ids:
             return self.bucket_ids[feature.name], None
         key = ("input", feature.name)
+        if key not in self._pools and feature.name in self.vocabulary:
+            self._pools[key] = (self._token_ids(feature, self.vocabulary[feature.name]), None)
         if key not in self._pools:
             ids = self.add_input(feature.name, self.onnx.TensorProto.INT64,
                                  ["batch", f"{feature.name}_length"])
@@ -420,6 +458,25 @@ class _Graph:
                        if feature.weighted else None)
             self._pools[key] = (ids, weights)
         return self._pools[key]
+
+    def _token_ids(self, feature, vocabulary):
+        """ids [B, L + 1] of a string input: token r of the vocabulary is
+        ``2 + r``, others 1 (out of vocabulary), ``""`` -1 (dropped); the
+        last column holds 0 (missing) for a row without any token, else -1."""
+        tokens = self.add_input(feature.name, self.onnx.TensorProto.STRING,
+                                ["batch", f"{feature.name}_length"])
+        from .data.vocabulary import MISSING_ID, OOV_ID
+        ids = self.node("LabelEncoder", [tokens], domain="ai.onnx.ml",
+                        keys_strings=list(vocabulary.tokens) + [""],
+                        values_int64s=list(range(2, 2 + len(vocabulary.tokens))) + [-1],
+                        default_int64=OOV_ID)
+        present = self.node("Cast", [self.node("GreaterOrEqual", [ids, self.const(np.int64(0))])],
+                            to=self.onnx.TensorProto.INT64)
+        count = self.node("ReduceSum", [present, self.const(np.array([1], np.int64))], keepdims=1)
+        missing = self.node("Where", [self.node("Equal", [count, self.const(np.int64(0))]),
+                                      self.const(np.array([[MISSING_ID]], np.int64)),
+                                      self.const(np.array([[-1]], np.int64))])
+        return self.node("Concat", [ids, missing], axis=1)
 
     def bag_terms(self, feature, num_embeddings, combiner):
         """(safe ids [B, L], coefficients [B, L, 1], divisor [B, 1] or None),

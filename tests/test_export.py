@@ -240,3 +240,55 @@ def test_dataset_transforms_let_the_graph_read_raw_file_values(tmp_path):
     got = session(onnx_model(model, numeric_transforms=data)).run(None, feed)[0]
     np.testing.assert_allclose(got, predict(model, batch), rtol=0, atol=1e-6)
     assert not np.array_equal(batch.dense, raw.astype(np.float32))  # log1p did something
+
+
+def test_vocabulary_in_the_graph_maps_raw_tokens_as_the_reader(tmp_path):
+    """Raw CSV tokens through LabelEncoder give the reader's ids: unseen
+    tokens out of vocabulary, empty cells missing, empty items dropped."""
+    from sparse_train.data import Schema, open_dataset
+    schema = Schema.from_dict({"label": {"column": "y"}, "features": [
+        {"name": "user", "type": "categorical"},
+        {"name": "tags", "type": "multi_hot", "separator": "|"}]})
+    rng = np.random.default_rng(2)
+
+    def write(name, n, pool):
+        users, tags = [], []
+        for _ in range(n):
+            users.append("" if rng.random() < 0.15 else f"u{rng.integers(0, pool)}")
+            tags.append("|".join("" if rng.random() < 0.1 else f"t{x}"
+                                 for x in rng.integers(0, pool, rng.integers(0, 4))))
+        lines = ["y,user,tags"] + [f"{rng.integers(0, 2)},{u},{t}" for u, t in zip(users, tags)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        return users, tags
+
+    write("train.csv", 200, 8)
+    users, tags = write("valid.csv", 40, 12)  # tokens 8-11 unseen in training
+    train = open_dataset(tmp_path / "train.csv", "csv", schema=schema, batch_size=50,
+                         min_count=2)
+    model = trained_on(train)
+    valid = next(iter(open_dataset(tmp_path / "valid.csv", "csv", schema=schema,
+                                   batch_size=40, like=train)))
+    split = [t.split("|") for t in tags]
+    width = max(len(s) for s in split)
+    feed = {"user": np.array(users, object)[:, None],
+            "tags": np.array([s + [""] * (width - len(s)) for s in split], object)}
+    proto = onnx_model(model, vocabulary=train.vocabulary)
+    onnx.checker.check_model(proto, full_check=True)
+    assert {n.op_type for n in proto.graph.node} <= LEAN_OPS | {"LabelEncoder"}
+    got = session(proto).run(None, feed)[0]
+    np.testing.assert_allclose(got, predict(model, valid), rtol=0, atol=1e-5)
+    assert (valid.sparse["user"].values == 0).any() and (valid.sparse["tags"].values == 1).any()
+    hashed = open_dataset(tmp_path / "train.csv", "csv", schema=schema, ids="hash",
+                          hash_buckets=8)
+    with pytest.raises(ValueError, match="'user' has HashBuckets ids"):
+        onnx_model(build_model("lr", hashed.spec, scope="export_hashed"),
+                   vocabulary=hashed.vocabulary)
+
+
+def trained_on(data):
+    model = build_model("deepfm", data.spec, embedding_dim=4, hidden_units=(5,), seed=2,
+                        scope="export_vocab")
+    sparse_opt, dense_opt = optim.Adagrad(0.3), optim.Adam(0.02)
+    for batch in data:
+        train_step(model, batch, sparse_opt, dense_opt)
+    return model
