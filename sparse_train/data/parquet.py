@@ -71,7 +71,7 @@ def parquet_paths(path):
 
 
 def _kind(arrow_type):
-    """"int", "string", "float", "list_int", "list_string" or None (other)."""
+    """"int", "string", "float", "bool", "list_int", "list_string" or None."""
     pa, _, _ = _arrow()
     t = pa.types
     if t.is_dictionary(arrow_type):
@@ -83,6 +83,8 @@ def _kind(arrow_type):
         return "string"
     if t.is_floating(arrow_type):
         return "float"
+    if t.is_boolean(arrow_type):
+        return "bool"
     if t.is_list(arrow_type) or t.is_large_list(arrow_type):
         inner = _kind(arrow_type.value_type)
         return f"list_{inner}" if inner in ("int", "string") else None
@@ -92,7 +94,7 @@ def _kind(arrow_type):
 def infer_schema(arrow_schema, label, source="<parquet>"):
     """A ``Schema`` from an Arrow schema: integer and string columns are
     categorical, lists of them multi_hot, floating columns numeric; the
-    column ``label`` (integer or floating) is the label. A column of any
+    column ``label`` (integer, floating or boolean) is the label. A column of any
     other type is an error naming it (a TOML schema reads chosen columns)."""
     if label is None:
         raise SchemaError("format 'parquet' without a schema needs label= (the label column)",
@@ -167,7 +169,7 @@ class ParquetParser:
     def _check_file(self, path, arrow_schema):
         schema, kinds = self.schema, {}
         names = arrow_schema.names
-        wanted = [("label", schema.label, ("int", "float"))]
+        wanted = [("label", schema.label, ("int", "float", "bool"))]
         wanted += [(f"feature {f.name!r}", f.column, _READABLE[f.type]) for f in schema.features]
         for what, column, allowed in wanted:
             if column not in names:
@@ -323,7 +325,7 @@ class ParquetParser:
 _READABLE = {"categorical": ("int", "string"),
              "multi_hot": ("list_int", "list_string", "string"),
              "numeric": ("int", "float")}
-_TYPE_WORDS = {"int": "integer", "string": "string", "float": "floating",
+_TYPE_WORDS = {"int": "integer", "string": "string", "float": "floating", "bool": "boolean",
                "list_int": "a list of integers", "list_string": "a list of strings"}
 
 

@@ -131,10 +131,10 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
                  for name, feature_ids, feature_min, feature_buckets in columns}
     encoders = _given_encoders(vocabulary, [c[0] for c in columns], like)
     return dataset_class(paths, parser, id_config, batch_size=int(batch_size),
-                       on_bad_line=on_bad_line, chunk_bytes=int(chunk_bytes),
-                       prefetch_depth=int(prefetch), max_examples=max_examples,
-                       skip_header=skip_header, encoders=encoders,
-                       encoder_source=like, extra_skipped=extra_skipped)
+                         on_bad_line=on_bad_line, chunk_bytes=int(chunk_bytes),
+                         prefetch_depth=int(prefetch), max_examples=max_examples,
+                         skip_header=skip_header, encoders=encoders,
+                         encoder_source=like, extra_skipped=extra_skipped)
 
 
 def _pairs_parser(format, paths, featindex, num_fields, weighted, like, on_bad_line,

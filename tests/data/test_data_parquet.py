@@ -203,3 +203,15 @@ def test_wrong_types_and_missing_columns_named_before_reading(tmp_path):
     pq.write_table(floats, tmp_path / "bool.parquet")
     with pytest.raises(SchemaError, match="column 'flags' has type bool"):
         open_dataset(tmp_path / "bool.parquet", "parquet", label="y")
+
+
+def test_boolean_label_column(tmp_path):
+    table = pa.table({"clicked": pa.array([True, False, None, True]),
+                      "user": pa.array(["a", "b", "a", "c"])})
+    pq.write_table(table, tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"b\.parquet:3: row group 0: label column 'clicked' "
+                                        r"is null"):
+        list(open_dataset(tmp_path / "b.parquet", "parquet", label="clicked"))
+    data = open_dataset(tmp_path / "b.parquet", "parquet", label="clicked",
+                        on_bad_line="skip")
+    assert next(iter(data)).labels.tolist() == [1.0, 0.0, 1.0]
