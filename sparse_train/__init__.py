@@ -11,6 +11,7 @@ from .autodiff import Tensor, compute_gradients, gradients, no_grad
 from .checkpoint import Checkpoint, CheckpointError, CheckpointManager, CorruptCheckpointError
 from .clip import clip_by_global_norm, clip_by_norm, clip_by_value, clip_gradients, global_norm
 from .collections import add_to_collection, get_collection
+from .export import export_onnx
 from .metrics import AUC, LogLoss, auc, logloss
 from .models import build_model, train_step
 from .nn import EmbeddingTable
@@ -25,7 +26,7 @@ __all__ = [
     "gradients", "compute_gradients", "no_grad", "add_to_collection", "get_collection",
     "clip_by_global_norm", "clip_by_norm", "clip_by_value", "clip_gradients", "global_norm",
     "Checkpoint", "CheckpointManager", "CheckpointError", "CorruptCheckpointError",
-    "AUC", "LogLoss", "auc", "logloss", "build_model", "train_step",
+    "AUC", "LogLoss", "auc", "logloss", "build_model", "train_step", "export_onnx",
     "autodiff", "checkpoint", "clip", "collections", "data", "functional", "metrics", "models",
     "nn", "optim", "__version__",
 ]

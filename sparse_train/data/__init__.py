@@ -1,7 +1,7 @@
 """Readers and the synthetic click-log generator; all yield ``Batch``.
 
 ``open_dataset(path, format, ...)`` opens Criteo, libsvm, libffm, any CSV /
-TSV described by a TOML ``Schema``, or a ``SyntheticClickLog``; each is a
+TSV described by a TOML ``Schema``, Parquet, or a ``SyntheticClickLog``; each is a
 ``Dataset`` with ``.spec`` and iteration over ``Batch``es.
 """
 from .batch import Batch, DataSpec, FeatureSpec

@@ -250,7 +250,7 @@ class TextDataset(Dataset):
         self.skipped_lines = len(self._extra_skipped)
         self.bad_line_examples = list(self._extra_skipped[:MAX_BAD_LINE_EXAMPLES])
         rows = 0
-        for chunk in iter_line_chunks(self.paths, self.chunk_bytes, self._skip_header):
+        for chunk in self._chunks():
             if self._row_split is not None:
                 fraction, seed, want_valid = self._row_split
                 valid = held_out_rows(chunk.file_index, chunk.line_numbers, fraction, seed)
@@ -272,6 +272,10 @@ class TextDataset(Dataset):
             rows += len(chunk)
             yield parsed
         self.num_examples = rows
+
+    def _chunks(self):
+        """The chunks of whole rows of one pass (``LineChunk``s here)."""
+        return iter_line_chunks(self.paths, self.chunk_bytes, self._skip_header)
 
     def _drop_bad_lines(self, chunk, parsed):
         bad = np.flatnonzero(parsed.bad)
@@ -322,11 +326,11 @@ class TextDataset(Dataset):
         # fitted are fitted on the train view only, so valid rows stay unseen
         # lines skipped outside the data (a featindex file's) are counted
         # once, by the train view
-        train = TextDataset(self.paths, self.parser, self._id_config, **common,
+        train = type(self)(self.paths, self.parser, self._id_config, **common,
                             encoders=self._given_encoders, encoder_source=self._encoder_source,
                             row_split=(valid_fraction, seed, False),
                             extra_skipped=self._extra_skipped)
-        valid = TextDataset(self.paths, self.parser, self._id_config, **common,
+        valid = type(self)(self.paths, self.parser, self._id_config, **common,
                             encoder_source=train, row_split=(valid_fraction, seed, True))
         return train, valid
 

@@ -8,14 +8,16 @@ from .delimited import DelimitedParser, resolve_columns
 from .errors import DataError, SchemaError
 from .libsvm import PairsParser, load_featindex, scan_num_fields
 from .numeric import DEFAULT_NORMALIZER, NORMALIZERS, NumericEncoder, needs_statistics
+from .parquet import ParquetDataset, open_parquet, parquet_paths
 from .schema import Schema, criteo_schema
 from .synthetic import SyntheticClickLog
 from .vocabulary import load_vocabulary
 
 __all__ = ["open_dataset", "FORMATS"]
 
-FORMATS = ("synthetic", "criteo", "libsvm", "libffm", "csv")
-_ONLY = {"schema": ("csv",), "normalizer": ("csv",), "featindex": ("libsvm",), "num_fields": ("libsvm", "libffm"),
+FORMATS = ("synthetic", "criteo", "libsvm", "libffm", "csv", "parquet")
+_ONLY = {"schema": ("csv", "parquet"), "normalizer": ("csv", "parquet"), "label": ("parquet",),
+         "featindex": ("libsvm",), "num_fields": ("libsvm", "libffm"),
          "delimiter": ("criteo",), "header": ("criteo",)}
 
 
@@ -24,7 +26,8 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
                  like=None, on_bad_line="error", numeric_transform="log1p", normalizer=None,
                  delimiter=None,
                  header=None, featindex=None, num_fields=None, weighted=True,
-                 chunk_bytes=4 << 20, prefetch=1, max_examples=None, **synthetic_options):
+                 chunk_bytes=4 << 20, prefetch=1, max_examples=None, label=None,
+                 **synthetic_options):
     """Open a click log for batch-by-batch reading; returns a ``Dataset``.
 
     Everything that can be checked without reading the data is checked here
@@ -35,8 +38,10 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
     Args:
         path: a file or a list of files read in order (``.gz`` is read
             through gzip); None for ``format="synthetic"``.
-        format: "synthetic", "criteo", "libsvm", "libffm" or "csv".
-        schema: csv: a TOML schema path or a ``Schema`` (see ``schema.py``).
+        format: "synthetic", "criteo", "libsvm", "libffm", "csv" or
+            "parquet" (``data/parquet.py``; path may also be a glob).
+        schema: csv: a TOML schema path or a ``Schema`` (see ``schema.py``);
+            parquet: optional (default: the columns' Arrow types).
         batch_size: rows a batch.
         ids: "vocabulary" (ids from a vocabulary counted on this data) or
             "hash" (stable hash buckets, no pass); a schema may override it
@@ -71,6 +76,7 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
         chunk_bytes: bytes read at a time (memory use is a small multiple).
         prefetch: chunks parsed ahead in a background thread (0: none).
         max_examples: read at most this many rows a pass.
+        label: parquet without a schema: the label column.
         **synthetic_options: synthetic: arguments of ``SyntheticClickLog``
             (``num_examples``, ``seed``, ...).
 
@@ -88,7 +94,8 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     given = {"schema": schema, "featindex": featindex, "num_fields": num_fields,
-             "delimiter": delimiter, "header": header, "normalizer": normalizer}
+             "delimiter": delimiter, "header": header, "normalizer": normalizer,
+             "label": label}
     for name, value in given.items():
         if value is not None and format not in _ONLY[name]:
             raise ValueError(f"{name} applies to format {' or '.join(_ONLY[name])}, "
@@ -100,13 +107,20 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
     if synthetic_options:
         raise TypeError(f"unexpected argument(s) for format {format!r}: "
                         f"{', '.join(sorted(synthetic_options))}")
+    if format == "parquet" and path is not None:
+        path = parquet_paths(path)
     paths = _check_paths(path)
     _check_options(batch_size, on_bad_line, chunk_bytes, prefetch, max_examples, ids)
     if like is not None and vocabulary is not None:
         raise ValueError("give vocabulary or like, not both")
 
-    skip_header, extra_skipped = False, []
-    if format in ("criteo", "csv"):
+    skip_header, extra_skipped, dataset_class = False, [], TextDataset
+    if format == "parquet":
+        parser = open_parquet(paths, schema, label)
+        columns = [(f.name, f.ids, f.min_count, f.hash_buckets)
+                   for f in parser.schema.sparse_features]
+        dataset_class = ParquetDataset
+    elif format in ("criteo", "csv"):
         if format == "csv":
             if schema is None:
                 raise ValueError("format 'csv' needs schema= (a TOML file or a Schema)")
@@ -131,11 +145,11 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
                  for name, feature_ids, feature_min, feature_buckets in columns}
     numeric = getattr(parser, "numeric_columns", ())
     encoders = _given_encoders(vocabulary, [c[0] for c in columns], like, numeric)
-    return TextDataset(paths, parser, id_config, batch_size=int(batch_size),
-                       on_bad_line=on_bad_line, chunk_bytes=int(chunk_bytes),
-                       prefetch_depth=int(prefetch), max_examples=max_examples,
-                       skip_header=skip_header, encoders=encoders,
-                       encoder_source=like, extra_skipped=extra_skipped)
+    return dataset_class(paths, parser, id_config, batch_size=int(batch_size),
+                         on_bad_line=on_bad_line, chunk_bytes=int(chunk_bytes),
+                         prefetch_depth=int(prefetch), max_examples=max_examples,
+                         skip_header=skip_header, encoders=encoders,
+                         encoder_source=like, extra_skipped=extra_skipped)
 
 
 def _pairs_parser(format, paths, featindex, num_fields, weighted, like, on_bad_line,

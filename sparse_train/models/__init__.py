@@ -8,11 +8,13 @@ from .dlrm import DLRM
 from .fit import fit, report
 from .fm import FM
 from .lr import LR
+from .predict import predict, write_predictions
 from .training import evaluate, train_step
 from .wide_deep import WideDeep
 
 __all__ = ["build_model", "MODELS", "CTRModel", "LR", "FM", "WideDeep", "DeepFM", "DCN",
-           "DLRM", "train_step", "evaluate", "fit", "report", "model_options"]
+           "DLRM", "train_step", "evaluate", "fit", "report", "model_options", "predict",
+           "write_predictions"]
 
 #: Registry name -> model class.
 MODELS = {cls.name: cls for cls in (LR, FM, WideDeep, DeepFM, DCN, DLRM)}

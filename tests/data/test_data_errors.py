@@ -246,7 +246,7 @@ def test_invalid_toml_syntax(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(format="parquet"), "format must be one of"),
+    (dict(format="orc"), "format must be one of"),
     (dict(format="criteo", on_bad_line="warn"), "on_bad_line must be"),
     (dict(format="criteo", batch_size=0), "batch_size must be"),
     (dict(format="criteo", ids="bloom"), "ids must be"),
