@@ -10,7 +10,7 @@ same trained model, bit for bit:
     list<int* | string>               multi_hot       each element; nulls and ""
                                                       dropped, none left -> missing
     string + schema multi_hot         multi_hot       split on the schema's separator
-    float*, (int* with a schema)      numeric         the value; null -> 0.0 (missing)
+    float*, (int* with a schema)      numeric         the value; null is missing (normalized as in a CSV)
 
 A null or ``""`` categorical cell is missing (id 0), like an empty CSV cell.
 Without a TOML schema the columns' Arrow types choose each feature's type and
@@ -33,6 +33,7 @@ from ..kernels import data_hash as _hash
 from ._parsed import Parsed, RawFeature
 from .dataset import TextDataset
 from .errors import DataError, SchemaError
+from .numeric import DEFAULT_NORMALIZER, LOG_NORMALIZERS, NORMALIZERS
 from .schema import Schema
 
 __all__ = ["ParquetParser", "ParquetDataset", "RowChunk", "parquet_paths", "infer_schema"]
@@ -156,15 +157,22 @@ class ParquetParser:
             can read (checked here, before any row is read).
     """
 
-    def __init__(self, schema, arrow_schemas):
+    def __init__(self, schema, arrow_schemas, normalizer=DEFAULT_NORMALIZER):
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)}, "
+                             f"got {normalizer!r}")
         self.schema = schema
+        self.normalizer = normalizer
         self._columns = list(dict.fromkeys(
             [schema.label] + [f.column for f in schema.features]))
         self._kinds = None
         for path, arrow_schema in arrow_schemas.items():
             kinds = self._check_file(path, arrow_schema)
             self._kinds = self._kinds or kinds
-        self._log1p = np.array([f.transform == "log1p" for f in schema.dense_features], bool)
+        # raw values beyond float32 range are bad rows unless a log brings
+        # them back (as DelimitedParser)
+        self._plain = np.array([self._kind(f) not in LOG_NORMALIZERS
+                                for f in schema.dense_features], bool)
 
     def _check_file(self, path, arrow_schema):
         schema, kinds = self.schema, {}
@@ -192,14 +200,28 @@ class ParquetParser:
         """The Arrow columns read, label first."""
         return list(self._columns)
 
+    def _kind(self, feature):
+        if feature.bucketize is not None:
+            return "bucketize"
+        return feature.normalizer or self.normalizer
+
     @property
     def dense_names(self):
-        return tuple(f.name for f in self.schema.dense_features)
+        return tuple(f.name for f in self.schema.dense_features if f.bucketize is None)
+
+    @property
+    def numeric_columns(self):
+        """(name, kind, buckets) of each numeric feature, in order
+        (``DelimitedParser.numeric_columns``)."""
+        return tuple((f.name, self._kind(f), f.bucketize) for f in self.schema.dense_features)
 
     @property
     def sparse_columns(self):
-        """(name, multi_hot, weighted) of each sparse feature, in order."""
-        return tuple((f.name, f.type == "multi_hot", False) for f in self.schema.sparse_features)
+        """(name, multi_hot, weighted) of each sparse feature, in order: the
+        categorical and multi_hot ones, then the bucketized numeric ones."""
+        return (tuple((f.name, f.type == "multi_hot", False) for f in self.schema.sparse_features)
+                + tuple((f.name, False, False) for f in self.schema.dense_features
+                        if f.bucketize is not None))
 
     def chunks(self, paths, chunk_rows):
         """``RowChunk``s of at most ``chunk_rows`` rows over the files in
@@ -226,10 +248,10 @@ class ParquetParser:
         n = labels.shape[0]
         numbers = np.zeros((len(self.schema.dense_features), n), np.float64)
         number_bad = np.zeros((len(self.schema.dense_features), n), bool)
+        number_missing = np.zeros_like(number_bad)
         for j, feature in enumerate(self.schema.dense_features):
-            numbers[j], number_bad[j] = _numbers(table.column(feature.column))
-        dense, beyond = self._numeric(numbers)
-        number_bad |= beyond
+            numbers[j], number_bad[j], number_missing[j] = _numbers(table.column(feature.column))
+        dense = self._numeric(numbers, number_bad, number_missing)
         sparse = {f.name: self._sparse(table.column(f.column), f)
                   for f in self.schema.sparse_features}
         bad = (label_status != 0) | number_bad.any(axis=0)
@@ -239,7 +261,8 @@ class ParquetParser:
                 return self._reason(chunk, i, label_status, number_bad)
         else:
             bad = None
-        return Parsed(labels, dense, sparse, bad, reason)
+        return Parsed(labels, dense, sparse, bad, reason,
+                      numeric=tuple(f.name for f in self.schema.dense_features))
 
     # -- columns
     def _labels(self, column):
@@ -256,18 +279,16 @@ class ParquetParser:
             status[(status == 0) & ~((values >= 0.0) & (values <= 1.0))] = 3
         return labels, status
 
-    def _numeric(self, values):
-        """Dense [n, d] float32 of values [d, n] (0 where missing), log1p
-        where the schema says; and where values pass float32's range."""
-        if self._log1p.any():
-            rows = values[self._log1p]
-            positive = rows > 0.0
-            rows[positive] = np.log1p(rows[positive])
-            rows[~positive] = 0.0
-            values[self._log1p] = rows
-        with np.errstate(over="ignore"):
-            out = np.ascontiguousarray(values.T, dtype=np.float32)
-        return out, ~np.isfinite(out.T)
+    def _numeric(self, values, bad, missing):
+        """Raw numeric features [n, d] float64 of values [d, n], NaN where
+        null or bad (``Parsed.encode`` normalizes them, as for a CSV); marks
+        in ``bad`` (in place) values beyond float32 range unless the
+        feature's normalizer takes their log."""
+        if self._plain.any():
+            bad[self._plain] |= ~missing[self._plain] & (
+                np.abs(values[self._plain]) > np.finfo(np.float32).max)
+        values[bad | missing] = np.nan
+        return np.ascontiguousarray(values.T)
 
     def _sparse(self, column, feature):
         pa, pc, _ = _arrow()
@@ -376,10 +397,10 @@ def _as_float64(column):
 
 
 def _numbers(column):
-    """Numeric feature: (values [n] float64, 0.0 where null; bad [n]:
-    NaN or infinite)."""
-    values, _ = _as_float64(column)
-    return values, ~np.isfinite(values)
+    """Numeric feature: (values [n] float64; bad [n]: NaN or infinite;
+    missing [n]: null)."""
+    values, missing = _as_float64(column)
+    return values, ~missing & ~np.isfinite(values), missing
 
 
 class ParquetDataset(TextDataset):
@@ -390,7 +411,7 @@ class ParquetDataset(TextDataset):
         return self.parser.chunks(self.paths, max(1, self.chunk_bytes // BYTES_PER_ROW))
 
 
-def open_parquet(paths, schema, label):
+def open_parquet(paths, schema, label, normalizer=DEFAULT_NORMALIZER):
     """The ``ParquetParser`` of files (their schemas checked now)."""
     _, _, pq = _arrow()
     arrow_schemas = {}
@@ -406,4 +427,4 @@ def open_parquet(paths, schema, label):
         if label is not None and label != schema.label:
             raise SchemaError(f"label={label!r} differs from the schema's label column "
                               f"{schema.label!r}", schema.source)
-    return ParquetParser(schema, arrow_schemas)
+    return ParquetParser(schema, arrow_schemas, normalizer)

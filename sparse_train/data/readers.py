@@ -116,7 +116,10 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
 
     skip_header, extra_skipped, dataset_class = False, [], TextDataset
     if format == "parquet":
-        parser = open_parquet(paths, schema, label)
+        if normalizer is not None and normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)}, "
+                             f"got {normalizer!r}")
+        parser = open_parquet(paths, schema, label, normalizer or DEFAULT_NORMALIZER)
         columns = [(f.name, f.ids, f.min_count, f.hash_buckets)
                    for f in parser.schema.sparse_features]
         dataset_class = ParquetDataset
