@@ -152,7 +152,8 @@ def test_transforms_in_the_graph_equal_numpy():
     transforms[1]["feature"] = "age_bucket"
     model = build_model("deepfm", spec, embedding_dim=4, hidden_units=(5,), scope="export_tr")
     rng = np.random.default_rng(3)
-    raw = np.stack([rng.choice([-3.0, 0.0, 2.0, 150.0], 40), rng.choice([10, 18, 25, 30, 40, 65, 80], 40),
+    raw = np.stack([rng.choice([-3.0, 0.0, 2.0, 150.0], 40),
+                    rng.choice([10, 18, 25, 30, 40, 65, 80], 40),
                     rng.uniform(-5, 60, 40), rng.uniform(-4, 9, 40)], 1).astype(np.float32)
     x = raw.astype(np.float64)  # float64 NumPy definitions of each transform
     count = np.where(x[:, 0] > 0, np.log1p(np.maximum(x[:, 0], 0)), 0.0)
