@@ -239,9 +239,8 @@ def _check_transforms(transforms, spec):
     """Validated copies of the entries (ValueError naming entry and feature)."""
     if isinstance(transforms, Schema):
         transforms = numeric_transforms_from_schema(transforms)
-    elif transforms is not None and isinstance(getattr(getattr(transforms, "parser", None),
-                                                       "schema", None), Schema):
-        transforms = numeric_transforms_from_schema(transforms.parser.schema)  # a Dataset
+    elif transforms is not None and hasattr(transforms, "parser"):  # a Dataset
+        transforms = _numeric_transforms_of_dataset(transforms)
     if transforms is None:
         return None
     entries = []
@@ -318,6 +317,19 @@ def numeric_transform_of_encoder(feature, encoder):
         return entry
     entry["missing"] = 0.0
     return entry
+
+
+def _numeric_transforms_of_dataset(dataset):
+    """A file dataset's numeric preprocessing: its fitted encoders when the
+    reader fits them (``parser.numeric_columns``, encoders beside the
+    vocabulary), else its schema's transforms; None without numerics."""
+    columns = getattr(dataset.parser, "numeric_columns", None)
+    if columns is not None:
+        encoders = dataset.vocabulary
+        return [numeric_transform_of_encoder(column[0], encoders[column[0]])
+                for column in columns]
+    schema = getattr(dataset.parser, "schema", None)
+    return numeric_transforms_from_schema(schema) if isinstance(schema, Schema) else None
 
 
 def _finite(value, where):

@@ -326,3 +326,20 @@ def test_fitted_encoders_in_the_graph_equal_their_numpy_rules():
     got = session(proto).run(None, {"dense": raw.astype(np.float32)})[0]
     np.testing.assert_allclose(got, predict(model, reference), rtol=0, atol=1e-6)
     assert set(ids.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_a_dataset_with_fitted_encoders_gives_their_transforms():
+    """A reader that fits numeric encoders (``parser.numeric_columns``, the
+    encoders beside the vocabulary) gives them to the export in column order."""
+    from types import SimpleNamespace as Namespace
+
+    from sparse_train.export import _numeric_transforms_of_dataset
+    dataset = Namespace(parser=Namespace(numeric_columns=(("x", "standard", None),
+                                                          ("k", "bucketize", 3))),
+                        vocabulary={"user": object(),
+                                    "x": Namespace(kind="standard", mean=1.0, std=2.0),
+                                    "k": Namespace(kind="bucketize", boundaries=[1.0, 2.0])})
+    assert _numeric_transforms_of_dataset(dataset) == [
+        {"feature": "x", "kind": "standard", "mean": 1.0, "std": 2.0, "missing": 0.0},
+        {"feature": "k", "kind": "bucketize", "boundaries": [1.0, 2.0], "first_id": 1,
+         "missing_id": 0}]
