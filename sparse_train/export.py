@@ -41,10 +41,11 @@ from .data.schema import Schema
 from .models.base import CTRModel
 
 __all__ = ["export_onnx", "onnx_model", "onnx_inputs", "numeric_transforms_from_schema",
+           "numeric_transform_of_encoder",
            "NUMERIC_TRANSFORMS", "PROTOBUF_LIMIT"]
 
 #: ``kind`` values of a ``numeric_transforms`` entry.
-NUMERIC_TRANSFORMS = ("none", "log1p", "standard", "minmax", "bucketize")
+NUMERIC_TRANSFORMS = ("none", "log1p", "standard", "minmax", "log_standard", "bucketize")
 
 #: Initializer bytes beyond which tables go to an external data file (protobuf's
 #: 2 GiB message limit, less room for the graph itself).
@@ -87,11 +88,15 @@ def export_onnx(model, path, *, opset=17, numeric_transforms=None, vocabulary=No
             for x > 0, else 0, as the readers do); ``"standard"``
             (``(x - mean) / std``, keys ``mean``, ``std``); ``"minmax"``
             (``(x - min) / (max - min)``, keys ``min``, ``max``);
+            ``"log_standard"`` (``t = sign(x) log(1 + |x|)``, then
+            ``(t - mean) / std``);
             ``"bucketize"`` (key ``boundaries``, increasing: the id
             ``first_id + #{boundaries <= x}`` of the categorical feature
             ``feature``, default ``first_id`` 0). Optional keys on any
             entry: ``"log1p": true`` applies log1p first, ``"clip": [lo,
-            hi]`` clips last (not for bucketize). Non-bucketized entries
+            hi]`` clips last (not for bucketize), ``"missing": value``
+            replaces a NaN input (a missing cell) at the end (bucketize:
+            ``"missing_id"``). Non-bucketized entries
             must name the model's numeric features in order. A ``Schema``,
             or a ``Dataset`` read through one (csv, criteo, parquet), gives
             its numeric features' transforms. None: the ``dense`` input
@@ -225,17 +230,17 @@ def numeric_transforms_from_schema(schema):
 
 # ------------------------------------------------------- numeric transforms
 _TRANSFORM_KEYS = {"none": (), "log1p": (), "standard": ("mean", "std"),
-                   "minmax": ("min", "max"), "bucketize": ("boundaries",)}
-_OPTIONAL_KEYS = {"feature", "kind", "log1p", "clip", "first_id"}
+                   "minmax": ("min", "max"), "log_standard": ("mean", "std"),
+                   "bucketize": ("boundaries",)}
+_OPTIONAL_KEYS = {"feature", "kind", "log1p", "clip", "first_id", "missing", "missing_id"}
 
 
 def _check_transforms(transforms, spec):
     """Validated copies of the entries (ValueError naming entry and feature)."""
     if isinstance(transforms, Schema):
         transforms = numeric_transforms_from_schema(transforms)
-    elif transforms is not None and isinstance(getattr(getattr(transforms, "parser", None),
-                                                       "schema", None), Schema):
-        transforms = numeric_transforms_from_schema(transforms.parser.schema)  # a Dataset
+    elif transforms is not None and hasattr(transforms, "parser"):  # a Dataset
+        transforms = _numeric_transforms_of_dataset(transforms)
     if transforms is None:
         return None
     entries = []
@@ -254,10 +259,10 @@ def _check_transforms(transforms, spec):
                              f"{list(_TRANSFORM_KEYS[kind])}; unknown keys "
                              f"{sorted(unknown)}, missing {missing}")
         checked = dict(entry, kind=kind)
-        for key in ("mean", "std", "min", "max"):
+        for key in ("mean", "std", "min", "max", "missing"):
             if key in entry:
                 checked[key] = _finite(entry[key], f"{where} ({feature!r}) {key}")
-        if kind == "standard" and not checked["std"] > 0:
+        if kind in ("standard", "log_standard") and not checked["std"] > 0:
             raise ValueError(f"{where} ({feature!r}): std must be > 0, got {checked['std']}")
         if kind == "minmax" and not checked["max"] > checked["min"]:
             raise ValueError(f"{where} ({feature!r}): max must be > min, got "
@@ -283,6 +288,48 @@ def _check_transforms(transforms, spec):
                 raise ValueError(f"numeric_transforms: bucketized {e['feature']!r} must be a "
                                  f"one-id categorical feature")
     return entries
+
+
+def numeric_transform_of_encoder(feature, encoder):
+    """The ``numeric_transforms`` entry of a fitted numeric encoder (an
+    object with ``kind`` and its statistics ``mean``, ``std``, ``min``,
+    ``max``, ``boundaries``, as ``data.numeric.NumericEncoder``), with the
+    data layer's rules: NaN (a missing cell) becomes 0, or for minmax the
+    mean's image ``(mean - min) / (max - min)``; a zero spread counts as 1;
+    buckets are ``1 + #{b <= x}`` with id 0 for missing.
+
+    >>> from types import SimpleNamespace
+    >>> numeric_transform_of_encoder("age", SimpleNamespace(kind="standard", mean=3.0, std=0.0))
+    {'feature': 'age', 'kind': 'standard', 'mean': 3.0, 'std': 1.0, 'missing': 0.0}
+    """
+    kind = encoder.kind
+    if kind == "bucketize":
+        return {"feature": feature, "kind": kind,
+                "boundaries": [float(b) for b in encoder.boundaries],
+                "first_id": 1, "missing_id": 0}
+    entry = {"feature": feature, "kind": kind}
+    if kind in ("standard", "log_standard"):
+        entry.update(mean=float(encoder.mean), std=float(encoder.std or 1.0))
+    if kind == "minmax":
+        spread = (float(encoder.max) - float(encoder.min)) or 1.0
+        entry.update(min=float(encoder.min), max=float(encoder.min) + spread)
+        entry["missing"] = (float(encoder.mean) - float(encoder.min)) / spread
+        return entry
+    entry["missing"] = 0.0
+    return entry
+
+
+def _numeric_transforms_of_dataset(dataset):
+    """A file dataset's numeric preprocessing: its fitted encoders when the
+    reader fits them (``parser.numeric_columns``, encoders beside the
+    vocabulary), else its schema's transforms; None without numerics."""
+    columns = getattr(dataset.parser, "numeric_columns", None)
+    if columns is not None:
+        encoders = dataset.vocabulary
+        return [numeric_transform_of_encoder(column[0], encoders[column[0]])
+                for column in columns]
+    schema = getattr(dataset.parser, "schema", None)
+    return numeric_transforms_from_schema(schema) if isinstance(schema, Schema) else None
 
 
 def _finite(value, where):
@@ -419,9 +466,13 @@ class _Graph:
             self.node("Add", [safe, self.const(np.float32(1))])]), zero])
 
     def _transform(self, x, entry):
+        missing = self.node("IsNaN", [x]) if "missing" in entry else None
         if entry.get("log1p") or entry["kind"] == "log1p":
             x = self._log1p(x)
-        if entry["kind"] == "standard":
+        if entry["kind"] == "log_standard":  # sign(x) log(1 + |x|), then the z-score
+            x = self.node("Mul", [self.node("Sign", [x]), self.node("Log", [self.node("Add", [
+                self.node("Abs", [x]), self.const(np.float32(1))])])])
+        if entry["kind"] in ("standard", "log_standard"):
             x = self.node("Div", [self.node("Sub", [x, self.const(np.float32(entry["mean"]))]),
                                   self.const(np.float32(entry["std"]))])
         elif entry["kind"] == "minmax":
@@ -430,17 +481,23 @@ class _Graph:
         if "clip" in entry:
             lo, hi = entry["clip"]
             x = self.node("Clip", [x, self.const(np.float32(lo)), self.const(np.float32(hi))])
+        if missing is not None:
+            x = self.node("Where", [missing, self.const(np.float32(entry["missing"])), x])
         return x
 
     def _bucketize(self, x, entry):
         """ids [B, 1] int64: ``first_id + #{boundaries <= x}`` (TF ``Bucketize``)."""
+        missing = self.node("IsNaN", [x]) if "missing_id" in entry else None
         if entry.get("log1p"):
             x = self._log1p(x)
         below = self.node("LessOrEqual", [self.const(entry["boundaries"][None, :], "boundaries"),
                                           x])  # [B, K]
         count = self.node("ReduceSum", [self.node("Cast", [below], to=self.onnx.TensorProto.INT64),
                                         self.const(np.array([1], np.int64))], keepdims=1)
-        return self.node("Add", [count, self.const(np.int64(entry.get("first_id", 0)))])
+        ids = self.node("Add", [count, self.const(np.int64(entry.get("first_id", 0)))])
+        if missing is not None:
+            ids = self.node("Where", [missing, self.const(np.int64(entry["missing_id"])), ids])
+        return ids
 
     # -- embedding bags
     def ids_of(self, feature):

@@ -31,7 +31,7 @@ SMALL = {"lr": {}, "fm": {}, "wide_deep": {"hidden_units": (6, 5)},
 LEAN_OPS = {"Gather", "Where", "And", "Less", "GreaterOrEqual", "Cast", "Mul", "ReduceSum",
             "Unsqueeze", "Sqrt", "Equal", "Div", "Concat", "Gemm", "MatMul", "Relu", "Tanh",
             "Add", "Sub", "Sigmoid", "Reshape", "Transpose", "Slice", "Greater", "Log", "Clip",
-            "LessOrEqual"}
+            "LessOrEqual", "IsNaN", "Sign", "Abs"}
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +152,8 @@ def test_transforms_in_the_graph_equal_numpy():
     transforms[1]["feature"] = "age_bucket"
     model = build_model("deepfm", spec, embedding_dim=4, hidden_units=(5,), scope="export_tr")
     rng = np.random.default_rng(3)
-    raw = np.stack([rng.choice([-3.0, 0.0, 2.0, 150.0], 40), rng.choice([10, 18, 25, 30, 40, 65, 80], 40),
+    raw = np.stack([rng.choice([-3.0, 0.0, 2.0, 150.0], 40),
+                    rng.choice([10, 18, 25, 30, 40, 65, 80], 40),
                     rng.uniform(-5, 60, 40), rng.uniform(-4, 9, 40)], 1).astype(np.float32)
     x = raw.astype(np.float64)  # float64 NumPy definitions of each transform
     count = np.where(x[:, 0] > 0, np.log1p(np.maximum(x[:, 0], 0)), 0.0)
@@ -292,3 +293,53 @@ def trained_on(data):
     for batch in data:
         train_step(model, batch, sparse_opt, dense_opt)
     return model
+
+
+def test_fitted_encoders_in_the_graph_equal_their_numpy_rules():
+    """``numeric_transform_of_encoder``: the data layer's normalizers (NaN =
+    a missing cell) written from their definitions in float64 NumPy."""
+    from types import SimpleNamespace as Encoder
+
+    from sparse_train.export import numeric_transform_of_encoder
+    encoders = {"a": Encoder(kind="log_standard", mean=1.5, std=2.0),
+                "b": Encoder(kind="minmax", min=-1.0, max=3.0, mean=0.5),
+                "c": Encoder(kind="standard", mean=10.0, std=0.0),  # zero spread: 1
+                "d": Encoder(kind="none"),
+                "k": Encoder(kind="bucketize", boundaries=[0.0, 2.5, 7.0])}
+    spec = DataSpec((FeatureSpec("k", 5),), ("a", "b", "c", "d"))
+    transforms = [numeric_transform_of_encoder(name, e) for name, e in encoders.items()]
+    model = build_model("lr", spec, scope="export_encoders")
+    model.linear.weights.weight.value[:, 0] = [0.1, -0.2, 0.3, -0.4, 0.5]
+    rng = np.random.default_rng(8)
+    raw = rng.choice([np.nan, -40.0, -1.0, 0.0, 2.5, 6.0, 7.0, 1e4], (50, 5))
+    x = raw.astype(np.float32).astype(np.float64)
+    missing = np.isnan(x)
+    t = np.sign(x[:, 0]) * np.log1p(np.abs(x[:, 0]))
+    dense = np.stack([np.where(missing[:, 0], 0, (t - 1.5) / 2.0),
+                      np.where(missing[:, 1], (0.5 + 1) / 4, (x[:, 1] + 1) / 4),
+                      np.where(missing[:, 2], 0, x[:, 2] - 10.0),
+                      np.where(missing[:, 3], 0, x[:, 3])], 1)
+    ids = np.where(missing[:, 4], 0, 1 + np.searchsorted([0.0, 2.5, 7.0], x[:, 4], side="right"))
+    reference = Batch(np.zeros(50, np.float32), dense.astype(np.float32),
+                      {"k": Ragged.from_dense(ids)})
+    proto = onnx_model(model, numeric_transforms=transforms)
+    got = session(proto).run(None, {"dense": raw.astype(np.float32)})[0]
+    np.testing.assert_allclose(got, predict(model, reference), rtol=0, atol=1e-6)
+    assert set(ids.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_a_dataset_with_fitted_encoders_gives_their_transforms():
+    """A reader that fits numeric encoders (``parser.numeric_columns``, the
+    encoders beside the vocabulary) gives them to the export in column order."""
+    from types import SimpleNamespace as Namespace
+
+    from sparse_train.export import _numeric_transforms_of_dataset
+    dataset = Namespace(parser=Namespace(numeric_columns=(("x", "standard", None),
+                                                          ("k", "bucketize", 3))),
+                        vocabulary={"user": object(),
+                                    "x": Namespace(kind="standard", mean=1.0, std=2.0),
+                                    "k": Namespace(kind="bucketize", boundaries=[1.0, 2.0])})
+    assert _numeric_transforms_of_dataset(dataset) == [
+        {"feature": "x", "kind": "standard", "mean": 1.0, "std": 2.0, "missing": 0.0},
+        {"feature": "k", "kind": "bucketize", "boundaries": [1.0, 2.0], "first_id": 1,
+         "missing_id": 0}]

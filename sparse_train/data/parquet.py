@@ -392,7 +392,8 @@ def _as_float64(column):
     column = _combined(column)
     missing = np.asarray(column.is_null()) if column.null_count else \
         np.zeros(len(column), bool)
-    values = pc.fill_null(pc.cast(column, pa.float64(), safe=False), 0.0).to_numpy(zero_copy_only=False)
+    values = pc.fill_null(pc.cast(column, pa.float64(), safe=False), 0.0)
+    values = values.to_numpy(zero_copy_only=False)
     return np.array(values, np.float64), missing
 
 
