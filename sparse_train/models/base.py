@@ -111,6 +111,24 @@ class CTRModel:
         logits = self.forward(batch) if logits is None else logits
         return ad.sigmoid_cross_entropy_with_logits(logits, batch.labels)
 
+    def loss_and_gradients(self, batch):
+        """(mean loss as a float, ``[(gradient, variable)]`` of every
+        variable, tables first): one forward and one reverse pass, what
+        ``training.train_step`` needs of a model (``DistributedModel``
+        answers the same with its exchanges and allreduce)."""
+        loss = self.loss(batch)
+        grads_and_vars = ad.compute_gradients(loss, self.sparse_variables()
+                                              + self.dense_variables())
+        return float(loss.data), grads_and_vars
+
+    def embedding_collections(self):
+        """The ``EmbeddingBagCollection``s holding the model's tables, in
+        build order (a ``FeatureLinear``'s weights are one): what
+        ``DistributedModel`` shards."""
+        return [layer if isinstance(layer, EmbeddingBagCollection) else layer.weights
+                for layer in self._layers
+                if isinstance(layer, (EmbeddingBagCollection, FeatureLinear))]
+
     def predict(self, batch):
         """Click probabilities ``sigmoid(logits)``, [B] float32, no graph recorded."""
         with ad.no_grad():
