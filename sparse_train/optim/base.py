@@ -15,7 +15,7 @@ from .._aligned import aligned_full
 from ..kernels.checks import (NON_FINITE_BITS, bits_to_float, first_id_out_of_range,
                               first_non_finite, max_abs_bits)
 from ..kernels._jit import row_dim
-from ..kernels.coalesce import summed_grad_rows
+from ..kernels.coalesce import GradPlan, summed_grad_rows
 from ..sparse import RowSparseGrad, identity_plan_parts
 from ..variable import GlobalStep, Variable
 
@@ -27,7 +27,7 @@ class Update(NamedTuple):
     plan (``sparse.GradPlan``); ``dense`` tells that the gradient was a
     dense array (the plan then touches every row)."""
     var: Variable
-    plan: tuple
+    plan: GradPlan
     dense: bool
 
 
@@ -319,19 +319,19 @@ def _plan_for(grad, var):
                 f"gradient for variable {var.name!r} has dense_shape {grad.dense_shape}, "
                 f"but the variable has shape {var.shape}")
         plan = grad.plan()
-        bad = first_id_out_of_range(plan[0], rows_of_var)
+        bad = first_id_out_of_range(plan.rows, rows_of_var)
         if bad >= 0:  # the kernels do not check bounds: never let one through
             raise ValueError(
-                f"gradient for variable {var.name!r} has row id {plan[0][bad]} outside "
+                f"gradient for variable {var.name!r} has row id {plan.rows[bad]} outside "
                 f"[0, {rows_of_var})")
-        src_bits = max_abs_bits(plan[4].reshape(-1))
+        src_bits = max_abs_bits(plan.src.reshape(-1))
         if src_bits >= NON_FINITE_BITS:
-            _check_finite(plan[4], var, "gradient source")
-        coef_bits = max_abs_bits(plan[3])
+            _check_finite(plan.src, var, "gradient source")
+        coef_bits = max_abs_bits(plan.src_coef)
         if coef_bits >= NON_FINITE_BITS:
-            _check_finite(plan[3].reshape(-1, 1), var, "gradient coefficient")
-        if not np.isfinite(plan[5]):
-            raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan[5]}")
+            _check_finite(plan.src_coef.reshape(-1, 1), var, "gradient coefficient")
+        if not np.isfinite(plan.scale):
+            raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan.scale}")
         _check_summed_finite(plan, var, bits_to_float(src_bits), bits_to_float(coef_bits))
         return plan
     dense = np.asarray(grad)
@@ -346,7 +346,7 @@ def _plan_for(grad, var):
     src = row_view(np.ascontiguousarray(dense, dtype=np.float32))
     _check_finite(src, var, "gradient")
     rows, starts, src_index, src_coef = identity_plan_parts(rows_of_var)
-    return rows, starts, src_index, src_coef, src, np.float32(1.0)
+    return GradPlan(rows, starts, src_index, src_coef, src, np.float32(1.0))
 
 
 #: A summed row whose bound stays below this cannot overflow float32, even
