@@ -2,9 +2,9 @@
 gradients applied by Numba kernels, with TF / DeepRec / PyTorch semantics."""
 from . import _process
 
-# Before numpy and Numba load: see _process (thread spinning, malloc reuse).
-_process.limit_thread_spinning()
-_process.keep_freed_memory()
+# Before numpy and Numba load: see _process (thread spinning, malloc reuse);
+# SPARSE_TRAIN_TUNE=0 in the environment skips it.
+_process.tune_process()
 
 from . import autodiff, checkpoint, clip, collections, data, functional, metrics, models, nn, optim, training  # noqa: E402,I001
 from .autodiff import Tensor, compute_gradients, gradients, no_grad
