@@ -29,7 +29,6 @@ import numpy as np
 
 from .. import autodiff as ad
 from ..clip import _sq_norm, clip_gradients
-from ..collections import get_all_collection_keys, get_collection_ref
 from ..kernels.clip import ordered_sum
 from ..metrics import AUC, LogLoss
 from ..training.step import train_step
@@ -229,26 +228,14 @@ class DistributedModel:
 
 def _shard_collection(collection, comm):
     """Replace a collection's stacked table by this rank's shard and its one
-    lookup by a sharded lookup (fed ``collection.fused_ragged``); returns it."""
+    lookup by a sharded lookup (``EmbeddingBagCollection.replace_table``);
+    returns the lookup."""
     if isinstance(collection.table, ShardedTable):
         raise ValueError(f"DistributedModel: table {collection.table.name!r} is already sharded")
     sharded = ShardedTable(collection.table, comm.rank, comm.size)
-    _replace_in_collections(collection.table.weight, sharded.weight)
-    collection.table = sharded
-    collection.lookup = ShardedEmbeddingBag(sharded, "sum", collection.name)
-    for table in collection.tables.values():  # views of the full rows: let them go
-        table.weight = None
-    return collection.lookup
-
-
-def _replace_in_collections(old, new):
-    """Point the variable collections (``sparse_train.collections``) at the
-    shard, so they do not keep the full table alive."""
-    for key in get_all_collection_keys():
-        items = get_collection_ref(key)
-        for i, item in enumerate(items):
-            if item is old:
-                items[i] = new
+    lookup = ShardedEmbeddingBag(sharded, "sum", collection.name)
+    collection.replace_table(sharded, lookup)
+    return lookup
 
 
 def _check_same_model(dist):

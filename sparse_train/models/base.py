@@ -54,6 +54,7 @@ class CTRModel:
         self._initializer = initializer
         self._init_scale = float(embedding_init_scale)
         self._layers = []
+        self._logit_bias = None  # declared while building (``_declare_logit_bias``)
         self._config = {"embedding_dim": self.embedding_dim, "seed": self.seed,
                         "scope": self.scope, "combiner": combiner, "tables": tables,
                         "initializer": initializer,
@@ -74,8 +75,17 @@ class CTRModel:
             **self._embedding_options))
 
     def _feature_linear(self, name="linear"):
-        return self._track(FeatureLinear(self.spec, f"{self.scope}/{name}", self.seed,
-                                         **self._embedding_options))
+        """A ``FeatureLinear``; the first one's bias is the logit bias."""
+        layer = self._track(FeatureLinear(self.spec, f"{self.scope}/{name}", self.seed,
+                                          **self._embedding_options))
+        if self._logit_bias is None:
+            self._declare_logit_bias(layer.bias)
+        return layer
+
+    def _declare_logit_bias(self, bias):
+        """Declare the scalar bias ``Variable`` added to every logit (the
+        linear term's, or the output layer's): ``logit_bias()`` returns it."""
+        self._logit_bias = bias
 
     def _finish_build(self, **options):
         """Record the model's options; check that variable names are unique."""
@@ -136,12 +146,10 @@ class CTRModel:
 
     def logit_bias(self):
         """The scalar bias ``Variable`` added to every logit (the linear
-        term's bias, or the last layer's)."""
-        for attr in ("linear", "wide"):
-            if isinstance(getattr(self, attr, None), FeatureLinear):
-                return getattr(self, attr).bias
-        last = self.output if hasattr(self, "output") else self.top.output
-        return last.bias
+        term's bias, or the output layer's), as the model declared it."""
+        if self._logit_bias is None:
+            raise ValueError(f"{type(self).__name__} declares no logit bias")
+        return self._logit_bias
 
     def init_logit_bias(self, click_rate):
         """Start the logit bias at the log-odds of ``click_rate``, so the
