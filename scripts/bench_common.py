@@ -30,21 +30,11 @@ def log(message):
 
 
 # ------------------------------------------------------------------ ids
-def zipf_ranks(rng, num_rows, size, exponent=1.1, cdf_cache={}):
-    """``size`` draws of a Zipf(exponent) law truncated to ranks [0, num_rows).
-
-    Rank k (0-based) has probability proportional to (k + 1) ** -exponent;
-    drawn by inverse CDF, so no draw is rejected. The CDF (float64, one per
-    table size, 8 bytes a row) is cached across calls.
-    """
-    key = (num_rows, exponent)
-    if key not in cdf_cache:
-        cdf_cache.clear()
-        cdf = np.cumsum(np.arange(1, num_rows + 1, dtype=np.float64) ** -exponent)
-        cdf /= cdf[-1]
-        cdf_cache[key] = cdf
-    ranks = np.searchsorted(cdf_cache[key], rng.random(size), side="right")
-    return np.minimum(ranks, num_rows - 1).astype(np.int64)
+def zipf_ranks(rng, num_rows, size, exponent=1.1):
+    """``size`` Zipf(exponent) ranks in [0, num_rows): the library's sampler
+    (``sparse_train.data.synthetic.zipf_ranks``)."""
+    from sparse_train.data.synthetic import zipf_ranks as draw
+    return draw(rng, num_rows, size, exponent)
 
 
 def draw_ids(rng, num_rows, size, distribution, permutation=None):

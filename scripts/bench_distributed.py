@@ -37,24 +37,20 @@ import time
 
 import numpy as np
 
+from bench_workloads import VOCABULARY_SIZES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-#: Criteo-like cardinalities of W2's 26 features (bench_w2.VOCABULARY_SIZES,
-#: copied: bench_w2 imports torch).
-VOCABULARY_SIZES = (1460, 583, 1_000_000, 800_000, 305, 24, 12517, 633, 3, 93145,
-                    5683, 1_000_000, 3194, 27, 14992, 1_000_000, 10, 5652, 2173, 4,
-                    1_000_000, 18, 15, 286181, 105, 142572)
 PHASES = ("lookup_exchange", "gradient_exchange", "dense_allreduce")
 
 
 # ------------------------------------------------------------------ data
 def zipf_ids(rng, num_rows, size, permutation, exponent=1.1):
-    """``size`` Zipf(exponent) ids of ``num_rows`` (inverse CDF), ranks
-    spread over the table by ``permutation``."""
-    cdf = np.cumsum(np.arange(1, num_rows + 1, dtype=np.float64) ** -exponent)
-    ranks = np.searchsorted(cdf / cdf[-1], rng.random(size), side="right")
-    return permutation[np.minimum(ranks, num_rows - 1)]
+    """``size`` Zipf(exponent) ids of ``num_rows`` (``data.synthetic.zipf_ranks``),
+    ranks spread over the table by ``permutation``."""
+    from sparse_train.data.synthetic import zipf_ranks
+    return permutation[zipf_ranks(rng, num_rows, size, exponent)]
 
 
 def w1_batches(opts, num_batches):

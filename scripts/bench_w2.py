@@ -16,6 +16,7 @@ import numpy as np
 from sparse_train.data import Batch, DataSpec, FeatureSpec
 
 from bench_common import Contender, alternate, draw_ids, free_memory, ratio, torch
+from bench_workloads import VOCABULARY_SIZES
 
 MODELS = ("lr", "fm", "deepfm", "dlrm")
 EMBEDDING_DIM = 16
@@ -23,11 +24,6 @@ NUM_DENSE = 13
 BATCH_SIZE = 4096
 SPARSE_LEARNING_RATE = 0.01
 DENSE_LEARNING_RATE = 0.001
-#: Criteo-like cardinalities of the 26 categorical features, capped at 1M
-#: (5.4M rows in all: 345 MB of float32 at D = 16, as much again in slots).
-VOCABULARY_SIZES = (1460, 583, 1_000_000, 800_000, 305, 24, 12517, 633, 3, 93145,
-                    5683, 1_000_000, 3194, 27, 14992, 1_000_000, 10, 5652, 2173, 4,
-                    1_000_000, 18, 15, 286181, 105, 142572)
 
 
 def make_spec(vocabulary_sizes=VOCABULARY_SIZES, num_dense=NUM_DENSE):

@@ -353,7 +353,7 @@ def printers(args, lead=True):
 
 def train(args):
     import sparse_train as st
-    from sparse_train.models.fit import check_resume, resume_point
+    from sparse_train.training import check_resume, resume_point
 
     if args.threads:
         import numba
@@ -385,17 +385,53 @@ def train(args):
     transform = None
     if args.clip_norm:
         transform = lambda grads: st.clip_gradients(grads, args.clip_norm)[0]  # noqa: E731
-    result = st.models.fit(
+    result = st.training.fit(
         train_data, valid_data,
         lambda batch: st.train_step(model, batch, sparse_opt, dense_opt, global_step, transform),
-        lambda batches: st.models.evaluate(model, batches), global_step,
+        lambda batches: st.training.evaluate(model, batches), global_step,
         epochs=args.epochs, seed=args.seed, **start, manager=manager,
         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
         run=args.batches, say=say, progress=None if args.quiet else sys.stderr,
         stop_on_signals=True)
     result.update(model=args.model, format=args.format)
-    st.models.report(result, say, args.metrics_out, warn=warn)
+    st.training.report(result, say, args.metrics_out, warn=warn)
     return result
+
+
+def train_distributed(args):
+    """``train`` on every rank of an MPI job (``--distributed``): every rank
+    opens the same data and builds the same model (so every flag means what
+    it means in one process), then ``distributed.train_distributed`` trains
+    it sharded. Rank 0 prints and writes the metrics JSON. Any error on any
+    rank ends the job (exit code 2 for a user error, 1 otherwise)."""
+    from sparse_train.checkpoint import CheckpointError
+    from sparse_train.data import DataError
+    from sparse_train.distributed import DistributedError, fail_fast, world
+    from sparse_train.distributed import train_distributed as train_sharded
+    from sparse_train.training import report
+
+    comm = world()
+    expected = (DataError, CheckpointError, FileNotFoundError, ValueError, DistributedError)
+    with fail_fast(comm, expected=expected):
+        if args.threads:
+            import numba
+            numba.set_num_threads(args.threads)
+        lead = comm.rank == 0
+        say, warn = printers(args, lead)
+        progress = None if args.quiet or not lead else sys.stderr
+        train_data, valid_data = open_data(args)
+        train_data.build_ids(progress=progress)
+        model, sparse_opt, dense_opt, global_step = build(args, train_data.spec, train_data)
+        result = train_sharded(
+            model, train_data, valid_data, sparse_opt, dense_opt, global_step,
+            epochs=args.epochs, seed=args.seed, clip_norm=args.clip_norm or None,
+            checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
+            resume=args.resume, checkpoint_every=args.checkpoint_every,
+            max_steps=args.max_steps, run=args.batches, say=say, warn=warn,
+            progress=progress, flag=_flag, comm=comm)
+        result.update(model=args.model, format=args.format)
+        report(result, say, args.metrics_out if lead else None, f" on {comm.size} ranks", warn)
+        return result
 
 
 def main(argv=None):
@@ -404,7 +440,7 @@ def main(argv=None):
     threads_note = share_cores_between_ranks()
     from sparse_train.checkpoint import CheckpointError
     from sparse_train.data import DataError
-    from sparse_train.models.fit import Interrupted
+    from sparse_train.training import Interrupted
     try:
         args = parse_args(argv)
     except UsageError as error:
@@ -416,15 +452,15 @@ def main(argv=None):
     try:
         args.batches = batches_options(args)
         if args.distributed:  # every rank runs this; a failing rank ends the whole job
-            from sparse_train.distributed import run_distributed
-            run_distributed(args, open_data, build)
+            train_distributed(args)
         else:
             train(args)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except Interrupted as stop:
-        print(f"\n{stop}", file=sys.stderr)
+        hint = ": continue with --resume" if stop.checkpoint else " (no --checkpoint-dir)"
+        print(f"\n{stop}{hint}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)

@@ -2,6 +2,12 @@
 
 Each is a default that the environment can override, and each is here for
 a measured reason on the 2-core machines of ``../shared/BENCH.md``.
+``SPARSE_TRAIN_TUNE=0`` in the environment skips them all.
+
+They stay at import, not in a function the scripts call: the thread-pool
+settings are read when numpy and Numba start their pools, so only a setting
+made before that (in practice: on import) reaches a library user's process
+as well as the scripts', and the malloc one pays off for any training loop.
 """
 import ctypes
 import os
@@ -11,6 +17,16 @@ import sys
 MMAP_THRESHOLD = 64 << 20
 #: glibc malloc: freed heap memory kept for reuse, up to this much.
 TRIM_THRESHOLD = 256 << 20
+
+
+def tune_process():
+    """``limit_thread_spinning`` and ``keep_freed_memory``, unless the
+    environment sets ``SPARSE_TRAIN_TUNE=0`` (then the process is left as
+    it was)."""
+    if os.environ.get("SPARSE_TRAIN_TUNE", "1") == "0":
+        return
+    limit_thread_spinning()
+    keep_freed_memory()
 
 
 def limit_thread_spinning():

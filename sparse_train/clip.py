@@ -187,8 +187,8 @@ def _sq_norm(grad, label):
         return 0.0
     if isinstance(grad, RowSparseGrad):
         plan = grad.plan()
-        per_row = np.empty(plan[0].shape[0], np.float64)
-        summed_grad_sq_norms(per_row, plan, row_dim(plan[4].shape[1]))
+        per_row = np.empty(plan.rows.shape[0], np.float64)
+        summed_grad_sq_norms(per_row, plan, row_dim(plan.src.shape[1]))
         return float(ordered_sum(per_row))
     return float(dense_sq_norm(_as_dense(grad, label).reshape(-1)))
 

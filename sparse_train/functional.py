@@ -11,15 +11,18 @@ An empty bag outputs zeros and sends no gradient; so does a bag whose divisor
 is zero (all weights zero under mean or sqrtn). A ``padding_idx`` id is left
 out of the output, the divisor and the gradient (PyTorch ``padding_idx``).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .kernels import lookup as _lookup
 from .kernels._jit import row_dim
 from .kernels.checks import first_decrease, first_id_out_of_range, first_non_finite
-from .sparse import RowSparseGrad
+from .sparse import GradPlan, RowSparseGrad
 from .variable import Variable
 
-__all__ = ["embedding_bag", "embedding_bag_grad", "check_bags", "pool_checked", "grad_checked",
+__all__ = ["embedding_bag", "embedding_bag_grad", "check_bags", "CheckedBags", "pool_checked",
+           "grad_checked",
            "as_ids", "COMBINERS"]
 
 COMBINERS = {"sum": _lookup.SUM, "mean": _lookup.MEAN, "sqrtn": _lookup.SQRTN}
@@ -55,7 +58,7 @@ def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
 def pool_checked(table, bags):
     """``embedding_bag`` of ``bags`` already checked by ``check_bags`` for
     this [V, D] float32 table: [B, D] float32."""
-    out = np.empty((bags[1].shape[0] - 1, table.shape[1]), np.float32)
+    out = np.empty((bags.offsets.shape[0] - 1, table.shape[1]), np.float32)
     _lookup.embedding_bag_forward(out, table, *bags, row_dim(table.shape[1]))
     return out
 
@@ -97,21 +100,22 @@ def grad_checked(d_out, bags, num_embeddings, name=None):
     ``d_out`` [B, D] float32 C-contiguous is used without a copy: it must not
     change until the gradient is applied (the autodiff engine never writes
     into a gradient it handed out)."""
-    num_bags = bags[1].shape[0] - 1
+    num_bags = bags.offsets.shape[0] - 1
     if d_out.ndim != 2 or d_out.shape[0] != num_bags:
         raise ValueError(
             f"{_where(name)}: d_out must have shape [{num_bags}, D] (one row "
             f"per bag), got {d_out.shape}")
     if d_out.dtype != np.float32 or not d_out.flags.c_contiguous:
         raise ValueError(f"{_where(name)}: d_out must be C-contiguous float32")
-    values, offsets, _, has_weights, combiner, padding_idx = bags
-    plan = None
+    values, offsets, has_weights = bags.values, bags.offsets, bags.has_weights
+    combiner, padding_idx = bags.combiner, bags.padding_idx
+    rows = None
     if combiner == _lookup.SUM and not has_weights and padding_idx < 0 and values.shape[0]:
-        plan = _lookup.unit_grad_plan(values, offsets)   # the common case, without gathers
-    if plan is None or plan[0].shape[0] == 0:
-        plan = _lookup.embedding_bag_grad_plan(*bags)
-    rows, starts, src_index, src_coef = plan
-    plan = (rows, starts, src_index, src_coef, d_out, np.float32(1.0))
+        # the common case, without gathers
+        rows, starts, src_index, src_coef = _lookup.unit_grad_plan(values, offsets)
+    if rows is None or rows.shape[0] == 0:
+        rows, starts, src_index, src_coef = _lookup.embedding_bag_grad_plan(*bags)
+    plan = GradPlan(rows, starts, src_index, src_coef, d_out, np.float32(1.0))
     return RowSparseGrad._from_plan(plan, (num_embeddings, d_out.shape[1]))
 
 
@@ -159,10 +163,21 @@ def as_ids(array, what="values", name=None):
 
 
 
+class CheckedBags(NamedTuple):
+    """One feature's lookup, validated (``check_bags``): the lookup kernels'
+    arguments, in their order (``kernel(out, table, *bags, dim)``)."""
+    values: np.ndarray      # [n] int64 ids
+    offsets: np.ndarray     # [B+1] int64
+    weights: np.ndarray     # [n] float32 per-id weights (empty without)
+    has_weights: bool
+    combiner: int           # COMBINERS code
+    padding_idx: int        # -1: none
+
+
 def check_bags(values, offsets, weights, num_embeddings, combiner,
                padding_idx=None, name=None):
-    """Validated kernel arguments of one feature's lookup: (values, offsets,
-    weights, has_weights, combiner code, padding_idx or -1). Raises
+    """Validated kernel arguments of one feature's lookup, a ``CheckedBags``
+    (values, offsets, weights, has_weights, combiner code, padding_idx or -1). Raises
     ValueError naming the feature and the offending value and position."""
     where = _where(name)
     values = as_ids(values, "values", name)
@@ -192,7 +207,7 @@ def check_bags(values, offsets, weights, num_embeddings, combiner,
         if padding >= num_embeddings:
             raise ValueError(f"{where}: padding_idx {padding} is outside [0, {num_embeddings})")
     if weights is None:
-        return values, offsets, _NO_WEIGHTS, False, COMBINERS[combiner], padding
+        return CheckedBags(values, offsets, _NO_WEIGHTS, False, COMBINERS[combiner], padding)
     weights = np.asarray(weights)
     if weights.shape != values.shape or (weights.size and weights.dtype.kind not in "fiu"):
         raise ValueError(
@@ -202,4 +217,4 @@ def check_bags(values, offsets, weights, num_embeddings, combiner,
     bad = first_non_finite(weights)
     if bad >= 0:
         raise ValueError(f"{where}: weight {weights[bad]} at position {bad} is not finite")
-    return values, offsets, weights, True, COMBINERS[combiner], padding
+    return CheckedBags(values, offsets, weights, True, COMBINERS[combiner], padding)

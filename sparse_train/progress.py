@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "progress_interval"]
 
 
 class Progress:
@@ -62,3 +62,10 @@ class Progress:
             self._draw(time.perf_counter())
             if self._tty:
                 print(file=self.file)
+
+
+def progress_interval(stream):
+    """Seconds between progress lines on ``stream``: a terminal redraws one
+    line twice a second; a log file (not a terminal) gets a line every
+    10 s, not a thousand lines a run."""
+    return 0.5 if getattr(stream, "isatty", lambda: False)() else 10.0

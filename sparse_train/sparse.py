@@ -5,9 +5,9 @@ import numpy as np
 
 from .kernels.checks import first_id_out_of_range
 from .kernels._jit import row_dim
-from .kernels.coalesce import group_rows, summed_grad_rows
+from .kernels.coalesce import GradPlan, group_rows, summed_grad_rows
 
-__all__ = ["RowSparseGrad"]
+__all__ = ["RowSparseGrad", "GradPlan"]
 
 _ONE = np.float32(1.0)
 
@@ -68,8 +68,9 @@ class RowSparseGrad:
     @classmethod
     def _from_plan(cls, plan, dense_shape):
         """A coalesced gradient whose values are computed only when read."""
+        plan = GradPlan(*plan)
         grad = cls.__new__(cls)
-        grad._indices = plan[0]
+        grad._indices = plan.rows
         grad._values = None
         grad.dense_shape = tuple(dense_shape)
         grad._plan = plan
@@ -101,7 +102,8 @@ class RowSparseGrad:
         if self._plan is None:
             rows, starts, order = group_rows(self._indices)
             src = self._values.reshape(self._indices.shape[0], _row_size(self.dense_shape))
-            self._plan = (rows, starts, order, np.ones(order.shape[0], np.float32), src, _ONE)
+            self._plan = GradPlan(rows, starts, order, np.ones(order.shape[0], np.float32),
+                                  src, _ONE)
         return self._plan
 
     def coalesce(self):
@@ -113,10 +115,9 @@ class RowSparseGrad:
 
     def scaled(self, factor):
         """This gradient times ``factor`` (coalesced; values stay lazy)."""
-        rows, starts, src_index, src_coef, src, scale = self.plan()
-        scale = np.float32(scale * np.float32(factor))
-        return RowSparseGrad._from_plan(
-            (rows, starts, src_index, src_coef, src, scale), self.dense_shape)
+        plan = self.plan()
+        scale = np.float32(plan.scale * np.float32(factor))
+        return RowSparseGrad._from_plan(plan._replace(scale=scale), self.dense_shape)
 
     def to_dense(self):
         """The dense [dense_shape] float32 gradient (duplicates summed)."""

@@ -56,3 +56,17 @@ def test_thread_settings_yield_to_the_environment():
     out = subprocess.run([sys.executable, "-c", script], env=env, check=True,
                          capture_output=True, text=True, timeout=120).stdout.split()
     assert out == ["7", "10000"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_sparse_train_tune_0_leaves_the_process_as_it_was():
+    # the one-line opt-out: no environment variable set, malloc's default kept
+    script = ("import os, sparse_train; "
+              "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('GOMP_SPINCOUNT'))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT")}
+    env["SPARSE_TRAIN_TUNE"] = "0"
+    out = subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert out == ["None", "None"]
+    assert _faults({"SPARSE_TRAIN_TUNE": "0"}) > 10 * (3 * 106496 * 8 // 4096)

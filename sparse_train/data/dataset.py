@@ -14,7 +14,7 @@ from .errors import DataError
 from .hashing import token_key
 from .numeric import NumericEncoder, NumericStatistics, needs_statistics
 from .vocabulary import HashBuckets, KeyCounter, save_vocabulary
-from ..progress import Progress
+from ..progress import Progress, progress_interval
 
 __all__ = ["Dataset", "TextDataset", "held_out_rows"]
 
@@ -224,9 +224,8 @@ class TextDataset(Dataset):
                 counters[name] = KeyCounter(value)
         if counters or statistics:
             positions = {name: j for j, (name, _, _) in enumerate(numeric)}
-            interval = 0.5 if getattr(progress, "isatty", lambda: False)() else 10.0
             bar = Progress(None, "counting feature ids", unit="rows", file=progress,
-                           interval=interval)
+                           interval=progress_interval(progress))
             for parsed in self._parsed_chunks(keep_tokens=True):
                 for name, counter in counters.items():
                     raw = parsed.sparse[name]

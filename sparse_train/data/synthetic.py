@@ -17,39 +17,49 @@ LR. The default sizes keep every id frequent enough to be learnt from
 came within 0.008 AUC of the planted model on the held-out rows (0.800 vs
 0.808).
 """
+from functools import lru_cache
+
 import numpy as np
 
+from ..metrics import auc
 from ..ragged import Ragged
 from ._batching import take_rows
 from .batch import Batch, DataSpec, FeatureSpec
 from .dataset import Dataset, _check_fraction, held_out_rows
 
-__all__ = ["SyntheticClickLog", "write_criteo_like"]
+__all__ = ["SyntheticClickLog", "write_criteo_like", "zipf_ranks"]
 
 
-def _roc_auc(labels, scores):
-    """Area under the ROC curve, by ranks (ties get their average rank)."""
-    labels = np.asarray(labels) > 0.5
-    scores = np.asarray(scores, np.float64)
-    positives = int(labels.sum())
-    negatives = labels.shape[0] - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    first = np.cumsum(counts) - counts
-    ranks = (first + (counts + 1) / 2.0)[inverse]
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0)
-                 / (positives * negatives))
+def zipf_ranks(rng, num_ranks, count, exponent=1.1):
+    """``count`` draws of a Zipf(exponent) law truncated to ranks [0, num_ranks):
+    rank r (0-based) has probability proportional to ``(r + 1) ** -exponent``,
+    drawn by inverse CDF (one ``rng.random(count)``; none rejected). The
+    float64 CDF of the last two (num_ranks, exponent) is cached.
+
+    Returns:
+        [count] int64 ranks.
+
+    >>> ranks = zipf_ranks(np.random.default_rng(0), 1000, 10_000)
+    >>> bool((ranks == 0).mean() > (ranks == 9).mean())
+    True
+    """
+    ranks = np.searchsorted(_zipf_cdf(int(num_ranks), float(exponent)), rng.random(count),
+                            side="right")
+    return np.minimum(ranks, num_ranks - 1).astype(np.int64)
+
+
+@lru_cache(maxsize=2)
+def _zipf_cdf(num_ranks, exponent):
+    cdf = np.cumsum(np.arange(1, num_ranks + 1, dtype=np.float64) ** -exponent)
+    cdf /= cdf[-1]
+    cdf.flags.writeable = False
+    return cdf
 
 
 def _zipf_ids(rng, size, count, exponent, permutation):
-    """count ids in [0, size) with P(rank r) ~ (r + 1) ** -exponent; rank r
-    is id permutation[r], so frequent ids are spread over the table."""
-    weights = np.arange(1, size + 1, dtype=np.float64) ** -exponent
-    cdf = np.cumsum(weights)
-    cdf /= cdf[-1]
-    ranks = np.minimum(np.searchsorted(cdf, rng.random(count), side="right"), size - 1)
-    return permutation[ranks]
+    """count ids in [0, size): ``zipf_ranks``, rank r being id permutation[r],
+    so frequent ids are spread over the table."""
+    return permutation[zipf_ranks(rng, size, count, exponent)]
 
 
 def _bag_mean(table, values, offsets):
@@ -186,9 +196,9 @@ class SyntheticClickLog(Dataset):
             logit = self._logit[self._rows]
             # log(1 + e^-z) for clicks, log(1 + e^z) otherwise, stably
             loss = np.logaddexp(0.0, np.where(labels > 0.5, -logit, logit))
-            self._metrics = (_roc_auc(labels, logit), float(loss.mean()),
+            self._metrics = (auc(labels, logit), float(loss.mean()),
                              float(labels.mean()) if labels.size else float("nan"),
-                             _roc_auc(labels, self._linear_logit[self._rows]))
+                             auc(labels, self._linear_logit[self._rows]))
         return self._metrics
 
     @property

@@ -22,16 +22,13 @@ from .comm import Communicator, MPIComm, SingleProcessComm, launched_by_mpi, wor
 from .exchange import LookupExchange, ShardedEmbeddingBag
 from .faults import DistributedError, fail_fast
 from .model import DistributedModel
+from .run import train_distributed
 from .sharding import ShardedTable, batch_slice, local_batch, owned_ids, shard_size
 
 __all__ = ["Communicator", "SingleProcessComm", "MPIComm", "world", "launched_by_mpi",
            "DistributedModel", "LookupExchange", "ShardedEmbeddingBag", "ShardedTable",
            "local_batch", "batch_slice", "shard_size", "owned_ids", "fail_fast",
            "DistributedError", "DistributedCheckpointManager", "save_sharded",
-           "restore_sharded", "run_distributed"]
+           "restore_sharded", "train_distributed"]
 
 
-def run_distributed(args, open_data, build):
-    """The ``--distributed`` path of ``scripts/train.py`` (see ``run``)."""
-    from .run import run_distributed as run
-    return run(args, open_data, build)

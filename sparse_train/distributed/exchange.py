@@ -52,7 +52,7 @@ from .. import autodiff as ad
 from ..functional import COMBINERS, check_bags
 from ..kernels import distributed_exchange as kx
 from ..kernels.coalesce import group_rows
-from ..sparse import RowSparseGrad
+from ..sparse import GradPlan, RowSparseGrad
 from .faults import DistributedError
 
 __all__ = ["ShardedEmbeddingBag", "LookupExchange"]
@@ -339,7 +339,7 @@ class LookupExchange:
                 first_row += p
             ids = np.concatenate(ids)
             rows_u, starts, order = group_rows(ids)
-            plan = (rows_u, starts, np.concatenate(places)[order].astype(np.int64),
+            plan = GradPlan(rows_u, starts, np.concatenate(places)[order].astype(np.int64),
                     np.concatenate(coefs)[order], np.concatenate(rows).reshape(-1, dim), _ONE)
             grad = RowSparseGrad._from_plan(plan, table.weight.shape)
             parts.setdefault(table.name, []).append(grad)

@@ -29,10 +29,9 @@ import numpy as np
 
 from .. import autodiff as ad
 from ..clip import _sq_norm, clip_gradients
-from ..collections import get_all_collection_keys, get_collection_ref
 from ..kernels.clip import ordered_sum
 from ..metrics import AUC, LogLoss
-from ..nn import EmbeddingBagCollection, FeatureLinear
+from ..training.step import train_step
 from .comm import world
 from .exchange import LookupExchange, ShardedEmbeddingBag
 from .faults import DistributedError
@@ -67,7 +66,9 @@ class DistributedModel:
     def __init__(self, model, comm=None):
         self.model = model
         self.comm = world() if comm is None else comm
-        self.collections = list(_embedding_collections(model))
+        if not hasattr(model, "embedding_collections"):
+            raise TypeError(f"DistributedModel: expected a CTRModel, got {type(model).__name__}")
+        self.collections = list(model.embedding_collections())
         bags = [_shard_collection(collection, self.comm) for collection in self.collections]
         self.exchange = LookupExchange(self.comm, bags)
         self.timings = self.exchange.timings
@@ -126,46 +127,44 @@ class DistributedModel:
         scale = np.float32(1.0 / max(self.exchange.global_batch_size, 1))
         return total * scale, total
 
+    def loss_and_gradients(self, batch):
+        """(the global batch's mean loss as a float, the same on every rank;
+        ``[(gradient, variable)]``, shards first): the lookups exchanged,
+        the reverse pass, the rows' gradients sent to their owners and the
+        dense gradients summed over ranks (one Allreduce). What
+        ``training.train_step`` asks of a model."""
+        loss, total = self.loss(batch)
+        global_size = self.exchange.global_batch_size
+        if global_size == 0:
+            raise ValueError("DistributedModel.train_step: the global batch is empty")
+        dense_grads = ad.compute_gradients(loss, self.dense_variables())
+        sparse_grads = self.exchange.backward()
+        dense_grads, loss_sum = self._allreduce(dense_grads, total)
+        pairs = [(sparse_grads.get(v.name), v) for v in self.sparse_variables()] + dense_grads
+        # float32 sum / int count: the arithmetic of one process's mean loss.
+        return float(np.float32(loss_sum) / global_size), pairs
+
+    def clip_by_global_norm(self, grads_and_vars, clip_norm):
+        """``clip.clip_gradients`` by the global norm of every gradient of
+        all ranks (a collective); returns the clipped pairs."""
+        return clip_gradients(grads_and_vars, clip_norm,
+                              use_norm=self._global_norm(grads_and_vars))[0]
+
     def train_step(self, batch, sparse_optimizer, dense_optimizer=None, global_step=None,
                    clip_norm=None):
         """One global step on this rank's slice; returns the global batch's
         mean loss (float, the same on every rank).
 
-        Mirrors ``models.train_step``: the sparse optimizer updates this
-        rank's shards, the dense one (or the sparse one when None) the
-        replicated dense variables; ``global_step`` goes to the last
-        ``apply_gradients`` call. ``clip_norm`` clips by the global norm of
-        every gradient of all ranks (``clip.clip_gradients``).
+        ``training.train_step`` on this model: the sparse optimizer updates
+        this rank's shards, the dense one (or the sparse one when None) the
+        replicated dense variables; ``global_step`` goes to the last apply.
+        ``clip_norm`` clips by the global norm of every gradient of all
+        ranks (``clip_by_global_norm``).
         """
-        loss, total = self.loss(batch)
-        global_size = self.exchange.global_batch_size
-        if global_size == 0:
-            raise ValueError("DistributedModel.train_step: the global batch is empty")
-        dense_vars = self.dense_variables()
-        dense_grads = ad.compute_gradients(loss, dense_vars)
-        sparse_grads = self.exchange.backward()
-        dense_grads, loss_sum = self._allreduce(dense_grads, total)
-        pairs = [(sparse_grads.get(v.name), v) for v in self.sparse_variables()] + dense_grads
-        if clip_norm is not None:
-            pairs = clip_gradients(pairs, clip_norm, use_norm=self._global_norm(pairs))[0]
-        num_sparse = len(self.sparse_variables())
-        if dense_optimizer is None or dense_optimizer is sparse_optimizer:
-            groups = [(sparse_optimizer, pairs)]  # one apply: Adam's powers move once
-        else:
-            groups = [(sparse_optimizer, pairs[:num_sparse]), (dense_optimizer, pairs[num_sparse:])]
-        groups = [(opt, p) for opt, p in groups if any(g is not None for g, _ in p)]
-        if not groups:
-            raise ValueError("train_step: the loss depends on no variable of the model")
-        # As models.train_step: every group validated before any is applied,
-        # so a bad gradient leaves this rank's variables unchanged.
-        for optimizer, _ in groups:
-            if hasattr(optimizer, "check_global_step"):
-                optimizer.check_global_step(global_step)
-        prepared = [(opt, opt._prepare(group, global_step)) for opt, group in groups]
-        for i, (optimizer, checked) in enumerate(prepared):
-            optimizer._apply_prepared(checked, global_step if i == len(prepared) - 1 else None)
-        # float32 sum / int count: the arithmetic of one process's mean loss.
-        return float(np.float32(loss_sum) / global_size)
+        transform = (None if clip_norm is None
+                     else lambda pairs: self.clip_by_global_norm(pairs, clip_norm))
+        return train_step(self, batch, sparse_optimizer, dense_optimizer, global_step,
+                          grad_transform=transform)
 
     def evaluate(self, batches):
         """Validation figures over every global batch: each rank passes its
@@ -227,40 +226,16 @@ class DistributedModel:
         return norm
 
 
-def _embedding_collections(model):
-    """The ``EmbeddingBagCollection``s holding ``model``'s tables, in order."""
-    layers = getattr(model, "_layers", None)
-    if layers is None:
-        raise TypeError(f"DistributedModel: expected a CTRModel, got {type(model).__name__}")
-    for layer in layers:
-        if isinstance(layer, EmbeddingBagCollection):
-            yield layer
-        elif isinstance(layer, FeatureLinear):
-            yield layer.weights
-
-
 def _shard_collection(collection, comm):
     """Replace a collection's stacked table by this rank's shard and its one
-    lookup by a sharded lookup (fed ``collection.fused_ragged``); returns it."""
+    lookup by a sharded lookup (``EmbeddingBagCollection.replace_table``);
+    returns the lookup."""
     if isinstance(collection.table, ShardedTable):
         raise ValueError(f"DistributedModel: table {collection.table.name!r} is already sharded")
     sharded = ShardedTable(collection.table, comm.rank, comm.size)
-    _replace_in_collections(collection.table.weight, sharded.weight)
-    collection.table = sharded
-    collection.lookup = ShardedEmbeddingBag(sharded, "sum", collection.name)
-    for table in collection.tables.values():  # views of the full rows: let them go
-        table.weight = None
-    return collection.lookup
-
-
-def _replace_in_collections(old, new):
-    """Point the variable collections (``sparse_train.collections``) at the
-    shard, so they do not keep the full table alive."""
-    for key in get_all_collection_keys():
-        items = get_collection_ref(key)
-        for i, item in enumerate(items):
-            if item is old:
-                items[i] = new
+    lookup = ShardedEmbeddingBag(sharded, "sum", collection.name)
+    collection.replace_table(sharded, lookup)
+    return lookup
 
 
 def _check_same_model(dist):

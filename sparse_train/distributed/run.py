@@ -1,109 +1,94 @@
-"""The ``--distributed`` path of ``scripts/train.py``.
+"""``train_distributed``: the epoch loop (``training.fit``) on every rank of
+an MPI job, with sharded checkpoints.
 
-It shares the epoch loop of ``train()`` of the script (``models.fit``: same
-flags, progress, metrics JSON, checkpoint metadata).
-
-``mpirun -n W python -m mpi4py scripts/train.py --distributed [flags]``: every
-rank opens the same data and builds the same model with the script's own
-``open_data`` and ``build`` (so every flag means what it means in one
-process), then trains it as a ``DistributedModel``: each global batch of
-``--batch-size`` examples is split over the ranks, so the run follows the
-single-process run's steps. Rank 0 prints progress and writes the metrics
-JSON; checkpoints are sharded (``DistributedCheckpointManager``) and
-``--resume`` restores them on any world size, or a single-process run's
-checkpoints. A rank that fails ends the job (``fail_fast``).
+``scripts/train.py --distributed`` opens the data and builds the model on
+every rank (the same model, same seed) and hands them here: the model is
+trained as a ``DistributedModel``, each global batch split over the ranks,
+so the run follows the single-process run's steps. Checkpoints are sharded
+(``DistributedCheckpointManager``) and a resume restores them on any world
+size, or a single-process run's checkpoints.
 
 Every rank reads and parses the whole data stream and keeps its slices
 (simple, and the global batches are exactly those of one process); with
 large files that reading is repeated on every rank.
 """
-import sys
-
-from ..checkpoint import CheckpointError
-from ..data import DataError
-from ..models.fit import check_resume, fit, report, resume_point
+from ..training.loop import check_resume, fit, resume_point
 from .checkpoint import DistributedCheckpointManager
 from .comm import world
-from .faults import DistributedError, fail_fast
 from .model import DistributedModel
 from .sharding import local_batch
 
-__all__ = ["run_distributed"]
+__all__ = ["train_distributed"]
 
 
-def run_distributed(args, open_data, build, comm=None):
-    """Train as ``scripts/train.py`` does, on every rank of ``comm`` (default
-    ``world()``); returns the result dict on every rank. Any error on any
-    rank ends the job (exit code 2 for a user error, 1 otherwise)."""
+def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_optimizer,
+                      global_step, *, epochs, seed=0, clip_norm=None, checkpoint_dir=None,
+                      keep_checkpoints=5, resume=False, checkpoint_every=0, max_steps=None,
+                      run=None, say=None, warn=None, progress=None, flag=lambda key: key,
+                      comm=None):
+    """Shard ``model`` over ``comm`` (default ``world()``) and train it with
+    ``training.fit``; returns ``fit``'s result dict plus ``world_size`` and
+    ``communication_seconds`` (the largest over ranks), on every rank.
+
+    Every rank calls it with the same model (same options and seed), the
+    same data and the same options; a collective call.
+
+    Args:
+        model: a ``CTRModel`` (sharded in place: ``DistributedModel``).
+        train_data, valid_data: ``Dataset``s, whole on every rank.
+        sparse_optimizer, dense_optimizer, global_step: as ``train_step``.
+        epochs, seed, checkpoint_every, max_steps, run: as ``fit``.
+        clip_norm: clip by the global norm of all ranks' gradients, or None.
+        checkpoint_dir: where sharded checkpoints go (None: none saved);
+            ``keep_checkpoints`` of them are kept.
+        resume: restore the latest checkpoint of ``checkpoint_dir`` first
+            (none there: a warning, then a fresh start).
+        say, warn: message printers (None: silent); pass printing ones on
+            rank 0 only. progress: stream of the progress bars, or None.
+        flag: ``flag(key)`` names a ``run`` option in a refused resume's
+            message (``check_resume``).
+    """
     comm = world() if comm is None else comm
-    expected = (DataError, CheckpointError, FileNotFoundError, ValueError, DistributedError)
-    with fail_fast(comm, expected=expected):
-        return _train(args, open_data, build, comm)
-
-
-def _train(args, open_data, build, comm):
-    if args.threads:
-        import numba
-        numba.set_num_threads(args.threads)
-    lead = comm.rank == 0
-    say, warn = _printers(args.quiet, lead)
-    train_data, valid_data = open_data(args)
-    train_data.build_ids(progress=None if args.quiet or not lead else sys.stderr)
-    model, sparse_opt, dense_opt, global_step = build(args, train_data.spec, train_data)
+    say, warn = say or (lambda *a: None), warn or (lambda *a: None)
+    if resume and not checkpoint_dir:
+        raise ValueError("resume needs a checkpoint directory")
     total_rows = sum(v.value.size for v in model.sparse_variables())
     dist = DistributedModel(model, comm)
-    say(f"distributed over {comm.size} ranks: model {args.model}, {total_rows:,} embedding "
+    say(f"distributed over {comm.size} ranks: model {model.name}, {total_rows:,} embedding "
         f"parameters sharded by id mod {comm.size} "
         f"(this rank holds {sum(v.value.size for v in dist.sparse_variables()):,}), "
         f"{sum(v.value.size for v in dist.dense_variables()):,} dense parameters replicated")
-    manager, start = _checkpoints(args, dist, sparse_opt, dense_opt, global_step, say, warn)
+    manager, start = None, {}
+    if checkpoint_dir:
+        manager = DistributedCheckpointManager(dist, [sparse_optimizer, dense_optimizer],
+                                               global_step, checkpoint_dir,
+                                               max_to_keep=keep_checkpoints)
+        if resume:
+            start = _resume(manager, run, flag, global_step, say, warn, checkpoint_dir)
     result = fit(
         train_data, valid_data,
-        lambda batch: dist.train_step(local_batch(batch, comm), sparse_opt, dense_opt,
-                                      global_step, clip_norm=args.clip_norm or None),
+        lambda batch: dist.train_step(local_batch(batch, comm), sparse_optimizer,
+                                      dense_optimizer, global_step, clip_norm=clip_norm),
         lambda batches: dist.evaluate(local_batch(b, comm) for b in batches), global_step,
-        epochs=args.epochs, seed=args.seed, **start, manager=manager, checkpoint_every=args.checkpoint_every,
-        max_steps=getattr(args, "max_steps", None), run=getattr(args, "batches", None),
-        say=say,
-        progress=None if args.quiet or not lead else sys.stderr)
-    result.update(model=args.model, format=args.format, world_size=comm.size,
-                  communication_seconds=_gathered_timings(dist))
-    report(result, say, args.metrics_out if lead else None, f" on {comm.size} ranks", warn)
+        epochs=epochs, seed=seed, **start, manager=manager, checkpoint_every=checkpoint_every,
+        max_steps=max_steps, run=run, say=say, progress=progress)
+    result.update(world_size=comm.size, communication_seconds=_gathered_timings(dist))
     return result
 
 
-def _printers(quiet, lead):
-    """(say, warn) as in ``scripts/train.py``: rank 0 only; ``say`` is
-    silent with ``--quiet``, ``warn`` is not."""
-    def warn(*a):
-        if lead:
-            print(*a, file=sys.stderr, flush=True)
-    return ((lambda *a: None) if quiet else warn), warn
-
-
-def _checkpoints(args, dist, sparse_opt, dense_opt, global_step, say, warn):
-    """(manager or None, ``fit`` arguments to resume from) after an
-    optional resume."""
-    if not args.checkpoint_dir:
-        if args.resume:
-            raise ValueError("--resume needs --checkpoint-dir")
-        return None, {}
-    manager = DistributedCheckpointManager(dist, [sparse_opt, dense_opt], global_step,
-                                           args.checkpoint_dir, max_to_keep=args.keep_checkpoints)
-    if not args.resume:
-        return manager, {}
+def _resume(manager, run, flag, global_step, say, warn, checkpoint_dir):
+    """``fit`` arguments to continue from the latest checkpoint ({} if none)."""
     path = manager.restore_latest()
     if path is None:
-        warn(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
-        return manager, {}
+        warn(f"no checkpoint in {checkpoint_dir}: starting afresh")
+        return {}
     manifest = manager.manifest(path)
-    check_resume(manifest["metadata"], getattr(args, "batches", None),
-                 lambda key: "--" + key.replace("_", "-"))
+    check_resume(manifest["metadata"], run, flag)
     start = resume_point(manifest["metadata"])
     say(f"resumed from {path} (saved by {manifest['world_size']} rank(s)) at epoch "
         f"{start['start_epoch'] + 1}, batch {start['skip_batches']}, "
         f"global step {int(global_step)}")
-    return manager, start
+    return start
 
 
 def _gathered_timings(dist):

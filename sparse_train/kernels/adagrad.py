@@ -20,10 +20,10 @@ def adagrad_row(w, accumulator, g, lr, epsilon, dim):
 
 
 @njit_parallel
-def adagrad_apply(weight, accumulator, grad, lr, epsilon, dim):
+def adagrad_apply(weight, accumulator, plan, lr, epsilon, dim):
     """In place: weight, accumulator [V, D] float32, on the plan's rows only.
     lr, epsilon float32; dim = D (``_jit.row_dim``)."""
-    rows = grad[0]
+    rows = plan.rows
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = row_buffer(dim)
@@ -31,6 +31,6 @@ def adagrad_apply(weight, accumulator, grad, lr, epsilon, dim):
             ahead = rows[min(u + AHEAD, num_rows - 1)]
             prefetch_row(weight, ahead, dim)
             prefetch_row(accumulator, ahead, dim)
-            summed_grad_row(g, grad, u, dim)
+            summed_grad_row(g, plan, u, dim)
             r = rows[u]
             adagrad_row(weight[r], accumulator[r], g, lr, epsilon, dim)

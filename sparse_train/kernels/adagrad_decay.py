@@ -31,12 +31,12 @@ def adagrad_decay_row(w, accumulator, power, r, g, lr, initial, rate, step,
 
 
 @njit_parallel
-def adagrad_decay_apply(weight, accumulator, power, grad, lr, initial, rate,
+def adagrad_decay_apply(weight, accumulator, power, plan, lr, initial, rate,
                         step, decay_step, dim):
     """In place: weight, accumulator [V, D] float32 and power [V] int64, on
     the plan's rows only. lr, initial, rate float32; step, decay_step int64;
     dim = D (``_jit.row_dim``)."""
-    rows = grad[0]
+    rows = plan.rows
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = row_buffer(dim)
@@ -45,7 +45,7 @@ def adagrad_decay_apply(weight, accumulator, power, grad, lr, initial, rate,
             prefetch_row(weight, ahead, dim)
             prefetch_row(accumulator, ahead, dim)
             prefetch(power, ahead)
-            summed_grad_row(g, grad, u, dim)
+            summed_grad_row(g, plan, u, dim)
             r = rows[u]
             adagrad_decay_row(weight[r], accumulator[r], power, r, g, lr,
                               initial, rate, step, decay_step, dim)

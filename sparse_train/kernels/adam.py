@@ -28,10 +28,10 @@ def adam_row(w, m, v, g, lr_t, beta1, beta2, epsilon, dim):
 
 
 @njit_parallel
-def lazy_adam_apply(weight, m, v, grad, lr_t, beta1, beta2, epsilon, dim):
+def lazy_adam_apply(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim):
     """In place: weight, m, v [V, D] float32, on the plan's rows only.
     lr_t, beta1, beta2, epsilon float32; dim = D (``_jit.row_dim``)."""
-    rows = grad[0]
+    rows = plan.rows
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = row_buffer(dim)
@@ -40,19 +40,19 @@ def lazy_adam_apply(weight, m, v, grad, lr_t, beta1, beta2, epsilon, dim):
             prefetch_row(weight, ahead, dim)
             prefetch_row(m, ahead, dim)
             prefetch_row(v, ahead, dim)
-            summed_grad_row(g, grad, u, dim)
+            summed_grad_row(g, plan, u, dim)
             r = rows[u]
             adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
 
 
 @njit_parallel
-def adam_apply(weight, m, v, row_slot, grad, lr_t, beta1, beta2, epsilon, dim):
+def adam_apply(weight, m, v, row_slot, plan, lr_t, beta1, beta2, epsilon, dim):
     """In place: weight, m, v [V, D] float32 on EVERY row; row_slot [V] int64
     scratch, all -1 on entry and on return. dim = D (``_jit.row_dim``).
 
     Row r takes its summed gradient when the plan touches it, else g = 0.
     """
-    rows = grad[0]
+    rows = plan.rows
     for u in prange(rows.shape[0]):
         row_slot[rows[u]] = u
     num_rows = weight.shape[0]
@@ -60,7 +60,7 @@ def adam_apply(weight, m, v, row_slot, grad, lr_t, beta1, beta2, epsilon, dim):
         g = row_buffer(dim)
         for r in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
             if row_slot[r] >= 0:
-                summed_grad_row(g, grad, row_slot[r], dim)
+                summed_grad_row(g, plan, row_slot[r], dim)
             else:
                 row_fill(g, np.float32(0.0), dim)
             adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)

@@ -1,8 +1,9 @@
 """Grouping duplicate row ids in O(n) (radix sort), and the summed-gradient plan.
 
-A row-sparse gradient reaches an update kernel as a *plan*, a tuple
+A row-sparse gradient reaches an update kernel as a *plan*, a ``GradPlan``
+(a NamedTuple: Numba reads its fields by name, and caches kernels taking it)
 
-    grad = (rows, starts, src_index, src_coef, src, scale)
+    plan = GradPlan(rows, starts, src_index, src_coef, src, scale)
 
     rows      [U] int64     unique row ids, increasing
     starts    [U+1] int64   contributions of rows[u] are k in starts[u]:starts[u+1]
@@ -22,10 +23,23 @@ coefficients, so the [n, D] per-id gradient never exists in memory. Because
 each unique row has one owner, update kernels run ``prange`` over rows without
 races, and the sum order (hence every bit) is the same for any thread count.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from ._jit import njit, njit_inline, njit_parallel, prange, row_buffer
 from .rows import row_axpy, row_fill, row_scale
+
+class GradPlan(NamedTuple):
+    """The summed-gradient plan (see the module): row ``rows[u]``'s gradient
+    is ``scale * sum_{k in starts[u]:starts[u+1]} src_coef[k] * src[src_index[k]]``."""
+    rows: np.ndarray       # [U] int64
+    starts: np.ndarray     # [U+1] int64
+    src_index: np.ndarray  # [m] int64
+    src_coef: np.ndarray   # [m] float32
+    src: np.ndarray        # [S, D] float32
+    scale: np.float32
+
 
 #: Rows handled by one parallel task (one gradient buffer per task).
 ROW_CHUNK = 64
@@ -183,12 +197,13 @@ def group_rows(ids):
 
 
 @njit_inline
-def summed_grad_row(out, grad, u, dim):
+def summed_grad_row(out, plan, u, dim):
     """In place: out [dim] float32 = summed gradient of plan row u (see
     module); ``dim`` as given to the kernel (``_jit.row_dim``). In order:
     ``out = 0; out += coef_k * src[k]`` for each contribution k; ``out *=
     scale`` (vector code: ``rows``)."""
-    starts, src_index, src_coef, src, scale = grad[1], grad[2], grad[3], grad[4], grad[5]
+    starts, src_index, src_coef, src = plan.starts, plan.src_index, plan.src_coef, plan.src
+    scale = plan.scale
     row_fill(out, np.float32(0.0), dim)
     for k in range(starts[u], starts[u + 1]):
         row_axpy(out, src, src_index[k] * dim, src_coef[k], dim)
@@ -196,14 +211,14 @@ def summed_grad_row(out, grad, u, dim):
 
 
 @njit_parallel
-def summed_grad_rows(out, grad, dim):
+def summed_grad_rows(out, plan, dim):
     """In place: out [U, dim] float32, row u = summed gradient of plan row u."""
     for u in prange(out.shape[0]):
-        summed_grad_row(out[u], grad, u, dim)
+        summed_grad_row(out[u], plan, u, dim)
 
 
 @njit_parallel
-def summed_grad_sq_norms(out, grad, dim):
+def summed_grad_sq_norms(out, plan, dim):
     """In place: out [U] float64 = squared L2 norm of each summed gradient row.
 
     Summed in float64 per row (a norm over millions of values); the rows are
@@ -213,7 +228,7 @@ def summed_grad_sq_norms(out, grad, dim):
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = row_buffer(dim)
         for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            summed_grad_row(g, grad, u, dim)
+            summed_grad_row(g, plan, u, dim)
             total = 0.0
             for j in range(dim):
                 total += np.float64(g[j]) * np.float64(g[j])

@@ -59,11 +59,11 @@ def ftrl_row(w, accum, linear, g, lr, power, l1, l2, l2_shrinkage, dim):
 
 
 @njit_parallel
-def ftrl_apply(weight, accum, linear, grad, lr, power, l1, l2, l2_shrinkage, dim):
+def ftrl_apply(weight, accum, linear, plan, lr, power, l1, l2, l2_shrinkage, dim):
     """In place: weight, accum, linear [V, D] float32, on the plan's rows
     only. lr > 0, power = -learning_rate_power >= 0, l1, l2 (beta folded
     in), l2_shrinkage >= 0, all float32; dim = D (``_jit.row_dim``)."""
-    rows = grad[0]
+    rows = plan.rows
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = row_buffer(dim)
@@ -72,7 +72,7 @@ def ftrl_apply(weight, accum, linear, grad, lr, power, l1, l2, l2_shrinkage, dim
             prefetch_row(weight, ahead, dim)
             prefetch_row(accum, ahead, dim)
             prefetch_row(linear, ahead, dim)
-            summed_grad_row(g, grad, u, dim)
+            summed_grad_row(g, plan, u, dim)
             r = rows[u]
             ftrl_row(weight[r], accum[r], linear[r], g, lr, power, l1, l2,
                      l2_shrinkage, dim)

@@ -24,10 +24,10 @@ def rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon, dim):
 
 
 @njit_parallel
-def rowwise_adagrad_apply(weight, accumulator, grad, lr, epsilon, dim):
+def rowwise_adagrad_apply(weight, accumulator, plan, lr, epsilon, dim):
     """In place: weight [V, D], accumulator [V] float32, plan's rows only.
     lr, epsilon float32; dim = D (``_jit.row_dim``)."""
-    rows = grad[0]
+    rows = plan.rows
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = row_buffer(dim)
@@ -35,6 +35,6 @@ def rowwise_adagrad_apply(weight, accumulator, grad, lr, epsilon, dim):
             ahead = rows[min(u + AHEAD, num_rows - 1)]
             prefetch_row(weight, ahead, dim)
             prefetch(accumulator, ahead)
-            summed_grad_row(g, grad, u, dim)
+            summed_grad_row(g, plan, u, dim)
             rowwise_adagrad_row(weight[rows[u]], accumulator, rows[u], g, lr,
                                 epsilon, dim)

@@ -13,14 +13,14 @@ def sgd_row(w, g, lr, dim):
 
 
 @njit_parallel
-def sgd_apply(weight, grad, lr, dim):
+def sgd_apply(weight, plan, lr, dim):
     """In place: weight [V, D] float32, on the plan's rows only. lr float32;
     dim = D (``_jit.row_dim``)."""
-    rows = grad[0]
+    rows = plan.rows
     num_rows = rows.shape[0]
     for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
         g = row_buffer(dim)
         for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
             prefetch_row(weight, rows[min(u + AHEAD, num_rows - 1)], dim)
-            summed_grad_row(g, grad, u, dim)
+            summed_grad_row(g, plan, u, dim)
             sgd_row(weight[rows[u]], g, lr, dim)

@@ -54,6 +54,7 @@ class CTRModel:
         self._initializer = initializer
         self._init_scale = float(embedding_init_scale)
         self._layers = []
+        self._logit_bias = None  # declared while building (``_declare_logit_bias``)
         self._config = {"embedding_dim": self.embedding_dim, "seed": self.seed,
                         "scope": self.scope, "combiner": combiner, "tables": tables,
                         "initializer": initializer,
@@ -74,8 +75,17 @@ class CTRModel:
             **self._embedding_options))
 
     def _feature_linear(self, name="linear"):
-        return self._track(FeatureLinear(self.spec, f"{self.scope}/{name}", self.seed,
-                                         **self._embedding_options))
+        """A ``FeatureLinear``; the first one's bias is the logit bias."""
+        layer = self._track(FeatureLinear(self.spec, f"{self.scope}/{name}", self.seed,
+                                          **self._embedding_options))
+        if self._logit_bias is None:
+            self._declare_logit_bias(layer.bias)
+        return layer
+
+    def _declare_logit_bias(self, bias):
+        """Declare the scalar bias ``Variable`` added to every logit (the
+        linear term's, or the output layer's): ``logit_bias()`` returns it."""
+        self._logit_bias = bias
 
     def _finish_build(self, **options):
         """Record the model's options; check that variable names are unique."""
@@ -111,6 +121,24 @@ class CTRModel:
         logits = self.forward(batch) if logits is None else logits
         return ad.sigmoid_cross_entropy_with_logits(logits, batch.labels)
 
+    def loss_and_gradients(self, batch):
+        """(mean loss as a float, ``[(gradient, variable)]`` of every
+        variable, tables first): one forward and one reverse pass, what
+        ``training.train_step`` needs of a model (``DistributedModel``
+        answers the same with its exchanges and allreduce)."""
+        loss = self.loss(batch)
+        grads_and_vars = ad.compute_gradients(loss, self.sparse_variables()
+                                              + self.dense_variables())
+        return float(loss.data), grads_and_vars
+
+    def embedding_collections(self):
+        """The ``EmbeddingBagCollection``s holding the model's tables, in
+        build order (a ``FeatureLinear``'s weights are one): what
+        ``DistributedModel`` shards."""
+        return [layer if isinstance(layer, EmbeddingBagCollection) else layer.weights
+                for layer in self._layers
+                if isinstance(layer, (EmbeddingBagCollection, FeatureLinear))]
+
     def predict(self, batch):
         """Click probabilities ``sigmoid(logits)``, [B] float32, no graph recorded."""
         with ad.no_grad():
@@ -118,12 +146,10 @@ class CTRModel:
 
     def logit_bias(self):
         """The scalar bias ``Variable`` added to every logit (the linear
-        term's bias, or the last layer's)."""
-        for attr in ("linear", "wide"):
-            if isinstance(getattr(self, attr, None), FeatureLinear):
-                return getattr(self, attr).bias
-        last = self.output if hasattr(self, "output") else self.top.output
-        return last.bias
+        term's bias, or the output layer's), as the model declared it."""
+        if self._logit_bias is None:
+            raise ValueError(f"{type(self).__name__} declares no logit bias")
+        return self._logit_bias
 
     def init_logit_bias(self, click_rate):
         """Start the logit bias at the log-odds of ``click_rate``, so the

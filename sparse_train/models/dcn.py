@@ -42,6 +42,7 @@ class DCN(CTRModel):
         self.deep = self._track(MLP(width, hidden_units, f"{self.scope}/deep", self.seed))
         self.output = self._track(Linear(width + self.deep.out_features, 1,
                                          f"{self.scope}/output", self.seed))
+        self._declare_logit_bias(self.output.bias)
         self._finish_build(num_cross_layers=num_cross_layers, hidden_units=tuple(hidden_units))
 
     def forward(self, batch):

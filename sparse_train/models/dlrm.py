@@ -50,6 +50,7 @@ class DLRM(CTRModel):
         pairs = vectors * (vectors + 1) // 2 if self_interaction else vectors * (vectors - 1) // 2
         width = pairs + (self.embedding_dim if self.bottom is not None else 0)
         self.top = self._track(MLP(width, top_mlp, f"{self.scope}/top", self.seed, output_units=1))
+        self._declare_logit_bias(self.top.output.bias)
         self._finish_build(bottom_mlp=tuple(bottom_mlp), top_mlp=tuple(top_mlp),
                            self_interaction=self.self_interaction)
 

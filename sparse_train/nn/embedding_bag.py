@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import autodiff as ad
 from .._aligned import aligned_empty
-from ..collections import register_variable
+from ..collections import get_all_collection_keys, get_collection_ref, register_variable
 from ..data.batch import Batch, DataSpec
 from ..functional import COMBINERS, check_bags
 from ..kernels.lookup import fuse_bags
@@ -257,6 +257,18 @@ class EmbeddingBagCollection:
                                              np.array(rows, np.int64))
         return values, offsets, (weights if weighted else None)
 
+    def replace_table(self, table, lookup):
+        """Swap the stacked table for ``table`` (e.g. this rank's shard,
+        ``distributed.ShardedTable``) and its one lookup for ``lookup`` (fed
+        ``fused_ragged``), re-pointing the variable collections
+        (``sparse_train.collections``) at the new weight so they do not keep
+        the old one alive; the per-feature table views are let go."""
+        old = self.table.weight
+        replace_in_collections(old, table.weight)
+        self.table, self.lookup = table, lookup
+        for view in self.tables.values():
+            view.weight = None
+
     def variables(self):
         """The weight of the tables (row-sparse gradient): the stacked one."""
         return [self.weight]
@@ -264,3 +276,13 @@ class EmbeddingBagCollection:
     def __repr__(self):
         return (f"EmbeddingBagCollection(name={self.name!r}, features={self.num_features}, "
                 f"tables={len(self.tables)}, embedding_dim={self.embedding_dim})")
+
+
+def replace_in_collections(old, new):
+    """Point every variable collection (``sparse_train.collections``) that
+    holds ``old`` at ``new`` instead."""
+    for key in get_all_collection_keys():
+        items = get_collection_ref(key)
+        for i, item in enumerate(items):
+            if item is old:
+                items[i] = new

@@ -2,7 +2,7 @@
 from .adagrad import Adagrad
 from .adagrad_decay import AdagradDecay
 from .adam import Adam, LazyAdam
-from .base import Optimizer
+from .base import Optimizer, Prepared
 from .ftrl import Ftrl
 from .gradient_descent import GradientDescent
 from .rowwise_adagrad import RowwiseAdagrad

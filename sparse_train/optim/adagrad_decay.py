@@ -90,10 +90,6 @@ class AdagradDecay(Optimizer):
                 f"apply_gradients was given another counter, {global_step!r}: pass the same "
                 f"GlobalStep to both")
 
-    def _prepare(self, grads_and_vars, global_step=None):
-        self.check_global_step(global_step)
-        return super()._prepare(grads_and_vars, global_step)
-
     def get_config(self):
         return {**super().get_config(), "initial_accumulator_value": self._initial,
                 "accumulator_decay_step": self._decay_step,

@@ -7,6 +7,7 @@ kernel of each variable, then ``_finish`` (Adam's beta powers), then increment
 the global step.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -14,11 +15,27 @@ from .._aligned import aligned_full
 from ..kernels.checks import (NON_FINITE_BITS, bits_to_float, first_id_out_of_range,
                               first_non_finite, max_abs_bits)
 from ..kernels._jit import row_dim
-from ..kernels.coalesce import summed_grad_rows
+from ..kernels.coalesce import GradPlan, summed_grad_rows
 from ..sparse import RowSparseGrad, identity_plan_parts
 from ..variable import GlobalStep, Variable
 
-__all__ = ["Optimizer"]
+__all__ = ["Optimizer", "Prepared", "Update"]
+
+
+class Update(NamedTuple):
+    """One variable's validated update: ``plan`` is its summed-gradient
+    plan (``sparse.GradPlan``); ``dense`` tells that the gradient was a
+    dense array (the plan then touches every row)."""
+    var: Variable
+    plan: GradPlan
+    dense: bool
+
+
+class Prepared(NamedTuple):
+    """What ``Optimizer.prepare_gradients`` returns and ``apply_prepared``
+    of the same optimizer consumes: the validated updates of one call."""
+    optimizer: object
+    updates: tuple
 
 
 def check_number(name, value, low=None, high=None, low_open=False, high_open=False):
@@ -177,26 +194,35 @@ class Optimizer:
         Every pair is validated before anything is mutated: a bad gradient
         raises ValueError naming its variable, and no table or slot changes.
         """
-        self._apply_prepared(self._prepare(grads_and_vars, global_step), global_step)
+        self.apply_prepared(self.prepare_gradients(grads_and_vars, global_step), global_step)
 
-    def _apply_prepared(self, prepared, global_step=None):
-        """Phases 2 and 3 of ``apply_gradients`` for the output of ``_prepare``
-        (``train_step`` validates every optimizer's pairs before it applies
-        any, so a bad dense gradient cannot leave the tables updated)."""
-        for var, _, _ in prepared:
-            self._create_slots(var)
-        for var, plan, dense in prepared:
-            self._apply(var, plan, dense)
-        self._finish()
-        if global_step is not None:
-            global_step.increment()
+    def check_global_step(self, global_step):
+        """ValueError if this optimizer cannot be stepped with ``global_step``
+        (the counter the training step increments). The base class accepts
+        any; ``AdagradDecay`` refuses a counter other than the one it reads.
+        ``prepare_gradients`` calls it."""
 
-    def _prepare(self, grads_and_vars, global_step=None):
-        """Validated ``[(var, plan, dense)]``; raises before anything is mutated."""
+    def prepare_gradients(self, grads_and_vars, global_step=None):
+        """Phase 1 of ``apply_gradients``: check every (gradient, variable)
+        pair and ``global_step`` (``check_global_step``) and build each
+        gradient's summed-gradient plan; nothing is mutated.
+
+        A training step with two optimizers (tables, dense layers) prepares
+        both groups before applying either, so a bad dense gradient cannot
+        leave the tables updated (``training.train_step``).
+
+        Args:
+            grads_and_vars: as ``apply_gradients``.
+            global_step: the ``GlobalStep`` the step will increment, or None.
+
+        Returns:
+            a ``Prepared`` for ``apply_prepared`` of this optimizer.
+        """
         if global_step is not None and not isinstance(global_step, GlobalStep):
             raise TypeError(f"global_step must be a GlobalStep, got {type(global_step).__name__}")
+        self.check_global_step(global_step)
         pairs = list(grads_and_vars)
-        prepared, seen = [], set()
+        updates, seen = [], set()
         for pair in pairs:
             if not isinstance(pair, (tuple, list)) or len(pair) != 2:
                 raise ValueError(f"{self._name}: expected (gradient, variable) pairs, got {pair!r}")
@@ -213,11 +239,28 @@ class Optimizer:
                 raise ValueError(f"{self._name}: variable {var.name!r} appears twice in one apply_gradients call")
             seen.add(var.name)
             self._check_existing_slots(var)
-            prepared.append((var, _plan_for(grad, var), not isinstance(grad, RowSparseGrad)))
-        if not prepared:
+            updates.append(Update(var, _plan_for(grad, var), not isinstance(grad, RowSparseGrad)))
+        if not updates:
             names = [p[1].name for p in pairs if isinstance(p[1], Variable)]
             raise ValueError(f"{self._name}: no gradients provided for any variable: {names}")
-        return prepared
+        return Prepared(self, tuple(updates))
+
+    def apply_prepared(self, prepared, global_step=None):
+        """Phases 2 and 3 of ``apply_gradients`` for the output of
+        ``prepare_gradients``: create missing slots, run each variable's
+        update kernel, ``_finish`` (Adam's beta powers), then increment
+        ``global_step`` if given (pass it to the LAST apply of a step only).
+        """
+        if not isinstance(prepared, Prepared) or prepared.optimizer is not self:
+            raise ValueError(f"{self._name}: apply_prepared takes what this optimizer's "
+                             f"prepare_gradients returned")
+        for update in prepared.updates:
+            self._create_slots(update.var)
+        for update in prepared.updates:
+            self._apply(update.var, update.plan, update.dense)
+        self._finish()
+        if global_step is not None:
+            global_step.increment()
 
     def _check_existing_slots(self, var):
         """Slots are keyed by variable name: a slot made for another variable
@@ -276,19 +319,19 @@ def _plan_for(grad, var):
                 f"gradient for variable {var.name!r} has dense_shape {grad.dense_shape}, "
                 f"but the variable has shape {var.shape}")
         plan = grad.plan()
-        bad = first_id_out_of_range(plan[0], rows_of_var)
+        bad = first_id_out_of_range(plan.rows, rows_of_var)
         if bad >= 0:  # the kernels do not check bounds: never let one through
             raise ValueError(
-                f"gradient for variable {var.name!r} has row id {plan[0][bad]} outside "
+                f"gradient for variable {var.name!r} has row id {plan.rows[bad]} outside "
                 f"[0, {rows_of_var})")
-        src_bits = max_abs_bits(plan[4].reshape(-1))
+        src_bits = max_abs_bits(plan.src.reshape(-1))
         if src_bits >= NON_FINITE_BITS:
-            _check_finite(plan[4], var, "gradient source")
-        coef_bits = max_abs_bits(plan[3])
+            _check_finite(plan.src, var, "gradient source")
+        coef_bits = max_abs_bits(plan.src_coef)
         if coef_bits >= NON_FINITE_BITS:
-            _check_finite(plan[3].reshape(-1, 1), var, "gradient coefficient")
-        if not np.isfinite(plan[5]):
-            raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan[5]}")
+            _check_finite(plan.src_coef.reshape(-1, 1), var, "gradient coefficient")
+        if not np.isfinite(plan.scale):
+            raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan.scale}")
         _check_summed_finite(plan, var, bits_to_float(src_bits), bits_to_float(coef_bits))
         return plan
     dense = np.asarray(grad)
@@ -303,7 +346,7 @@ def _plan_for(grad, var):
     src = row_view(np.ascontiguousarray(dense, dtype=np.float32))
     _check_finite(src, var, "gradient")
     rows, starts, src_index, src_coef = identity_plan_parts(rows_of_var)
-    return rows, starts, src_index, src_coef, src, np.float32(1.0)
+    return GradPlan(rows, starts, src_index, src_coef, src, np.float32(1.0))
 
 
 #: A summed row whose bound stays below this cannot overflow float32, even

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from sparse_train.data import SyntheticClickLog, open_dataset
-from sparse_train.data.synthetic import _roc_auc
+from sparse_train.metrics import auc
 
 from _data_reference import assert_same_batches, collect
 
@@ -17,11 +17,12 @@ def brute_force_auc(labels, scores):
     return (greater + 0.5 * ties) / (pos.size * neg.size)
 
 
-def test_roc_auc_against_pairwise_count():
+def test_auc_the_log_scores_with_against_pairwise_count():
+    # the synthetic log's planted AUC is metrics.auc (one AUC in the package)
     rng = np.random.default_rng(0)
     labels = (rng.random(300) < 0.3).astype(np.float32)
     scores = np.round(rng.normal(size=300) + labels, 1)  # many ties
-    assert _roc_auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
+    assert auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ MODULES = ["sparse_train.autodiff.engine", "sparse_train.autodiff.ops",
            "sparse_train.autodiff.losses", "sparse_train.collections", "sparse_train.nn.init",
            "sparse_train.nn.linear", "sparse_train.nn.mlp", "sparse_train.nn.cross",
            "sparse_train.nn.embedding_bag", "sparse_train.nn.feature_linear",
-           "sparse_train.models", "sparse_train.models.deepfm", "sparse_train.models.training",
+           "sparse_train.models", "sparse_train.models.deepfm", "sparse_train.training.step",
            "sparse_train.models.lr", "sparse_train.models.fm", "sparse_train.models.wide_deep",
            "sparse_train.models.dcn", "sparse_train.models.dlrm"]
 

@@ -1,0 +1,8 @@
+"""Training: one train step (``step``) and the epoch loop (``loop``), for
+one process and for ``DistributedModel`` alike. Models live in
+``sparse_train.models``; the command line in ``scripts/``."""
+from .loop import Interrupted, check_resume, evaluate, fit, report, resume_point
+from .step import apply_groups, train_step
+
+__all__ = ["train_step", "apply_groups", "fit", "evaluate", "report", "resume_point",
+           "check_resume", "Interrupted"]
