@@ -1,59 +1,87 @@
 #!/usr/bin/env python
-"""The README's results table: train each (data set, model) with
-scripts/train.py and print AUC, logloss and samples/s as Markdown.
+"""The README's results table: every data set of ``scripts/sweep.py`` (the
+real samples in ``../shared/datasets`` and the synthetic log) trained with
+the DEFAULT flags of ``scripts/train.py``, beside scikit-learn's
+LogisticRegression on the same split and features.
 
-    python scripts/results.py            # needs ../shared/datasets for iPinYou
+    pip install -e '.[compare]'          # scikit-learn, for the baseline
+    python scripts/results.py            # about 5 minutes on 2 cores
+    python scripts/results.py --data clothing,ipinyou --models lr
 
-Each run prints a line to stderr when it starts and its row when it ends
-(under a minute in all on 2 cores); the table goes to stdout.
+Each run prints a line to stderr when it ends; the Markdown table goes to
+stdout. Small samples (a few hundred rows) are averaged over several random
+train/validation splits (``sweep.DATASETS``); "best possible" is the
+synthetic log's planted model on the same validation rows.
 """
+import argparse
 import importlib.util
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IPINYOU = ROOT.parent / "shared" / "datasets" / "ipinyou_deepctr"
-
-spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-train_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_script)
-
-IPINYOU_ARGS = ["--format", "libsvm", "--data", str(IPINYOU / "train.fm.txt"),
-                "--valid", str(IPINYOU / "test.fm.txt"), "--num-fields", "16",
-                "--sparse-optimizer", "adagrad", "--sparse-learning-rate", "0.2",
-                "--dense-learning-rate", "0.01", "--epochs", "2"]
-RUNS = [
-    ("iPinYou sample (train -> test)", "lr", IPINYOU_ARGS),
-    ("iPinYou sample (train -> test)", "fm", IPINYOU_ARGS),
-    ("synthetic (default, 400k rows)", "lr", []),
-    ("synthetic (default, 400k rows)", "fm", []),
-    ("synthetic (default, 400k rows)", "deepfm", []),
-]
 
 
-def main():
-    rows = ["| data | model | AUC | logloss | best possible AUC | train samples/s |",
-            "|---|---|---|---|---|---|"]
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep = _load("sweep")
+train_script = sweep._load("train")
+
+#: The synthetic log of the results table: the main job's default size.
+SYNTHETIC = ([], None)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=",".join(sweep.DATASETS), help="data sets, comma-separated")
+    p.add_argument("--models", default="lr,fm,deepfm")
+    a = p.parse_args(argv)
+    try:
+        baselines = sweep._load("baselines")
+        import sklearn  # noqa: F401
+    except ImportError:
+        baselines = None
+        print("scikit-learn is absent (pip install -e '.[compare]'): no baseline column",
+              file=sys.stderr)
+    rows = ["| data | split | model | AUC | logloss | sklearn LR AUC | sklearn LR logloss | "
+            "best possible AUC | epochs (best) | train samples/s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (data, model, args) in enumerate(RUNS):
-            if args and not IPINYOU.exists():
-                print(f"skipping {data}: {IPINYOU} is absent", file=sys.stderr)
+        for name in a.data.split(","):
+            flags, splits = SYNTHETIC if name == "synthetic" else sweep.DATASETS[name]
+            if name != "synthetic" and not sweep.SHARED.exists():
+                print(f"skipping {name}: {sweep.SHARED} is absent", file=sys.stderr)
                 continue
-            out = Path(tmp) / f"{i}.json"
-            print(f"[{i + 1}/{len(RUNS)}] {data}, {model} ...", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            code = train_script.main([*args, "--model", model, "--quiet",
-                                      "--metrics-out", str(out)])
-            if code:
-                raise SystemExit(f"{data} / {model} failed (exit {code})")
-            m = json.loads(out.read_text())
-            planted = f"{m['planted_auc']:.4f}" if "planted_auc" in m else "-"
-            rows.append(f"| {data} | {model} | {m['auc']:.4f} | {m['logloss']:.4f} | "
-                        f"{planted} | {m['samples_per_second']:,.0f} |")
-            print(f"{rows[-1]}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+            seeds = range(splits or 1)
+            split = (f"mean of {len(seeds)} random 70/30 splits" if splits else
+                     "train -> test" if "--valid" in flags else "90/10")
+            base = ([baselines and sweep.baseline(train_script, baselines, flags, s)
+                     for s in seeds] if baselines else None)
+            for model in a.models.split(","):
+                started = time.perf_counter()
+                ms = [sweep.run(train_script, flags, model, s, tmp) for s in seeds]
+                mean = lambda key: sum(m[key] for m in ms) / len(ms)  # noqa: E731
+                planted = f"{mean('planted_auc'):.4f}" if "planted_auc" in ms[0] else "-"
+                sk = ((f"{sum(b['auc'] for b in base) / len(base):.4f}",
+                       f"{sum(b['logloss'] for b in base) / len(base):.4f}")
+                      if base else ("-", "-"))
+                epochs = sum(len(m["history"]) for m in ms) / len(ms)
+                best = [m.get("best_epoch") for m in ms]
+                best = (f" ({sum(best) / len(best):.1f})" if all(b is not None for b in best)
+                        else "")
+                speed = [m["samples_per_second"] for m in ms if m.get("samples_per_second")]
+                rows.append(f"| {name} | {split} | {model} | {mean('auc'):.4f} | "
+                            f"{mean('logloss'):.4f} | {sk[0]} | {sk[1]} | {planted} | "
+                            f"{epochs:.1f}{best} | "
+                            f"{sum(speed) / len(speed) if speed else 0:,.0f} |")
+                print(f"{rows[-1]}  ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
+                      flush=True)
     print("\n".join(rows))
 
 
