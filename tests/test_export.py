@@ -31,7 +31,7 @@ SMALL = {"lr": {}, "fm": {}, "wide_deep": {"hidden_units": (6, 5)},
 LEAN_OPS = {"Gather", "Where", "And", "Less", "GreaterOrEqual", "Cast", "Mul", "ReduceSum",
             "Unsqueeze", "Sqrt", "Equal", "Div", "Concat", "Gemm", "MatMul", "Relu", "Tanh",
             "Add", "Sub", "Sigmoid", "Reshape", "Transpose", "Slice", "Greater", "Log", "Clip",
-            "LessOrEqual"}
+            "LessOrEqual", "IsNaN", "Sign", "Abs"}
 
 
 @pytest.fixture(autouse=True)
@@ -133,10 +133,17 @@ def test_by_hand_bags():
            "w": np.array([[2, 0, 9], [0, -1, -1], [-1, -1, -1], [1, 1, 3]])}
     w = np.array([[0.5, 2, 7], [1, 0, 0], [0, 0, 0], [3, 0.25, 1]], np.float32)
     got = session(onnx_model(model)).run(None, {**ids, "w_weights": w})[0]
-    # g: mean over its valid ids; w: weighted sum over valid ids (9 and 3 skipped)
-    logits = np.array([(1 + 4) / 2 + 0.5 * 64 + 2 * 16, 0 + 16, (8 + 8) / 2 + 0,
+    # FeatureLinear sums a bag (sparse_combiner "sum"): g sums its valid ids,
+    # w its valid ids times their weights (9 and 3 skipped)
+    logits = np.array([1 + 4 + 0.5 * 64 + 2 * 16, 0 + 16, 8 + 8 + 0,
                        2 + 3 * 32 + 0.25 * 32]) - 10.0
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    # and the model itself, on the same bags without the skipped ids
+    clean = Batch(np.zeros(4, np.float32), np.zeros((4, 0), np.float32),
+                  {"g": Ragged.from_lengths([0, 2, 3, 3, 1, 1], [2, 0, 2, 2]),
+                   "w": Ragged.from_lengths([2, 0, 0, 1, 1], [2, 1, 0, 2],
+                                            np.array([0.5, 2, 1, 3, 0.25], np.float32))})
+    np.testing.assert_allclose(got, predict(model, clean), rtol=0, atol=1e-6)
 
 
 def test_transforms_in_the_graph_equal_numpy():
@@ -292,3 +299,99 @@ def trained_on(data):
     for batch in data:
         train_step(model, batch, sparse_opt, dense_opt)
     return model
+
+
+def test_encoder_kinds_in_the_graph_equal_numeric_encoder():
+    """Every NumericEncoder kind, NaN (missing) included, through the graph
+    equals ``NumericEncoder.apply`` / ``ids`` on the float64 raw values."""
+    from sparse_train.data.numeric import NumericEncoder, numeric_encoder
+    rng = np.random.default_rng(7)
+    # float32-exact raw values, heavy tails, negatives, zeros and NaN
+    raw = rng.choice([-300.0, -2.5, -0.25, 0.0, 0.5, 1.0, 3.0, 17.0, 950.0, 65536.0, np.nan],
+                     (80, 7))
+    train = rng.lognormal(1.0, 2.0, 500) * rng.choice([-1, 1, 1, 1], 500)
+    encoders = {"a": NumericEncoder("none"), "b": NumericEncoder("log1p"),
+                "c": numeric_encoder("standard", train),
+                "d": numeric_encoder("minmax", train),
+                "e": numeric_encoder("log_standard", train),
+                "k": NumericEncoder("bucketize", boundaries=[-2.5, 0.5, 3.0, 950.0]),
+                "z": NumericEncoder("standard", mean=1.0, std=0.0)}  # zero spread counts as 1
+    spec = DataSpec((FeatureSpec("user", 3), FeatureSpec("k", encoders["k"].num_embeddings)),
+                    ("a", "b", "c", "d", "e", "z"))
+    model = build_model("wide_deep", spec, embedding_dim=3, hidden_units=(4,), seed=3,
+                        scope="export_kinds")
+    # a random numeric kernel in the wide part, so every column moves the logit
+    model.wide.dense.kernel.value[...] = rng.standard_normal((6, 1)).astype(np.float32)
+    order = ["a", "b", "c", "d", "e", "k", "z"]
+    state = {name: encoders[name].to_dict() for name in order}
+    dense = np.stack([encoders[n].apply(raw[:, j]) for j, n in enumerate(order) if n != "k"], 1)
+    assert np.isnan(raw).any(axis=0).all() and np.isfinite(dense).all()
+    reference = Batch(np.zeros(80, np.float32), dense,
+                      {"user": Ragged.from_dense(rng.integers(0, 3, 80)),
+                       "k": Ragged.from_dense(encoders["k"].ids(raw[:, 5]))})
+    expected = predict(model, reference)
+    assert np.ptp(expected) > 1e-3
+    assert set(encoders["k"].ids(raw[:, 5]).tolist()) == {0, 1, 2, 3, 4, 5}  # edges hit too
+    for given in (state, {n: encoders[n] for n in order}):
+        feed = onnx_inputs(reference, spec, dense=raw.astype(np.float32),
+                           numeric_transforms=given)
+        assert sorted(feed) == ["dense", "user"]
+        got = session(onnx_model(model, numeric_transforms=given)).run(None, feed)[0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # column by column: an LR on one numeric column reads it back exactly
+    for j, name in enumerate(order):
+        if name == "k":
+            continue
+        one = DataSpec((), (name,))
+        lr = build_model("lr", one, scope=f"export_kind_{name}")
+        lr.linear.dense.kernel.value[...] = 1.0  # logit = the normalized value
+        proto = onnx_model(lr, numeric_transforms={name: state[name]})
+        p = session(proto).run(None, {"dense": raw[:, j:j + 1].astype(np.float32)})[0]
+        value = encoders[name].apply(raw[:, j]).astype(np.float64)
+        np.testing.assert_allclose(p, 1 / (1 + np.exp(-value)), rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
+
+
+def test_csv_dataset_with_missing_cells_and_every_normalizer(tmp_path):
+    """``numeric_transforms=dataset``: a CSV with empty numeric cells, each
+    column another normalizer (default log_standard, bucketize included);
+    the graph on the file's values (NaN for empty cells) equals predict on
+    the reader's batch."""
+    from sparse_train.data import Schema, open_dataset
+    kinds = ["none", "log1p", "standard", "minmax", None]
+    features = [{"name": "user", "type": "categorical"}]
+    features += [{"name": f"x{i}", "type": "numeric", **({"normalizer": k} if k else {})}
+                 for i, k in enumerate(kinds)]
+    features.append({"name": "q", "type": "numeric", "bucketize": 4})
+    schema = Schema.from_dict({"label": {"column": "y"}, "features": features})
+    rng = np.random.default_rng(5)
+    raw = rng.choice([-40.0, -1.5, 0.0, 0.25, 2.0, 7.0, 123.0, 4096.0, np.nan], (70, 6))
+    cells = [["" if np.isnan(v) else repr(v) for v in row] for row in raw.tolist()]
+    names = [f"x{i}" for i in range(5)] + ["q"]
+    lines = ["y,user," + ",".join(names)] + [
+        f"{rng.integers(0, 2)},u{rng.integers(0, 5)}," + ",".join(c) for c in cells]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    data = open_dataset(tmp_path / "d.csv", "csv", schema=schema, batch_size=70)
+    model = build_model("deepfm", data.spec, embedding_dim=3, hidden_units=(4,), seed=1,
+                        scope="export_csv_kinds")
+    model.linear.dense.kernel.value[...] = np.linspace(-1, 1, 5, dtype=np.float32)[:, None]
+    batch = next(iter(data))
+    assert [d["normalizer"] for d in data.preprocessing_state().values()] == \
+        ["none", "log1p", "standard", "minmax", "log_standard", "bucketize"]
+    feed = onnx_inputs(batch, data.spec, dense=raw.astype(np.float32), numeric_transforms=data)
+    assert "q" not in feed
+    got = session(onnx_model(model, numeric_transforms=data)).run(None, feed)[0]
+    np.testing.assert_allclose(got, predict(model, batch), rtol=0, atol=1e-6)
+    state = data.preprocessing_state()
+    got2 = session(onnx_model(model, numeric_transforms=state)).run(None, feed)[0]
+    np.testing.assert_array_equal(got, got2)
+
+
+def test_schema_transforms_need_statistics():
+    from sparse_train.data import Schema
+    from sparse_train.export import numeric_transforms_from_schema
+    schema = Schema.from_dict({"label": {"column": "y"}, "features": [
+        {"name": "n", "type": "numeric", "transform": "log1p"},
+        {"name": "m", "type": "numeric"}]})
+    with pytest.raises(ValueError, match="'m'.*needs training statistics"):
+        numeric_transforms_from_schema(schema)
