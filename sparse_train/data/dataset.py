@@ -113,6 +113,35 @@ class Dataset:
         the first pass call it silently."""
         return self.vocabulary
 
+    def check(self, progress=None):
+        """Read every row of one pass once and check it, keeping no batch:
+        parse (cells, labels 0/1 or the schema's threshold, numbers), map
+        the tokens to ids with the training vocabulary (fitted first if it
+        is still to be fitted: that counting pass is then the check) and
+        apply the numeric encoders. Call it on validation data before the
+        first training step, so a bad line there fails the run before any
+        training, not after an epoch.
+
+        A ``split()`` view checks only its own rows (the train view's passes
+        never parse the held-out rows): call ``check`` on the valid view.
+
+        Args:
+            progress: a stream for a progress bar (None: silent).
+
+        Returns:
+            rows read (int); lines skipped (``on_bad_line="skip"``) are in
+            ``skipped_lines`` and ``bad_line_examples``, as after any pass.
+
+        Raises:
+            DataError: the first bad line, as ``file:line: what``
+            (``on_bad_line="error"``).
+
+        >>> from sparse_train.data import open_dataset
+        >>> open_dataset(format="synthetic", num_examples=100, seed=0).check()
+        100
+        """
+        return self.num_examples
+
     def split(self, valid_fraction, seed=0):
         """(train, valid) views of this data: each row goes to valid with
         probability ``valid_fraction``, decided by ``seed`` and the row's
@@ -177,6 +206,7 @@ class TextDataset(Dataset):
         self.skipped_lines = len(self._extra_skipped)
         self.bad_line_examples = list(self._extra_skipped[:MAX_BAD_LINE_EXAMPLES])
         self.num_examples = None
+        self._fit_pass = False
 
     # -- ids and spec --------------------------------------------------------
     @property
@@ -190,6 +220,19 @@ class TextDataset(Dataset):
             else:
                 self._encoders = self._fit(progress)
         return self._encoders
+
+    def check(self, progress=None):
+        self._fit_pass = False
+        encoders = self.build_ids(progress)
+        if self._fit_pass:  # the counting pass just read and checked every row
+            return self.num_examples
+        interval = 0.5 if getattr(progress, "isatty", lambda: False)() else 10.0
+        bar = Progress(None, "checking rows", unit="rows", file=progress, interval=interval)
+        for parsed in self._parsed_chunks():
+            parsed.encode(encoders)
+            bar.update(parsed.labels.shape[0])
+        bar.close()
+        return self.num_examples
 
     def preprocessing_state(self):
         encoders = self.vocabulary
@@ -235,6 +278,7 @@ class TextDataset(Dataset):
                     stat.add(parsed.dense[:, positions[name]])
                 bar.update(parsed.labels.shape[0])
             bar.close()
+            self._fit_pass = True
             for name, counter in counters.items():
                 encoders[name] = counter.vocabulary()
             for name, stat in statistics.items():

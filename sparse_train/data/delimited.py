@@ -213,7 +213,8 @@ class DelimitedParser:
 
     def _labels(self, values, status):
         """Labels [n] float32 and status [n] int8: 0 ok, 1 empty, 2 not a
-        number, 3 out of [0, 1] without a threshold."""
+        number, 3 not 0 or 1 without a threshold (a click label: AUC and
+        the log loss of a 0/1 outcome need exactly 0 or 1)."""
         status = status.copy()
         threshold = self.schema.threshold
         if threshold is not None:
@@ -221,7 +222,7 @@ class DelimitedParser:
             status[(status == 0) & ~np.isfinite(values)] = 2
         else:
             labels = values.astype(np.float32)
-            status[(status == 0) & ~((values >= 0.0) & (values <= 1.0))] = 3
+            status[(status == 0) & ~((values == 0.0) | (values == 1.0))] = 3
         return labels, status
 
     def _numeric(self, values, status):
@@ -292,8 +293,8 @@ class DelimitedParser:
         if status == 2:
             return f"label column {label!r}: {cell(self._label)!r} is not a number"
         if status == 3:
-            return (f"label column {label!r}: {cell(self._label)} is not in [0, 1] "
-                    f"(give [label] threshold to binarise it)")
+            return (f"label column {label!r}: {cell(self._label)} is not 0 or 1 (a click "
+                    f"label, as AUC needs; give [label] threshold to binarise it)")
         for j, (feature, c) in enumerate(self._dense):
             if number_status[j, i] == _csv.NUMBER_BAD:
                 return (f"numeric column {feature.column!r}: {cell(c)!r} is not a "

@@ -14,7 +14,7 @@ sparse format). A libsvm file has no fields; three ways to get them:
   fields written in a fixed order, e.g. the iPinYou ``*.fm.txt`` files);
 - otherwise all indices form one feature, ``features``.
 
-Labels: 1 and +1 mean a click, 0 and -1 none; other values must lie in [0, 1].
+Labels: 1 and +1 mean a click, 0 and -1 none; any other value is a bad line.
 
 Limits. Fields and featindex indices size arrays (a field per feature, a
 featindex entry per index), so one hostile line could make them absurdly
@@ -229,9 +229,10 @@ class PairsParser:
         counts, offsets, (labels, fields, indices, values, status, bad_token) = \
             parse_pair_lines(chunk, self.with_field, self.max_bag_length)
         n = len(chunk)
-        # 1 / +1 are clicks, 0 / -1 are not; anything else must lie in [0, 1]
+        # 1 / +1 are clicks, 0 / -1 are not; anything else (0.5, 2) is a bad
+        # line: AUC and the log loss of a click need labels 0 or 1
         labels[labels == -1.0] = 0.0
-        status[(status == _kernels.PAIRS_OK) & ~((labels >= 0.0) & (labels <= 1.0))] = 4
+        status[(status == _kernels.PAIRS_OK) & ~((labels == 0.0) | (labels == 1.0))] = 4
         if self.positional:
             fields = np.arange(indices.shape[0], dtype=np.int64) - np.repeat(offsets[:-1], counts)
         features = self._features(fields, indices)
@@ -283,7 +284,8 @@ class PairsParser:
         if code == _kernels.PAIRS_BAD_LABEL:
             return f"label {tokens[0]!r} is not a number"
         if code == 4:
-            return f"label {tokens[0]} is not 0/1, -1/+1 or within [0, 1]"
+            return (f"label {tokens[0]} is not 0/1 or -1/+1 (a click label, as AUC needs; "
+                    f"binarise the labels first)")
         if code == _TOO_MANY_PAIRS:
             return (f"more than max_bag_length = {self.max_bag_length} pairs in the row "
                     f"(raise max_bag_length if the data really has such rows)")
