@@ -10,7 +10,7 @@ import numpy as np
 
 from ..kernels import data_csv as _csv
 from ..kernels import data_hash as _hash
-from ._lines import first_line
+from ._lines import MAX_LINE_BYTES, first_line
 from ._parsed import Parsed, RawFeature
 from .errors import DataError, SchemaError
 from .numeric import DEFAULT_NORMALIZER, LOG_NORMALIZERS, NORMALIZERS
@@ -27,7 +27,7 @@ def _split_header(line, schema):
     return [name.strip() for name in row]
 
 
-def resolve_columns(schema, paths):
+def resolve_columns(schema, paths, max_line_bytes=MAX_LINE_BYTES):
     """The column names of the files, checked against the schema before any
     line is read: from ``names`` if given, else from each file's header
     (every file must have the same header). Raises ``SchemaError`` for a
@@ -35,7 +35,7 @@ def resolve_columns(schema, paths):
     file or headers that differ."""
     columns = None
     for path in paths:
-        line = first_line(path)
+        line = first_line(path, max_line_bytes)
         if line is None:
             raise DataError("the file is empty", path)
         if schema.names is not None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..kernels import data_hash as _hash
 from ..kernels import data_libsvm as _kernels
-from ._lines import iter_line_chunks
+from ._lines import MAX_LINE_BYTES, iter_line_chunks
 from ._parsed import Parsed, RawFeature
 from .errors import DataError
 
@@ -123,7 +123,8 @@ def load_featindex(path, on_bad_line="error", max_index=MAX_INDEX):
     return FeatIndex(labels, feature_of_index, str(path), skipped)
 
 
-def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS):
+def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS,
+                    max_line_bytes=MAX_LINE_BYTES):
     """1 + the largest field of the well-formed lines of libffm files (a
     pass over the files; give ``num_fields`` to avoid it). A field >=
     ``max_fields`` is a ``DataError`` naming its file:line.
@@ -136,7 +137,7 @@ def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS
     sparse_train.data.errors.DataError: ...x.ffm:2: field 100000000 is not below max_fields = 1000 ...
     """
     largest = -1
-    for chunk in iter_line_chunks(paths, chunk_bytes, skip_header):
+    for chunk in iter_line_chunks(paths, chunk_bytes, skip_header, max_line_bytes):
         counts, _, (_, fields, _, _, status, _) = parse_pair_lines(chunk, True)
         good = np.repeat(status == 0, counts)
         if good.any():
