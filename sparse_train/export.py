@@ -20,9 +20,12 @@ Graph inputs (``B`` and each feature's bag width are dynamic):
 - ``{feature}_weights`` float32 [B, L_f] for features with per-id weights;
 - ``dense`` float32 [B, C]: the numeric columns as they appear in the data,
   absent when there are none. ``numeric_transforms`` puts the training
-  pipeline's numeric preprocessing inside the graph (log1p, standard,
-  minmax, clip, and bucketize, which turns a column into the ids of a
-  categorical feature).
+  pipeline's numeric preprocessing inside the graph (the fitted
+  ``NumericEncoder``s of a dataset: none, log1p, standard, minmax,
+  log_standard, and bucketize, which turns a column into the ids of a
+  categorical feature); NaN marks a missing value and gives what the reader
+  gives for an empty cell. The transforms run in float64 (Cast), as
+  ``NumericEncoder.apply`` does, so only the float32 input rounds.
 
 Output: ``probability`` float32 [B].
 
@@ -41,8 +44,7 @@ from .data.schema import Schema
 from .models.base import CTRModel
 
 __all__ = ["export_onnx", "onnx_model", "onnx_inputs", "numeric_transforms_from_schema",
-           "numeric_transform_of_encoder",
-           "NUMERIC_TRANSFORMS", "PROTOBUF_LIMIT"]
+           "numeric_transforms_from_state", "NUMERIC_TRANSFORMS", "PROTOBUF_LIMIT"]
 
 #: ``kind`` values of a ``numeric_transforms`` entry.
 NUMERIC_TRANSFORMS = ("none", "log1p", "standard", "minmax", "log_standard", "bucketize")
@@ -82,24 +84,31 @@ def export_onnx(model, path, *, opset=17, numeric_transforms=None, vocabulary=No
             dcn, dlrm).
         path: the ``.onnx`` file to write (its directory must exist).
         opset: ONNX opset of the default domain (>= 17).
-        numeric_transforms: optional list, one entry a column of the ``dense``
-            input in order, of dicts ``{"feature": name, "kind": kind, ...}``
-            (``NUMERIC_TRANSFORMS``): ``"none"``; ``"log1p"`` (log(1 + x)
-            for x > 0, else 0, as the readers do); ``"standard"``
-            (``(x - mean) / std``, keys ``mean``, ``std``); ``"minmax"``
-            (``(x - min) / (max - min)``, keys ``min``, ``max``);
-            ``"log_standard"`` (``t = sign(x) log(1 + |x|)``, then
-            ``(t - mean) / std``);
+        numeric_transforms: the numeric preprocessing to put in the graph,
+            so that ``dense`` takes raw values (NaN = missing). Preferred: the
+            training ``Dataset`` (its fitted ``NumericEncoder``s, as
+            ``preprocessing_state()`` gives them, in the reader's column
+            order; a dataset without numeric columns to fit, e.g. the
+            synthetic log, gives None); or that ``preprocessing_state()``
+            dict (feature -> ``NumericEncoder.to_dict()``, in column order,
+            as saved in a checkpoint); or a list, one entry a column of
+            ``dense`` in order, of dicts ``{"feature": name, "kind": kind,
+            ...}`` (``NUMERIC_TRANSFORMS``): ``"none"``; ``"log1p"``
+            (log(1 + x) for x > 0, else 0); ``"standard"`` (``(x - mean) /
+            std``, keys ``mean``, ``std``); ``"minmax"`` (``(x - min) / (max
+            - min)``, keys ``min``, ``max``); ``"log_standard"`` (``t =
+            sign(x) log(1 + |x|)``, then ``(t - mean) / std``);
             ``"bucketize"`` (key ``boundaries``, increasing: the id
             ``first_id + #{boundaries <= x}`` of the categorical feature
             ``feature``, default ``first_id`` 0). Optional keys on any
-            entry: ``"log1p": true`` applies log1p first, ``"clip": [lo,
-            hi]`` clips last (not for bucketize), ``"missing": value``
-            replaces a NaN input (a missing cell) at the end (bucketize:
-            ``"missing_id"``). Non-bucketized entries
-            must name the model's numeric features in order. A ``Schema``,
-            or a ``Dataset`` read through one (csv, criteo, parquet), gives
-            its numeric features' transforms. None: the ``dense`` input
+            entry: ``"missing"``, what a NaN input gives (a value, or the id
+            for bucketize; default 0, the readers' choice for every kind
+            but minmax, whose encoder gives the mean's image); ``"log1p":
+            true`` applies log1p first; ``"clip": [lo, hi]`` clips last (not
+            for bucketize). Non-bucketized entries must name the model's
+            numeric features in order. A ``Schema`` gives the transforms of
+            its numeric features when they need no statistics
+            (``numeric_transforms_from_schema``). None: the ``dense`` input
             holds the model's numeric features as they are.
         vocabulary: optional ``{feature: Vocabulary}`` (a dataset's
             ``.vocabulary``): those features' inputs are then the raw tokens,
@@ -178,8 +187,9 @@ def onnx_inputs(batch, spec, dense=None, numeric_transforms=None):
         spec: the model's ``DataSpec`` (which features carry weights).
         dense: optional [B, C] raw numeric columns to feed as ``dense``
             (with ``numeric_transforms``); default ``batch.dense``.
-        numeric_transforms: the export's; features it bucketizes are
-            not fed (their ids come from ``dense``).
+        numeric_transforms: the export's (a list, a ``Dataset`` or a
+            ``preprocessing_state()``); features it bucketizes are not fed
+            (their ids come from ``dense``).
 
     Returns:
         dict input name -> array.
@@ -195,7 +205,8 @@ def onnx_inputs(batch, spec, dense=None, numeric_transforms=None):
     if not isinstance(batch, Batch):
         raise TypeError(f"onnx_inputs: expected a Batch, got {type(batch).__name__}")
     feed = {}
-    bucketized = {e["feature"] for e in numeric_transforms or () if e.get("kind") == "bucketize"}
+    entries = _transform_entries(numeric_transforms) or ()
+    bucketized = {e["feature"] for e in entries if e.get("kind") == "bucketize"}
     for feature in spec.sparse_features:
         if feature.name in bucketized:
             continue
@@ -218,29 +229,82 @@ def onnx_inputs(batch, spec, dense=None, numeric_transforms=None):
 
 
 def numeric_transforms_from_schema(schema):
-    """``numeric_transforms`` of a TOML ``Schema``'s numeric features
-    (their ``transform``: "none" or "log1p"), in the readers' column order.
+    """``numeric_transforms`` of a TOML ``Schema``'s numeric features whose
+    normalizer needs no training statistics ("none", "log1p"), in the
+    readers' column order; a feature with another one (or none declared:
+    the readers' default is "log_standard") needs the fitted statistics of
+    the training ``Dataset``: pass that instead (ValueError).
 
     >>> from sparse_train.data import criteo_schema
     >>> numeric_transforms_from_schema(criteo_schema())[0]
     {'feature': 'I1', 'kind': 'log1p'}
     """
-    return [{"feature": f.name, "kind": f.transform} for f in schema.dense_features]
+    entries = []
+    for f in schema.dense_features:
+        kind = "bucketize" if f.bucketize is not None else f.normalizer
+        if kind not in ("none", "log1p"):
+            raise ValueError(f"numeric_transforms: numeric feature {f.name!r} of the schema "
+                             f"is normalized with {kind or 'the default normalizer'}, which "
+                             f"needs training statistics: pass the training Dataset (or its "
+                             f"preprocessing_state()) as numeric_transforms")
+        entries.append({"feature": f.name, "kind": kind})
+    return entries
+
+
+def numeric_transforms_from_state(state):
+    """``numeric_transforms`` entries of fitted numeric encoders: a
+    ``Dataset.preprocessing_state()`` dict (feature -> ``NumericEncoder``
+    dict) or feature -> ``NumericEncoder``, in column order. Each entry
+    computes ``NumericEncoder.apply`` (or ``ids``: ``first_id`` 1, missing
+    id 0) of the raw value, a missing one (NaN) included; a zero spread
+    counts as 1, as in the encoder.
+
+    >>> numeric_transforms_from_state({"price": {"type": "numeric", "normalizer": "minmax",
+    ...                                          "mean": 3.0, "min": 1.0, "max": 5.0}})
+    [{'feature': 'price', 'kind': 'minmax', 'min': 1.0, 'max': 5.0, 'missing': 0.5}]
+    """
+    from .data.numeric import NumericEncoder
+    entries = []
+    for name, encoder in dict(state).items():
+        if not isinstance(encoder, NumericEncoder):
+            encoder = NumericEncoder.from_dict(encoder)
+        entry = {"feature": name, "kind": encoder.kind}
+        if encoder.kind in ("standard", "log_standard"):
+            entry.update(mean=encoder.mean, std=encoder.std or 1.0)
+        elif encoder.kind == "minmax":
+            spread = (encoder.max - encoder.min) or 1.0
+            entry.update(min=encoder.min, max=encoder.min + spread,
+                         missing=(encoder.mean - encoder.min) / spread)
+        elif encoder.kind == "bucketize":
+            entry.update(boundaries=encoder.boundaries.tolist(), first_id=1, missing=0)
+        entries.append(entry)
+    return entries
+
+
+def _transform_entries(transforms):
+    """The list form of a ``numeric_transforms`` argument (unchecked), or None."""
+    if transforms is None or isinstance(transforms, list):
+        return transforms
+    if isinstance(transforms, Schema):
+        return numeric_transforms_from_schema(transforms)
+    if callable(getattr(transforms, "preprocessing_state", None)):  # a Dataset
+        state = transforms.preprocessing_state()
+        return numeric_transforms_from_state(state) if state else None
+    if isinstance(transforms, dict):
+        return numeric_transforms_from_state(transforms)
+    return list(transforms)
 
 
 # ------------------------------------------------------- numeric transforms
 _TRANSFORM_KEYS = {"none": (), "log1p": (), "standard": ("mean", "std"),
                    "minmax": ("min", "max"), "log_standard": ("mean", "std"),
                    "bucketize": ("boundaries",)}
-_OPTIONAL_KEYS = {"feature", "kind", "log1p", "clip", "first_id", "missing", "missing_id"}
+_OPTIONAL_KEYS = {"feature", "kind", "log1p", "clip", "first_id", "missing"}
 
 
 def _check_transforms(transforms, spec):
     """Validated copies of the entries (ValueError naming entry and feature)."""
-    if isinstance(transforms, Schema):
-        transforms = numeric_transforms_from_schema(transforms)
-    elif transforms is not None and hasattr(transforms, "parser"):  # a Dataset
-        transforms = _numeric_transforms_of_dataset(transforms)
+    transforms = _transform_entries(transforms)
     if transforms is None:
         return None
     entries = []
@@ -259,9 +323,14 @@ def _check_transforms(transforms, spec):
                              f"{list(_TRANSFORM_KEYS[kind])}; unknown keys "
                              f"{sorted(unknown)}, missing {missing}")
         checked = dict(entry, kind=kind)
-        for key in ("mean", "std", "min", "max", "missing"):
+        for key in ("mean", "std", "min", "max"):
             if key in entry:
                 checked[key] = _finite(entry[key], f"{where} ({feature!r}) {key}")
+        if "missing" in entry:
+            checked["missing"] = _finite(entry["missing"], f"{where} ({feature!r}) missing")
+            if kind == "bucketize" and checked["missing"] != int(checked["missing"]):
+                raise ValueError(f"{where} ({feature!r}): missing must be an id, got "
+                                 f"{entry['missing']!r}")
         if kind in ("standard", "log_standard") and not checked["std"] > 0:
             raise ValueError(f"{where} ({feature!r}): std must be > 0, got {checked['std']}")
         if kind == "minmax" and not checked["max"] > checked["min"]:
@@ -290,48 +359,6 @@ def _check_transforms(transforms, spec):
     return entries
 
 
-def numeric_transform_of_encoder(feature, encoder):
-    """The ``numeric_transforms`` entry of a fitted numeric encoder (an
-    object with ``kind`` and its statistics ``mean``, ``std``, ``min``,
-    ``max``, ``boundaries``, as ``data.numeric.NumericEncoder``), with the
-    data layer's rules: NaN (a missing cell) becomes 0, or for minmax the
-    mean's image ``(mean - min) / (max - min)``; a zero spread counts as 1;
-    buckets are ``1 + #{b <= x}`` with id 0 for missing.
-
-    >>> from types import SimpleNamespace
-    >>> numeric_transform_of_encoder("age", SimpleNamespace(kind="standard", mean=3.0, std=0.0))
-    {'feature': 'age', 'kind': 'standard', 'mean': 3.0, 'std': 1.0, 'missing': 0.0}
-    """
-    kind = encoder.kind
-    if kind == "bucketize":
-        return {"feature": feature, "kind": kind,
-                "boundaries": [float(b) for b in encoder.boundaries],
-                "first_id": 1, "missing_id": 0}
-    entry = {"feature": feature, "kind": kind}
-    if kind in ("standard", "log_standard"):
-        entry.update(mean=float(encoder.mean), std=float(encoder.std or 1.0))
-    if kind == "minmax":
-        spread = (float(encoder.max) - float(encoder.min)) or 1.0
-        entry.update(min=float(encoder.min), max=float(encoder.min) + spread)
-        entry["missing"] = (float(encoder.mean) - float(encoder.min)) / spread
-        return entry
-    entry["missing"] = 0.0
-    return entry
-
-
-def _numeric_transforms_of_dataset(dataset):
-    """A file dataset's numeric preprocessing: its fitted encoders when the
-    reader fits them (``parser.numeric_columns``, encoders beside the
-    vocabulary), else its schema's transforms; None without numerics."""
-    columns = getattr(dataset.parser, "numeric_columns", None)
-    if columns is not None:
-        encoders = dataset.vocabulary
-        return [numeric_transform_of_encoder(column[0], encoders[column[0]])
-                for column in columns]
-    schema = getattr(dataset.parser, "schema", None)
-    return numeric_transforms_from_schema(schema) if isinstance(schema, Schema) else None
-
-
 def _finite(value, where):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
             or not np.isfinite(value):
@@ -340,10 +367,12 @@ def _finite(value, where):
 
 
 def _boundaries(values, where):
-    b = np.asarray(values, np.float64)
-    if b.ndim != 1 or not b.size or not np.isfinite(b).all() or (np.diff(b) <= 0).any():
+    """float64 [K] (compared with the float64 value, as ``NumericEncoder.ids``;
+    K = 0: one bucket, as an encoder fitted without values)."""
+    b = np.asarray(values, np.float64).reshape(-1) if np.ndim(values) <= 1 else None
+    if b is None or not np.isfinite(b).all() or (np.diff(b) <= 0).any():
         raise ValueError(f"{where}: boundaries must be finite and increasing, got {values!r}")
-    return b.astype(np.float32)
+    return b
 
 
 def _check_vocabulary(vocabulary, spec):
@@ -457,47 +486,58 @@ class _Graph:
             return None, buckets
         return (dense[0] if len(dense) == 1 else self.node("Concat", dense, axis=1)), buckets
 
+    def _double(self, x):
+        """x [B, 1] float64 and its missing mask (NaN)."""
+        x = self.node("Cast", [x], to=self.onnx.TensorProto.DOUBLE)
+        return x, self.node("IsNaN", [x])
+
     def _log1p(self, x):
-        """log(1 + x) for x > 0, else 0 (``DelimitedParser._numeric``)."""
-        zero = self.const(np.float32(0))
+        """log(1 + x) for x > 0, else 0 (``NumericEncoder.apply``), float64."""
+        zero = self.const(np.float64(0))
         positive = self.node("Greater", [x, zero])
         safe = self.node("Where", [positive, x, zero])
         return self.node("Where", [positive, self.node("Log", [
-            self.node("Add", [safe, self.const(np.float32(1))])]), zero])
+            self.node("Add", [safe, self.const(np.float64(1))])]), zero])
 
     def _transform(self, x, entry):
-        missing = self.node("IsNaN", [x]) if "missing" in entry else None
-        if entry.get("log1p") or entry["kind"] == "log1p":
+        """[B, 1] float32 of a raw column [B, 1] float32, computed in float64."""
+        x, missing = self._double(x)
+        kind = entry["kind"]
+        if entry.get("log1p") or kind == "log1p":
             x = self._log1p(x)
-        if entry["kind"] == "log_standard":  # sign(x) log(1 + |x|), then the z-score
-            x = self.node("Mul", [self.node("Sign", [x]), self.node("Log", [self.node("Add", [
-                self.node("Abs", [x]), self.const(np.float32(1))])])])
-        if entry["kind"] in ("standard", "log_standard"):
-            x = self.node("Div", [self.node("Sub", [x, self.const(np.float32(entry["mean"]))]),
-                                  self.const(np.float32(entry["std"]))])
-        elif entry["kind"] == "minmax":
-            x = self.node("Div", [self.node("Sub", [x, self.const(np.float32(entry["min"]))]),
-                                  self.const(np.float32(entry["max"] - entry["min"]))])
+        if kind == "log_standard":  # sign(x) log(1 + |x|)
+            x = self.node("Mul", [self.node("Sign", [x]), self.node("Log", [
+                self.node("Add", [self.node("Abs", [x]), self.const(np.float64(1))])])])
+        if kind in ("standard", "log_standard"):
+            x = self.node("Div", [self.node("Sub", [x, self.const(np.float64(entry["mean"]))]),
+                                  self.const(np.float64(entry["std"]))])
+        elif kind == "minmax":
+            x = self.node("Div", [self.node("Sub", [x, self.const(np.float64(entry["min"]))]),
+                                  self.const(np.float64(entry["max"] - entry["min"]))])
+        x = self.node("Where", [missing, self.const(np.float64(entry.get("missing", 0.0))), x])
+        x = self.node("Cast", [x], to=self.onnx.TensorProto.FLOAT)
         if "clip" in entry:
             lo, hi = entry["clip"]
             x = self.node("Clip", [x, self.const(np.float32(lo)), self.const(np.float32(hi))])
-        if missing is not None:
-            x = self.node("Where", [missing, self.const(np.float32(entry["missing"])), x])
         return x
 
     def _bucketize(self, x, entry):
-        """ids [B, 1] int64: ``first_id + #{boundaries <= x}`` (TF ``Bucketize``)."""
-        missing = self.node("IsNaN", [x]) if "missing_id" in entry else None
+        """ids [B, 1] int64: ``first_id + #{boundaries <= x}`` (TF ``Bucketize``),
+        ``missing`` for NaN; compared in float64."""
+        x, missing = self._double(x)
         if entry.get("log1p"):
             x = self._log1p(x)
-        below = self.node("LessOrEqual", [self.const(entry["boundaries"][None, :], "boundaries"),
-                                          x])  # [B, K]
-        count = self.node("ReduceSum", [self.node("Cast", [below], to=self.onnx.TensorProto.INT64),
-                                        self.const(np.array([1], np.int64))], keepdims=1)
-        ids = self.node("Add", [count, self.const(np.int64(entry.get("first_id", 0)))])
-        if missing is not None:
-            ids = self.node("Where", [missing, self.const(np.int64(entry["missing_id"])), ids])
-        return ids
+        first = self.const(np.int64(entry.get("first_id", 0)))
+        if entry["boundaries"].size:
+            below = self.node("LessOrEqual", [self.const(entry["boundaries"][None, :],
+                                                         "boundaries"), x])  # [B, K]
+            count = self.node("ReduceSum", [
+                self.node("Cast", [below], to=self.onnx.TensorProto.INT64),
+                self.const(np.array([1], np.int64))], keepdims=1)
+            ids = self.node("Add", [count, first])
+        else:  # one bucket: first_id for every present value
+            ids = first
+        return self.node("Where", [missing, self.const(np.int64(entry.get("missing", 0))), ids])
 
     # -- embedding bags
     def ids_of(self, feature):

@@ -133,10 +133,17 @@ def test_by_hand_bags():
            "w": np.array([[2, 0, 9], [0, -1, -1], [-1, -1, -1], [1, 1, 3]])}
     w = np.array([[0.5, 2, 7], [1, 0, 0], [0, 0, 0], [3, 0.25, 1]], np.float32)
     got = session(onnx_model(model)).run(None, {**ids, "w_weights": w})[0]
-    # g: mean over its valid ids; w: weighted sum over valid ids (9 and 3 skipped)
-    logits = np.array([(1 + 4) / 2 + 0.5 * 64 + 2 * 16, 0 + 16, (8 + 8) / 2 + 0,
+    # FeatureLinear sums a bag (sparse_combiner "sum"): g sums its valid ids,
+    # w its valid ids times their weights (9 and 3 skipped)
+    logits = np.array([1 + 4 + 0.5 * 64 + 2 * 16, 0 + 16, 8 + 8 + 0,
                        2 + 3 * 32 + 0.25 * 32]) - 10.0
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-logits)), rtol=1e-6)
+    # and the model itself, on the same bags without the skipped ids
+    clean = Batch(np.zeros(4, np.float32), np.zeros((4, 0), np.float32),
+                  {"g": Ragged.from_lengths([0, 2, 3, 3, 1, 1], [2, 0, 2, 2]),
+                   "w": Ragged.from_lengths([2, 0, 0, 1, 1], [2, 1, 0, 2],
+                                            np.array([0.5, 2, 1, 3, 0.25], np.float32))})
+    np.testing.assert_allclose(got, predict(model, clean), rtol=0, atol=1e-6)
 
 
 def test_transforms_in_the_graph_equal_numpy():
@@ -152,8 +159,7 @@ def test_transforms_in_the_graph_equal_numpy():
     transforms[1]["feature"] = "age_bucket"
     model = build_model("deepfm", spec, embedding_dim=4, hidden_units=(5,), scope="export_tr")
     rng = np.random.default_rng(3)
-    raw = np.stack([rng.choice([-3.0, 0.0, 2.0, 150.0], 40),
-                    rng.choice([10, 18, 25, 30, 40, 65, 80], 40),
+    raw = np.stack([rng.choice([-3.0, 0.0, 2.0, 150.0], 40), rng.choice([10, 18, 25, 30, 40, 65, 80], 40),
                     rng.uniform(-5, 60, 40), rng.uniform(-4, 9, 40)], 1).astype(np.float32)
     x = raw.astype(np.float64)  # float64 NumPy definitions of each transform
     count = np.where(x[:, 0] > 0, np.log1p(np.maximum(x[:, 0], 0)), 0.0)
@@ -295,51 +301,97 @@ def trained_on(data):
     return model
 
 
-def test_fitted_encoders_in_the_graph_equal_their_numpy_rules():
-    """``numeric_transform_of_encoder``: the data layer's normalizers (NaN =
-    a missing cell) written from their definitions in float64 NumPy."""
-    from types import SimpleNamespace as Encoder
+def test_encoder_kinds_in_the_graph_equal_numeric_encoder():
+    """Every NumericEncoder kind, NaN (missing) included, through the graph
+    equals ``NumericEncoder.apply`` / ``ids`` on the float64 raw values."""
+    from sparse_train.data.numeric import NumericEncoder, numeric_encoder
+    rng = np.random.default_rng(7)
+    # float32-exact raw values, heavy tails, negatives, zeros and NaN
+    raw = rng.choice([-300.0, -2.5, -0.25, 0.0, 0.5, 1.0, 3.0, 17.0, 950.0, 65536.0, np.nan],
+                     (80, 7))
+    train = rng.lognormal(1.0, 2.0, 500) * rng.choice([-1, 1, 1, 1], 500)
+    encoders = {"a": NumericEncoder("none"), "b": NumericEncoder("log1p"),
+                "c": numeric_encoder("standard", train),
+                "d": numeric_encoder("minmax", train),
+                "e": numeric_encoder("log_standard", train),
+                "k": NumericEncoder("bucketize", boundaries=[-2.5, 0.5, 3.0, 950.0]),
+                "z": NumericEncoder("standard", mean=1.0, std=0.0)}  # zero spread counts as 1
+    spec = DataSpec((FeatureSpec("user", 3), FeatureSpec("k", encoders["k"].num_embeddings)),
+                    ("a", "b", "c", "d", "e", "z"))
+    model = build_model("wide_deep", spec, embedding_dim=3, hidden_units=(4,), seed=3,
+                        scope="export_kinds")
+    # a random numeric kernel in the wide part, so every column moves the logit
+    model.wide.dense.kernel.value[...] = rng.standard_normal((6, 1)).astype(np.float32)
+    order = ["a", "b", "c", "d", "e", "k", "z"]
+    state = {name: encoders[name].to_dict() for name in order}
+    dense = np.stack([encoders[n].apply(raw[:, j]) for j, n in enumerate(order) if n != "k"], 1)
+    assert np.isnan(raw).any(axis=0).all() and np.isfinite(dense).all()
+    reference = Batch(np.zeros(80, np.float32), dense,
+                      {"user": Ragged.from_dense(rng.integers(0, 3, 80)),
+                       "k": Ragged.from_dense(encoders["k"].ids(raw[:, 5]))})
+    expected = predict(model, reference)
+    assert np.ptp(expected) > 1e-3
+    assert set(encoders["k"].ids(raw[:, 5]).tolist()) == {0, 1, 2, 3, 4, 5}  # edges hit too
+    for given in (state, {n: encoders[n] for n in order}):
+        feed = onnx_inputs(reference, spec, dense=raw.astype(np.float32),
+                           numeric_transforms=given)
+        assert sorted(feed) == ["dense", "user"]
+        got = session(onnx_model(model, numeric_transforms=given)).run(None, feed)[0]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # column by column: an LR on one numeric column reads it back exactly
+    for j, name in enumerate(order):
+        if name == "k":
+            continue
+        one = DataSpec((), (name,))
+        lr = build_model("lr", one, scope=f"export_kind_{name}")
+        lr.linear.dense.kernel.value[...] = 1.0  # logit = the normalized value
+        proto = onnx_model(lr, numeric_transforms={name: state[name]})
+        p = session(proto).run(None, {"dense": raw[:, j:j + 1].astype(np.float32)})[0]
+        value = encoders[name].apply(raw[:, j]).astype(np.float64)
+        np.testing.assert_allclose(p, 1 / (1 + np.exp(-value)), rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
 
-    from sparse_train.export import numeric_transform_of_encoder
-    encoders = {"a": Encoder(kind="log_standard", mean=1.5, std=2.0),
-                "b": Encoder(kind="minmax", min=-1.0, max=3.0, mean=0.5),
-                "c": Encoder(kind="standard", mean=10.0, std=0.0),  # zero spread: 1
-                "d": Encoder(kind="none"),
-                "k": Encoder(kind="bucketize", boundaries=[0.0, 2.5, 7.0])}
-    spec = DataSpec((FeatureSpec("k", 5),), ("a", "b", "c", "d"))
-    transforms = [numeric_transform_of_encoder(name, e) for name, e in encoders.items()]
-    model = build_model("lr", spec, scope="export_encoders")
-    model.linear.weights.weight.value[:, 0] = [0.1, -0.2, 0.3, -0.4, 0.5]
-    rng = np.random.default_rng(8)
-    raw = rng.choice([np.nan, -40.0, -1.0, 0.0, 2.5, 6.0, 7.0, 1e4], (50, 5))
-    x = raw.astype(np.float32).astype(np.float64)
-    missing = np.isnan(x)
-    t = np.sign(x[:, 0]) * np.log1p(np.abs(x[:, 0]))
-    dense = np.stack([np.where(missing[:, 0], 0, (t - 1.5) / 2.0),
-                      np.where(missing[:, 1], (0.5 + 1) / 4, (x[:, 1] + 1) / 4),
-                      np.where(missing[:, 2], 0, x[:, 2] - 10.0),
-                      np.where(missing[:, 3], 0, x[:, 3])], 1)
-    ids = np.where(missing[:, 4], 0, 1 + np.searchsorted([0.0, 2.5, 7.0], x[:, 4], side="right"))
-    reference = Batch(np.zeros(50, np.float32), dense.astype(np.float32),
-                      {"k": Ragged.from_dense(ids)})
-    proto = onnx_model(model, numeric_transforms=transforms)
-    got = session(proto).run(None, {"dense": raw.astype(np.float32)})[0]
-    np.testing.assert_allclose(got, predict(model, reference), rtol=0, atol=1e-6)
-    assert set(ids.tolist()) == {0, 1, 2, 3, 4}
+
+def test_csv_dataset_with_missing_cells_and_every_normalizer(tmp_path):
+    """``numeric_transforms=dataset``: a CSV with empty numeric cells, each
+    column another normalizer (default log_standard, bucketize included);
+    the graph on the file's values (NaN for empty cells) equals predict on
+    the reader's batch."""
+    from sparse_train.data import Schema, open_dataset
+    kinds = ["none", "log1p", "standard", "minmax", None]
+    features = [{"name": "user", "type": "categorical"}]
+    features += [{"name": f"x{i}", "type": "numeric", **({"normalizer": k} if k else {})}
+                 for i, k in enumerate(kinds)]
+    features.append({"name": "q", "type": "numeric", "bucketize": 4})
+    schema = Schema.from_dict({"label": {"column": "y"}, "features": features})
+    rng = np.random.default_rng(5)
+    raw = rng.choice([-40.0, -1.5, 0.0, 0.25, 2.0, 7.0, 123.0, 4096.0, np.nan], (70, 6))
+    cells = [["" if np.isnan(v) else repr(v) for v in row] for row in raw.tolist()]
+    names = [f"x{i}" for i in range(5)] + ["q"]
+    lines = ["y,user," + ",".join(names)] + [
+        f"{rng.integers(0, 2)},u{rng.integers(0, 5)}," + ",".join(c) for c in cells]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    data = open_dataset(tmp_path / "d.csv", "csv", schema=schema, batch_size=70)
+    model = build_model("deepfm", data.spec, embedding_dim=3, hidden_units=(4,), seed=1,
+                        scope="export_csv_kinds")
+    model.linear.dense.kernel.value[...] = np.linspace(-1, 1, 5, dtype=np.float32)[:, None]
+    batch = next(iter(data))
+    assert [d["normalizer"] for d in data.preprocessing_state().values()] == \
+        ["none", "log1p", "standard", "minmax", "log_standard", "bucketize"]
+    feed = onnx_inputs(batch, data.spec, dense=raw.astype(np.float32), numeric_transforms=data)
+    assert "q" not in feed
+    got = session(onnx_model(model, numeric_transforms=data)).run(None, feed)[0]
+    np.testing.assert_allclose(got, predict(model, batch), rtol=0, atol=1e-6)
+    state = data.preprocessing_state()
+    got2 = session(onnx_model(model, numeric_transforms=state)).run(None, feed)[0]
+    np.testing.assert_array_equal(got, got2)
 
 
-def test_a_dataset_with_fitted_encoders_gives_their_transforms():
-    """A reader that fits numeric encoders (``parser.numeric_columns``, the
-    encoders beside the vocabulary) gives them to the export in column order."""
-    from types import SimpleNamespace as Namespace
-
-    from sparse_train.export import _numeric_transforms_of_dataset
-    dataset = Namespace(parser=Namespace(numeric_columns=(("x", "standard", None),
-                                                          ("k", "bucketize", 3))),
-                        vocabulary={"user": object(),
-                                    "x": Namespace(kind="standard", mean=1.0, std=2.0),
-                                    "k": Namespace(kind="bucketize", boundaries=[1.0, 2.0])})
-    assert _numeric_transforms_of_dataset(dataset) == [
-        {"feature": "x", "kind": "standard", "mean": 1.0, "std": 2.0, "missing": 0.0},
-        {"feature": "k", "kind": "bucketize", "boundaries": [1.0, 2.0], "first_id": 1,
-         "missing_id": 0}]
+def test_schema_transforms_need_statistics():
+    from sparse_train.data import Schema
+    from sparse_train.export import numeric_transforms_from_schema
+    schema = Schema.from_dict({"label": {"column": "y"}, "features": [
+        {"name": "n", "type": "numeric", "transform": "log1p"},
+        {"name": "m", "type": "numeric"}]})
+    with pytest.raises(ValueError, match="'m'.*needs training statistics"):
+        numeric_transforms_from_schema(schema)

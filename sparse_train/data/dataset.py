@@ -8,12 +8,12 @@ import numpy as np
 
 from .libsvm import parse_pair_lines
 from ._batching import prefetch, rebatch, take_rows
-from ._lines import iter_line_chunks
+from ._lines import MAX_LINE_BYTES, iter_line_chunks
 from .batch import DataSpec, FeatureSpec
 from .errors import DataError
 from .hashing import token_key
 from .numeric import NumericEncoder, NumericStatistics, needs_statistics
-from .vocabulary import HashBuckets, KeyCounter, save_vocabulary
+from .vocabulary import MAX_VOCABULARY_SIZE, HashBuckets, KeyCounter, save_vocabulary
 from ..progress import Progress, progress_interval
 
 __all__ = ["Dataset", "TextDataset", "held_out_rows"]
@@ -113,6 +113,35 @@ class Dataset:
         the first pass call it silently."""
         return self.vocabulary
 
+    def check(self, progress=None):
+        """Read every row of one pass once and check it, keeping no batch:
+        parse (cells, labels 0/1 or the schema's threshold, numbers), map
+        the tokens to ids with the training vocabulary (fitted first if it
+        is still to be fitted: that counting pass is then the check) and
+        apply the numeric encoders. Call it on validation data before the
+        first training step, so a bad line there fails the run before any
+        training, not after an epoch.
+
+        A ``split()`` view checks only its own rows (the train view's passes
+        never parse the held-out rows): call ``check`` on the valid view.
+
+        Args:
+            progress: a stream for a progress bar (None: silent).
+
+        Returns:
+            rows read (int); lines skipped (``on_bad_line="skip"``) are in
+            ``skipped_lines`` and ``bad_line_examples``, as after any pass.
+
+        Raises:
+            DataError: the first bad line, as ``file:line: what``
+            (``on_bad_line="error"``).
+
+        >>> from sparse_train.data import open_dataset
+        >>> open_dataset(format="synthetic", num_examples=100, seed=0).check()
+        100
+        """
+        return self.num_examples
+
     def split(self, valid_fraction, seed=0):
         """(train, valid) views of this data: each row goes to valid with
         probability ``valid_fraction``, decided by ``seed`` and the row's
@@ -159,7 +188,8 @@ class TextDataset(Dataset):
 
     def __init__(self, paths, parser, id_config, *, batch_size, on_bad_line, chunk_bytes,
                  prefetch_depth, max_examples, skip_header, encoders=None, encoder_source=None,
-                 row_split=None, extra_skipped=()):
+                 row_split=None, extra_skipped=(), max_line_bytes=MAX_LINE_BYTES,
+                 max_vocabulary_size=MAX_VOCABULARY_SIZE):
         self.paths = [str(p) for p in paths]
         self.parser = parser
         self._id_config = dict(id_config)
@@ -169,6 +199,9 @@ class TextDataset(Dataset):
         self.prefetch = prefetch_depth
         self.max_examples = max_examples
         self._skip_header = skip_header
+        self.max_line_bytes = int(max_line_bytes)
+        self.max_vocabulary_size = int(max_vocabulary_size)
+        self._chunk = None  # the chunk of the current pass being read (for errors)
         self._given_encoders = encoders
         self._encoders = encoders
         self._encoder_source = encoder_source
@@ -177,6 +210,7 @@ class TextDataset(Dataset):
         self.skipped_lines = len(self._extra_skipped)
         self.bad_line_examples = list(self._extra_skipped[:MAX_BAD_LINE_EXAMPLES])
         self.num_examples = None
+        self._fit_pass = False
 
     # -- ids and spec --------------------------------------------------------
     @property
@@ -190,6 +224,19 @@ class TextDataset(Dataset):
             else:
                 self._encoders = self._fit(progress)
         return self._encoders
+
+    def check(self, progress=None):
+        self._fit_pass = False
+        encoders = self.build_ids(progress)
+        if self._fit_pass:  # the counting pass just read and checked every row
+            return self.num_examples
+        interval = 0.5 if getattr(progress, "isatty", lambda: False)() else 10.0
+        bar = Progress(None, "checking rows", unit="rows", file=progress, interval=interval)
+        for parsed in self._parsed_chunks():
+            parsed.encode(encoders)
+            bar.update(parsed.labels.shape[0])
+        bar.close()
+        return self.num_examples
 
     def preprocessing_state(self):
         encoders = self.vocabulary
@@ -230,10 +277,13 @@ class TextDataset(Dataset):
                 for name, counter in counters.items():
                     raw = parsed.sparse[name]
                     counter.add(raw.keys, raw.tokens_at)
+                    if counter.num_ids > self.max_vocabulary_size:
+                        self._vocabulary_too_large(name, counter)
                 for name, stat in statistics.items():
                     stat.add(parsed.dense[:, positions[name]])
                 bar.update(parsed.labels.shape[0])
             bar.close()
+            self._fit_pass = True
             for name, counter in counters.items():
                 encoders[name] = counter.vocabulary()
             for name, stat in statistics.items():
@@ -241,6 +291,16 @@ class TextDataset(Dataset):
         names = [name for name, _, _ in self.parser.sparse_columns]
         names += [name for name, _, _ in numeric if name not in names]
         return {name: encoders[name] for name in names}
+
+    def _vocabulary_too_large(self, name, counter):
+        chunk = self._chunk
+        where = "" if chunk is None else f" by line {int(chunk.line_numbers[-1])}"
+        raise DataError(f"feature {name!r}: its vocabulary passes max_vocabulary_size = "
+                        f"{self.max_vocabulary_size} ids{where} (tokens seen at least "
+                        f"min_count = {counter.min_count} times; each id is a table row): "
+                        f"raise min_count, use hash ids (ids='hash', hash_buckets), or raise "
+                        f"max_vocabulary_size if the table really fits",
+                        None if chunk is None else chunk.path)
 
     # -- passes ----------------------------------------------------------------
     def _parsed_chunks(self, keep_tokens=False):
@@ -269,12 +329,14 @@ class TextDataset(Dataset):
                     continue
                 parsed = self.parser.parse(chunk, keep_tokens)
             rows += len(chunk)
+            self._chunk = chunk
             yield parsed
         self.num_examples = rows
 
     def _chunks(self):
         """The chunks of whole rows of one pass (``LineChunk``s here)."""
-        return iter_line_chunks(self.paths, self.chunk_bytes, self._skip_header)
+        return iter_line_chunks(self.paths, self.chunk_bytes, self._skip_header,
+                                self.max_line_bytes)
 
     def _drop_bad_lines(self, chunk, parsed):
         bad = np.flatnonzero(parsed.bad)
@@ -320,7 +382,9 @@ class TextDataset(Dataset):
             raise ValueError("this dataset is already a split view")
         common = dict(batch_size=self.batch_size, on_bad_line=self.on_bad_line,
                       chunk_bytes=self.chunk_bytes, prefetch_depth=self.prefetch,
-                      max_examples=self.max_examples, skip_header=self._skip_header)
+                      max_examples=self.max_examples, skip_header=self._skip_header,
+                      max_line_bytes=self.max_line_bytes,
+                      max_vocabulary_size=self.max_vocabulary_size)
         # ids given (a vocabulary file, another dataset) carry over; ids to be
         # fitted are fitted on the train view only, so valid rows stay unseen
         # lines skipped outside the data (a featindex file's) are counted

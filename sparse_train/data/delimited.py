@@ -10,7 +10,7 @@ import numpy as np
 
 from ..kernels import data_csv as _csv
 from ..kernels import data_hash as _hash
-from ._lines import first_line
+from ._lines import MAX_LINE_BYTES, first_line
 from ._parsed import Parsed, RawFeature
 from .errors import DataError, SchemaError
 from .numeric import DEFAULT_NORMALIZER, LOG_NORMALIZERS, NORMALIZERS
@@ -27,7 +27,7 @@ def _split_header(line, schema):
     return [name.strip() for name in row]
 
 
-def resolve_columns(schema, paths):
+def resolve_columns(schema, paths, max_line_bytes=MAX_LINE_BYTES):
     """The column names of the files, checked against the schema before any
     line is read: from ``names`` if given, else from each file's header
     (every file must have the same header). Raises ``SchemaError`` for a
@@ -35,7 +35,7 @@ def resolve_columns(schema, paths):
     file or headers that differ."""
     columns = None
     for path in paths:
-        line = first_line(path)
+        line = first_line(path, max_line_bytes)
         if line is None:
             raise DataError("the file is empty", path)
         if schema.names is not None:
@@ -213,7 +213,8 @@ class DelimitedParser:
 
     def _labels(self, values, status):
         """Labels [n] float32 and status [n] int8: 0 ok, 1 empty, 2 not a
-        number, 3 out of [0, 1] without a threshold."""
+        number, 3 not 0 or 1 without a threshold (a click label: AUC and
+        the log loss of a 0/1 outcome need exactly 0 or 1)."""
         status = status.copy()
         threshold = self.schema.threshold
         if threshold is not None:
@@ -221,7 +222,7 @@ class DelimitedParser:
             status[(status == 0) & ~np.isfinite(values)] = 2
         else:
             labels = values.astype(np.float32)
-            status[(status == 0) & ~((values >= 0.0) & (values <= 1.0))] = 3
+            status[(status == 0) & ~((values == 0.0) | (values == 1.0))] = 3
         return labels, status
 
     def _numeric(self, values, status):
@@ -292,8 +293,8 @@ class DelimitedParser:
         if status == 2:
             return f"label column {label!r}: {cell(self._label)!r} is not a number"
         if status == 3:
-            return (f"label column {label!r}: {cell(self._label)} is not in [0, 1] "
-                    f"(give [label] threshold to binarise it)")
+            return (f"label column {label!r}: {cell(self._label)} is not 0 or 1 (a click "
+                    f"label, as AUC needs; give [label] threshold to binarise it)")
         for j, (feature, c) in enumerate(self._dense):
             if number_status[j, i] == _csv.NUMBER_BAD:
                 return (f"numeric column {feature.column!r}: {cell(c)!r} is not a "

@@ -14,7 +14,7 @@ sparse format). A libsvm file has no fields; three ways to get them:
   fields written in a fixed order, e.g. the iPinYou ``*.fm.txt`` files);
 - otherwise all indices form one feature, ``features``.
 
-Labels: 1 and +1 mean a click, 0 and -1 none; other values must lie in [0, 1].
+Labels: 1 and +1 mean a click, 0 and -1 none; any other value is a bad line.
 
 Limits. Fields and featindex indices size arrays (a field per feature, a
 featindex entry per index), so one hostile line could make them absurdly
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..kernels import data_hash as _hash
 from ..kernels import data_libsvm as _kernels
-from ._lines import iter_line_chunks
+from ._lines import MAX_LINE_BYTES, iter_line_chunks
 from ._parsed import Parsed, RawFeature
 from .errors import DataError
 
@@ -123,7 +123,8 @@ def load_featindex(path, on_bad_line="error", max_index=MAX_INDEX):
     return FeatIndex(labels, feature_of_index, str(path), skipped)
 
 
-def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS):
+def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS,
+                    max_line_bytes=MAX_LINE_BYTES):
     """1 + the largest field of the well-formed lines of libffm files (a
     pass over the files; give ``num_fields`` to avoid it). A field >=
     ``max_fields`` is a ``DataError`` naming its file:line.
@@ -136,7 +137,7 @@ def scan_num_fields(paths, chunk_bytes, skip_header=False, max_fields=MAX_FIELDS
     sparse_train.data.errors.DataError: ...x.ffm:2: field 100000000 is not below max_fields = 1000 ...
     """
     largest = -1
-    for chunk in iter_line_chunks(paths, chunk_bytes, skip_header):
+    for chunk in iter_line_chunks(paths, chunk_bytes, skip_header, max_line_bytes):
         counts, _, (_, fields, _, _, status, _) = parse_pair_lines(chunk, True)
         good = np.repeat(status == 0, counts)
         if good.any():
@@ -229,9 +230,10 @@ class PairsParser:
         counts, offsets, (labels, fields, indices, values, status, bad_token) = \
             parse_pair_lines(chunk, self.with_field, self.max_bag_length)
         n = len(chunk)
-        # 1 / +1 are clicks, 0 / -1 are not; anything else must lie in [0, 1]
+        # 1 / +1 are clicks, 0 / -1 are not; anything else (0.5, 2) is a bad
+        # line: AUC and the log loss of a click need labels 0 or 1
         labels[labels == -1.0] = 0.0
-        status[(status == _kernels.PAIRS_OK) & ~((labels >= 0.0) & (labels <= 1.0))] = 4
+        status[(status == _kernels.PAIRS_OK) & ~((labels == 0.0) | (labels == 1.0))] = 4
         if self.positional:
             fields = np.arange(indices.shape[0], dtype=np.int64) - np.repeat(offsets[:-1], counts)
         features = self._features(fields, indices)
@@ -283,7 +285,8 @@ class PairsParser:
         if code == _kernels.PAIRS_BAD_LABEL:
             return f"label {tokens[0]!r} is not a number"
         if code == 4:
-            return f"label {tokens[0]} is not 0/1, -1/+1 or within [0, 1]"
+            return (f"label {tokens[0]} is not 0/1 or -1/+1 (a click label, as AUC needs; "
+                    f"binarise the labels first)")
         if code == _TOO_MANY_PAIRS:
             return (f"more than max_bag_length = {self.max_bag_length} pairs in the row "
                     f"(raise max_bag_length if the data really has such rows)")

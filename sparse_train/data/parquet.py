@@ -267,7 +267,7 @@ class ParquetParser:
     # -- columns
     def _labels(self, column):
         """Labels [n] float32 and status [n] int8 (``DelimitedParser``'s:
-        1 missing, 2 not finite, 3 out of [0, 1] without a threshold)."""
+        1 missing, 2 not finite, 3 not 0 or 1 without a threshold)."""
         values, missing = _as_float64(column)
         status = np.where(missing, 1, 0).astype(np.int8)
         status[(status == 0) & ~np.isfinite(values)] = 2
@@ -276,7 +276,7 @@ class ParquetParser:
             labels = (values >= threshold).astype(np.float32)
         else:
             labels = values.astype(np.float32)
-            status[(status == 0) & ~((values >= 0.0) & (values <= 1.0))] = 3
+            status[(status == 0) & ~((values == 0.0) | (values == 1.0))] = 3
         return labels, status
 
     def _numeric(self, values, bad, missing):
@@ -333,8 +333,8 @@ class ParquetParser:
             return f"{where}: label column {label!r} is not a finite number"
         if status == 3:
             value = chunk.table.column(label)[i].as_py()
-            return (f"{where}: label column {label!r}: {value} is not in [0, 1] "
-                    f"(give [label] threshold to binarise it)")
+            return (f"{where}: label column {label!r}: {value} is not 0 or 1 (a click "
+                    f"label, as AUC needs; give [label] threshold to binarise it)")
         for j, feature in enumerate(self.schema.dense_features):
             if number_bad[j, i]:
                 value = chunk.table.column(feature.column)[i].as_py()

@@ -2,16 +2,17 @@
 import os
 from pathlib import Path
 
-from ._lines import first_line
+from ._lines import MAX_LINE_BYTES, first_line
 from .dataset import TextDataset
 from .delimited import DelimitedParser, resolve_columns
 from .errors import DataError, SchemaError
-from .libsvm import PairsParser, load_featindex, scan_num_fields
+from .libsvm import (MAX_BAG_LENGTH, MAX_FIELDS, MAX_INDEX, PairsParser, load_featindex,
+                     scan_num_fields)
 from .numeric import DEFAULT_NORMALIZER, NORMALIZERS, NumericEncoder, needs_statistics
 from .parquet import ParquetDataset, open_parquet, parquet_paths
 from .schema import Schema, criteo_schema
 from .synthetic import SyntheticClickLog
-from .vocabulary import load_vocabulary
+from .vocabulary import MAX_VOCABULARY_SIZE, load_vocabulary
 
 __all__ = ["open_dataset", "FORMATS"]
 
@@ -27,6 +28,8 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
                  delimiter=None,
                  header=None, featindex=None, num_fields=None, weighted=True,
                  chunk_bytes=4 << 20, prefetch=1, max_examples=None, label=None,
+                 max_vocabulary_size=MAX_VOCABULARY_SIZE, max_line_bytes=MAX_LINE_BYTES,
+                 max_fields=MAX_FIELDS, max_bag_length=MAX_BAG_LENGTH, max_index=MAX_INDEX,
                  **synthetic_options):
     """Open a click log for batch-by-batch reading; returns a ``Dataset``.
 
@@ -77,6 +80,24 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
         prefetch: chunks parsed ahead in a background thread (0: none).
         max_examples: read at most this many rows a pass.
         label: parquet without a schema: the label column.
+        max_vocabulary_size: the most ids a fitted vocabulary of one feature
+            may have (default ``MAX_VOCABULARY_SIZE`` = 2**27 rows; a hash
+            feature's ``hash_buckets`` too); beyond it the counting pass
+            raises ``DataError`` naming the feature and the file (use
+            min_count or ids="hash"), instead of growing until memory is
+            gone. Not applied to ids given by ``vocabulary`` / ``like``.
+        max_line_bytes: the longest line of a text file (default
+            ``MAX_LINE_BYTES`` = 64 MiB); a longer one is a ``DataError``
+            (file:line).
+        max_fields: libffm: the largest field number + 1 (and
+            ``num_fields``) accepted (default ``MAX_FIELDS`` = 1000; each
+            field is a feature).
+        max_bag_length: libsvm / libffm: a row of more pairs is a bad line
+            (default ``MAX_BAG_LENGTH`` = 2**20).
+        max_index: libsvm with a featindex: the largest index of the
+            featindex file (default ``MAX_INDEX`` = 2**26 - 1; it sizes a map).
+            The last four are limits against hostile input; formats they do
+            not concern ignore them.
         **synthetic_options: synthetic: arguments of ``SyntheticClickLog``
             (``num_examples``, ``seed``, ...).
 
@@ -111,6 +132,12 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
         path = parquet_paths(path)
     paths = _check_paths(path)
     _check_options(batch_size, on_bad_line, chunk_bytes, prefetch, max_examples, ids)
+    limits = {"max_vocabulary_size": max_vocabulary_size, "max_line_bytes": max_line_bytes,
+              "max_fields": max_fields, "max_bag_length": max_bag_length,
+              "max_index": max_index}
+    for name, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if like is not None and vocabulary is not None:
         raise ValueError("give vocabulary or like, not both")
 
@@ -129,22 +156,23 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
                 raise ValueError("format 'csv' needs schema= (a TOML file or a Schema)")
             schema = schema if isinstance(schema, Schema) else Schema.load(schema)
         else:
-            schema = _criteo_schema(paths[0], numeric_transform, delimiter, header)
+            schema = _criteo_schema(paths[0], numeric_transform, delimiter, header,
+                                    max_line_bytes)
         if normalizer is not None and normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)}, "
                              f"got {normalizer!r}")
-        parser = DelimitedParser(schema, resolve_columns(schema, paths),
+        parser = DelimitedParser(schema, resolve_columns(schema, paths, max_line_bytes),
                                  normalizer or DEFAULT_NORMALIZER)
         skip_header = schema.header
         # (name, ids, min_count, hash_buckets): a schema may override the defaults
         columns = [(f.name, f.ids, f.min_count, f.hash_buckets) for f in schema.sparse_features]
     else:
         parser, extra_skipped = _pairs_parser(format, paths, featindex, num_fields, weighted,
-                                              like, on_bad_line, chunk_bytes)
+                                              like, on_bad_line, chunk_bytes, limits)
         columns = [(name, None, None, None) for name in parser.feature_names]
 
     id_config = {name: _id_config(name, feature_ids or ids, feature_min or min_count,
-                                  feature_buckets or hash_buckets)
+                                  feature_buckets or hash_buckets, max_vocabulary_size)
                  for name, feature_ids, feature_min, feature_buckets in columns}
     numeric = getattr(parser, "numeric_columns", ())
     encoders = _given_encoders(vocabulary, [c[0] for c in columns], like, numeric)
@@ -152,11 +180,12 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
                          on_bad_line=on_bad_line, chunk_bytes=int(chunk_bytes),
                          prefetch_depth=int(prefetch), max_examples=max_examples,
                          skip_header=skip_header, encoders=encoders,
-                         encoder_source=like, extra_skipped=extra_skipped)
+                         encoder_source=like, extra_skipped=extra_skipped,
+                         max_line_bytes=max_line_bytes, max_vocabulary_size=max_vocabulary_size)
 
 
 def _pairs_parser(format, paths, featindex, num_fields, weighted, like, on_bad_line,
-                  chunk_bytes):
+                  chunk_bytes, limits):
     """The libsvm / libffm parser, and the featindex lines it skipped."""
     index, skipped = None, []
     if featindex is not None:
@@ -165,15 +194,17 @@ def _pairs_parser(format, paths, featindex, num_fields, weighted, like, on_bad_l
         if theirs is not None and os.path.samefile(theirs.path, path):
             index = theirs  # the training data's: its skipped lines are counted there
         else:
-            index = load_featindex(path, on_bad_line)
+            index = load_featindex(path, on_bad_line, limits["max_index"])
             skipped = [(index.path, line, reason) for line, reason in index.skipped]
     with_field = format == "libffm"
     if with_field and num_fields is None:
         num_fields = (len(like.spec.sparse_features) if like is not None
-                      else scan_num_fields(paths, chunk_bytes))
+                      else scan_num_fields(paths, chunk_bytes, max_fields=limits["max_fields"],
+                                           max_line_bytes=limits["max_line_bytes"]))
         if num_fields < 1:
             raise DataError("no well-formed libffm line found", paths[0])
-    return PairsParser(with_field, num_fields, index, weighted), skipped
+    return PairsParser(with_field, num_fields, index, weighted, limits["max_fields"],
+                       limits["max_bag_length"]), skipped
 
 
 def _check_paths(path, what="data file"):
@@ -207,7 +238,7 @@ def _check_options(batch_size, on_bad_line, chunk_bytes, prefetch, max_examples,
         raise ValueError(f"ids must be 'vocabulary' or 'hash', got {ids!r}")
 
 
-def _id_config(name, kind, min_count, hash_buckets):
+def _id_config(name, kind, min_count, hash_buckets, max_vocabulary_size=MAX_VOCABULARY_SIZE):
     """("vocabulary", min_count) or ("hash", buckets) of one feature."""
     value = min_count if kind == "vocabulary" else hash_buckets
     what = "min_count" if kind == "vocabulary" else "hash_buckets"
@@ -215,6 +246,9 @@ def _id_config(name, kind, min_count, hash_buckets):
         value = value.get(name, {"min_count": 1, "hash_buckets": 1 << 20}[what])
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"feature {name!r}: {what} must be a positive integer, got {value!r}")
+    if kind == "hash" and value + 1 > max_vocabulary_size:
+        raise ValueError(f"feature {name!r}: hash_buckets = {value} (+ the missing id) exceeds "
+                         f"max_vocabulary_size = {max_vocabulary_size} ids")
     return kind, value
 
 
@@ -259,8 +293,8 @@ def _given_encoders(vocabulary, names, like, numeric=()):
     return out
 
 
-def _criteo_schema(path, numeric_transform, delimiter, header):
-    line = first_line(path)
+def _criteo_schema(path, numeric_transform, delimiter, header, max_line_bytes=MAX_LINE_BYTES):
+    line = first_line(path, max_line_bytes)
     if line is None:
         raise DataError("the file is empty", path)
     if delimiter is None:

@@ -9,7 +9,7 @@
     [label]
     column = "rating"
     threshold = 4          # optional: label = 1 if value >= threshold else 0;
-                           #   without it the label must lie in [0, 1]
+                           #   without it the label must be 0 or 1
     [[features]]
     name = "user_id"
     type = "categorical"   # one id a row

@@ -23,7 +23,15 @@ from .errors import DataError
 from .hashing import token_keys
 from .numeric import NumericEncoder
 
-__all__ = ["Vocabulary", "HashBuckets", "save_vocabulary", "load_vocabulary"]
+__all__ = ["Vocabulary", "HashBuckets", "save_vocabulary", "load_vocabulary",
+           "MAX_VOCABULARY_SIZE"]
+
+#: Default largest number of ids (table rows) of one feature's vocabulary
+#: (``max_vocabulary_size``): 2**27, 134 million rows, 8.6 GB of float32 at
+#: embedding_dim 16; far beyond a real vocabulary, but a stream of unique
+#: tokens (a request id read as a feature) stops here instead of filling
+#: the host's memory.
+MAX_VOCABULARY_SIZE = 1 << 27
 
 MISSING_ID = 0
 OOV_ID = 1
@@ -250,6 +258,7 @@ class KeyCounter:
         self._size = 0
         self._kept_keys = []
         self._kept_tokens = []
+        self._num_kept = 0
 
     def add(self, keys, tokens_at):
         """Count keys [m] uint64 (key 0, missing, is not counted).
@@ -281,6 +290,7 @@ class KeyCounter:
                 # reached[] was filled from its own start; positions are into keys
                 positions = reached[start_before:start_before + num_reached]
                 self._kept_keys.append(keys[positions].copy())
+                self._num_kept += int(num_reached)
                 if present is not None:
                     positions = present[positions]
                 tokens = list(tokens_at(positions))
@@ -298,6 +308,12 @@ class KeyCounter:
     @property
     def num_distinct(self):
         return self._size
+
+    @property
+    def num_ids(self):
+        """Ids of the vocabulary so far: 2 (missing, out of vocabulary) +
+        the tokens that reached ``min_count``."""
+        return 2 + self._num_kept
 
     def vocabulary(self):
         """The ``Vocabulary`` of tokens counted at least ``min_count`` times."""

@@ -151,7 +151,7 @@ def test_schema_tsv_with_names_and_no_header(tmp_path):
         "features": [{"name": "a", "type": "categorical", "ids": "hash", "hash_buckets": 7},
                      {"name": "b", "type": "multi_hot", "separator": ","},
                      {"name": "b_count", "column": "a", "type": "numeric"}]})
-    text = "1\t5\tx,y\tq\n0\t\tz\tq\n0.25\t6\t\tq\n"
+    text = "1\t5\tx,y\tq\n0\t\tz\tq\n1\t6\t\tq\n"
     path = tmp_path / "d.tsv"
     path.write_text(text)
     labels, dense, sparse = collect(open_dataset(path, "csv", schema=schema))

@@ -24,7 +24,9 @@ CRITEO_BAD = {
     "short": ("\t".join(["0"] + ["1"] * 13 + ["a"] * 25), "expected 40 cells"),
     "number": ("\t".join(["0", "12abc"] + ["1"] * 12 + ["a"] * 26), "numeric column 'I1': '12abc'"),
     "label": ("\t".join(["x"] + ["1"] * 13 + ["a"] * 26), "label column 'label': 'x' is not a number"),
-    "label_range": ("\t".join(["3"] + ["1"] * 13 + ["a"] * 26), r"3 is not in \[0, 1\]"),
+    "label_range": ("\t".join(["3"] + ["1"] * 13 + ["a"] * 26), "label column 'label': 3 is not 0 or 1"),
+    "label_half": ("\t".join(["0.5"] + ["1"] * 13 + ["a"] * 26),
+                   "label column 'label': 0.5 is not 0 or 1 .*threshold"),
     "label_empty": ("\t".join([""] + ["1"] * 13 + ["a"] * 26), "label column 'label' is empty"),
     "quote": ("\t".join(["0"] + ["1"] * 13 + ['"a'] + ["a"] * 25), "unterminated quote"),
     "huge": ("\t".join(["0", "1e39"] + ["1"] * 12 + ["a"] * 26), "float32 range"),
@@ -72,6 +74,7 @@ LIBSVM_BAD = {
     "bad_value": ("1 3:abc", "token 1 '3:abc' is not index:value"),
     "label": ("yes 3:1", "label 'yes' is not a number"),
     "label_range": ("2 3:1", "label 2 is not 0/1"),
+    "label_half": ("0.5 3:1", "label 0.5 is not 0/1 or -1/\\+1"),
     "negative_index": ("1 -3:1", "token 1 '-3:1'"),
 }
 
@@ -265,3 +268,105 @@ def test_empty_file(tmp_path):
     (tmp_path / "d.tsv").write_text("")
     with pytest.raises(DataError, match="d.tsv: the file is empty"):
         open_dataset(tmp_path / "d.tsv", "criteo")
+
+
+# ---------------------------------------------------------------- click labels
+def test_click_labels_must_be_0_or_1_in_every_reader(tmp_path):
+    """0.5 (AUC needs 0/1) is refused at read time with file:line, the
+    column and the value, in csv, criteo, libsvm and libffm; -1/+1 stay
+    libsvm's 0/1; "skip" counts the line; a threshold binarises."""
+    schema = Schema.from_dict({"label": {"column": "y"},
+                               "features": [{"name": "u", "type": "categorical"}]})
+    (tmp_path / "d.csv").write_text("y,u\n1,a\n0.0,b\n1.0,a\n0.5,c\n0,a\n")
+    cases = [(tmp_path / "d.csv", "csv", {"schema": schema}, 5,
+              r"d\.csv:5: label column 'y': 0\.5 is not 0 or 1"),
+             (criteo_file(tmp_path, {4: "\t".join(["0.5"] + ["1"] * 13 + ["a"] * 26)}),
+              "criteo", {}, 4, r"day\.tsv:4: label column 'label': 0\.5 is not 0 or 1")]
+    (tmp_path / "d.svm").write_text("+1 3:1\n-1 4:1\n0.5 3:1\n1 5:1\n")
+    (tmp_path / "d.ffm").write_text("1 0:1:1\n0 1:2:1\n1 0:3:1\n0.25 1:1:1\n")
+    cases += [(tmp_path / "d.svm", "libsvm", {}, 3, r"d\.svm:3: label 0\.5 is not 0/1"),
+              (tmp_path / "d.ffm", "libffm", {"num_fields": 2}, 4,
+               r"d\.ffm:4: label 0\.25 is not 0/1")]
+    for path, fmt, options, line, message in cases:
+        with pytest.raises(DataError, match=message) as info:
+            open_dataset(path, fmt, **options).spec
+        assert info.value.line == line
+        skipping = open_dataset(path, fmt, on_bad_line="skip", **options)
+        labels = np.concatenate([b.labels for b in skipping])
+        assert skipping.skipped_lines == 1 and skipping.bad_line_examples[0][1] == line
+        assert set(labels.tolist()) <= {0.0, 1.0}, fmt
+    svm = open_dataset(tmp_path / "d.svm", "libsvm", on_bad_line="skip")
+    assert np.concatenate([b.labels for b in svm]).tolist() == [1.0, 0.0, 1.0]
+    rated = Schema.from_dict({"label": {"column": "y", "threshold": 0.5},
+                              "features": [{"name": "u", "type": "categorical"}]})
+    binarised = open_dataset(tmp_path / "d.csv", "csv", schema=rated)
+    assert np.concatenate([b.labels for b in binarised]).tolist() == [1, 0, 1, 1, 0]
+
+
+def test_parquet_click_label_must_be_0_or_1(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="the 'parquet' extra (pyarrow) is not installed")
+    pq = pytest.importorskip("pyarrow.parquet", reason="the 'parquet' extra is not installed")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"y": pa.array([1.0, 0.0, 0.5, 1.0]),
+                             "u": pa.array(["a", "b", "a", "c"])}), path)
+    with pytest.raises(DataError, match=r"d\.parquet:3: row group 0: label column 'y': "
+                                        r"0\.5 is not 0 or 1"):
+        open_dataset(path, "parquet", label="y").spec
+    skipping = open_dataset(path, "parquet", label="y", on_bad_line="skip")
+    assert sum(b.size for b in skipping) == 3 and skipping.skipped_lines == 1
+    flags = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"y": pa.array([True, False]), "u": pa.array(["a", "b"])}), flags)
+    assert next(iter(open_dataset(flags, "parquet", label="y"))).labels.tolist() == [1.0, 0.0]
+
+
+# ------------------------------------------------------------- Dataset.check
+def valid_csv(tmp_path, name, last):
+    rows = [f"{i % 2},u{i % 5},{i * 0.5}" for i in range(40)] + [last]
+    (tmp_path / name).write_text("y,user,x\n" + "\n".join(rows) + "\n")
+    return tmp_path / name
+
+
+CHECK_SCHEMA = Schema.from_dict({"label": {"column": "y"}, "features": [
+    {"name": "user", "type": "categorical"}, {"name": "x", "type": "numeric"}]})
+
+
+def test_check_reads_validation_rows_before_training(tmp_path):
+    """A validation file whose last line is bad fails at check() time,
+    named by file:line, before any training batch is drawn."""
+    train = open_dataset(valid_csv(tmp_path, "train.csv", "1,u9,3.5"), "csv",
+                         schema=CHECK_SCHEMA, batch_size=8)
+    for last, message in [("0.5,u1,2.0", r"valid\.csv:42: label column 'y': 0\.5 is not 0 or 1"),
+                          ("1,u1,abc", r"valid\.csv:42: numeric column 'x': 'abc'"),
+                          ("1,u1", r"valid\.csv:42: expected 3 cells")]:
+        valid = open_dataset(valid_csv(tmp_path, "valid.csv", last), "csv",
+                             schema=CHECK_SCHEMA, like=train, chunk_bytes=64)
+        with pytest.raises(DataError, match=message) as info:
+            valid.check()
+        assert info.value.line == 42
+    skipping = open_dataset(tmp_path / "valid.csv", "csv", schema=CHECK_SCHEMA, like=train,
+                            on_bad_line="skip")
+    assert skipping.check() == 40 and skipping.skipped_lines == 1
+    good = open_dataset(valid_csv(tmp_path, "good.csv", "0,u7,1.0"), "csv",
+                        schema=CHECK_SCHEMA, like=train)
+    assert good.check() == 41 and good.skipped_lines == 0
+    # a dataset fitting its own vocabulary: the counting pass is the check
+    alone = open_dataset(tmp_path / "valid.csv", "csv", schema=CHECK_SCHEMA, ids="hash")
+    with pytest.raises(DataError, match=r"valid\.csv:42"):
+        alone.check()
+    fitted = open_dataset(tmp_path / "valid.csv", "csv", schema=CHECK_SCHEMA)
+    with pytest.raises(DataError, match=r"valid\.csv:42"):
+        fitted.check()
+
+
+def test_check_of_a_split_view_reads_its_held_out_rows(tmp_path):
+    path = valid_csv(tmp_path, "all.csv", "0.5,u1,2.0")
+    data = open_dataset(path, "csv", schema=CHECK_SCHEMA, on_bad_line="skip")
+    train, valid = data.split(0.3, seed=0)
+    checked = train.check() + valid.check()
+    assert checked == 40 and train.skipped_lines + valid.skipped_lines == 1
+    strict_train, strict_valid = open_dataset(path, "csv", schema=CHECK_SCHEMA).split(0.3, 0)
+    side = [strict_train, strict_valid]
+    bad_side = [len(v.bad_line_examples) for v in (train, valid)].index(1)
+    with pytest.raises(DataError, match=r"all\.csv:42"):
+        side[bad_side].check()
+    assert side[1 - bad_side].check() == (train, valid)[1 - bad_side].num_examples

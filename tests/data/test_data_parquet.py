@@ -174,7 +174,7 @@ def test_bad_rows_named_by_file_row_group_and_row(tmp_path):
     assert err.value.line == 217
     labels[216] = 3.0
     path = bad_file(tmp_path, "y", labels, pa.float64())
-    with pytest.raises(DataError, match=r":217: row group 2: label column 'y': 3.0 is not in"):
+    with pytest.raises(DataError, match=r":217: row group 2: label column 'y': 3.0 is not 0 or 1"):
         list(open_dataset(path, "parquet", label="y", ids="hash"))
     prices = [1.0] * 250
     prices[4] = float("nan")
