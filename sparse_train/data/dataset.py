@@ -230,8 +230,8 @@ class TextDataset(Dataset):
         encoders = self.build_ids(progress)
         if self._fit_pass:  # the counting pass just read and checked every row
             return self.num_examples
-        interval = 0.5 if getattr(progress, "isatty", lambda: False)() else 10.0
-        bar = Progress(None, "checking rows", unit="rows", file=progress, interval=interval)
+        bar = Progress(None, "checking rows", unit="rows", file=progress,
+                       interval=progress_interval(progress))
         for parsed in self._parsed_chunks():
             parsed.encode(encoders)
             bar.update(parsed.labels.shape[0])
