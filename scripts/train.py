@@ -411,6 +411,15 @@ def schedules(args, optimizers, state_variables, global_step, checkpoint_state=N
     return options
 
 
+def distributed_options(args):
+    """The keywords of ``distributed.train_distributed`` for L2, early
+    stopping and plateau decay (the flags of the same names)."""
+    keys = ("l2_embedding", "l2_dense", "eval_every_steps", "early_stopping_patience",
+            "early_stopping_metric", "early_stopping_min_delta", "lr_decay_factor",
+            "lr_decay_patience", "min_learning_rate")
+    return {key: getattr(args, key) for key in keys}
+
+
 def saved_learning_rates(path):
     """The learning rates a plateau schedule had reached in the checkpoint
     at ``path`` (None if it has none): set before restoring, so a resumed
@@ -543,7 +552,7 @@ def train_distributed(args):
             checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
             resume=args.resume, checkpoint_every=args.checkpoint_every,
             max_steps=args.max_steps, run=args.batches, say=say, warn=warn,
-            progress=progress, flag=_flag, comm=comm)
+            progress=progress, flag=_flag, comm=comm, **distributed_options(args))
         result.update(model=args.model, format=args.format)
         report(result, say, args.metrics_out if lead else None, f" on {comm.size} ranks", warn)
         return result
