@@ -137,7 +137,7 @@ def _parser():
                      "(warnings and errors still print)")
     for action in p._actions:
         default = DEFAULTS.get(action.dest)
-        if default not in (None, False) and action.dest != "help":
+        if default is not None and default is not False and action.dest != "help":
             action.help = f"{action.help or ''} (default {default})".lstrip()
     return p
 
