@@ -425,7 +425,10 @@ def saved_learning_rates(path):
     at ``path`` (None if it has none): set before restoring, so a resumed
     run uses them (and the restore sees the hyperparameters it saved)."""
     import sparse_train as st
-    metadata = st.checkpoint.load_checkpoint(path).header["metadata"]
+    try:
+        metadata = st.checkpoint.load_checkpoint(path).header["metadata"]
+    except st.checkpoint.CheckpointError:  # corrupt: restore_latest falls back and says so
+        return None
     schedule = (metadata.get("schedules") or {}).get("lr_schedule")
     return None if schedule is None else schedule["learning_rates"]
 
