@@ -307,6 +307,7 @@ def test_early_stopping_and_plateau_resume_bit_identically(tmp_path, cut):
         assert resumed[key] == straight[key], key
     # the best state is a file beside the checkpoints, the only one kept
     assert [p.name for p in ckpt.glob("best-*")] == [f"best-{straight['best_step']}.ckpt"]
+    assert resumed["best_checkpoint"] == str(ckpt / f"best-{straight['best_step']}.ckpt")
 
 
 def _no_warning():

@@ -89,7 +89,7 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
                                                         global_step),
                             lambda prefix: restore_sharded(prefix + ".manifest.json", dist,
                                                            optimizers, global_step),
-                            lead=comm.rank == 0)
+                            lead=comm.rank == 0, suffix=".manifest.json")
             if checkpoint_dir else MemoryState(
                 lambda: dist.variables() + [v for o in optimizers for v in o.variables()],
                 global_step))

@@ -271,7 +271,8 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         result.update(best_epoch=early_stopping.best_epoch, best_step=early_stopping.best_step,
                       early_stopped=early_stopping.stopped)
         if isinstance(best_state, CheckpointState):
-            result["best_checkpoint"] = best_state.path(early_stopping.best_step)
+            result["best_checkpoint"] = (best_state.path(early_stopping.best_step)
+                                         + best_state.suffix)
     if eval_every_steps:
         result["evaluations"] = evaluations
     if lr_schedule is not None:

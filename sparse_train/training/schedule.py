@@ -218,8 +218,9 @@ class CheckpointState:
 
     PATTERN = re.compile(r"best-(\d+)(\.ckpt|\.shard-\d+-of-\d+\.ckpt|\.manifest\.json)")
 
-    def __init__(self, directory, save, restore, lead=True):
+    def __init__(self, directory, save, restore, lead=True, suffix=".ckpt"):
         self.directory, self._save, self._restore, self._lead = directory, save, restore, lead
+        self.suffix = suffix  # of the file a user opens: path(step) + suffix
 
     def path(self, step):
         return os.path.join(self.directory, f"best-{int(step)}")
