@@ -41,7 +41,19 @@ DEFAULTS = {
     "keep_checkpoints": 3,
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
     "distributed": False,
+    "early_stopping_patience": 0, "early_stopping_metric": "auc", "early_stopping_min_delta": 0.0,
+    "eval_every_steps": 0, "lr_decay_factor": None, "lr_decay_patience": 0,
+    "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
+    "ftrl_l1": 0.0, "ftrl_l2": 0.0, "normalizer": None,
 }
+
+
+#: --normalizer and --numeric-transform choices (data/numeric.py NORMALIZERS).
+NORMALIZER_CHOICES = ("none", "log1p", "standard", "minmax", "log_standard")
+
+#: Optimizer names of --sparse-optimizer and --dense-optimizer.
+SPARSE_OPTIMIZERS = ("adagrad", "adagrad_decay", "lazy_adam", "rowwise_adagrad", "sgd", "ftrl")
+DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd", "ftrl")
 
 
 class UsageError(ValueError):
@@ -65,8 +77,12 @@ def _parser():
     data.add_argument("--min-count", type=int, help="vocabulary: rarer tokens share the OOV id")
     data.add_argument("--hash-buckets", type=int, help="hash: buckets a feature")
     data.add_argument("--on-bad-line", choices=("error", "skip"))
-    data.add_argument("--numeric-transform", choices=("log1p", "none"),
-                      help="criteo: log(1 + x) for x > 0, else 0; or none")
+    data.add_argument("--numeric-transform", choices=NORMALIZER_CHOICES,
+                      help="criteo: the normalizer of I1..I13; log1p: log(1 + x) for x > 0, "
+                      "else 0")
+    data.add_argument("--normalizer", choices=NORMALIZER_CHOICES,
+                      help="csv/parquet: normalizer of numeric columns whose schema declares "
+                      "none (default log_standard)")
     data.add_argument("--num-fields", type=int,
                       help="libsvm: pair k of a row is field k; libffm: number of fields")
     data.add_argument("--featindex", help="libsvm: field:value<TAB>index file naming the fields")
@@ -79,11 +95,30 @@ def _parser():
     train = p.add_argument_group("training")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--epochs", type=int)
-    train.add_argument("--sparse-optimizer",
-                       choices=("adagrad", "adagrad_decay", "lazy_adam", "rowwise_adagrad", "sgd"))
+    train.add_argument("--sparse-optimizer", choices=SPARSE_OPTIMIZERS)
     train.add_argument("--sparse-learning-rate", type=float)
-    train.add_argument("--dense-optimizer", choices=("adam", "adagrad", "sgd"))
+    train.add_argument("--dense-optimizer", choices=DENSE_OPTIMIZERS)
     train.add_argument("--dense-learning-rate", type=float)
+    train.add_argument("--ftrl-l1", type=float, help="ftrl: l1_regularization_strength")
+    train.add_argument("--ftrl-l2", type=float, help="ftrl: l2_regularization_strength")
+    train.add_argument("--l2-embedding", type=float, help="L2 penalty on the embedding rows a "
+                       "step uses: grad += l2 * w, once per unique row")
+    train.add_argument("--l2-dense", type=float, help="L2 penalty on dense kernels (not biases)")
+    train.add_argument("--early-stopping-patience", type=int, help="stop after this many "
+                       "evaluations without improvement and restore the best state; --epochs "
+                       "is then a maximum (0: off)")
+    train.add_argument("--early-stopping-metric", choices=("auc", "logloss"),
+                       help="validation metric of early stopping and --lr-decay-factor")
+    train.add_argument("--early-stopping-min-delta", type=float,
+                       help="an improvement must exceed this")
+    train.add_argument("--eval-every-steps", type=int, help="also evaluate every N steps "
+                       "(0: once per epoch)")
+    train.add_argument("--lr-decay-factor", type=float, help="reduce on plateau: multiply both "
+                       "learning rates by this, in (0, 1), when the metric stops improving "
+                       "(default: off)")
+    train.add_argument("--lr-decay-patience", type=int, help="evaluations without improvement "
+                       "tolerated before a decay")
+    train.add_argument("--min-learning-rate", type=float, help="decay never goes below this")
     train.add_argument("--accumulator-decay-step", type=int, help="adagrad_decay period in steps")
     train.add_argument("--clip-norm", type=float, help="clip gradients by global norm")
     train.add_argument("--max-steps", type=int, help="stop when the global step reaches this")
@@ -102,7 +137,7 @@ def _parser():
                      "(warnings and errors still print)")
     for action in p._actions:
         default = DEFAULTS.get(action.dest)
-        if default not in (None, False) and action.dest != "help":
+        if default is not None and default is not False and action.dest != "help":
             action.help = f"{action.help or ''} (default {default})".lstrip()
     return p
 
@@ -195,7 +230,16 @@ def _mlp_option(model):
 _AT_LEAST = {"batch_size": 1, "epochs": 1, "embedding_dim": 1, "examples": 1, "min_count": 1,
              "hash_buckets": 1, "keep_checkpoints": 1, "threads": 1, "num_fields": 1,
              "max_examples": 1, "max_steps": 1, "accumulator_decay_step": 1,
-             "checkpoint_every": 0, "seed": 0}
+             "checkpoint_every": 0, "seed": 0, "early_stopping_patience": 0,
+             "eval_every_steps": 0, "lr_decay_patience": 0}
+
+#: Flags that must be a finite number >= 0.
+_NON_NEGATIVE = ("l2_embedding", "l2_dense", "ftrl_l1", "ftrl_l2", "min_learning_rate",
+                 "early_stopping_min_delta")
+
+
+def _uses_ftrl(a):
+    return "ftrl" in (a.sparse_optimizer, a.dense_optimizer)
 
 #: Flags that mean nothing unless a condition holds: (key, applies(args), where they apply).
 _APPLIES = (
@@ -219,6 +263,16 @@ _APPLIES = (
     ("valid_fraction", lambda a: not a.valid, "without --valid"),
     ("accumulator_decay_step", lambda a: a.sparse_optimizer == "adagrad_decay",
      "with --sparse-optimizer adagrad_decay"),
+    ("normalizer", lambda a: a.format in ("csv", "parquet"), "with --format csv or parquet "
+     "(criteo: --numeric-transform)"),
+    ("ftrl_l1", _uses_ftrl, "with --sparse-optimizer or --dense-optimizer ftrl"),
+    ("ftrl_l2", _uses_ftrl, "with --sparse-optimizer or --dense-optimizer ftrl"),
+    ("early_stopping_metric", lambda a: a.early_stopping_patience or a.lr_decay_factor,
+     "with --early-stopping-patience > 0 or --lr-decay-factor"),
+    ("early_stopping_min_delta", lambda a: a.early_stopping_patience or a.lr_decay_factor,
+     "with --early-stopping-patience > 0 or --lr-decay-factor"),
+    ("lr_decay_patience", lambda a: a.lr_decay_factor, "with --lr-decay-factor"),
+    ("min_learning_rate", lambda a: a.lr_decay_factor, "with --lr-decay-factor"),
     ("checkpoint_every", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
     ("keep_checkpoints", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
     ("resume", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
@@ -236,6 +290,12 @@ def check_options(args):
         value = getattr(args, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(f"{_flag(key)} must be a number > 0, got {value}")
+    for key in _NON_NEGATIVE:
+        value = getattr(args, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise UsageError(f"{_flag(key)} must be a number >= 0, got {value}")
+    if args.lr_decay_factor is not None and not 0.0 < args.lr_decay_factor < 1.0:
+        raise UsageError(f"--lr-decay-factor must be in (0, 1), got {args.lr_decay_factor}")
     if not 0.0 < args.valid_fraction < 1.0:
         raise UsageError(f"--valid-fraction must be in (0, 1), got {args.valid_fraction}")
     args.hidden_units = hidden_units(args.hidden_units)
@@ -269,6 +329,8 @@ def open_data(args):
              if getattr(args, k) is not None}
     if args.format == "criteo":
         extra["numeric_transform"] = args.numeric_transform
+    if args.normalizer is not None:
+        extra["normalizer"] = args.normalizer
     dataset = open_dataset(paths, args.format, ids=args.ids, min_count=args.min_count,
                            hash_buckets=args.hash_buckets, max_examples=args.max_examples,
                            **common, **extra)
@@ -311,10 +373,64 @@ def build(args, spec, train_data=None):
     sparse_options = ({"accumulator_decay_step": args.accumulator_decay_step}
                       if args.sparse_optimizer == "adagrad_decay" else {})
     sparse = st.optim.build_optimizer(args.sparse_optimizer, args.sparse_learning_rate,
-                                      global_step, name="sparse", **sparse_options)
+                                      global_step, name="sparse", **sparse_options,
+                                      **_ftrl_options(args, args.sparse_optimizer))
     dense = st.optim.build_optimizer(args.dense_optimizer, args.dense_learning_rate,
-                                     global_step, name="dense")
+                                     global_step, name="dense",
+                                     **_ftrl_options(args, args.dense_optimizer))
     return model, sparse, dense, global_step
+
+
+def _ftrl_options(args, kind):
+    """--ftrl-l1 / --ftrl-l2 as the Ftrl constructor's arguments (TF's names)."""
+    if kind != "ftrl":
+        return {}
+    return {"l1_regularization_strength": args.ftrl_l1,
+            "l2_regularization_strength": args.ftrl_l2}
+
+
+def schedules(args, optimizers, state_variables, global_step, checkpoint_state=None):
+    """``fit`` keywords for early stopping and plateau decay from the flags:
+    ``early_stopping``, ``lr_schedule``, ``best_state`` (the best state is
+    a ``best-<step>.ckpt`` file in --checkpoint-dir when there is one, so
+    --resume finds it; else a copy in memory), ``eval_every_steps``."""
+    from sparse_train.training import CheckpointState, EarlyStopping, MemoryState
+    from sparse_train.training import ReduceLROnPlateau
+
+    options = {"eval_every_steps": args.eval_every_steps}
+    if args.lr_decay_factor:
+        options["lr_schedule"] = ReduceLROnPlateau(
+            optimizers, args.lr_decay_factor, args.lr_decay_patience, args.min_learning_rate,
+            args.early_stopping_metric, args.early_stopping_min_delta)
+    if args.early_stopping_patience:
+        options["early_stopping"] = EarlyStopping(
+            args.early_stopping_patience, args.early_stopping_metric,
+            args.early_stopping_min_delta)
+        options["best_state"] = (MemoryState(state_variables, global_step)
+                                 if checkpoint_state is None else checkpoint_state)
+    return options
+
+
+def distributed_options(args):
+    """The keywords of ``distributed.train_distributed`` for L2, early
+    stopping and plateau decay (the flags of the same names)."""
+    keys = ("l2_embedding", "l2_dense", "eval_every_steps", "early_stopping_patience",
+            "early_stopping_metric", "early_stopping_min_delta", "lr_decay_factor",
+            "lr_decay_patience", "min_learning_rate")
+    return {key: getattr(args, key) for key in keys}
+
+
+def saved_learning_rates(path):
+    """The learning rates a plateau schedule had reached in the checkpoint
+    at ``path`` (None if it has none): set before restoring, so a resumed
+    run uses them (and the restore sees the hyperparameters it saved)."""
+    import sparse_train as st
+    try:
+        metadata = st.checkpoint.load_checkpoint(path).header["metadata"]
+    except st.checkpoint.CheckpointError:  # corrupt: restore_latest falls back and says so
+        return None
+    schedule = (metadata.get("schedules") or {}).get("lr_schedule")
+    return None if schedule is None else schedule["learning_rates"]
 
 
 def base_rate(dataset, rows=200_000):
@@ -366,12 +482,19 @@ def train(args):
     say(f"model {args.model}: {sum(v.value.size for v in model.sparse_variables()):,} embedding "
         f"and {sum(v.value.size for v in model.dense_variables()):,} dense parameters; "
         f"{len(spec.sparse_features)} categorical and {spec.num_dense} numeric features")
-    manager, start = None, {}
+    manager, start, best = None, {}, None
     if args.checkpoint_dir:
         checkpoint = st.Checkpoint(model.variables(), [sparse_opt, dense_opt], global_step)
         manager = st.CheckpointManager(checkpoint, args.checkpoint_dir,
                                        max_to_keep=args.keep_checkpoints)
+        best = st.training.CheckpointState(
+            args.checkpoint_dir, lambda prefix: checkpoint.save(prefix + ".ckpt"),
+            lambda prefix: checkpoint.restore(prefix + ".ckpt"))
         if args.resume:
+            latest = manager.latest_checkpoint
+            rates = saved_learning_rates(latest) if latest and args.lr_decay_factor else None
+            if rates is not None:
+                sparse_opt.learning_rate, dense_opt.learning_rate = rates
             path = manager.restore_latest()
             if path is None:
                 warn(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
@@ -385,14 +508,18 @@ def train(args):
     transform = None
     if args.clip_norm:
         transform = lambda grads: st.clip_gradients(grads, args.clip_norm)[0]  # noqa: E731
+    optimizers = [sparse_opt, dense_opt]
     result = st.training.fit(
         train_data, valid_data,
-        lambda batch: st.train_step(model, batch, sparse_opt, dense_opt, global_step, transform),
+        lambda batch: st.train_step(model, batch, sparse_opt, dense_opt, global_step, transform,
+                                    l2_embedding=args.l2_embedding, l2_dense=args.l2_dense),
         lambda batches: st.training.evaluate(model, batches), global_step,
         epochs=args.epochs, seed=args.seed, **start, manager=manager,
         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
         run=args.batches, say=say, progress=None if args.quiet else sys.stderr,
-        stop_on_signals=True)
+        stop_on_signals=True,
+        **schedules(args, optimizers, lambda: model.variables() + [
+            v for opt in optimizers for v in opt.variables()], global_step, best))
     result.update(model=args.model, format=args.format)
     st.training.report(result, say, args.metrics_out, warn=warn)
     return result
@@ -428,7 +555,7 @@ def train_distributed(args):
             checkpoint_dir=args.checkpoint_dir, keep_checkpoints=args.keep_checkpoints,
             resume=args.resume, checkpoint_every=args.checkpoint_every,
             max_steps=args.max_steps, run=args.batches, say=say, warn=warn,
-            progress=progress, flag=_flag, comm=comm)
+            progress=progress, flag=_flag, comm=comm, **distributed_options(args))
         result.update(model=args.model, format=args.format)
         report(result, say, args.metrics_out if lead else None, f" on {comm.size} ranks", warn)
         return result

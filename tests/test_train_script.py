@@ -282,3 +282,125 @@ def test_ranks_on_one_host_share_its_cores():
     share = mine if mine < cores else max(1, cores // 2)
     assert out[0].startswith(f"2 ranks on this host of {cores} cores: {share} thread(s) a rank")
     assert "OMP_NUM_THREADS" not in out[0] and out[1] == f"{share} 7"
+
+
+# ---------------------------------------- early stopping, plateau, L2, non-finite (issue 11/12)
+SCHEDULED = [*SMALL, "--model", "fm", "--epochs", "6", "--sparse-learning-rate", "2",
+             "--eval-every-steps", "4", "--early-stopping-patience", "3",
+             "--lr-decay-factor", "0.5", "--l2-embedding", "0.001"]
+
+
+@pytest.mark.parametrize("cut", ["8", "9"])  # right after an evaluation, and between two
+def test_early_stopping_and_plateau_resume_bit_identically(tmp_path, cut):
+    _, straight = run(tmp_path, *SCHEDULED, name="straight.json")
+    assert straight["best_step"] < straight["global_step"] or straight["early_stopped"]
+    ckpt = tmp_path / "ckpt"
+    code, _ = run(tmp_path, *SCHEDULED, "--checkpoint-dir", ckpt, "--max-steps", cut,
+                  name="cut.json")
+    assert code == 0
+    with _no_warning():
+        code, resumed = run(tmp_path, *SCHEDULED, "--checkpoint-dir", ckpt, "--resume",
+                            name="resumed.json")
+    assert code == 0
+    for key in ("auc", "logloss", "global_step", "history", "best_epoch", "best_step",
+                "evaluations", "learning_rates", "early_stopped"):
+        assert resumed[key] == straight[key], key
+    # the best state is a file beside the checkpoints, the only one kept
+    assert [p.name for p in ckpt.glob("best-*")] == [f"best-{straight['best_step']}.ckpt"]
+    assert resumed["best_checkpoint"] == str(ckpt / f"best-{straight['best_step']}.ckpt")
+
+
+def _no_warning():
+    """No warning (a decayed learning rate must not read as a changed hyperparameter)."""
+    import warnings
+
+    class Context:
+        def __enter__(self):
+            self.catcher = warnings.catch_warnings()
+            self.catcher.__enter__()
+            warnings.simplefilter("error")
+
+        def __exit__(self, *exc):
+            self.catcher.__exit__(*exc)
+    return Context()
+
+
+def test_early_stopping_restores_the_best_epoch_on_a_real_sample(tmp_path):
+    data = SHARED / "clothing_reviews"
+    if not data.exists():
+        pytest.skip("../shared/datasets/clothing_reviews is not here")
+    code, result = run(tmp_path, "--format", "csv", "--data", data / "train.csv", "--valid",
+                       data / "test.csv", "--schema", data / "schema.toml", "--model", "lr",
+                       "--epochs", "10", "--early-stopping-patience", "2",
+                       "--sparse-learning-rate", "1.0", "--quiet")
+    assert code == 0
+    best = result["history"][result["best_epoch"] - 1]
+    assert result["auc"] == best["auc"] == max(h["auc"] for h in result["history"])
+    assert len(result["history"]) <= 10
+
+
+def test_an_overflowing_update_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    import sparse_train as st
+    ckpt = tmp_path / "ckpt"
+    code, _ = run(tmp_path, "--model", "wide_deep", "--sparse-learning-rate", "1e30",
+                  "--examples", "6000", "--batch-size", "500", "--hidden-units", "16",
+                  "--epochs", "1", "--quiet", "--checkpoint-dir", ckpt, "--checkpoint-every", "1")
+    err = capsys.readouterr().err
+    assert code == 2 and "holds inf" in err and "the update overflowed" in err
+    step = int(err.split("after step ")[1].split(":")[0])
+    saved = sorted(ckpt.glob("ckpt-*.ckpt"))
+    assert saved and saved[-1].name == f"ckpt-{step - 1}.ckpt"   # none of the bad step
+    reader = st.checkpoint.load_checkpoint(saved[-1])
+    for name in reader.get_variable_to_shape_map():
+        assert np.isfinite(reader.get_tensor(name)).all(), name
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--early-stopping-patience", "-1"], "--early-stopping-patience must be an integer >= 0"),
+    (["--eval-every-steps", "-2"], "--eval-every-steps must be an integer >= 0"),
+    (["--lr-decay-factor", "1.5"], r"--lr-decay-factor must be in \(0, 1\)"),
+    (["--l2-embedding", "-0.1"], "--l2-embedding must be a number >= 0"),
+    (["--l2-dense", "nan"], "--l2-dense must be a number >= 0"),
+    (["--ftrl-l1", "0.1"], "--ftrl-l1 only applies with --sparse-optimizer or --dense-optimizer "
+                           "ftrl"),
+    (["--lr-decay-patience", "2"], "--lr-decay-patience only applies with --lr-decay-factor"),
+    (["--min-learning-rate", "0.001"], "--min-learning-rate only applies with --lr-decay-factor"),
+    (["--early-stopping-metric", "logloss"], "--early-stopping-metric only applies with "
+                                             "--early-stopping-patience > 0"),
+    (["--normalizer", "standard"], "--normalizer only applies with --format csv or parquet"),
+    (["--sparse-optimizer", "ftrl", "--ftrl-l2", "-1"], "--ftrl-l2 must be a number >= 0"),
+])
+def test_new_training_flags_are_checked_before_any_data(tmp_path, capsys, flags, message):
+    import re
+    assert train_script.main([*SMALL, *flags]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_new_flags_in_a_config_file_and_ftrl_with_its_options(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('sparse_optimizer = "ftrl"\nftrl_l1 = 0.01\nftrl_l2 = 0.1\n'
+                      'l2_dense = 0.0001\nearly_stopping_patience = 1\n')
+    code, metrics = run(tmp_path, "--config", config, *SMALL, "--model", "lr", "--epochs", "2",
+                        "--sparse-learning-rate", "0.5")
+    assert code == 0 and metrics["best_epoch"] in (1, 2) and metrics["auc"] > 0.6
+    args = train_script.parse_args(["--config", str(config)])
+    _, sparse, _, _ = train_script.build(args, open_dataset(format="synthetic",
+                                                            num_examples=100).spec)
+    config_of = sparse.get_config()
+    assert (config_of["l1_regularization_strength"], config_of["l2_regularization_strength"]) \
+        == (0.01, 0.1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("l2_embedding = \"a lot\"\n")
+    with pytest.raises(train_script.UsageError, match="l2_embedding must be a number"):
+        train_script.parse_args(["--config", str(bad)])
+
+
+def test_help_lists_the_new_flags_with_their_defaults(capsys):
+    with pytest.raises(SystemExit):
+        train_script.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--early-stopping-patience", "--eval-every-steps", "--lr-decay-factor",
+                 "--lr-decay-patience", "--min-learning-rate", "--l2-embedding", "--l2-dense",
+                 "--ftrl-l1", "--ftrl-l2", "--normalizer", "--early-stopping-metric"):
+        assert flag in text, flag
+    assert "(0: off) (default 0)" in text and "{none,log1p,standard,minmax,log_standard}" in text

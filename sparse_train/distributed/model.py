@@ -151,7 +151,7 @@ class DistributedModel:
                               use_norm=self._global_norm(grads_and_vars))[0]
 
     def train_step(self, batch, sparse_optimizer, dense_optimizer=None, global_step=None,
-                   clip_norm=None):
+                   clip_norm=None, l2_embedding=0.0, l2_dense=0.0):
         """One global step on this rank's slice; returns the global batch's
         mean loss (float, the same on every rank).
 
@@ -159,12 +159,15 @@ class DistributedModel:
         this rank's shards, the dense one (or the sparse one when None) the
         replicated dense variables; ``global_step`` goes to the last apply.
         ``clip_norm`` clips by the global norm of every gradient of all
-        ranks (``clip_by_global_norm``).
+        ranks (``clip_by_global_norm``). ``l2_embedding`` / ``l2_dense``:
+        the L2 penalty of ``training.l2_regularize``, each shard owner on
+        its own unique rows (the rows one process would penalise).
         """
         transform = (None if clip_norm is None
                      else lambda pairs: self.clip_by_global_norm(pairs, clip_norm))
         return train_step(self, batch, sparse_optimizer, dense_optimizer, global_step,
-                          grad_transform=transform)
+                          grad_transform=transform, l2_embedding=l2_embedding,
+                          l2_dense=l2_dense)
 
     def evaluate(self, batches):
         """Validation figures over every global batch: each rank passes its

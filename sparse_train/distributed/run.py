@@ -13,7 +13,8 @@ Every rank reads and parses the whole data stream and keeps its slices
 large files that reading is repeated on every rank.
 """
 from ..training.loop import check_resume, fit, resume_point
-from .checkpoint import DistributedCheckpointManager
+from ..training.schedule import CheckpointState, EarlyStopping, MemoryState, ReduceLROnPlateau
+from .checkpoint import DistributedCheckpointManager, restore_sharded, save_sharded
 from .comm import world
 from .model import DistributedModel
 from .sharding import local_batch
@@ -25,7 +26,10 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
                       global_step, *, epochs, seed=0, clip_norm=None, checkpoint_dir=None,
                       keep_checkpoints=5, resume=False, checkpoint_every=0, max_steps=None,
                       run=None, say=None, warn=None, progress=None, flag=lambda key: key,
-                      comm=None):
+                      comm=None, l2_embedding=0.0, l2_dense=0.0, eval_every_steps=0,
+                      early_stopping_patience=0, early_stopping_metric="auc",
+                      early_stopping_min_delta=0.0, lr_decay_factor=None, lr_decay_patience=0,
+                      min_learning_rate=0.0):
     """Shard ``model`` over ``comm`` (default ``world()``) and train it with
     ``training.fit``; returns ``fit``'s result dict plus ``world_size`` and
     ``communication_seconds`` (the largest over ranks), on every rank.
@@ -47,6 +51,18 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
             rank 0 only. progress: stream of the progress bars, or None.
         flag: ``flag(key)`` names a ``run`` option in a refused resume's
             message (``check_resume``).
+        l2_embedding, l2_dense: the L2 penalty (``training.l2_regularize``).
+        eval_every_steps: as ``fit``.
+        early_stopping_patience: > 0 stops after that many evaluations
+            without improvement of ``early_stopping_metric`` ("auc" or
+            "logloss") by more than ``early_stopping_min_delta``, and
+            restores the best state (``training.EarlyStopping``); the best
+            state is a sharded ``best-<step>`` checkpoint in
+            ``checkpoint_dir`` (a resume finds it), else each rank's copy
+            in memory.
+        lr_decay_factor: in (0, 1): reduce both learning rates on a plateau
+            (``training.ReduceLROnPlateau`` with ``lr_decay_patience`` and
+            ``min_learning_rate``); None: off.
     """
     comm = world() if comm is None else comm
     say, warn = say or (lambda *a: None), warn or (lambda *a: None)
@@ -58,26 +74,61 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
         f"parameters sharded by id mod {comm.size} "
         f"(this rank holds {sum(v.value.size for v in dist.sparse_variables()):,}), "
         f"{sum(v.value.size for v in dist.dense_variables()):,} dense parameters replicated")
+    optimizers = [sparse_optimizer, dense_optimizer]
+    options = {"eval_every_steps": eval_every_steps}
+    if lr_decay_factor:
+        options["lr_schedule"] = ReduceLROnPlateau(
+            optimizers, lr_decay_factor, lr_decay_patience, min_learning_rate,
+            early_stopping_metric, early_stopping_min_delta)
+    if early_stopping_patience:
+        options["early_stopping"] = EarlyStopping(early_stopping_patience, early_stopping_metric,
+                                                  early_stopping_min_delta)
+        options["best_state"] = (
+            CheckpointState(checkpoint_dir,
+                            lambda prefix: save_sharded(*_split(prefix), dist, optimizers,
+                                                        global_step),
+                            lambda prefix: restore_sharded(prefix + ".manifest.json", dist,
+                                                           optimizers, global_step),
+                            lead=comm.rank == 0, suffix=".manifest.json")
+            if checkpoint_dir else MemoryState(
+                lambda: dist.variables() + [v for o in optimizers for v in o.variables()],
+                global_step))
     manager, start = None, {}
     if checkpoint_dir:
-        manager = DistributedCheckpointManager(dist, [sparse_optimizer, dense_optimizer],
-                                               global_step, checkpoint_dir,
+        manager = DistributedCheckpointManager(dist, optimizers, global_step, checkpoint_dir,
                                                max_to_keep=keep_checkpoints)
         if resume:
-            start = _resume(manager, run, flag, global_step, say, warn, checkpoint_dir)
+            start = _resume(manager, run, flag, global_step, say, warn, checkpoint_dir,
+                            options.get("lr_schedule"))
     result = fit(
         train_data, valid_data,
         lambda batch: dist.train_step(local_batch(batch, comm), sparse_optimizer,
-                                      dense_optimizer, global_step, clip_norm=clip_norm),
+                                      dense_optimizer, global_step, clip_norm=clip_norm,
+                                      l2_embedding=l2_embedding, l2_dense=l2_dense),
         lambda batches: dist.evaluate(local_batch(b, comm) for b in batches), global_step,
         epochs=epochs, seed=seed, **start, manager=manager, checkpoint_every=checkpoint_every,
-        max_steps=max_steps, run=run, say=say, progress=progress)
+        max_steps=max_steps, run=run, say=say, progress=progress, **options)
     result.update(world_size=comm.size, communication_seconds=_gathered_timings(dist))
     return result
 
 
-def _resume(manager, run, flag, global_step, say, warn, checkpoint_dir):
-    """``fit`` arguments to continue from the latest checkpoint ({} if none)."""
+def _split(prefix):
+    import os
+    return os.path.dirname(prefix), os.path.basename(prefix)
+
+
+def _resume(manager, run, flag, global_step, say, warn, checkpoint_dir, lr_schedule=None):
+    """``fit`` arguments to continue from the latest checkpoint ({} if none);
+    a plateau schedule's rates are set first (the restore then sees the
+    hyperparameters it saved)."""
+    if lr_schedule is not None:
+        comm = manager.comm
+        latest = comm.bcast(manager._candidates() if comm.rank == 0 else None)
+        if latest:
+            saved = (manager.manifest(latest[0])["metadata"].get("schedules") or {}).get(
+                "lr_schedule")
+            if saved:
+                lr_schedule.set_learning_rates(saved["learning_rates"])
     path = manager.restore_latest()
     if path is None:
         warn(f"no checkpoint in {checkpoint_dir}: starting afresh")

@@ -87,9 +87,7 @@ class Optimizer:
     _slot_specs = {}
 
     def __init__(self, learning_rate, name):
-        self._learning_rate = check_number("learning_rate", learning_rate, low=0.0)
-        if self._learning_rate > float(np.finfo(np.float32).max):  # kernels take float32
-            raise ValueError(f"learning_rate must be finite in float32, got {learning_rate!r}")
+        self._learning_rate = self._check_learning_rate(learning_rate)
         self._name = name
         self._slots = {}
         self._non_slot = {}
@@ -101,7 +99,31 @@ class Optimizer:
 
     @property
     def learning_rate(self):
+        """The learning rate the next apply uses (float). Settable, e.g. by a
+        schedule (``training.ReduceLROnPlateau``); a new value is checked as
+        the constructor checks it (ValueError, nothing changed) and is what
+        ``get_config()`` (hence a checkpoint) reports from then on.
+
+        >>> from sparse_train.optim import Adagrad
+        >>> opt = Adagrad(0.1)
+        >>> opt.learning_rate = 0.05
+        >>> opt.get_config()["learning_rate"]
+        0.05
+        """
         return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self._learning_rate = self._check_learning_rate(value)
+
+    def _check_learning_rate(self, value):
+        """``value`` as a float if it is a valid learning rate for this rule,
+        else ValueError; subclasses with stricter rules (FTRL divides by it)
+        extend it."""
+        number = check_number("learning_rate", value, low=0.0)
+        if number > float(np.finfo(np.float32).max):  # kernels take float32
+            raise ValueError(f"learning_rate must be finite in float32, got {value!r}")
+        return number
 
     def get_slot_names(self):
         """Names of the slots this optimizer keeps per variable, sorted (TF)."""

@@ -64,8 +64,6 @@ class Ftrl(Optimizer):
                  l1_regularization_strength=0.0, l2_regularization_strength=0.0,
                  l2_shrinkage_regularization_strength=0.0, beta=0.0, name="Ftrl"):
         super().__init__(learning_rate, name)
-        check_float32_positive(  # the rule divides by it
-            "learning_rate", check_number("learning_rate", learning_rate, low=0.0, low_open=True))
         self._power = check_number("learning_rate_power", learning_rate_power, high=0.0)
         self._initial = check_number("initial_accumulator_value", initial_accumulator_value,
                                      low=0.0)
@@ -90,6 +88,16 @@ class Ftrl(Optimizer):
                 "weight becomes infinite), got both 0 in float32")
         self._slot_specs = {"accum": ("like", np.float32, self._initial),
                             "linear": ("like", np.float32, 0.0)}
+
+    def _check_learning_rate(self, value):
+        number = super()._check_learning_rate(value)
+        check_float32_positive(  # the rule divides by it
+            "learning_rate", check_number("learning_rate", value, low=0.0, low_open=True))
+        if hasattr(self, "_beta"):  # a new rate once constructed: beta / (2 lr) stays finite
+            folded = self._l2 + self._beta / (2.0 * number)
+            _check_float32_finite(
+                {"l2_regularization_strength + beta / (2 * learning_rate)": folded})
+        return number
 
     def get_config(self):
         return {**super().get_config(), "learning_rate_power": self._power,

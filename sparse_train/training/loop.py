@@ -20,6 +20,7 @@ import numpy as np
 
 from ..metrics import AUC, LogLoss
 from ..progress import Progress, progress_interval
+from .schedule import CheckpointState
 
 __all__ = ["fit", "evaluate", "report", "resume_point", "check_resume", "Interrupted",
            "progress_interval"]
@@ -46,18 +47,22 @@ class Interrupted(KeyboardInterrupt):
 def resume_point(metadata):
     """``fit`` keyword arguments that continue from a checkpoint's metadata
     (what ``fit`` stores: ``epoch``, ``batches_done``, ``history``)."""
-    return {"start_epoch": int(metadata["epoch"]),
-            "skip_batches": int(metadata["batches_done"]),
-            "history": list(metadata.get("history", [])),
-            "skipped_loss": tuple(metadata.get("loss", (0.0, 0)))}
+    start = {"start_epoch": int(metadata["epoch"]),
+             "skip_batches": int(metadata["batches_done"]),
+             "history": list(metadata.get("history", [])),
+             "skipped_loss": tuple(metadata.get("loss", (0.0, 0)))}
+    if metadata.get("schedules"):
+        start["schedules"] = metadata["schedules"]
+    return start
 
 
 def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         start_epoch=0, skip_batches=0, history=(), skipped_loss=(0.0, 0), manager=None,
         checkpoint_every=0, run=None,
         max_steps=None, say=None, progress=sys.stderr, stop_on_signals=False,
-        on_epoch_end=None):
-    """Train for ``epochs`` epochs; returns the result dict.
+        on_epoch_end=None, eval_every_steps=0, early_stopping=None, lr_schedule=None,
+        best_state=None, schedules=None):
+    """Train for at most ``epochs`` epochs; returns the result dict.
 
     Args:
         train_data, valid_data: ``Dataset``s; epoch e shuffles with seed
@@ -93,18 +98,87 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             do, and the result then holds the figures it returns in
             ``figures`` if it updates them in place). The result's
             ``stopped_at_epoch`` names the epoch it stopped after.
+        eval_every_steps: also evaluate every this many global steps
+            (0: per epoch only); these evaluations feed ``early_stopping``
+            and ``lr_schedule`` like the epochs' (listed in the result's
+            ``evaluations``), an epoch ending on such a step reuses it.
+        early_stopping: an ``EarlyStopping``: the epoch count becomes a
+            maximum; on each new best the state is kept (``best_state``),
+            and at the end the best state is restored (unless it is the
+            current one) and the result holds ITS figures, ``best_epoch``
+            and ``best_step``.
+        lr_schedule: a ``ReduceLROnPlateau``, updated after each evaluation.
+        best_state: where the best state goes (``MemoryState`` or
+            ``CheckpointState``; required with ``early_stopping``).
+        schedules: the saved state of both (``resume_point`` gives it), so
+            a resumed run continues them; every checkpoint's metadata holds
+            it as ``"schedules"``.
 
     Returns:
-        The last evaluation's figures plus ``samples_per_second``,
-        ``global_step``, ``history`` (per epoch), and ``planted_auc`` /
-        ``skipped_lines`` when the data report them.
+        The last evaluation's figures (with early stopping: the best
+        one's) plus ``samples_per_second``, ``global_step``, ``history``
+        (per epoch), and ``planted_auc`` / ``skipped_lines`` when the data
+        report them.
     """
+    if early_stopping is not None and best_state is None:
+        raise ValueError("fit: early_stopping needs a best_state (MemoryState or "
+                         "CheckpointState)")
+    if int(eval_every_steps) != eval_every_steps or eval_every_steps < 0:
+        raise ValueError(f"eval_every_steps must be an integer >= 0, got {eval_every_steps!r}")
+    schedules = dict(schedules or {})
+    if early_stopping is not None and schedules.get("early_stopping"):
+        early_stopping.load_state_dict(schedules["early_stopping"])
+    if lr_schedule is not None and schedules.get("lr_schedule"):
+        lr_schedule.load_state_dict(schedules["lr_schedule"])
+    evaluations = list(schedules.get("evaluations", []))
+    last_eval = dict(schedules.get("last_evaluation") or {"step": None, "figures": None})
+
+    def state():
+        """The schedules' state, saved in each checkpoint."""
+        out = {"evaluations": evaluations, "last_evaluation": last_eval}
+        if early_stopping is not None:
+            out["early_stopping"] = early_stopping.state_dict()
+        if lr_schedule is not None:
+            out["lr_schedule"] = lr_schedule.state_dict()
+        return out
+
+    def position(*args, **kwargs):
+        saved = _position(*args, run=run, **kwargs)
+        if early_stopping is not None or lr_schedule is not None or eval_every_steps:
+            saved["schedules"] = _strict(state())
+        return saved
+
+    def save(number, metadata):
+        manager.save(number, metadata)
+        if early_stopping is not None and early_stopping.best_step is not None:
+            best_state.prune(early_stopping.best_step)
+
+    def scored(figures, epoch):
+        """Feed one evaluation to the schedules; True to stop."""
+        step_now = int(global_step)
+        last_eval.update(step=step_now, figures=dict(figures))
+        evaluations.append({"epoch": epoch, "step": step_now, "auc": figures["auc"],
+                            "logloss": figures["logloss"]})
+        stop = False
+        if early_stopping is not None:
+            rates = lr_schedule.learning_rates() if lr_schedule is not None else None
+            if early_stopping.update(figures, epoch, step_now, rates):
+                best_state.save(step_now)
+            stop = early_stopping.stopped
+        if lr_schedule is not None and lr_schedule.update(figures):
+            say(f"step {step_now}: no improvement of {lr_schedule.metric}; learning rates "
+                f"now {', '.join(f'{r:.3g}' for r in lr_schedule.learning_rates())}")
+        return stop
+
     say = say or (lambda *a: None)
     history, examples, seconds, stopped_at = list(history), 0, 0.0, None
     figures = None  # the evaluation of the current state, once there is one
     stopping = _SignalFlag() if stop_on_signals else contextlib.nullcontext(None)
+    stopped_early = early_stopping is not None and early_stopping.stopped
     with stopping as signalled:
         for epoch in range(start_epoch, epochs):
+            if stopped_early:
+                break
             if max_steps and int(global_step) >= max_steps:
                 say(f"global step {int(global_step)} has reached max_steps {max_steps}")
                 break
@@ -131,15 +205,21 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                 bar.update(batch.size, loss=loss_sum / loss_count)
                 if signalled is not None and signalled.is_set():
                     bar.close()
-                    path = (manager.save(int(global_step), _position(
-                        epoch, batches_done, history, loss_sum, loss_count, run))
+                    path = (manager.save(int(global_step), position(
+                        epoch, batches_done, history, loss_sum, loss_count))
                         if manager else None)
                     raise Interrupted(int(global_step), path)
                 stopped = bool(max_steps) and int(global_step) >= max_steps
+                if eval_every_steps and int(global_step) % eval_every_steps == 0:
+                    mid = evaluate(_with_progress(valid_data, "evaluating", progress))
+                    say(f"step {int(global_step)}: valid auc {mid['auc']:.4f}  logloss "
+                        f"{mid['logloss']:.4f}")
+                    stopped_early = scored(mid, epoch + 1)
+                    stopped = stopped or stopped_early
                 if manager and (stopped or checkpoint_every
                                 and int(global_step) % checkpoint_every == 0):
-                    manager.save(int(global_step), _position(epoch, batches_done, history,
-                                                             loss_sum, loss_count, run))
+                    save(int(global_step), position(epoch, batches_done, history,
+                                                    loss_sum, loss_count))
                 if stopped:
                     break
             seconds += time.perf_counter() - started
@@ -149,26 +229,54 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             skip_batches = 0
             bar.close()
             if stopped:
-                say(f"stopped at global step {int(global_step)} (max_steps)")
+                say(f"stopped at global step {int(global_step)} "
+                    + ("(early stopping)" if stopped_early else "(max_steps)"))
                 break
-            figures = evaluate(_with_progress(valid_data, "evaluating", progress))
+            reuse = last_eval["step"] == int(global_step)
+            figures = (dict(last_eval["figures"]) if reuse
+                       else evaluate(_with_progress(valid_data, "evaluating", progress)))
             figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
             history.append(figures)
             say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
                 f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
             stop = bool(on_epoch_end(figures, history)) if on_epoch_end is not None else False
+            if not reuse:
+                stopped_early = scored(figures, epoch + 1)
             if manager:
-                manager.save(int(global_step), _position(epoch + 1, 0, history, run=run))
+                save(int(global_step), position(epoch + 1, 0, history))
             if stop:
                 stopped_at = epoch + 1
                 say(f"stopped after epoch {stopped_at} (on_epoch_end)")
                 break
+            if stopped_early:
+                stopped_at = epoch + 1
+                say(f"stopped after epoch {stopped_at}: no improvement of "
+                    f"{early_stopping.metric} in {early_stopping.patience} evaluation(s)")
+                break
+    if early_stopping is not None and early_stopping.best_step is not None:
+        if early_stopping.best_step != int(global_step):
+            if lr_schedule is not None and early_stopping.best_learning_rates is not None:
+                lr_schedule.set_learning_rates(early_stopping.best_learning_rates)
+            best_state.restore(early_stopping.best_step)
+            say(f"restored the best state: epoch {early_stopping.best_epoch}, global step "
+                f"{early_stopping.best_step}, {early_stopping.metric} {early_stopping.best:.4f}")
+        figures = dict(early_stopping.best_figures)
     result = (dict(figures) if figures is not None
               else evaluate(_with_progress(valid_data, "evaluating", progress)))
     result.update(samples_per_second=examples / seconds if seconds and examples else None,
                   global_step=int(global_step), history=history)
     if stopped_at is not None:
         result["stopped_at_epoch"] = stopped_at
+    if early_stopping is not None and early_stopping.best_step is not None:
+        result.update(best_epoch=early_stopping.best_epoch, best_step=early_stopping.best_step,
+                      early_stopped=early_stopping.stopped)
+        if isinstance(best_state, CheckpointState):
+            result["best_checkpoint"] = (best_state.path(early_stopping.best_step)
+                                         + best_state.suffix)
+    if eval_every_steps:
+        result["evaluations"] = evaluations
+    if lr_schedule is not None:
+        result["learning_rates"] = lr_schedule.learning_rates()
     result.update(_data_notes(train_data, valid_data))
     return result
 
