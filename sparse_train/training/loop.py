@@ -95,12 +95,16 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             ``stopped_at_epoch`` names the epoch it stopped after.
 
     Returns:
-        The last evaluation's figures plus ``samples_per_second``,
+        The last evaluation's figures plus ``samples_per_second`` (rows
+        trained per second of training steps, from the run's second step
+        on: the first compiles the kernels on a first run; a run of one
+        step times that step),
         ``global_step``, ``history`` (per epoch), and ``planted_auc`` /
         ``skipped_lines`` when the data report them.
     """
     say = say or (lambda *a: None)
     history, examples, seconds, stopped_at = list(history), 0, 0.0, None
+    first = None  # (rows, seconds) of the run's first step, which compiles the kernels
     figures = None  # the evaluation of the current state, once there is one
     stopping = _SignalFlag() if stop_on_signals else contextlib.nullcontext(None)
     with stopping as signalled:
@@ -127,6 +131,9 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                                      f"the learning rates or clip the gradients")
                 loss_sum, loss_count = loss_sum + loss * batch.size, loss_count + batch.size
                 trained += batch.size
+                if first is None:  # not timed: mostly compilation on a first run
+                    first = (trained, time.perf_counter() - started)
+                    trained, started = 0, time.perf_counter()
                 batches_done += 1
                 bar.update(batch.size, loss=loss_sum / loss_count)
                 if signalled is not None and signalled.is_set():
@@ -165,6 +172,8 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                 break
     result = (dict(figures) if figures is not None
               else evaluate(_with_progress(valid_data, "evaluating", progress)))
+    if not examples and first is not None:  # one step in all: time it after all
+        examples, seconds = first
     result.update(samples_per_second=examples / seconds if seconds and examples else None,
                   global_step=int(global_step), history=history)
     if stopped_at is not None:
