@@ -464,14 +464,16 @@ def write_outputs(args, model, train_data, valid_data, say, vocabulary=None):
         say(f"exported the model to {args.export_onnx} (ONNX)")
 
 
-def kernel_cache_is_cold():
-    """Whether this is a first run: no Numba cache index of the kernels for
-    this Python version beside their sources (or in NUMBA_CACHE_DIR). A
-    cheap look at file names, no import of the kernels."""
+def kernel_cache_is_cold(kernels=None):
+    """Whether this is a first run: no Numba cache index (``*.py311.nbi``
+    for Python 3.11) of the kernels beside their sources in ``kernels``
+    (default ``sparse_train/kernels``), nor in NUMBA_CACHE_DIR. A cheap
+    look at file names, no import of the kernels."""
     import glob
-    import sparse_train
     tag = f".py{sys.version_info[0]}{sys.version_info[1]}.nbi"
-    kernels = os.path.join(os.path.dirname(sparse_train.__file__), "kernels")
+    if kernels is None:
+        import sparse_train
+        kernels = os.path.join(os.path.dirname(sparse_train.__file__), "kernels")
     places = [os.path.join(kernels, "__pycache__")]
     if os.environ.get("NUMBA_CACHE_DIR"):
         places.append(os.path.join(os.environ["NUMBA_CACHE_DIR"], "**"))
