@@ -293,6 +293,13 @@ def check_run_options(args):
         value = getattr(args, key)
         if value is not None and not [p for p in str(value).split(",") if p.strip()]:
             raise UsageError(f"{_flag(key)} lists no file, got {value!r}")
+    import importlib.util
+    for needed, modules, extra in ((args.export_onnx, ("onnx",), "onnx"),
+                                   (args.format == "parquet", ("pyarrow",), "parquet")):
+        missing = [m for m in modules if needed and importlib.util.find_spec(m) is None]
+        if missing:
+            what = "--export-onnx" if extra == "onnx" else "--format parquet"
+            raise UsageError(f"{what} needs {', '.join(missing)}: pip install -e '.[{extra}]'")
     check_output_paths(args)
 
 
