@@ -9,13 +9,19 @@ keys (``batch_size = 4096``); a flag on the command line wins.
 Bad flags and config values fail before any data is read (exit code 2);
 Ctrl-C or SIGTERM stops after the current step, saving a checkpoint when
 ``--checkpoint-dir`` is given (exit code 130), and ``--resume`` continues
-from it as if never stopped.
+from it as if never stopped. One run at a time per --checkpoint-dir (a lock
+file); one already holding checkpoints needs --resume or --overwrite.
+Output paths are checked before any data is read. The samples/s reported
+time the training steps from the run's second step on (the first compiles
+the kernels on a first run, about 25 s; they are cached afterwards).
 
 Examples:
     python scripts/train.py
     python scripts/train.py --format criteo --data day_0.tsv --valid-fraction 0.1
     python scripts/train.py --format csv --data ratings.csv --schema movielens.toml
+    python scripts/train.py --format parquet --data 'day_*.parquet' --label click
     python scripts/train.py --checkpoint-dir runs/a  # later: ... --resume
+    python scripts/train.py --predict-out valid.txt --export-onnx model.onnx
 """
 import argparse
 import math
