@@ -15,7 +15,7 @@ from .batch import DataSpec, FeatureSpec
 from .errors import DataError
 from .hashing import token_key
 from .numeric import NumericEncoder, NumericStatistics, needs_statistics
-from .vocabulary import HashBuckets, KeyCounter, Vocabulary, save_vocabulary
+from .vocabulary import HashBuckets, KeyCounter, save_vocabulary
 from ..progress import Progress, progress_interval
 
 __all__ = ["Dataset", "TextDataset", "held_out_rows"]
@@ -151,6 +151,7 @@ class Dataset:
         >>> open_dataset(format="synthetic", num_examples=10).fingerprint()
         {}
         """
+        from .vocabulary import Vocabulary
         out = {}
         for name, encoder in self.vocabulary.items():
             if isinstance(encoder, Vocabulary):
