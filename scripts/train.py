@@ -9,13 +9,19 @@ keys (``batch_size = 4096``); a flag on the command line wins.
 Bad flags and config values fail before any data is read (exit code 2);
 Ctrl-C or SIGTERM stops after the current step, saving a checkpoint when
 ``--checkpoint-dir`` is given (exit code 130), and ``--resume`` continues
-from it as if never stopped.
+from it as if never stopped. One run at a time per --checkpoint-dir (a lock
+file); one already holding checkpoints needs --resume or --overwrite.
+Output paths are checked before any data is read. The samples/s reported
+time the training steps from the run's second step on (the first compiles
+the kernels on a first run, about 25 s; they are cached afterwards).
 
 Examples:
     python scripts/train.py
     python scripts/train.py --format criteo --data day_0.tsv --valid-fraction 0.1
     python scripts/train.py --format csv --data ratings.csv --schema movielens.toml
+    python scripts/train.py --format parquet --data 'day_*.parquet' --label click
     python scripts/train.py --checkpoint-dir runs/a  # later: ... --resume
+    python scripts/train.py --predict-out valid.txt --export-onnx model.onnx
 """
 import argparse
 import math
@@ -40,7 +46,8 @@ DEFAULTS = {
     "max_steps": None, "checkpoint_dir": None, "checkpoint_every": 0, "resume": False,
     "keep_checkpoints": 3,
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
-    "distributed": False,
+    "distributed": False, "label": None, "overwrite": False, "predict_out": None,
+    "export_onnx": None, "export_vocabulary": False,
     "early_stopping_patience": 0, "early_stopping_metric": "auc", "early_stopping_min_delta": 0.0,
     "eval_every_steps": 0, "lr_decay_factor": None, "lr_decay_patience": 0,
     "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
@@ -71,8 +78,11 @@ def _parser():
                       "'day_*.gz' expand in sorted order")
     data.add_argument("--valid", help="validation file (ids from the training data)")
     data.add_argument("--valid-fraction", type=float, help="held out of --data by seed")
-    data.add_argument("--format", choices=("synthetic", "criteo", "libsvm", "libffm", "csv"))
-    data.add_argument("--schema", help="TOML schema of a csv/tsv file (--format csv)")
+    data.add_argument("--format", choices=("synthetic", "criteo", "libsvm", "libffm", "csv",
+                                           "parquet"))
+    data.add_argument("--schema", help="TOML schema of a csv/tsv file (--format csv), or of "
+                      "parquet columns (optional: default the Arrow types)")
+    data.add_argument("--label", help="parquet without --schema: the label column")
     data.add_argument("--ids", choices=("vocabulary", "hash"), help="feature ids")
     data.add_argument("--min-count", type=int, help="vocabulary: rarer tokens share the OOV id")
     data.add_argument("--hash-buckets", type=int, help="hash: buckets a feature")
@@ -132,7 +142,15 @@ def _parser():
     out.add_argument("--checkpoint-every", type=int, help="also every N steps (0: epochs only)")
     out.add_argument("--keep-checkpoints", type=int)
     out.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    out.add_argument("--overwrite", action="store_true", help="start afresh in a --checkpoint-dir "
+                     "that holds checkpoints (the new run's saves prune the old ones)")
     out.add_argument("--metrics-out", help="write auc, logloss, samples_per_second as JSON")
+    out.add_argument("--predict-out", help="write the validation rows' click probabilities, "
+                     "one a line in file order, after training")
+    out.add_argument("--export-onnx", help="write the trained model as ONNX here (onnxruntime "
+                     "serves it; extra 'onnx')")
+    out.add_argument("--export-vocabulary", action="store_true", help="--export-onnx: the "
+                     "graph takes raw tokens (every feature needs --ids vocabulary)")
     out.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines "
                      "(warnings and errors still print)")
     for action in p._actions:
@@ -167,6 +185,11 @@ def read_config(path, parser=None):
         raise UsageError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"config file {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise UsageError(f"config file {path} is not UTF-8 text (byte {error.object[error.start]:#04x} "
+                         f"at offset {error.start}): it must be a TOML file") from None
+    except OSError as error:
+        raise UsageError(f"config file {path}: {error.strerror or error}") from None
     config = {key.replace("-", "_"): value for key, value in config.items()}
     unknown = sorted(set(config) - set(DEFAULTS) - {"config"})
     if unknown:
@@ -213,6 +236,9 @@ def hidden_units(value):
         except ValueError:
             raise UsageError(f"--hidden-units must be comma-separated integers, e.g. 400,400, "
                              f"got {value!r}") from None
+    if not units:
+        raise UsageError(f"--hidden-units must list at least one width, e.g. 400,400, "
+                         f"got {value!r}")
     if any(u < 1 for u in units):
         raise UsageError(f"--hidden-units must be positive, got {value!r}")
     return tuple(units)
@@ -249,7 +275,12 @@ _APPLIES = (
      "with --format synthetic (files: --max-examples)"),
     ("max_examples", lambda a: a.format != "synthetic",
      "with a file --format (synthetic: --examples)"),
-    ("schema", lambda a: a.format == "csv", "with --format csv"),
+    ("schema", lambda a: a.format in ("csv", "parquet"), "with --format csv or parquet"),
+    ("label", lambda a: a.format == "parquet", "with --format parquet"),
+    ("overwrite", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
+    ("export_vocabulary", lambda a: a.export_onnx, "with --export-onnx"),
+    ("predict_out", lambda a: not a.distributed, "without --distributed (sharded tables)"),
+    ("export_onnx", lambda a: not a.distributed, "without --distributed (sharded tables)"),
     ("numeric_transform", lambda a: a.format == "criteo", "with --format criteo (csv: the "
      "schema's transform)"),
     ("num_fields", lambda a: a.format in ("libsvm", "libffm"), "with --format libsvm or libffm"),
@@ -308,11 +339,225 @@ def check_options(args):
         raise UsageError(f"--format {args.format} needs --data PATH")
     if args.format == "csv" and not args.schema:
         raise UsageError("--format csv needs --schema FILE.toml (datasets/README.md)")
+    check_run_options(args)
     if args.threads is not None:
         import numba
         if args.threads > numba.config.NUMBA_NUM_THREADS:
             raise UsageError(f"--threads must be <= {numba.config.NUMBA_NUM_THREADS} (the cores "
                              f"Numba may use; NUMBA_NUM_THREADS), got {args.threads}")
+
+
+def check_run_options(args):
+    """The options of this run's outputs and formats (``UsageError`` naming
+    the flag): flags that contradict, empty lists, and every output path
+    (``check_output_paths``), all before any data is read."""
+    if args.overwrite and args.resume:
+        raise UsageError("--overwrite starts afresh and --resume continues: give one of them")
+    if args.format == "parquet" and not (args.label or args.schema):
+        raise UsageError("--format parquet needs --label COLUMN (or --schema FILE.toml)")
+    for key in ("data", "valid"):
+        value = getattr(args, key)
+        if value is not None and not [p for p in str(value).split(",") if p.strip()]:
+            raise UsageError(f"{_flag(key)} lists no file, got {value!r}")
+    import importlib.util
+    for needed, modules, extra in ((args.export_onnx, ("onnx",), "onnx"),
+                                   (args.format == "parquet", ("pyarrow",), "parquet")):
+        missing = [m for m in modules if needed and importlib.util.find_spec(m) is None]
+        if missing:
+            what = "--export-onnx" if extra == "onnx" else "--format parquet"
+            raise UsageError(f"{what} needs {', '.join(missing)}: pip install -e '.[{extra}]'")
+    check_output_paths(args)
+
+
+#: Output flags naming a file (written at the end of the run).
+_OUTPUT_FILES = ("metrics_out", "predict_out", "export_onnx")
+
+
+def check_output_paths(args):
+    """Each output path can be written, checked before any data is read: a
+    file flag (``--metrics-out``, ``--predict-out``, ``--export-onnx``) must
+    not name a directory, ``--checkpoint-dir`` must not name a file, and the
+    nearest existing directory on the way must take a new file (tried with a
+    temporary file, removed at once: nothing is left behind). Missing parent
+    directories are created at the end, as the run writes."""
+    import tempfile
+    wanted = [(key, getattr(args, key), False) for key in _OUTPUT_FILES]
+    wanted.append(("checkpoint_dir", args.checkpoint_dir, True))
+    for key, value, is_dir in wanted:
+        if not value:
+            continue
+        flag, path = _flag(key), os.path.abspath(str(value))
+        if os.path.isdir(path) and not is_dir:
+            raise UsageError(f"{flag} {value} is a directory; give a file name")
+        if os.path.exists(path) and not os.path.isdir(path) and is_dir:
+            raise UsageError(f"{flag} {value} is a file, not a directory")
+        if os.path.exists(path) and not is_dir:
+            if not os.access(path, os.W_OK):
+                raise UsageError(f"{flag} {value} cannot be written (permission denied)")
+            continue
+        parent = path if is_dir and os.path.isdir(path) else os.path.dirname(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise UsageError(f"{flag} {value} cannot be written: {parent} is a file, "
+                             f"not a directory")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as error:
+            raise UsageError(f"{flag} {value} cannot be written: {parent}: "
+                             f"{error.strerror or error}") from None
+
+
+def claim_checkpoint_dir(args, warn, comm=None):
+    """One run per checkpoint directory, before any data is read.
+
+    The run holds a ``DirectoryLock`` in ``--checkpoint-dir`` until it ends
+    (under ``--distributed``: rank 0 holds it, and if it cannot, the job
+    ends on every rank); a second live run there fails at start, and the
+    lock of a dead run is taken over with a warning. Without ``--resume``, a
+    directory already holding checkpoints is refused (naming the newest
+    step) unless ``--overwrite``. Returns the lock (or None: no directory,
+    or not rank 0); ``args.lock`` keeps it for ``main`` to release."""
+    import types
+    import warnings
+    import sparse_train as st
+    from sparse_train.checkpoint import DirectoryLock
+
+    args.lock = None
+    if not args.checkpoint_dir:
+        return None
+    directory = args.checkpoint_dir
+    lead = comm is None or comm.rank == 0
+    if lead:
+        os.makedirs(directory, exist_ok=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            args.lock = DirectoryLock(directory).acquire()
+        for warning in caught:
+            warn(f"warning: {warning.message}")
+    if comm is None:
+        probe = st.CheckpointManager(st.Checkpoint(), directory)
+    else:
+        from sparse_train.distributed import DistributedCheckpointManager
+        probe = DistributedCheckpointManager(types.SimpleNamespace(comm=comm), [], None,
+                                             directory)
+    newest = probe.latest_step()
+    if newest is not None and not args.resume:
+        if args.overwrite:
+            warn(f"--overwrite: starting afresh in {directory} (its checkpoints up to step "
+                 f"{newest} are pruned as this run saves)")
+        elif lead:
+            raise UsageError(f"checkpoint directory {directory} already holds checkpoints "
+                             f"(the newest at step {newest}): continue that run with --resume, "
+                             f"start afresh there with --overwrite, or use another directory")
+    if comm is not None:
+        comm.barrier()  # the other ranks wait here while rank 0 may fail
+    return args.lock
+
+
+def data_record(train_data):
+    """What a checkpoint records of the training data (``"data_record"`` in
+    its run options): each categorical feature's ids (``Dataset.fingerprint``)
+    and the numeric preprocessing (``Dataset.preprocessing_state``)."""
+    return {"ids": train_data.fingerprint(), "preprocessing": train_data.preprocessing_state()}
+
+
+def check_resume_data(metadata, train_data, path):
+    """Refuse to resume with data whose feature ids or numeric preprocessing
+    differ from the checkpoint's (``DataError`` naming the feature): its
+    embedding rows would silently belong to other tokens. Checkpoints
+    without a record (older ones) are not checked."""
+    saved = (metadata.get("run") or {}).get("data_record")
+    if not saved:
+        return
+    where = f"checkpoint {path}"
+    train_data.check_fingerprint(saved.get("ids", {}), where=where)
+    train_data.check_preprocessing(saved.get("preprocessing", {}), where=where)
+
+
+def comparable_run(run, metadata):
+    """``run`` as ``check_resume`` compares it with a checkpoint's: without
+    the data record when the checkpoint has none (saved before it existed;
+    ``check_resume_data`` checks the record itself)."""
+    if "data_record" in (metadata.get("run") or {}):
+        return run
+    return {k: v for k, v in run.items() if k != "data_record"}
+
+
+def check_distributed_resume_data(args, train_data, comm):
+    """``check_resume_data`` for a ``--distributed --resume`` run, before the
+    model is sharded: the newest manifest's record, read on rank 0."""
+    if not (args.checkpoint_dir and args.resume):
+        return
+    import types
+    from sparse_train.distributed import DistributedCheckpointManager
+    probe = DistributedCheckpointManager(types.SimpleNamespace(comm=comm), [], None,
+                                         args.checkpoint_dir)
+    candidates = comm.bcast(probe._candidates() if comm.rank == 0 else None)
+    if candidates:
+        check_resume_data(probe.manifest(candidates[0])["metadata"], train_data, candidates[0])
+
+
+def export_vocabulary(args, train_data):
+    """``--export-vocabulary``: the vocabularies the exported graph maps raw
+    tokens with; every categorical feature must have one (an error naming
+    the first that does not). None without the flag."""
+    if not args.export_vocabulary:
+        return None
+    from sparse_train.data import Vocabulary
+    vocabulary = train_data.vocabulary
+    for feature in train_data.spec.sparse_features:
+        if not isinstance(vocabulary.get(feature.name), Vocabulary):
+            how = ("hash buckets" if feature.name in vocabulary
+                   else "ids as they are in the data")
+            raise UsageError(f"--export-vocabulary: feature {feature.name!r} uses {how}, not a "
+                             f"vocabulary (ONNX cannot map its raw tokens); use --ids vocabulary "
+                             f"or export without --export-vocabulary")
+    return vocabulary
+
+
+def write_outputs(args, model, train_data, valid_data, say, vocabulary=None):
+    """After training: ``--predict-out`` (the validation rows' probabilities,
+    one a line in file order) and ``--export-onnx`` (the model; for file
+    formats with the training data's numeric transforms inside the graph)."""
+    import sparse_train as st
+    for key in ("predict_out", "export_onnx"):
+        value = getattr(args, key)
+        if value:
+            os.makedirs(os.path.dirname(os.path.abspath(value)), exist_ok=True)
+    if args.predict_out:
+        rows = st.models.write_predictions(model, valid_data.batches(), args.predict_out)
+        say(f"wrote {rows:,} validation probabilities to {args.predict_out}")
+    if args.export_onnx:
+        transforms = train_data if args.format != "synthetic" else None
+        st.export_onnx(model, args.export_onnx, numeric_transforms=transforms,
+                       vocabulary=vocabulary)
+        say(f"exported the model to {args.export_onnx} (ONNX)")
+
+
+def kernel_cache_is_cold(kernels=None):
+    """Whether this is a first run: no Numba cache index (``*.py311.nbi``
+    for Python 3.11) of the kernels beside their sources in ``kernels``
+    (default ``sparse_train/kernels``), nor in NUMBA_CACHE_DIR. A cheap
+    look at file names, no import of the kernels."""
+    import glob
+    tag = f".py{sys.version_info[0]}{sys.version_info[1]}.nbi"
+    if kernels is None:
+        import sparse_train
+        kernels = os.path.join(os.path.dirname(sparse_train.__file__), "kernels")
+    places = [os.path.join(kernels, "__pycache__")]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        places.append(os.path.join(os.environ["NUMBA_CACHE_DIR"], "**"))
+    return not any(glob.glob(os.path.join(place, "*" + tag), recursive=True)
+                   for place in places)
+
+
+#: The closing hint of a run that kept nothing.
+KEEP_HINT = ("nothing was saved: --checkpoint-dir DIR keeps the model (and --resume continues "
+             "it), --export-onnx PATH exports it, --metrics-out FILE writes these figures as "
+             "JSON")
 
 
 def open_data(args):
@@ -325,7 +570,7 @@ def open_data(args):
                                seed=args.seed, batch_size=args.batch_size)
         return dataset.split(args.valid_fraction, seed=args.seed)
     paths = file_list(args.data, "--data")
-    extra = {k: getattr(args, k) for k in ("num_fields", "featindex", "schema")
+    extra = {k: getattr(args, k) for k in ("num_fields", "featindex", "schema", "label")
              if getattr(args, k) is not None}
     if args.format == "criteo":
         extra["numeric_transform"] = args.numeric_transform
@@ -448,7 +693,8 @@ def batches_options(args):
     checkpoints: a mid-epoch resume must not change them)."""
     keys = ["format", "batch_size", "seed"]
     keys += (["examples"] if args.format == "synthetic" else
-             ["data", "max_examples", "valid", "ids", "min_count", "hash_buckets"])
+             ["data", "max_examples", "valid", "ids", "min_count", "hash_buckets"]
+             + (["label", "schema"] if args.format == "parquet" else []))
     keys += [] if args.valid else ["valid_fraction"]
     options = {key: getattr(args, key) for key in keys}
     for key in ("data", "valid"):  # the files, wherever the run starts from
@@ -478,6 +724,8 @@ def train(args):
     train_data, valid_data = open_data(args)
     train_data.build_ids(progress=None if args.quiet else sys.stderr)
     spec = train_data.spec
+    args.batches["data_record"] = data_record(train_data)
+    vocabulary = export_vocabulary(args, train_data)
     model, sparse_opt, dense_opt, global_step = build(args, spec, train_data)
     say(f"model {args.model}: {sum(v.value.size for v in model.sparse_variables()):,} embedding "
         f"and {sum(v.value.size for v in model.dense_variables()):,} dense parameters; "
@@ -492,6 +740,9 @@ def train(args):
             lambda prefix: checkpoint.restore(prefix + ".ckpt"))
         if args.resume:
             latest = manager.latest_checkpoint
+            if latest is not None:  # the data first: nothing is restored into a wrong model
+                check_resume_data(st.checkpoint.load_checkpoint(latest).header["metadata"],
+                                  train_data, latest)
             rates = saved_learning_rates(latest) if latest and args.lr_decay_factor else None
             if rates is not None:
                 sparse_opt.learning_rate, dense_opt.learning_rate = rates
@@ -500,7 +751,8 @@ def train(args):
                 warn(f"no checkpoint in {args.checkpoint_dir}: starting afresh")
             else:
                 metadata = st.checkpoint.load_checkpoint(path).header["metadata"]
-                check_resume(metadata, args.batches, _flag)
+                check_resume_data(metadata, train_data, path)
+                check_resume(metadata, comparable_run(args.batches, metadata), _flag)
                 start = resume_point(metadata)
                 say(f"resumed from {path} at epoch {start['start_epoch'] + 1}, batch "
                     f"{start['skip_batches']}, global step {int(global_step)}")
@@ -521,6 +773,7 @@ def train(args):
         **schedules(args, optimizers, lambda: model.variables() + [
             v for opt in optimizers for v in opt.variables()], global_step, best))
     result.update(model=args.model, format=args.format)
+    write_outputs(args, model, train_data, valid_data, say, vocabulary)
     st.training.report(result, say, args.metrics_out, warn=warn)
     return result
 
@@ -545,9 +798,12 @@ def train_distributed(args):
             numba.set_num_threads(args.threads)
         lead = comm.rank == 0
         say, warn = printers(args, lead)
+        claim_checkpoint_dir(args, warn, comm)
         progress = None if args.quiet or not lead else sys.stderr
         train_data, valid_data = open_data(args)
         train_data.build_ids(progress=progress)
+        args.batches["data_record"] = data_record(train_data)
+        check_distributed_resume_data(args, train_data, comm)
         model, sparse_opt, dense_opt, global_step = build(args, train_data.spec, train_data)
         result = train_sharded(
             model, train_data, valid_data, sparse_opt, dense_opt, global_step,
@@ -576,12 +832,20 @@ def main(argv=None):
         return 2
     if threads_note and args.distributed and not args.quiet and _launcher_rank() == 0:
         print(threads_note, file=sys.stderr)
+    lead = _launcher_rank() == 0
     try:
         args.batches = batches_options(args)
+        if not args.quiet and lead and kernel_cache_is_cold():
+            print("compiling kernels, about 25 s on a first run; cached afterwards",
+                  file=sys.stderr, flush=True)
         if args.distributed:  # every rank runs this; a failing rank ends the whole job
             train_distributed(args)
         else:
+            claim_checkpoint_dir(args, printers(args)[1])
             train(args)
+        if not (args.quiet or args.checkpoint_dir or args.metrics_out or args.export_onnx) \
+                and lead:
+            print(KEEP_HINT, file=sys.stderr)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -592,6 +856,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    finally:
+        if getattr(args, "lock", None) is not None:
+            args.lock.release()
     return 0
 
 

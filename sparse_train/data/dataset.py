@@ -4,6 +4,8 @@ Every reader exposes ``.spec`` (a ``DataSpec``) and iterates over ``Batch``es;
 ``split`` holds out a validation part by seed; feature ids come from a
 vocabulary fitted on the (training) rows, or from hash buckets.
 """
+import hashlib
+
 import numpy as np
 
 from .libsvm import parse_pair_lines
@@ -164,6 +166,60 @@ class Dataset:
         otherwise, and ``open_dataset(..., vocabulary=...)`` restores it."""
         return {}
 
+    def fingerprint(self):
+        """What decides the rows of each categorical feature, as a JSON-able
+        dict: feature name -> ``{"type": "vocabulary", "size": n, "sha256":
+        h}`` with ``h`` the SHA-256 of the tokens in id order (token ``r`` is
+        row ``2 + r``; each token as its 8-byte little-endian UTF-8 length,
+        then those bytes), or ``{"type": "hash", "buckets": b}``. Two
+        datasets with equal fingerprints map every token to the same row;
+        keep it in a checkpoint (``scripts/train.py`` does) to refuse data
+        that would reassign rows. {} for the synthetic log (ids are rows).
+
+        >>> from sparse_train.data import open_dataset
+        >>> open_dataset(format="synthetic", num_examples=10).fingerprint()
+        {}
+        """
+        from .vocabulary import Vocabulary
+        out = {}
+        for name, encoder in self.vocabulary.items():
+            if isinstance(encoder, Vocabulary):
+                digest = hashlib.sha256()
+                for token in encoder.tokens:
+                    raw = token.encode("utf-8", "surrogateescape")
+                    digest.update(len(raw).to_bytes(8, "little"))
+                    digest.update(raw)
+                out[name] = {"type": "vocabulary", "size": len(encoder.tokens),
+                             "sha256": digest.hexdigest()}
+            elif isinstance(encoder, HashBuckets):
+                out[name] = {"type": "hash", "buckets": encoder.num_buckets}
+        return out
+
+    def check_fingerprint(self, saved, where="the checkpoint"):
+        """Raise ``DataError`` naming the first categorical feature whose
+        ids differ from ``saved`` (a ``fingerprint()``): a feature missing on
+        either side, another kind of ids, another number of buckets, or
+        another vocabulary (size and hash)."""
+        mine = self.fingerprint()
+        for name in sorted(set(mine) | set(saved)):
+            here, there = mine.get(name), saved.get(name)
+            if here == there:
+                continue
+            if here is None or there is None:
+                raise DataError(f"categorical feature {name!r} is "
+                                f"{'missing from this data' if here is None else 'new'}: "
+                                f"{where} was trained on other features")
+            if here.get("type") != there.get("type") or here["type"] == "hash":
+                raise DataError(f"categorical feature {name!r}: this data's ids "
+                                f"{_describe_ids(here)} differ from {where}'s "
+                                f"{_describe_ids(there)}")
+            raise DataError(f"categorical feature {name!r}: this data's vocabulary "
+                            f"({here['size']} tokens, sha256 {here['sha256'][:12]}) differs from "
+                            f"{where}'s ({there.get('size')} tokens, sha256 "
+                            f"{str(there.get('sha256'))[:12]}); its rows would belong to other "
+                            f"tokens. Resume with the same data and id options (or save the "
+                            f"vocabulary and pass it back)")
+
     def check_preprocessing(self, state, where="the checkpoint"):
         """Raise ``DataError`` naming the first numeric feature whose
         preprocessing differs from ``state`` (a ``preprocessing_state()``)."""
@@ -178,6 +234,12 @@ class Dataset:
         if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         return int(batch_size)
+
+
+def _describe_ids(entry):
+    if entry.get("type") == "hash":
+        return f"(hash, {entry.get('buckets')} buckets)"
+    return f"(vocabulary of {entry.get('size')} tokens)"
 
 
 class TextDataset(Dataset):

@@ -116,9 +116,11 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
 
     Returns:
         The last evaluation's figures (with early stopping: the best
-        one's) plus ``samples_per_second``, ``global_step``, ``history``
-        (per epoch), and ``planted_auc`` / ``skipped_lines`` when the data
-        report them.
+        one's) plus ``samples_per_second`` (rows trained per second of
+        training steps, from the run's second step on: the first compiles
+        the kernels on a first run; a run of one step times that step),
+        ``global_step``, ``history`` (per epoch), and ``planted_auc`` /
+        ``skipped_lines`` when the data report them.
     """
     if early_stopping is not None and best_state is None:
         raise ValueError("fit: early_stopping needs a best_state (MemoryState or "
@@ -172,6 +174,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
 
     say = say or (lambda *a: None)
     history, examples, seconds, stopped_at = list(history), 0, 0.0, None
+    first = None  # (rows, seconds) of the run's first step, which compiles the kernels
     figures = None  # the evaluation of the current state, once there is one
     stopping = _SignalFlag() if stop_on_signals else contextlib.nullcontext(None)
     stopped_early = early_stopping is not None and early_stopping.stopped
@@ -201,6 +204,9 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                                      f"the learning rates or clip the gradients")
                 loss_sum, loss_count = loss_sum + loss * batch.size, loss_count + batch.size
                 trained += batch.size
+                if first is None:  # not timed: mostly compilation on a first run
+                    first = (trained, time.perf_counter() - started)
+                    trained, started = 0, time.perf_counter()
                 batches_done += 1
                 bar.update(batch.size, loss=loss_sum / loss_count)
                 if signalled is not None and signalled.is_set():
@@ -263,6 +269,8 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         figures = dict(early_stopping.best_figures)
     result = (dict(figures) if figures is not None
               else evaluate(_with_progress(valid_data, "evaluating", progress)))
+    if not examples and first is not None:  # one step in all: time it after all
+        examples, seconds = first
     result.update(samples_per_second=examples / seconds if seconds and examples else None,
                   global_step=int(global_step), history=history)
     if stopped_at is not None:
