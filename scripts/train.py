@@ -36,9 +36,9 @@ else:  # pragma: no cover
 DEFAULTS = {
     "config": None, "data": None, "valid": None, "valid_fraction": 0.1,
     "format": "synthetic", "schema": None, "model": "deepfm", "embedding_dim": 16,
-    "hidden_units": "256,128", "batch_size": 512, "epochs": 3,
-    "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.3,
-    "dense_optimizer": "adam", "dense_learning_rate": 0.0005,
+    "hidden_units": "256,128", "batch_size": 512, "epochs": 20,
+    "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.5,
+    "dense_optimizer": "auto", "dense_learning_rate": 0.001,
     "accumulator_decay_step": 100_000, "clip_norm": None,
     "ids": "vocabulary", "min_count": 1, "hash_buckets": 1 << 20,
     "on_bad_line": "error", "numeric_transform": "log1p", "examples": 400_000,
@@ -48,7 +48,7 @@ DEFAULTS = {
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
     "distributed": False, "label": None, "overwrite": False, "predict_out": None,
     "export_onnx": None, "export_vocabulary": False,
-    "early_stopping_patience": 0, "early_stopping_metric": "auc", "early_stopping_min_delta": 0.0,
+    "early_stopping_patience": 3, "early_stopping_metric": "auc", "early_stopping_min_delta": 0.0,
     "eval_every_steps": 0, "lr_decay_factor": None, "lr_decay_patience": 0,
     "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
     "ftrl_l1": 0.0, "ftrl_l2": 0.0, "normalizer": None,
@@ -60,7 +60,7 @@ NORMALIZER_CHOICES = ("none", "log1p", "standard", "minmax", "log_standard")
 
 #: Optimizer names of --sparse-optimizer and --dense-optimizer.
 SPARSE_OPTIMIZERS = ("adagrad", "adagrad_decay", "lazy_adam", "rowwise_adagrad", "sgd", "ftrl")
-DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd", "ftrl")
+DENSE_OPTIMIZERS = ("auto", "adam", "adagrad", "sgd", "ftrl")
 
 
 class UsageError(ValueError):
@@ -107,7 +107,10 @@ def _parser():
     train.add_argument("--epochs", type=int)
     train.add_argument("--sparse-optimizer", choices=SPARSE_OPTIMIZERS)
     train.add_argument("--sparse-learning-rate", type=float)
-    train.add_argument("--dense-optimizer", choices=DENSE_OPTIMIZERS)
+    train.add_argument("--dense-optimizer", choices=DENSE_OPTIMIZERS,
+                       help="auto: adam for a model with an MLP; for lr and fm, the sparse "
+                       "optimizer's rule and rate (as TF's LinearClassifier trains every "
+                       "weight with one optimizer)")
     train.add_argument("--dense-learning-rate", type=float)
     train.add_argument("--ftrl-l1", type=float, help="ftrl: l1_regularization_strength")
     train.add_argument("--ftrl-l2", type=float, help="ftrl: l2_regularization_strength")
@@ -267,6 +270,24 @@ _NON_NEGATIVE = ("l2_embedding", "l2_dense", "ftrl_l1", "ftrl_l2", "min_learning
 def _uses_ftrl(a):
     return "ftrl" in (a.sparse_optimizer, a.dense_optimizer)
 
+
+def dense_optimizer_choice(args):
+    """(kind, learning rate) of the dense optimizer. ``auto``: Adam at
+    --dense-learning-rate for a model with an MLP (the usual rule for deep
+    layers); for a linear model (lr, fm: no MLP) the sparse optimizer's rule
+    at --sparse-learning-rate, as TF's LinearClassifier trains every weight
+    with one optimizer. Adam at 1e-3 moves a numeric feature's weight by at
+    most 1e-3 a step: on the Criteo sample (a few steps an epoch) LR's
+    numeric part barely trained (AUC 0.56 against 0.66; scripts/sweep.py)."""
+    if args.dense_optimizer != "auto":
+        return args.dense_optimizer, args.dense_learning_rate
+    if _mlp_option(args.model) is None:  # the same rule for dense gradients
+        kind = {"lazy_adam": "adam", "rowwise_adagrad": "adagrad"}.get(args.sparse_optimizer,
+                                                                      args.sparse_optimizer)
+        return kind, args.sparse_learning_rate
+    return "adam", args.dense_learning_rate
+
+
 #: Flags that mean nothing unless a condition holds: (key, applies(args), where they apply).
 _APPLIES = (
     ("data", lambda a: a.format != "synthetic",
@@ -296,6 +317,10 @@ _APPLIES = (
      "with --sparse-optimizer adagrad_decay"),
     ("normalizer", lambda a: a.format in ("csv", "parquet"), "with --format csv or parquet "
      "(criteo: --numeric-transform)"),
+    ("dense_learning_rate", lambda a: a.dense_optimizer != "auto"
+     or _mlp_option(a.model) is not None,
+     "with a model that has an MLP or an explicit --dense-optimizer (lr and fm train their "
+     "dense weights with the sparse optimizer's rule and --sparse-learning-rate)"),
     ("ftrl_l1", _uses_ftrl, "with --sparse-optimizer or --dense-optimizer ftrl"),
     ("ftrl_l2", _uses_ftrl, "with --sparse-optimizer or --dense-optimizer ftrl"),
     ("early_stopping_metric", lambda a: a.early_stopping_patience or a.lr_decay_factor,
@@ -620,9 +645,11 @@ def build(args, spec, train_data=None):
     sparse = st.optim.build_optimizer(args.sparse_optimizer, args.sparse_learning_rate,
                                       global_step, name="sparse", **sparse_options,
                                       **_ftrl_options(args, args.sparse_optimizer))
-    dense = st.optim.build_optimizer(args.dense_optimizer, args.dense_learning_rate,
-                                     global_step, name="dense",
-                                     **_ftrl_options(args, args.dense_optimizer))
+    kind, rate = dense_optimizer_choice(args)
+    dense_options = ({"accumulator_decay_step": args.accumulator_decay_step}
+                     if kind == "adagrad_decay" else {})
+    dense = st.optim.build_optimizer(kind, rate, global_step, name="dense", **dense_options,
+                                     **_ftrl_options(args, kind))
     return model, sparse, dense, global_step
 
 
