@@ -16,7 +16,10 @@ _spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" 
 train_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_script)
 
-SMALL = ["--examples", "6000", "--batch-size", "500", "--quiet"]
+# The defaults before early stopping (3 epochs, no stopping): these tests are
+# about other things than the epoch count.
+SMALL = ["--examples", "6000", "--batch-size", "500", "--quiet", "--epochs", "3",
+         "--early-stopping-patience", "0"]
 DEEP = [*SMALL, "--hidden-units", "16"]
 
 
@@ -254,7 +257,8 @@ def test_lr_on_ipinyou_beats_a_count_baseline(tmp_path):
     code, metrics = run(tmp_path, "--format", "libsvm", "--data", d / "train.fm.txt",
                         "--valid", d / "test.fm.txt", "--num-fields", "16", "--model", "lr",
                         "--sparse-optimizer", "adagrad", "--sparse-learning-rate", "0.2",
-                        "--dense-learning-rate", "0.01", "--epochs", "2", "--quiet")
+                        "--dense-optimizer", "adam", "--dense-learning-rate", "0.01", "--epochs", "2",
+                        "--early-stopping-patience", "0", "--quiet")
     assert code == 0 and metrics["history"][-1]["num_examples"] == 21150
     assert metrics["auc"] > 0.565
 
@@ -380,7 +384,8 @@ def test_new_flags_in_a_config_file_and_ftrl_with_its_options(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('sparse_optimizer = "ftrl"\nftrl_l1 = 0.01\nftrl_l2 = 0.1\n'
                       'l2_dense = 0.0001\nearly_stopping_patience = 1\n')
-    code, metrics = run(tmp_path, "--config", config, *SMALL, "--model", "lr", "--epochs", "2",
+    code, metrics = run(tmp_path, "--config", config, "--examples", "6000", "--batch-size",
+                        "500", "--quiet", "--model", "lr", "--epochs", "2",
                         "--sparse-learning-rate", "0.5")
     assert code == 0 and metrics["best_epoch"] in (1, 2) and metrics["auc"] > 0.6
     args = train_script.parse_args(["--config", str(config)])
@@ -403,4 +408,4 @@ def test_help_lists_the_new_flags_with_their_defaults(capsys):
                  "--lr-decay-patience", "--min-learning-rate", "--l2-embedding", "--l2-dense",
                  "--ftrl-l1", "--ftrl-l2", "--normalizer", "--early-stopping-metric"):
         assert flag in text, flag
-    assert "(0: off) (default 0)" in text and "{none,log1p,standard,minmax,log_standard}" in text
+    assert "(0: off) (default 3)" in text and "{none,log1p,standard,minmax,log_standard}" in text

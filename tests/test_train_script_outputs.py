@@ -20,7 +20,8 @@ _spec = importlib.util.spec_from_file_location("train_script_outputs",
 train_script = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(train_script)
 
-SMALL = ["--examples", "3000", "--batch-size", "500", "--quiet", "--model", "lr"]
+SMALL = ["--examples", "3000", "--batch-size", "500", "--quiet", "--model", "lr",
+         "--epochs", "3", "--early-stopping-patience", "0"]
 
 
 def run(tmp_path, *args, name="metrics.json"):
@@ -115,7 +116,7 @@ def test_resume_refuses_data_with_another_vocabulary(tmp_path, capsys):
     write_criteo_like(b, 600, seed=2)
     ckpt = tmp_path / "ckpt"
     common = ["--format", "criteo", "--model", "lr", "--batch-size", "200", "--quiet",
-              "--checkpoint-dir", ckpt]
+              "--early-stopping-patience", "0", "--checkpoint-dir", ckpt]
     code, _ = run(tmp_path, *common, "--data", a, "--epochs", "1")
     assert code == 0
     saved = load_checkpoint(str(ckpt / "ckpt-3.ckpt")).header["metadata"]["run"]
@@ -283,7 +284,8 @@ def test_parquet_run_equals_its_csv_twin(tmp_path):
                        tmp_path / f"{name}.parquet", row_group_size=n)
         (tmp_path / f"{name}.csv").write_text("y,user,item,price\n" + "".join(
             f"{y[i]},{user[i]},{item[i]},{price[i]!r}\n" for i in range(n)))
-    common = ["--model", "fm", "--epochs", "2", "--batch-size", "100", "--quiet"]
+    common = ["--model", "fm", "--epochs", "2", "--batch-size", "100", "--quiet",
+              "--early-stopping-patience", "0"]
     code, parquet = run(tmp_path, *common, "--format", "parquet", "--label", "y",
                         "--data", tmp_path / "train.parquet",
                         "--valid", tmp_path / "valid.parquet", name="pq.json")
