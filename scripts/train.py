@@ -52,6 +52,20 @@ DEFAULTS = {
     "eval_every_steps": 0, "lr_decay_factor": None, "lr_decay_patience": 0,
     "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
     "ftrl_l1": 0.0, "ftrl_l2": 0.0, "normalizer": None,
+    **{key: None for key in ("max_vocabulary_size", "max_line_bytes", "max_fields",
+                             "max_bag_length", "max_index")},
+}
+
+#: Limits on what a data file may make us allocate (the readers' defaults:
+#: data.vocabulary.MAX_VOCABULARY_SIZE, data._lines.MAX_LINE_BYTES,
+#: data.libsvm.MAX_FIELDS / MAX_BAG_LENGTH / MAX_INDEX; None keeps them):
+#: flag -> (default shown in --help, what it bounds).
+DATA_LIMITS = {
+    "max_vocabulary_size": (1 << 27, "ids in one feature's vocabulary"),
+    "max_line_bytes": (64 << 20, "bytes in one line of a text file"),
+    "max_fields": (1000, "libffm: field numbers (largest + 1)"),
+    "max_bag_length": (1 << 20, "libsvm / libffm: pairs in one row"),
+    "max_index": ((1 << 26) - 1, "libsvm --featindex: the largest index"),
 }
 
 
@@ -98,6 +112,9 @@ def _parser():
     data.add_argument("--featindex", help="libsvm: field:value<TAB>index file naming the fields")
     data.add_argument("--examples", type=int, help="synthetic: examples generated")
     data.add_argument("--max-examples", type=int, help="files: read at most this many rows a pass")
+    for key, (default, what) in DATA_LIMITS.items():
+        data.add_argument("--" + key.replace("_", "-"), type=int,
+                          help=f"refuse data needing more {what} (default {default:,})")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=("lr", "fm", "wide_deep", "deepfm", "dcn", "dlrm"))
     model.add_argument("--embedding-dim", type=int)
@@ -260,7 +277,8 @@ _AT_LEAST = {"batch_size": 1, "epochs": 1, "embedding_dim": 1, "examples": 1, "m
              "hash_buckets": 1, "keep_checkpoints": 1, "threads": 1, "num_fields": 1,
              "max_examples": 1, "max_steps": 1, "accumulator_decay_step": 1,
              "checkpoint_every": 0, "seed": 0, "early_stopping_patience": 0,
-             "eval_every_steps": 0, "lr_decay_patience": 0}
+             "eval_every_steps": 0, "lr_decay_patience": 0,
+             **{key: 1 for key in DATA_LIMITS}}
 
 #: Flags that must be a finite number >= 0.
 _NON_NEGATIVE = ("l2_embedding", "l2_dense", "ftrl_l1", "ftrl_l2", "min_learning_rate",
@@ -312,6 +330,7 @@ _APPLIES = (
      "with --ids vocabulary"),
     ("hash_buckets", lambda a: a.format == "csv" or a.ids == "hash", "with --ids hash"),
     ("on_bad_line", lambda a: a.format != "synthetic", "with a file --format"),
+    *((key, lambda a: a.format != "synthetic", "with a file --format") for key in DATA_LIMITS),
     ("valid_fraction", lambda a: not a.valid, "without --valid"),
     ("accumulator_decay_step", lambda a: a.sparse_optimizer == "adagrad_decay",
      "with --sparse-optimizer adagrad_decay"),
@@ -590,6 +609,8 @@ def open_data(args):
     from sparse_train.data import open_dataset
 
     common = dict(batch_size=args.batch_size, on_bad_line=args.on_bad_line)
+    common.update({key: getattr(args, key) for key in DATA_LIMITS
+                   if getattr(args, key) is not None})
     if args.format == "synthetic":
         dataset = open_dataset(format="synthetic", num_examples=args.examples,
                                seed=args.seed, batch_size=args.batch_size)
@@ -750,6 +771,7 @@ def train(args):
     say, warn = printers(args)
     train_data, valid_data = open_data(args)
     train_data.build_ids(progress=None if args.quiet else sys.stderr)
+    valid_data.check(progress=None if args.quiet else sys.stderr)  # a bad line fails now
     spec = train_data.spec
     args.batches["data_record"] = data_record(train_data)
     vocabulary = export_vocabulary(args, train_data)
@@ -829,6 +851,7 @@ def train_distributed(args):
         progress = None if args.quiet or not lead else sys.stderr
         train_data, valid_data = open_data(args)
         train_data.build_ids(progress=progress)
+        valid_data.check(progress=progress)  # a bad line fails now, not after an epoch
         args.batches["data_record"] = data_record(train_data)
         check_distributed_resume_data(args, train_data, comm)
         model, sparse_opt, dense_opt, global_step = build(args, train_data.spec, train_data)
