@@ -22,13 +22,13 @@ from .comm import Communicator, MPIComm, SingleProcessComm, launched_by_mpi, wor
 from .exchange import LookupExchange, ShardedEmbeddingBag
 from .faults import DistributedError, fail_fast
 from .model import DistributedModel
-from .run import train_distributed
+from .run import run_distributed, train_distributed
 from .sharding import ShardedTable, batch_slice, local_batch, owned_ids, shard_size
 
 __all__ = ["Communicator", "SingleProcessComm", "MPIComm", "world", "launched_by_mpi",
            "DistributedModel", "LookupExchange", "ShardedEmbeddingBag", "ShardedTable",
            "local_batch", "batch_slice", "shard_size", "owned_ids", "fail_fast",
            "DistributedError", "DistributedCheckpointManager", "save_sharded",
-           "restore_sharded", "train_distributed"]
+           "restore_sharded", "train_distributed", "run_distributed"]
 
 

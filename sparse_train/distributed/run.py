@@ -147,3 +147,15 @@ def _gathered_timings(dist):
     mine = {k: float(v) for k, v in dist.timings.items()}
     everyone = dist.comm.allgather(mine)
     return {k: max(t.get(k, 0.0) for t in everyone) for k in sorted(mine)}
+
+
+def run_distributed(*args, **kwargs):
+    """Removed: it took ``scripts/train.py``'s argparse Namespace, and the
+    library reads no command line. Run ``scripts/train.py --distributed``
+    under mpirun, or call ``train_distributed`` with plain keyword arguments.
+    The name stays importable so old imports fail with this message, not an
+    ImportError."""
+    raise TypeError("sparse_train.distributed.run_distributed was removed: use "
+                    "`mpirun -n N python -m mpi4py scripts/train.py --distributed` or "
+                    "sparse_train.distributed.train_distributed(model, train_data, valid_data, "
+                    "sparse_optimizer, dense_optimizer, global_step, epochs=...)")

@@ -294,3 +294,9 @@ def test_fail_fast_in_one_process_just_raises():
     with pytest.raises(RuntimeError, match="boom"):
         with fail_fast(SingleProcessComm()):
             raise RuntimeError("boom")
+
+
+def test_run_distributed_still_imports_and_says_what_replaced_it():
+    from sparse_train.distributed import run_distributed
+    with pytest.raises(TypeError, match="train_distributed"):
+        run_distributed(None, None, None)
