@@ -56,7 +56,37 @@ def resolve_columns(schema, paths, max_line_bytes=MAX_LINE_BYTES):
     return columns
 
 
-class DelimitedParser:
+class SchemaColumns:
+    """What a parser of a ``Schema`` (``self.schema``, ``self.normalizer``:
+    the normalizer of numeric features that declare none) tells the dataset
+    about its columns; shared by the CSV and the Parquet parsers."""
+
+    def _kind(self, feature):
+        if feature.bucketize is not None:
+            return "bucketize"
+        return feature.normalizer or self.normalizer
+
+    @property
+    def dense_names(self):
+        return tuple(f.name for f in self.schema.dense_features if f.bucketize is None)
+
+    @property
+    def numeric_columns(self):
+        """(name, kind, buckets) of each numeric feature, in order: kind is a
+        normalizer or "bucketize" (buckets: N, else None)."""
+        return tuple((f.name, self._kind(f), f.bucketize) for f in self.schema.dense_features)
+
+    @property
+    def sparse_columns(self):
+        """(name, multi_hot, weighted) of each sparse feature, in order: the
+        categorical and multi_hot ones, then the bucketized numeric ones."""
+        return (tuple((f.name, f.type == "multi_hot", False)
+                      for f in self.schema.sparse_features)
+                + tuple((f.name, False, False) for f in self.schema.dense_features
+                        if f.bucketize is not None))
+
+
+class DelimitedParser(SchemaColumns):
     """Parses chunks of a delimited file described by ``schema``.
 
     Args:
@@ -132,29 +162,6 @@ class DelimitedParser:
             plan[column, :2] = (role, slot)
         else:
             self._late.append((column, role, slot))
-
-    def _kind(self, feature):
-        if feature.bucketize is not None:
-            return "bucketize"
-        return feature.normalizer or self.normalizer
-
-    @property
-    def dense_names(self):
-        return tuple(f.name for f, _ in self._dense if f.bucketize is None)
-
-    @property
-    def numeric_columns(self):
-        """(name, kind, buckets) of each numeric feature, in order: kind is a
-        normalizer or "bucketize" (buckets: N, else None)."""
-        return tuple((f.name, self._kind(f), f.bucketize) for f, _ in self._dense)
-
-    @property
-    def sparse_columns(self):
-        """(name, multi_hot, weighted) of each sparse feature, in order: the
-        categorical and multi_hot ones, then the bucketized numeric ones."""
-        return (tuple((f.name, f.type == "multi_hot", False) for f, _ in self._sparse)
-                + tuple((f.name, False, False) for f, _ in self._dense
-                        if f.bucketize is not None))
 
     def parse(self, chunk, keep_tokens=False):
         """``Parsed`` of a ``LineChunk``; ``keep_tokens`` lets

@@ -32,6 +32,7 @@ import numpy as np
 from ..kernels import data_hash as _hash
 from ._parsed import Parsed, RawFeature
 from .dataset import TextDataset
+from .delimited import SchemaColumns
 from .errors import DataError, SchemaError
 from .numeric import DEFAULT_NORMALIZER, LOG_NORMALIZERS, NORMALIZERS
 from .schema import Schema
@@ -147,7 +148,7 @@ class RowChunk:
                         self.line_numbers[rows])
 
 
-class ParquetParser:
+class ParquetParser(SchemaColumns):
     """Turns ``RowChunk``s into ``Parsed`` (labels, dense, token keys).
 
     Args:
@@ -199,29 +200,6 @@ class ParquetParser:
     def columns(self):
         """The Arrow columns read, label first."""
         return list(self._columns)
-
-    def _kind(self, feature):
-        if feature.bucketize is not None:
-            return "bucketize"
-        return feature.normalizer or self.normalizer
-
-    @property
-    def dense_names(self):
-        return tuple(f.name for f in self.schema.dense_features if f.bucketize is None)
-
-    @property
-    def numeric_columns(self):
-        """(name, kind, buckets) of each numeric feature, in order
-        (``DelimitedParser.numeric_columns``)."""
-        return tuple((f.name, self._kind(f), f.bucketize) for f in self.schema.dense_features)
-
-    @property
-    def sparse_columns(self):
-        """(name, multi_hot, weighted) of each sparse feature, in order: the
-        categorical and multi_hot ones, then the bucketized numeric ones."""
-        return (tuple((f.name, f.type == "multi_hot", False) for f in self.schema.sparse_features)
-                + tuple((f.name, False, False) for f in self.schema.dense_features
-                        if f.bucketize is not None))
 
     def chunks(self, paths, chunk_rows):
         """``RowChunk``s of at most ``chunk_rows`` rows over the files in
