@@ -53,6 +53,11 @@ class Batch:
     labels: np.ndarray
     dense: np.ndarray
     sparse: dict = field(default_factory=dict)
+    #: What layers derive from this batch and may reuse within it (e.g. an
+    #: ``EmbeddingBagCollection``'s fused ids, built once for the exchange and
+    #: the forward of a distributed step): kept on the batch, so it lives and
+    #: dies with it; not part of equality or the constructor.
+    derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def size(self):

@@ -2,6 +2,8 @@
 table per feature for a whole ``DataSpec`` (``EmbeddingBagCollection``, the
 torchrec name), where several features may share one table."""
 
+import weakref
+
 import numpy as np
 
 from .. import autodiff as ad
@@ -166,7 +168,6 @@ class EmbeddingBagCollection:
         self.lookup = EmbeddingBag(self.table, "sum", name=name)
         register_variable(self.weight, embedding=True)
         self._feature_row = {f.name: self._row_offset[tables[f.name]] for f in specs}
-        self._fused_cache = (None, None)
         combiners = combiner if isinstance(combiner, dict) else dict.fromkeys(names, combiner)
         self.bags = {f.name: EmbeddingBag(self.tables[tables[f.name]],
                                           combiners.get(f.name) or default_combiner(f),
@@ -207,15 +208,21 @@ class EmbeddingBagCollection:
         coefficients (``kernels.lookup.fuse_bags``). Each feature's ids are
         checked first (errors name the feature)."""
         sparse = self._sparse(batch)
-        # Built once per batch. The key is every feature's arrays, not the
-        # dict: a dict reused with a feature's Ragged replaced must not get
-        # the previous ids' lookup. (Arrays changed in place are not seen.)
+        if not isinstance(batch, Batch):  # a bare dict: nowhere to keep it
+            return Ragged(*self._fused_bags(sparse))
+        # Built once per batch and kept in ``batch.derived``. The key is every
+        # feature's arrays, not the dict: a dict reused with a feature's
+        # Ragged replaced must not get the previous ids' lookup. (Arrays
+        # changed in place are not seen.)
         key = tuple(_arrays_of(sparse[f]) for f in self.bags)
-        cached_key, fused = self._fused_cache
-        if cached_key is None or len(cached_key) != len(key) or any(
+        # keyed by this layer's id, with a weak reference to tell it from a
+        # later layer that reuses the id (and without keeping the layer alive)
+        owner, cached_key, fused = batch.derived.get(("fused_ragged", id(self)),
+                                                     (None, None, None))
+        if owner is None or owner() is not self or len(cached_key) != len(key) or any(
                 a is not b for old, new in zip(cached_key, key) for a, b in zip(old, new)):
             fused = Ragged(*self._fused_bags(sparse))
-            self._fused_cache = (key, fused)
+            batch.derived[("fused_ragged", id(self))] = (weakref.ref(self), key, fused)
         return fused
 
     def _sparse(self, batch):

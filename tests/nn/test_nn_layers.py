@@ -179,6 +179,32 @@ def test_collection_sees_a_feature_replaced_in_the_same_batch_dict():
         ebc.stacked(batch)
 
 
+
+def test_the_fused_ids_live_on_the_batch_not_the_layer():
+    # Built once per batch (the distributed exchange and the forward share
+    # them), kept in batch.derived: the layer holds no batch's arrays, a
+    # second layer on the same batch builds its own (its rows are offset in
+    # its own stacked table), and a bare dict of features is built afresh.
+    from sparse_train.data import Batch
+    spec = DataSpec((FeatureSpec("user", 4), FeatureSpec("item", 3)))
+    a = EmbeddingBagCollection(spec, 2, "derived_test/a", seed=1)
+    b = EmbeddingBagCollection(spec, 2, "derived_test/b", seed=2,
+                               tables={"user": "shared", "item": "shared"})
+    batch = Batch(np.zeros(2, np.float32), None,
+                  {"user": Ragged.from_dense([1, 3]), "item": Ragged.from_dense([0, 2])})
+    fused_a = a.fused_ragged(batch)
+    assert a.fused_ragged(batch) is fused_a and len(batch.derived) == 1
+    assert not any(isinstance(v, tuple) for v in vars(a).values())  # no cached (key, ids)
+    fused_b = b.fused_ragged(batch)
+    assert fused_b is not fused_a and len(batch.derived) == 2
+    # bag b * F + f; a: user rows 0..3, item rows 4..6 of its stacked table;
+    # b: one shared table, both features read its rows from 0
+    np.testing.assert_array_equal(fused_a.values, [1, 4, 3, 6])
+    np.testing.assert_array_equal(fused_b.values, [1, 0, 3, 2])
+    assert a.fused_ragged(batch.sparse) is not a.fused_ragged(batch.sparse)
+    np.testing.assert_array_equal(a.fused_ragged(batch.sparse).values, fused_a.values)
+
+
 def test_feature_linear_sums_an_unweighted_bag():
     # TF's LinearClassifier(sparse_combiner="sum"): a bag of words adds its
     # words' weights (an embedding of the same bag would average them)
