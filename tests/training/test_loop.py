@@ -7,20 +7,7 @@ import pytest
 from sparse_train import GlobalStep
 from sparse_train.training import fit
 
-
-class Batch:
-    def __init__(self, size):
-        self.size = size
-
-
-class Data:
-    """A stand-in ``Dataset``: ``n`` batches of 2 examples."""
-
-    def __init__(self, n):
-        self.n, self.num_examples = n, 2 * n
-
-    def batches(self, shuffle=False, seed=0):
-        return (Batch(2) for _ in range(self.n))
+from _fakes import Batch, Data  # noqa: E402,F401
 
 
 def _step(global_step, losses):
