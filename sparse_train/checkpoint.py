@@ -84,6 +84,7 @@ import struct
 import tempfile
 import time
 import warnings
+import weakref
 import zlib
 
 import numpy as np
@@ -92,6 +93,7 @@ from .optim.base import Optimizer
 from .variable import GlobalStep, Variable
 
 __all__ = ["Checkpoint", "CheckpointManager", "CheckpointReader", "load_checkpoint",
+           "apply_table_delta",
            "CheckpointError", "CorruptCheckpointError", "optimizer_state_dict",
            "load_optimizer_state_dict", "FORMAT_VERSION", "DirectoryLock",
            "DirectoryLockedError"]
@@ -146,18 +148,53 @@ class Checkpoint:
             raise TypeError(f"global_step must be a GlobalStep, got {type(global_step).__name__}")
         self.global_step = global_step
         self.rngs = _as_rngs(rng)
+        #: {variable name: DynamicEmbeddingTable} of the dynamic tables' weights.
+        self.tables = {name: _table_of(v) for name, v in self.variables.items()
+                       if _table_of(v) is not None}
 
     def save(self, path, metadata=None):
         """Write every saved object to ``path`` atomically; returns ``path``.
+
+        A dynamic table is first evicted at the global step
+        (``table.evict(global_step)``, 0 without one: eviction runs at every
+        save), then saved whole from one ``table.state_dict()``.
 
         Args:
             path: file to write (its directory must exist).
             metadata: optional JSON-serialisable dict stored in the header.
         """
-        entries = self._entries()
-        header = self._header(entries, metadata)
-        _atomic_write(path, lambda f: _write_checkpoint(f, header, entries))
+        self._save(path, metadata)
         return path
+
+    def _save(self, path, metadata, chain=None, delta_fields=None):
+        """Write ``path`` with the header ``"chain"`` ``chain`` (a manager's
+        save; dict: id, files, index). With ``delta_fields`` ({table: row
+        fields of the chain's full save}) the tables' deltas are written,
+        unless their fields differ (an optimizer attached since): then the
+        whole tables, as a new chain's full save.
+
+        Returns ({table: sorted row fields}, the chain written)."""
+        step = 0 if self.global_step is None else int(self.global_step)
+        for table in self.tables.values():
+            table.evict(step)
+        delta = delta_fields is not None
+        states = {name: _table_state(table, delta) for name, table in self.tables.items()}
+        fields = {name: sorted(_row_fields(state)) for name, state in states.items()}
+        if delta and fields != delta_fields:
+            delta, chain = False, new_chain()
+            states = {name: _table_state(table, False) for name, table in self.tables.items()}
+            fields = {name: sorted(_row_fields(state)) for name, state in states.items()}
+        entries = self._entries(states)
+        header = self._header(entries, metadata)
+        if self.tables:
+            header["dynamic"] = {name: {"kind": "delta" if delta else "full",
+                                        "embedding_dim": int(self.tables[name].embedding_dim),
+                                        "fields": sorted(state)}
+                                 for name, state in states.items()}
+        if chain is not None:
+            header["chain"] = chain
+        _atomic_write(path, lambda f: _write_checkpoint(f, header, entries))
+        return fields, chain
 
     def restore(self, path, strict=True):
         """Read ``path`` into these objects; returns the file's header (dict).
@@ -167,26 +204,45 @@ class Checkpoint:
         the file does not fit (naming each variable with both shapes) and
         ``CorruptCheckpointError`` when it is damaged. ``strict=False``
         ignores entries of the file that no object here claims.
+
+        A dynamic table is restored with ``table.load_state_dict`` from the
+        file, or, for a delta of ``CheckpointManager(incremental_every=K)``,
+        from its chain: the full save and every delta up to ``path``, merged
+        by key in memory (each CRC checked) before anything changes. A
+        missing, out-of-order or damaged file of the chain raises
+        ``CorruptCheckpointError`` naming it (its ``bad_file``).
         """
         with _CheckpointFile(path) as ckpt:
             targets, drops = self._match(ckpt.header, strict, ckpt.path)
             ckpt.verify([t.array for t in targets])
+            states = self._read_tables(ckpt)
             for opt, var_name, slot in drops:
                 opt.remove_slot(var_name, slot)
             for target in targets:
                 ckpt.read_into(target.array, target.fetch())
+        for name, state in states.items():
+            self.tables[name].load_state_dict(state)
+            _count_restore(self.tables[name])
         for name, state in ckpt.header["rng"].items():
             if name in self.rngs:
                 self.rngs[name].bit_generator.state = _decode(state)
         return ckpt.header
 
     # ----------------------------------------------------------- saving
-    def _entries(self):
-        """[(array name, ndarray)] in file order, names unique."""
-        entries = [(v.name, v.value) for v in self.variables.values()]
+    def _entries(self, states):
+        """[(array name, ndarray)] in file order, names unique; a dynamic
+        table's fields (``states``) as ``"{variable}:{field}"``."""
+        entries = []
+        for v in self.variables.values():
+            if v.name in states:
+                entries += [(_field_array(v.name, field), array)
+                            for field, array in sorted(states[v.name].items())]
+            else:
+                entries.append((v.name, v.value))
         for opt in self.optimizers.values():
             entries += [(v.name, v.value) for _, v in opt.non_slot_variables()]
-            entries += [(v.name, v.value) for _, _, v in opt.slot_variables()]
+            entries += [(v.name, v.value) for var_name, _, v in opt.slot_variables()
+                        if not self._dynamic_slot(var_name, v)]
         if self.global_step is not None:
             entries.append((self.global_step.name, self.global_step.value))
         seen = set()
@@ -211,7 +267,8 @@ class Checkpoint:
             "format": "sparse_train.checkpoint", "format_version": FORMAT_VERSION,
             "library_version": __version__,
             "variables": list(self.variables),
-            "optimizers": [_optimizer_header(opt) for opt in self.optimizers.values()],
+            "optimizers": [_optimizer_header(opt, self._dynamic_slot)
+                           for opt in self.optimizers.values()],
             "global_step": None if step is None else {"name": step.name, "value": int(step)},
             "rng": {name: _encode(g.bit_generator.state) for name, g in self.rngs.items()},
             "metadata": {} if metadata is None else metadata,
@@ -227,8 +284,18 @@ class Checkpoint:
         shapes = {a["name"]: (tuple(a["shape"]), a["dtype"]) for a in header["arrays"]}
         match = _Matcher(shapes)
         _expect_same_names("variable", header["variables"], self.variables, strict, match)
+        dynamic = header.get("dynamic", {})
         for name in header["variables"]:
-            if name in self.variables:
+            if name not in self.variables:
+                continue
+            if (name in self.tables) != (name in dynamic):
+                match.problems.append(
+                    f"variable {name!r} is {'a dynamic table' if name in self.tables else 'a fixed-shape array'} "
+                    f"in the model, {'a dynamic table' if name in dynamic else 'a fixed-shape array'} "
+                    f"in the checkpoint")
+            elif name in self.tables:
+                _match_table(self.tables[name], name, dynamic[name], match)
+            else:
                 var = self.variables[name]
                 match.add(name, f"variable {name!r}", var.shape, var.dtype, lambda v=var: v.value)
         saved_opts = {o["name"]: o for o in header["optimizers"]}
@@ -236,12 +303,35 @@ class Checkpoint:
         drops = []
         for name, opt in self.optimizers.items():
             if name in saved_opts:
-                drops += _match_optimizer(opt, saved_opts[name], self.variables, match)
+                drops += _match_optimizer(opt, saved_opts[name], self.variables, match,
+                                          self._dynamic_slot)
         self._match_step_and_rng(header, strict, match)
         if match.problems:
             raise CheckpointError(f"checkpoint {path} does not fit: " + "; ".join(match.problems)
                                   + _shard_hint(path))
         return match.targets, drops
+
+    def _dynamic_slot(self, var_name, slot_var):
+        """Whether a slot lives in a dynamic table's state (saved with the
+        table's ``state_dict``, not as a fixed-shape array)."""
+        return var_name in self.tables or _table_of(slot_var) is not None
+
+    def _read_tables(self, ckpt):
+        """{variable: full state} of every dynamic table, read from ``ckpt``
+        and, for a delta, its chain (``_read_chain``); checked against the
+        tables. Nothing is mutated."""
+        if not self.tables:
+            return {}
+        dynamic = ckpt.header["dynamic"]
+        if all(dynamic[name]["kind"] == "full" for name in self.tables):
+            states = {name: _read_fields(ckpt, name, dynamic[name]) for name in self.tables}
+        else:
+            states = _read_chain(ckpt, list(self.tables))
+        problems = [p for name, state in states.items()
+                    for p in _table_state_problems(self.tables[name], name, state)]
+        if problems:
+            raise CheckpointError(f"checkpoint {ckpt.path} does not fit: " + "; ".join(problems))
+        return states
 
     def _match_step_and_rng(self, header, strict, match):
         saved_step = header["global_step"]
@@ -305,8 +395,9 @@ def _expect_same_names(kind, saved, given, strict, match):
                                       f"not given (pass strict=False to ignore it)")
 
 
-def _match_optimizer(opt, saved, variables, match):
-    """Add the targets of ``opt``'s state; return the (opt, var, slot) to drop."""
+def _match_optimizer(opt, saved, variables, match, dynamic_slot=lambda var_name, slot: False):
+    """Add the targets of ``opt``'s state; return the (opt, var, slot) to drop
+    (never a slot of a dynamic table: its state restores those)."""
     where = f"optimizer {opt.name!r}"
     if saved["class"] != type(opt).__name__:
         match.problems.append(f"{where} is a {type(opt).__name__}, the checkpoint holds "
@@ -326,8 +417,8 @@ def _match_optimizer(opt, saved, variables, match):
     for var_name, slot, array in saved["slots"]:
         saved_slots.add((var_name, slot))
         _match_slot(opt, var_name, slot, array, variables, match)
-    return [(opt, var_name, slot) for var_name, slot, _ in opt.slot_variables()
-            if (var_name, slot) not in saved_slots]
+    return [(opt, var_name, slot) for var_name, slot, var in opt.slot_variables()
+            if (var_name, slot) not in saved_slots and not dynamic_slot(var_name, var)]
 
 
 def _match_slot(opt, var_name, slot, array, variables, match):
@@ -426,10 +517,224 @@ def _ensure_slot(opt, var, slot):
     return opt.get_slot(var, slot)
 
 
-def _optimizer_header(opt):
+def _optimizer_header(opt, dynamic_slot=lambda var_name, slot: False):
     return {"name": opt.name, "class": type(opt).__name__, "config": opt.get_config(),
             "non_slot": {key: v.name for key, v in opt.non_slot_variables()},
-            "slots": [[var_name, slot, v.name] for var_name, slot, v in opt.slot_variables()]}
+            "slots": [[var_name, slot, v.name] for var_name, slot, v in opt.slot_variables()
+                      if not dynamic_slot(var_name, v)]}
+
+
+# ------------------------------------------------------------ dynamic tables
+#: Fields of a dynamic table's state that are not aligned with its "keys".
+_KEY_FIELDS = ("keys", "pending_keys", "pending_counts", "pending_last_seen",
+               "tombstones", "pending_tombstones")
+_PENDING_ROWS = ("pending_counts", "pending_last_seen")
+_REQUIRED = ("keys", "values", "counts", "last_seen") + _KEY_FIELDS[1:4]
+
+
+def new_chain():
+    """The header ``"chain"`` of a full save starting a delta chain."""
+    return {"id": os.urandom(8).hex(), "files": [], "index": 0}
+
+
+def _table_of(var):
+    """The dynamic table owning ``var`` (a ``DynamicVariable``), else None."""
+    table = getattr(var, "table", None)
+    return table if hasattr(table, "state_dict") and hasattr(table, "load_state_dict") else None
+
+
+#: Restores of each dynamic table by any ``Checkpoint``: a manager continues
+#: a delta chain only if no table was restored since it marked them.
+_RESTORES = weakref.WeakKeyDictionary()
+
+
+def _count_restore(table):
+    try:
+        _RESTORES[table] = _RESTORES.get(table, 0) + 1
+    except TypeError:  # not weakly referenceable: never continue a chain
+        pass
+
+
+def _restore_counts(tables):
+    """{table name: restores so far}, or None if one cannot be tracked."""
+    try:
+        return {name: _RESTORES.get(table, 0) for name, table in tables.items()
+                if weakref.ref(table)}
+    except TypeError:
+        return None
+
+
+def _table_state(table, delta):
+    """One snapshot of ``table`` as C-contiguous arrays: whole, or (``delta``)
+    what changed since its last ``mark_saved``."""
+    state = table.delta_state_dict() if delta else table.state_dict()
+    return {field: np.ascontiguousarray(array) for field, array in state.items()}
+
+
+def _row_fields(state):
+    """The fields of a table state aligned with its ``keys`` (values, counts,
+    last_seen, ``slots/<optimizer>/<slot>``)."""
+    return [field for field in state if field not in _KEY_FIELDS]
+
+
+def _field_array(var_name, field):
+    """The file's array name of a dynamic table's field (``:`` appears in no
+    variable, slot or step name the library makes)."""
+    return f"{var_name}:{field}"
+
+
+def apply_table_delta(state, delta):
+    """A dynamic table's full state after applying ``delta`` (as from
+    ``table.delta_state_dict()``) to ``state`` (as from ``state_dict()``).
+
+    Admitted keys: ``state`` minus the delta's tombstones and every key the
+    delta carries, plus the delta's rows (upserts), sorted; pending keys the
+    same with ``pending_tombstones``. A key the delta admits leaves the
+    pending set and vice versa. Pure NumPy; no table is touched.
+
+    Raises ValueError when the two do not hold the same fields or dtypes.
+
+    >>> import numpy as np
+    >>> i64 = lambda *x: np.array(x, np.int64)
+    >>> state = {"keys": i64(1, 5), "values": np.ones((2, 1), np.float32),
+    ...          "pending_keys": i64(9), "pending_counts": i64(1), "pending_last_seen": i64(0)}
+    >>> delta = {"keys": i64(9), "values": np.full((1, 1), 2, np.float32), "tombstones": i64(1),
+    ...          "pending_keys": i64(), "pending_counts": i64(), "pending_last_seen": i64(),
+    ...          "pending_tombstones": i64()}
+    >>> out = apply_table_delta(state, delta)
+    >>> out["keys"].tolist(), out["values"][:, 0].tolist(), out["pending_keys"].tolist()
+    ([5, 9], [1.0, 2.0], [])
+    """
+    rows = sorted(_row_fields(state))
+    if rows != sorted(_row_fields(delta)):
+        raise ValueError(f"the delta holds fields {sorted(_row_fields(delta))}, the state "
+                         f"{rows}")
+    for field in rows + ["keys"] + list(_PENDING_ROWS):
+        if state[field].dtype != delta[field].dtype:
+            raise ValueError(f"field {field!r}: dtype {delta[field].dtype} in the delta, "
+                             f"{state[field].dtype} in the state")
+    gone = np.concatenate([delta["tombstones"], delta["keys"], delta["pending_keys"]])
+    out = _upsert(state, delta, "keys", rows, gone)
+    gone = np.concatenate([delta["pending_tombstones"], delta["pending_keys"], delta["keys"]])
+    out.update(_upsert(state, delta, "pending_keys", _PENDING_ROWS, gone))
+    return out
+
+
+def _upsert(state, delta, key_field, fields, gone):
+    keep = ~np.isin(state[key_field], gone)
+    keys = np.concatenate([state[key_field][keep], delta[key_field]])
+    order = np.argsort(keys, kind="stable")
+    out = {key_field: keys[order]}
+    for field in fields:
+        out[field] = np.ascontiguousarray(
+            np.concatenate([state[field][keep], delta[field]])[order])
+    return out
+
+
+def _match_table(table, name, saved, match):
+    """Cheap header checks of a dynamic table (its arrays are checked after reading)."""
+    if saved.get("embedding_dim") != int(table.embedding_dim):
+        match.problems.append(f"dynamic table {name!r}: embedding_dim {saved.get('embedding_dim')} "
+                              f"in the checkpoint, {int(table.embedding_dim)} in the model")
+
+
+def _table_state_problems(table, name, state):
+    """What keeps ``table.load_state_dict(state)`` from succeeding, checked
+    here so that a restore changes nothing when any table does not fit."""
+    where = f"dynamic table {name!r}"
+    missing = [f for f in _REQUIRED if f not in state]
+    if missing:
+        return [f"{where}: fields {missing} are missing"]
+    problems = []
+    for key_field, fields in (("keys", _row_fields(state)), ("pending_keys", _PENDING_ROWS)):
+        keys = state[key_field]
+        if keys.dtype != np.int64 or keys.ndim != 1 or (keys.size and (np.diff(keys) <= 0).any()):
+            problems.append(f"{where}: {key_field!r} must be sorted unique int64 keys")
+            continue
+        for field in fields:
+            if state[field].ndim < 1 or state[field].shape[0] != keys.shape[0]:
+                problems.append(f"{where}: {field!r} has {state[field].shape[:1]} rows, "
+                                f"{key_field!r} {keys.shape[0]}")
+    values, dim = state["values"], int(table.embedding_dim)
+    if values.dtype != np.float32 or values.ndim != 2 or values.shape[1] != dim:
+        problems.append(f"{where}: values are {values.dtype} {values.shape}, the table holds "
+                        f"float32 rows of {dim}")
+    for field in ("counts", "last_seen") + _PENDING_ROWS:
+        if state[field].dtype != np.int64:
+            problems.append(f"{where}: {field!r} is {state[field].dtype}, not int64")
+    if not problems and np.intersect1d(state["keys"], state["pending_keys"]).size:
+        problems.append(f"{where}: a key is both admitted and pending")
+    capacity = getattr(table, "capacity", None)
+    if capacity is not None and state["keys"].shape[0] > capacity:
+        problems.append(f"{where}: {state['keys'].shape[0]} admitted keys in the checkpoint, "
+                        f"capacity {capacity} in the model")
+    return problems
+
+
+def _read_fields(ckpt, name, saved):
+    """{field: array} of dynamic table ``name`` in an open checkpoint file."""
+    return {field: ckpt.read_array(_field_array(name, field)) for field in saved["fields"]}
+
+
+def _broken(path, why, name=None):
+    error = CorruptCheckpointError(f"checkpoint {path}: {why}")
+    error.bad_file = os.path.basename(name or path)
+    return error
+
+
+def _read_chain(ckpt, names):
+    """{table: full state} for ``ckpt``, a delta: its chain's full save, then
+    each delta in order, merged by key (``apply_table_delta``).
+
+    The header's ``"chain"`` is ``{"id", "files", "index"}``: ``files`` names
+    the full save and the deltas before this one, in order; each must exist,
+    carry the same chain id, its own position as ``index``, the same file
+    list before it, and a full table (position 0) or a delta (after). Any
+    other case raises ``CorruptCheckpointError`` whose ``bad_file`` names the
+    first file that breaks the chain."""
+    chain = ckpt.header.get("chain")
+    if not isinstance(chain, dict) or not chain.get("files"):
+        raise _broken(ckpt.path, "holds deltas of dynamic tables but names no full save "
+                                 "to apply them to")
+    directory = os.path.dirname(os.path.abspath(ckpt.path))
+    files, states = list(chain["files"]), {}
+    for index, name in enumerate(files + [None]):
+        path = ckpt.path if name is None else entry_path(directory, name, os.path.basename(ckpt.path))
+        try:
+            if name is None:
+                _merge_link(states, ckpt, names, chain, index)
+                continue
+            with _CheckpointFile(path) as part:
+                _merge_link(states, part, names, chain, index)
+        except FileNotFoundError:
+            raise _broken(ckpt.path, f"the delta chain it continues is broken: {name} (position "
+                                     f"{index}) is missing", name) from None
+        except CorruptCheckpointError as error:
+            if getattr(error, "bad_file", None) is None:
+                error.bad_file = os.path.basename(path)
+            raise
+    return states
+
+
+def _merge_link(states, part, names, chain, index):
+    """Check that ``part`` is position ``index`` of ``chain``; merge its tables."""
+    link = part.header.get("chain")
+    if not isinstance(link, dict) or link.get("id") != chain["id"] or link.get("index") != index \
+            or list(link.get("files", ())) != list(chain["files"][:index]):
+        raise _broken(part.path, f"out of order: expected position {index} of delta chain "
+                                 f"{chain['id']}, found {json.dumps(link)}")
+    dynamic = part.header.get("dynamic", {})
+    for name in names:
+        kind = "full" if index == 0 else "delta"
+        if dynamic.get(name, {}).get("kind") != kind:
+            raise _broken(part.path, f"out of order: dynamic table {name!r} should be a {kind} "
+                                     f"save at position {index} of its delta chain")
+        fields = _read_fields(part, name, dynamic[name])
+        try:
+            states[name] = fields if index == 0 else apply_table_delta(states[name], fields)
+        except (KeyError, ValueError) as error:
+            raise _broken(part.path, f"dynamic table {name!r}: the delta does not apply "
+                                     f"({error})") from None
 
 
 # ------------------------------------------------------------ file writing
@@ -550,6 +855,18 @@ class _CheckpointFile:
             for chunk in self._chunks(name, memoryview(buffer)):
                 crc = zlib.crc32(chunk, crc)
             self._check_crc(name, crc, "")
+
+    def read_array(self, name):
+        """A new array holding ``name``'s bytes, its CRC checked."""
+        meta = self._arrays.get(name)
+        if meta is None:
+            raise CorruptCheckpointError(f"checkpoint {self.path} has no array {name!r}")
+        out = np.empty(meta["shape"], np.dtype(meta["dtype"]))
+        crc = 0
+        for chunk in self._chunks(name, _bytes_view(out), into=True):
+            crc = zlib.crc32(chunk, crc)
+        self._check_crc(name, crc, "")
+        return out
 
     def read_into(self, name, array):
         """Pass 2: read array ``name`` straight into ``array``'s memory."""
@@ -710,11 +1027,27 @@ class CheckpointManager:
     refused with ``CheckpointError`` (see the module docstring). A new
     manager removes the temporary files of a save that died.
 
+    Dynamic tables (``incremental_every=K``, DeepRec's incremental
+    checkpoints): every K-th save is full; the K - 1 saves after it write the
+    tables' ``delta_state_dict()`` only (changed rows and slots, counts,
+    tombstones of evicted keys) with the rest of the state whole, each
+    naming the full save and the deltas before it (its chain, in the
+    header). ``table.mark_saved()`` runs once a save has committed (file and
+    pointer written). A save is full whenever a delta would not be safe: no
+    full save by this manager or its ``restore_latest`` yet, a restore made
+    by someone else since, the pointer's latest file not the chain's last,
+    or other slots than the full save's. ``restore_latest`` restores a delta
+    as its full save plus the deltas in order; a missing, out-of-order or
+    corrupt file of the chain is named in a warning and the newest
+    consistent point before it is restored. Pruning never deletes a file
+    that a kept delta needs (those stay listed in ``latest``).
+
     Args:
         checkpoint: the ``Checkpoint`` to save and restore.
         directory: created if missing.
         max_to_keep: >= 1, or None to keep every file.
         checkpoint_name: file name prefix.
+        incremental_every: K >= 1, or None (every save full, like K = 1).
 
     >>> import tempfile
     >>> step = GlobalStep()
@@ -731,11 +1064,19 @@ class CheckpointManager:
 
     POINTER = "latest"
 
-    def __init__(self, checkpoint, directory, max_to_keep=5, checkpoint_name="ckpt"):
+    def __init__(self, checkpoint, directory, max_to_keep=5, checkpoint_name="ckpt",
+                 incremental_every=None):
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError(f"checkpoint must be a Checkpoint, got {type(checkpoint).__name__}")
         if max_to_keep is not None and (int(max_to_keep) != max_to_keep or max_to_keep < 1):
             raise ValueError(f"max_to_keep must be an integer >= 1 or None, got {max_to_keep!r}")
+        if incremental_every is not None and (
+                isinstance(incremental_every, bool) or int(incremental_every) != incremental_every
+                or incremental_every < 1):
+            raise ValueError(f"incremental_every must be an integer >= 1 or None, "
+                             f"got {incremental_every!r}")
+        self.incremental_every = None if incremental_every is None else int(incremental_every)
+        self._chain = None  # the delta chain the tables' marks belong to (_continue_chain)
         if not re.fullmatch(r"[\w.-]+", checkpoint_name):
             raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
         self.checkpoint = checkpoint
@@ -777,14 +1118,59 @@ class CheckpointManager:
             checkpoint_number = int(step) if step is not None else 1 + max(
                 [self._number(n) for n in names] + [0])
         name = f"{self.checkpoint_name}-{int(checkpoint_number)}.ckpt"
-        self.checkpoint.save(self._path(name), metadata)
+        chain = self._next_link(names, name)
+        fields, chain = self.checkpoint._save(
+            self._path(name), metadata, chain,
+            self._chain["fields"] if chain is not None and chain["index"] > 0 else None)
         names = [n for n in names if n != name] + [name]
         kept = names if self.max_to_keep is None else names[-self.max_to_keep:]
+        needed = set(kept).union(*(self._chain_files(n) for n in kept))
+        kept = [n for n in names if n in needed]
         pointer = _dumps({"latest": name, "checkpoints": kept})
         _atomic_write(os.path.join(self.directory, self.POINTER), lambda f: f.write(pointer))
-        for old in names[:len(names) - len(kept)]:
-            remove_own_file(self.directory, old, MAGIC)
+        self._committed(chain, name, fields)
+        for old in names:
+            if old not in needed:
+                remove_own_file(self.directory, old, MAGIC)
         return os.path.join(self.directory, name)
+
+    # ------------------------------------------------- incremental saves
+    def _next_link(self, names, name):
+        """The header ``"chain"`` of the save ``name``: a delta's when one is
+        safe (see the class docstring), else a new chain's full save; None
+        when this manager saves no deltas."""
+        if not self.incremental_every or not self.checkpoint.tables:
+            return None
+        chain, latest = self._chain, names[-1] if names else None
+        if (self.incremental_every > 1 and chain is not None
+                and chain["restores"] is not None
+                and chain["restores"] == _restore_counts(self.checkpoint.tables)
+                and len(chain["files"]) < self.incremental_every
+                and chain["files"][-1] == latest and name not in chain["files"]):
+            return {"id": chain["id"], "files": list(chain["files"]),
+                    "index": len(chain["files"])}
+        return new_chain()
+
+    def _committed(self, chain, name, fields):
+        """After a save is committed: the tables' changes are saved."""
+        for table in self.checkpoint.tables.values():
+            table.mark_saved()
+        if chain is None:
+            self._chain = None
+            return
+        self._chain = {"id": chain["id"], "files": list(chain["files"]) + [name],
+                       "fields": fields,
+                       "restores": _restore_counts(self.checkpoint.tables)}
+
+    def _chain_files(self, name):
+        """The files the kept checkpoint ``name`` needs to restore (its delta
+        chain's), from its header; [] when it is unreadable."""
+        try:
+            with _CheckpointFile(self._path(name)) as ckpt:
+                files = (ckpt.header.get("chain") or {}).get("files", [])
+        except (OSError, CheckpointError):
+            return []
+        return [f for f in files if _plain_name(f) and self._number(f) is not None]
 
     def restore_latest(self, fallback=True, strict=True):
         """Restore the newest checkpoint; returns its path, or None if there is none.
@@ -794,19 +1180,41 @@ class CheckpointManager:
         safe); without, ``CorruptCheckpointError`` propagates. A checkpoint that
         does not fit the objects always raises.
         """
-        error = None
+        error, bad = None, set()
         for path in self._candidates():
+            name = os.path.basename(path)
             try:
-                self.checkpoint.restore(path, strict=strict)
-                return path
+                if bad.intersection(self._chain_files(name) + [name]):
+                    continue  # needs a file already reported
+                header = self.checkpoint.restore(path, strict=strict)
             except CorruptCheckpointError as exc:
                 if not fallback:
                     raise
-                warnings.warn(f"{exc}; trying an older checkpoint", stacklevel=2)
+                bad_file = getattr(exc, "bad_file", None) or name
+                if bad_file not in bad:
+                    warnings.warn(f"{exc}; trying an older checkpoint", stacklevel=2)
+                bad.add(bad_file)
                 error = exc
+                continue
+            self._restored(header, name)
+            return path
         if error is not None:
             raise error
         return None
+
+    def _restored(self, header, name):
+        """After restoring ``name``: its chain continues with the next save."""
+        for table in self.checkpoint.tables.values():
+            table.mark_saved()
+        chain = header.get("chain")
+        if not self.incremental_every or not isinstance(chain, dict) or not self.checkpoint.tables:
+            self._chain = None
+            return
+        self._chain = {"id": chain["id"], "files": list(chain["files"]) + [name],
+                       "fields": {t: sorted(f for f in header["dynamic"][t]["fields"]
+                                            if f not in _KEY_FIELDS)
+                                  for t in self.checkpoint.tables},
+                       "restores": _restore_counts(self.checkpoint.tables)}
 
     def _candidates(self):
         """Existing checkpoint paths, newest first: the pointer's; when it
