@@ -543,11 +543,11 @@ class DynamicEmbeddingTable:
         if np.intersect1d(arrays["keys"], arrays["pending_keys"]).size:
             raise ValueError(f"{where}: a key is both admitted ('keys') and pending "
                              f"('pending_keys')")
-        if delta:
-            upserts = np.concatenate([arrays["keys"], arrays["pending_keys"]])
-            for field in _TOMBSTONES:
-                if np.intersect1d(arrays[field], upserts).size:
-                    raise ValueError(f"{where}: state field {field!r} names a key also upserted")
+        if delta:  # a key evicted since the mark may be pending again, not admitted
+            for field, upserts in (("tombstones", "keys"), ("pending_tombstones", "pending_keys")):
+                if np.intersect1d(arrays[field], arrays[upserts]).size:
+                    raise ValueError(f"{where}: state field {field!r} names a key also in "
+                                     f"{upserts!r}")
         if not np.isfinite(arrays["values"]).all():
             raise ValueError(f"{where}: state field 'values' holds non-finite numbers")
         fields = self._slot_fields()
