@@ -57,6 +57,23 @@ does pass 2 read each array straight into the existing variable
 (``readinto``), checking the CRCs again. A bad file therefore changes
 nothing; the cost is a second sequential read (usually from the page cache).
 
+Dynamic tables (the ``weight`` of a ``DynamicEmbeddingTable``, a variable
+with a ``.table``). Its row store is not saved: the table is evicted at the
+global step (``table.evict``: eviction runs at every save), then each field
+of ONE ``table.state_dict()`` snapshot (keys, values, counts, last-seen
+steps, pending keys with their counts and steps, ``slots/<optimizer>/<slot>``)
+is an array named ``"{variable}:{field}"``; the header's ``"dynamic"`` maps
+the variable to ``{"kind": "full" or "delta", "embedding_dim", "fields"}``.
+The optimizers' slots of that variable live in the table's state, so they
+are not listed in ``"slots"`` (nor dropped on restore). A delta
+(``CheckpointManager(incremental_every=K)``) holds ``delta_state_dict()``
+(changed keys, ``tombstones``) and the header's ``"chain"``: ``{"id",
+"files", "index"}``, the full save and the deltas it follows, in order.
+Restore merges them by key (``apply_table_delta``) and checks the result
+against the table before anything changes; ``load_state_dict`` then puts
+it in. The snapshot is a copy of the table: the price of one consistent
+moment (DeepRec #1023 saved weights and Adam slots at different moments).
+
 Optimizer state is reached through ``Optimizer.non_slot_variables``,
 ``slot_variables``, ``slot_shape``, ``create_slots`` and ``remove_slot``.
 
@@ -289,10 +306,9 @@ class Checkpoint:
             if name not in self.variables:
                 continue
             if (name in self.tables) != (name in dynamic):
-                match.problems.append(
-                    f"variable {name!r} is {'a dynamic table' if name in self.tables else 'a fixed-shape array'} "
-                    f"in the model, {'a dynamic table' if name in dynamic else 'a fixed-shape array'} "
-                    f"in the checkpoint")
+                kind = {True: "a dynamic table", False: "a fixed-shape array"}
+                match.problems.append(f"variable {name!r} is {kind[name in self.tables]} in "
+                                      f"the model, {kind[name in dynamic]} in the checkpoint")
             elif name in self.tables:
                 _match_table(self.tables[name], name, dynamic[name], match)
             else:
