@@ -496,13 +496,14 @@ def optimizer_state_dict(optimizer):
     return {v.name: v.value for v in optimizer.variables()}
 
 
-def load_optimizer_state_dict(optimizer, state, var_list):
+def load_optimizer_state_dict(optimizer, state, var_list, keep=None):
     """Copy ``state`` (as from ``optimizer_state_dict``) into ``optimizer``.
 
     Slots of the variables in ``var_list`` are created when missing;
-    slots absent from ``state`` are removed. Every key, shape and dtype is
-    checked first: a mismatch raises ``CheckpointError`` naming it, with
-    nothing changed.
+    slots absent from ``state`` are removed, except those of variables
+    whose name ``keep(name)`` accepts (a dynamic table's, restored with
+    its state). Every key, shape and dtype is checked first: a mismatch
+    raises ``CheckpointError`` naming it, with nothing changed.
     """
     variables = _unique_by_name(var_list, Variable, "variable")
     names = {v.name: key for key, v in optimizer.non_slot_variables()}
@@ -518,7 +519,9 @@ def load_optimizer_state_dict(optimizer, state, var_list):
     arrays = {k: np.asarray(v) for k, v in state.items()}
     match = _Matcher({k: (a.shape, a.dtype.str) for k, a in arrays.items()})
     match.problems += [f"unknown state {k!r}" for k in arrays if k not in names]
-    drops = _match_optimizer(optimizer, saved, variables, match)
+    drops = _match_optimizer(optimizer, saved, variables, match,
+                             (lambda var_name, slot: keep(var_name)) if keep else
+                             (lambda var_name, slot: False))
     if match.problems:
         raise CheckpointError(f"state does not fit optimizer {optimizer.name!r}: "
                               + "; ".join(match.problems))

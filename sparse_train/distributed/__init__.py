@@ -19,6 +19,7 @@ In a script::
 """
 from .checkpoint import DistributedCheckpointManager, restore_sharded, save_sharded
 from .comm import Communicator, MPIComm, SingleProcessComm, launched_by_mpi, world
+from .dynamic import ShardedDynamicTable, key_owner, reshard_table_states
 from .exchange import LookupExchange, ShardedEmbeddingBag
 from .faults import DistributedError, fail_fast
 from .model import DistributedModel
@@ -29,6 +30,7 @@ __all__ = ["Communicator", "SingleProcessComm", "MPIComm", "world", "launched_by
            "DistributedModel", "LookupExchange", "ShardedEmbeddingBag", "ShardedTable",
            "local_batch", "batch_slice", "shard_size", "owned_ids", "fail_fast",
            "DistributedError", "DistributedCheckpointManager", "save_sharded",
-           "restore_sharded", "train_distributed", "run_distributed"]
+           "restore_sharded", "train_distributed", "run_distributed",
+           "ShardedDynamicTable", "key_owner", "reshard_table_states"]
 
 

@@ -13,7 +13,11 @@ Restore is collective too. On the world size of the save, each rank reads
 its own shard file (every CRC checked before anything changes). On another
 world size the checkpoint is resharded: every rank reads each old shard's
 arrays (one array in memory at a time) and keeps the rows it now owns
-(``id mod W``); replicated state comes from shard 0. A plain single-process
+(``id mod W``); replicated state comes from shard 0. A dynamic table (its
+``DynamicVariable`` among the variables) is saved whole by each rank (the
+keys it owns, with their slots and counts); on another world size every
+rank concatenates the old shards' states and keeps the keys
+``dynamic.key_owner`` gives it. A plain single-process
 checkpoint file restores the same way, as a world of one. The directory
 must be visible to every rank at the same path (a shared file system on
 several hosts).
@@ -37,7 +41,9 @@ import numpy as np
 
 from ..checkpoint import (MAGIC, Checkpoint, CheckpointError, CheckpointReader, read_pointer,
                           CorruptCheckpointError, _atomic_write, _dumps, entry_path,
-                          load_optimizer_state_dict, remove_own_file, remove_stale_temporaries)
+                          load_optimizer_state_dict, remove_own_file, remove_stale_temporaries,
+                          _field_array, _table_of, _table_state_problems)
+from .dynamic import reshard_table_states
 from .faults import DistributedError
 from .sharding import owned_ids, shard_size
 
@@ -340,10 +346,13 @@ def _reshard(shards, manifest, dist, optimizers, global_step):
             return readers[0].get_tensor(array)
         return _gather_rows(readers, array, tables[var_name], old_size, comm.rank, comm.size)
 
-    values = {}
+    values, dynamic = {}, {}
     for var in dist.variables():
         if var.name not in first["variables"]:
             raise CheckpointError(f"checkpoint {shards[0]} has no variable {var.name!r}")
+        if _table_of(var) is not None:
+            dynamic[var.name] = _reshard_table(readers, var, comm.rank, comm.size)
+            continue
         values[var.name] = fetch(var.name, var.name)
         if values[var.name].shape != var.shape:
             raise CheckpointError(f"variable {var.name!r}: shape {values[var.name].shape} "
@@ -361,15 +370,39 @@ def _reshard(shards, manifest, dist, optimizers, global_step):
         for var_name, _, array in saved[opt.name]["slots"]:
             state[array] = fetch(array, var_name)
         states.append((opt, state))
+    dynamic_names = set(dynamic)
     step = first["global_step"]
     if global_step is not None and step is None:
         raise CheckpointError(f"checkpoint {shards[0]} has no global step")
     for opt, state in states:
-        load_optimizer_state_dict(opt, state, dist.variables())
+        load_optimizer_state_dict(opt, state, [v for v in dist.variables()
+                                               if v.name not in dynamic_names],
+                                  keep=lambda var_name: var_name in dynamic_names)
     for var in dist.variables():
-        var.assign(values[var.name])
+        if var.name in dynamic:
+            var.table.load_state_dict(dynamic[var.name])
+        else:
+            var.assign(values[var.name])
     if global_step is not None:
         global_step.assign(step["value"])
+
+
+def _reshard_table(readers, var, rank, size):
+    """This rank's state of the dynamic table ``var`` from every old shard's
+    full state (keys owned by ``key_owner``), checked against the table."""
+    parts = []
+    for reader in readers:
+        saved = reader.header.get("dynamic", {}).get(var.name)
+        if saved is None or saved["kind"] != "full":
+            raise CheckpointError(f"{reader.path}: {var.name!r} is not a full dynamic table "
+                                  f"save (a sharded checkpoint holds whole tables)")
+        parts.append({field: reader.get_tensor(_field_array(var.name, field))
+                      for field in saved["fields"]})
+    state = reshard_table_states(parts, rank, size)
+    problems = _table_state_problems(var.table, var.name, state)
+    if problems:
+        raise CheckpointError(f"{readers[0].path}: " + "; ".join(problems))
+    return state
 
 
 def _gather_rows(readers, array, num_embeddings, old_size, rank, size):

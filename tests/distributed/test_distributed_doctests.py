@@ -3,10 +3,12 @@ import doctest
 
 import pytest
 
-from sparse_train.distributed import checkpoint, comm, exchange, faults, model, sharding
+from sparse_train.distributed import (checkpoint, comm, dynamic, exchange, faults, model,
+                                      sharding)
 
 
-@pytest.mark.parametrize("module", [comm, sharding, model, exchange, faults, checkpoint],
+@pytest.mark.parametrize("module", [comm, sharding, model, exchange, faults, checkpoint,
+                                    dynamic],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

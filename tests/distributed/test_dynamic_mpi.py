@@ -1,0 +1,190 @@
+"""Dynamic tables on 2 and 3 MPI ranks against one process, bit for bit.
+
+Run as a script under ``mpirun -n 3`` it is the worker (``main``): on a
+world of 3 ranks, then of 2 (ranks 0-1), every rank trains its
+``ShardedDynamicTable``s (Adagrad, AdagradDecay, Adam; admission after 2
+uses, eviction every 3 steps) on its slice of the same global batches (sum
+and mean bags, weighted and not), writes its pooled outputs and table
+states, and saves a sharded checkpoint; then the 3 ranks restore the 2
+ranks' checkpoint (resharded), train 3 more steps and save again. One
+launch keeps the test fast. The tests hold the ranks' tables, merged by key,
+against a plain ``DynamicEmbeddingTable`` trained on the global batches
+(independent of the exchange), and restore the 3-rank checkpoint in one
+process.
+"""
+import os
+import sys
+
+import numpy as np
+
+from sparse_train import DynamicEmbeddingTable, GlobalStep
+from sparse_train.distributed import (ShardedDynamicTable, SingleProcessComm, key_owner,
+                                      reshard_table_states, restore_sharded, save_sharded)
+from sparse_train.distributed.sharding import batch_slice
+from sparse_train.optim import Adagrad, AdagradDecay, Adam
+
+D, BAGS, STEPS, MORE = 4, 12, 6, 3
+OPTIMIZERS = {"adagrad_decay": lambda step: AdagradDecay(0.1, step, accumulator_decay_step=2,
+                                                         accumulator_decay_rate=0.5),
+              "adagrad": lambda step: Adagrad(0.1),
+              "adam": lambda step: Adam(0.05)}  # last: it increments the global step
+
+
+def global_batch(step):
+    """(keys, offsets, weights or None, combiner, d_out) of global step ``step``."""
+    rng = np.random.default_rng(1000 + step)
+    lengths = rng.integers(0, 5, BAGS)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    keys = (rng.integers(step, step + 14, offsets[-1]) * 2654435761 - 2**50).astype(np.int64)
+    weights = rng.random(offsets[-1]).astype(np.float32) if step % 2 else None
+    combiner = "mean" if step % 3 == 1 else "sum"
+    return keys, offsets, weights, combiner, rng.standard_normal((BAGS, D)).astype(np.float32)
+
+
+def build():
+    step = GlobalStep()
+    tables = {name: DynamicEmbeddingTable(D, name, seed=5, filter_freq=2, steps_to_live=3)
+              for name in OPTIMIZERS}
+    optimizers = {name: make(step) for name, make in OPTIMIZERS.items()}
+    return step, tables, optimizers
+
+
+def train(step, lookups, optimizers, steps, rank=0, size=1):
+    """Train ``lookups`` (tables, or their sharded stand-ins) on this rank's
+    slice of global steps ``steps``; returns the pooled outputs."""
+    outputs = []
+    for s in steps:
+        keys, offsets, weights, combiner, d_out = global_batch(s)
+        start, stop = batch_slice(BAGS, rank, size)
+        local = slice(offsets[start], offsets[stop])
+        bags = (keys[local], offsets[start:stop + 1] - offsets[start],
+                None if weights is None else weights[local])
+        for name, table in lookups.items():
+            outputs.append(table.lookup(*bags, combiner=combiner, global_step=step))
+            grad = table.lookup_grad(d_out[start:stop], *bags, combiner=combiner)
+            optimizers[name].apply_gradients([(grad, table.weight)],
+                                             global_step=step if name == "adam" else None)
+        if s % 3 == 2:
+            for table in lookups.values():
+                getattr(table, "table", table).evict(int(step))
+    return outputs
+
+
+class Tables:
+    """What ``save_sharded`` / ``restore_sharded`` read of a distributed model."""
+
+    def __init__(self, comm, tables):
+        self.comm, self.tables, self._weights = comm, {}, [t.weight for t in tables.values()]
+
+    def variables(self):
+        return list(self._weights)
+
+    def dense_variables(self):
+        return []
+
+
+def dump(path, tables, outputs):
+    arrays = {f"{name}/{field}": array for name, table in tables.items()
+              for field, array in table.state_dict().items()}
+    arrays.update({f"out/{i}": out for i, out in enumerate(outputs)})
+    np.savez(path, **arrays)
+
+
+def run_world(comm, out_dir, name, steps):
+    """Train on ``comm`` from scratch; dump and save (sharded) as ``name``."""
+    step, tables, optimizers = build()
+    sharded = {n: ShardedDynamicTable(table, comm) for n, table in tables.items()}
+    outputs = train(step, sharded, optimizers, steps, comm.rank, comm.size)
+    dump(os.path.join(out_dir, f"{name}-{comm.rank}.npz"), tables, outputs)
+    save_sharded(os.path.join(out_dir, name), f"ckpt-{int(step)}", Tables(comm, tables),
+                 list(optimizers.values()), step)
+
+
+def main(out_dir):
+    """On 3 ranks: train on all 3; train on ranks 0-1 (a world of 2); then
+    on all 3 restore the 2 ranks' checkpoint and train on."""
+    from mpi4py import MPI
+
+    from sparse_train.distributed import MPIComm
+    world = MPIComm()
+    run_world(world, out_dir, "three", range(STEPS))
+    pair = MPI.COMM_WORLD.Split(0 if world.rank < 2 else 1, world.rank)
+    if world.rank < 2:
+        run_world(MPIComm(pair), out_dir, "two", range(STEPS))
+    world.barrier()
+    step, tables, optimizers = build()
+    restore_sharded(os.path.join(out_dir, "two", f"ckpt-{STEPS}.manifest.json"),
+                    Tables(world, tables), list(optimizers.values()), step)
+    sharded = {n: ShardedDynamicTable(table, world) for n, table in tables.items()}
+    outputs = train(step, sharded, optimizers, range(STEPS, STEPS + MORE), world.rank, world.size)
+    dump(os.path.join(out_dir, f"resumed-{world.rank}.npz"), tables, outputs)
+    save_sharded(os.path.join(out_dir, "resumed"), f"ckpt-{int(step)}", Tables(world, tables),
+                 list(optimizers.values()), step)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
+else:
+    import pytest
+
+    import _launch as launch
+
+    pytestmark = pytest.mark.skipif(launch.mpi_missing() is not None,
+                                    reason=launch.mpi_missing() or "")
+
+    @pytest.fixture(scope="module")
+    def run(tmp_path_factory):
+        """One ``mpirun -n 3``: worlds of 3 and of 2 ranks, and a resume."""
+        reference = build()
+        train(reference[0], reference[1], reference[2], range(1))  # compile before mpirun
+        directory = tmp_path_factory.mktemp("dynamic_mpi")
+        launch.run(3, __file__, str(directory)).check()
+        return directory
+
+    def reference_run(steps):
+        step, tables, optimizers = build()
+        outputs = train(step, tables, optimizers, range(steps))
+        return tables, outputs
+
+    def as_bits(state):
+        return {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in state.items()}
+
+    def merged(directory, stage, size, name):
+        """The table ``name`` of every rank, merged by key; checks ownership."""
+        states = []
+        for rank in range(size):
+            with np.load(directory / f"{stage}-{rank}.npz") as f:
+                state = {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith(name + "/")}
+            assert (key_owner(state["keys"], size) == rank).all()
+            assert (key_owner(state["pending_keys"], size) == rank).all()
+            states.append(state)
+        return reshard_table_states(states, 0, 1)
+
+    def pooled(directory, stage, size):
+        """Every rank's pooled outputs, in global bag order."""
+        parts = [np.load(directory / f"{stage}-{rank}.npz") for rank in range(size)]
+        count = len([k for k in parts[0].files if k.startswith("out/")])
+        return [np.concatenate([p[f"out/{i}"] for p in parts]) for i in range(count)]
+
+    @pytest.mark.parametrize("size", [2, 3])
+    def test_ranks_give_the_tables_slots_counts_and_outputs_of_one_process(run, size):
+        tables, outputs = reference_run(STEPS)
+        assert all(len(t) > 0 for t in tables.values())
+        stage = {2: "two", 3: "three"}[size]
+        for name, table in tables.items():
+            assert as_bits(merged(run, stage, size, name)) == as_bits(table.state_dict()), name
+        got = pooled(run, stage, size)
+        assert len(got) == len(outputs)
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got, outputs))
+
+    def test_a_2_rank_checkpoint_resumes_on_3_ranks_and_on_one_process(run):
+        tables, _ = reference_run(STEPS + MORE)
+        for name, table in tables.items():  # 2 ranks -> 3 ranks, trained on
+            assert as_bits(merged(run, "resumed", 3, name)) == as_bits(table.state_dict()), name
+        step, restored, optimizers = build()  # 3 ranks -> one process
+        comm = SingleProcessComm()
+        restore_sharded(run / "resumed" / f"ckpt-{STEPS + MORE}.manifest.json",
+                        Tables(comm, restored), list(optimizers.values()), step)
+        assert int(step) == STEPS + MORE
+        for name, table in tables.items():
+            assert as_bits(restored[name].state_dict()) == as_bits(table.state_dict()), name
