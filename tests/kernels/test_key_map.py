@@ -19,55 +19,45 @@ def _home(key, mask):
     return x & mask
 
 
-def _empty(num_slots, num_entries):
-    sizes = np.zeros(6, np.int64)
-    sizes[K.ROWS_USED] = 1
-    return K.KeyMap(np.zeros(num_slots, np.int64), np.full(num_slots, -1, np.int64),
-                    np.zeros(num_entries, np.int64), np.full(num_entries, K.FREE, np.int64),
-                    np.zeros(num_entries, np.int64), np.zeros(num_entries, np.int64),
-                    np.zeros(num_entries, np.int64), np.zeros(num_entries, np.int64), sizes)
-
-
 def _insert_pending(km, keys, step):
     """A training pass that never admits (filter_freq huge): keys counted."""
-    res = K.Resolved(*K.resolve_keys(keys, km.slot_keys, km.slot_entry))
-    new, admissions = K.count_changes(res.unique_entry, res.unique_count, res.starts,
-                                      res.distinct, km.entry_row, km.entry_count, I64.max)
+    res = K.resolve_keys(keys, km.slots)
+    new, admissions = K.count_changes(res, km.slots, I64.max)
     assert admissions == 0
-    K.apply_training(np.empty(0, np.int64), np.empty(0, np.int64), res.unique_entry, km,
-                     res.unique_key, res.unique_count, res.starts, res.distinct,
-                     np.int64(step), I64.max)
+    K.apply_training(np.empty(0, np.int64), np.empty(0, np.int64), res, km, np.int64(step),
+                     I64.max)
     return new
 
 
 def _check(km, model):
     """Every key of ``model`` ({key: count}) is found with its count; the map
     holds exactly these keys; each probe run from a key's home has no gap."""
+    slots = km.slots
     keys = np.array(sorted(model), np.int64)
-    entries = np.empty(keys.shape[0], np.int64)
-    K.find_entries(entries, km.slot_keys, km.slot_entry, keys, km.slot_keys.shape[0] - 1)
-    assert (entries >= 0).all()
-    assert km.entry_key[entries].tolist() == keys.tolist()
-    assert km.entry_count[entries].tolist() == [model[k] for k in keys.tolist()]
-    occupied = km.slot_entry >= 0
+    found = np.empty(keys.shape[0], np.int64)
+    K.find_slots(found, slots, keys)
+    assert (found >= 0).all()
+    assert slots[found, K.KEY].tolist() == keys.tolist()
+    assert slots[found, K.COUNT].tolist() == [model[k] for k in keys.tolist()]
+    occupied = slots[:, K.ROW] != K.EMPTY
     assert occupied.sum() == len(model) == km.sizes[K.LIVE]
-    mask = km.slot_keys.shape[0] - 1
+    mask = slots.shape[0] - 1
     for s in np.flatnonzero(occupied):   # linear probing: no empty slot between home and s
-        h = _home(int(km.slot_keys[s]), mask)
+        h = _home(int(slots[s, K.KEY]), mask)
         while h != s:
             assert occupied[h]
             h = (h + 1) & mask
     absent = np.array([k for k in (-5, 3, I64.min + 1) if k not in model], np.int64)
-    found = np.empty(absent.shape[0], np.int64)
-    K.find_entries(found, km.slot_keys, km.slot_entry, absent, mask)
-    assert (found == -1).all()
+    missing = np.empty(absent.shape[0], np.int64)
+    K.find_slots(missing, slots, absent)
+    assert (missing == -1).all()
 
 
 def test_insert_find_delete_against_a_dict():
     rng = np.random.default_rng(0)
     pool = np.concatenate([[0, -1, 1, I64.max, I64.min, 2**33, -(2**60)],
                            rng.integers(I64.min, I64.max, 25, dtype=np.int64)])
-    km = _empty(32, 32)            # at most 16 keys live: long, wrapping probe runs
+    km = K.empty_map(32, 1)        # at most 16 keys live: long, wrapping probe runs
     model = {}
     for step in range(60):
         room = 16 - len(model)
@@ -81,29 +71,26 @@ def test_insert_find_delete_against_a_dict():
         _check(km, model)
         if model and step % 2:
             victims = rng.choice(sorted(model), rng.integers(1, len(model) + 1), replace=False)
-            entries = np.empty(victims.shape[0], np.int64)
-            K.find_entries(entries, km.slot_keys, km.slot_entry, victims.astype(np.int64), 31)
-            K.remove_entries(km, entries)
+            K.remove_keys(km, victims.astype(np.int64))
             for key in victims.tolist():
                 del model[key]
             _check(km, model)
 
 
 def test_rebuild_keeps_every_key():
-    km = _empty(64, 32)
+    km = K.empty_map(16, 1)
     keys = np.array([5, -5, I64.max, I64.min, 17, 2**50], np.int64)
     _insert_pending(km, keys, 3)
-    bigger = km._replace(slot_keys=np.zeros(256, np.int64), slot_entry=np.full(256, -1, np.int64))
-    K.rebuild_slots(bigger.slot_keys, bigger.slot_entry, bigger.entry_key, bigger.entry_row,
-                    bigger.sizes[K.ENTRIES_USED])
+    bigger = km._replace(slots=K.empty_map(256, 1).slots)
+    K.rebuild(bigger.slots, km.slots)
     _check(bigger, {k: 1 for k in keys.tolist()})
 
 
 def test_resolve_groups_once_per_unique_key():
     rng = np.random.default_rng(1)
     values = rng.choice(np.array([3, -3, 2**62, I64.min, 9, 9, 9], np.int64), 500)
-    km = _empty(16, 16)
-    res = K.Resolved(*K.resolve_keys(values, km.slot_keys, km.slot_entry))
+    km = K.empty_map(16, 1)
+    res = K.resolve_keys(values, km.slots)
     uniques = {}
     for g in range(res.distinct.shape[0]):
         for u in range(res.starts[g], res.starts[g] + res.distinct[g]):
@@ -112,4 +99,4 @@ def test_resolve_groups_once_per_unique_key():
     keys, counts = np.unique(values, return_counts=True)
     assert uniques == dict(zip(keys.tolist(), counts.tolist()))
     assert (res.unique_key[res.pos_unique] == values).all()
-    assert (res.unique_entry[res.pos_unique] == -1).all()    # empty map
+    assert (res.unique_slot[res.pos_unique] == -1).all()    # empty map
