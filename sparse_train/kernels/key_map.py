@@ -2,35 +2,30 @@
 
 Any int64 is a key (negative and huge included). The map is open
 addressing with linear probing over ``M`` slots (a power of two), kept at
-most half full:
+most half full. Everything known about a key is one 32-byte record of its
+slot, so resolving a key costs one cache line:
 
-    slot_keys  [M] int64   the key held by a slot
-    slot_entry [M] int64   its entry, or -1: an empty slot
+    slots [M, 4] int64   columns KEY, ROW, COUNT, LAST_SEEN
+        ROW >= 1   the key's row in the row store (admitted)
+        ROW == PENDING  counted, not admitted
+        ROW == EMPTY    the slot is empty (the other columns mean nothing)
 
-Emptiness is the entry -1, never a key value, so no key is reserved.
+Emptiness is a ROW value, never a key value, so no key is reserved.
 Deletion shifts the rest of the probe run back (Knuth's algorithm R), so
-there are no tombstones and a probe stops at the first empty slot.
+there are no tombstones and a probe stops at the first empty slot; records
+move between slots only then (``remove_keys``) and when the map is rebuilt.
 
-Everything known about a key lives in its *entry* (entries do not move when
-slots do), and an admitted key owns a *row* of the row store:
-
-    entry_key       [E] int64
-    entry_row       [E] int64   its row; PENDING (counted, not admitted);
-                                FREE (the entry holds no key)
-    entry_count     [E] int64   training occurrences so far
-    entry_last_seen [E] int64   global step of its last training lookup
-    free_entries    [E] int64   stack of freed entries
-    free_rows       [R] int64   stack of freed rows
-    sizes           [6] int64   see ``ENTRIES_USED`` ... ``ADMITTED``
-
-Row 0 of the row store is never given to a key: it holds the table's
-default value, read by every key that has no row (``DEFAULT_ROW``).
+Rows are handed out from a stack of freed rows (``free_rows`` [R] int64)
+first, then fresh ones; ``sizes`` [4] int64 holds ROWS_USED, FREE_ROWS, LIVE,
+ADMITTED. Row 0 of the row store is never given to a key: it holds the
+table's default value, read by every key without a row (``DEFAULT_ROW``).
 
 A batch's keys are resolved once per unique key: positions are grouped by
 their home slot (``hash & (M - 1)``) with ``coalesce.group_rows``, the
-project's stable radix grouping, so each group owns its keys and the probes
-sweep the map in address order. New keys are inserted and rows assigned by
-one thread, in group order, so the layout never depends on the thread count.
+project's stable radix grouping, so each group owns its keys' probe and the
+probes sweep the map in address order (prefetched). New keys are inserted
+and rows assigned by one thread, in group order, so the layout never
+depends on the thread count.
 """
 from typing import NamedTuple
 
@@ -38,21 +33,22 @@ import numpy as np
 
 from ._jit import njit, njit_inline, njit_parallel, prange
 from .coalesce import group_rows
+from .prefetch import AHEAD, prefetch
 
-#: ``entry_row`` of a key counted but not admitted.
+#: Columns of ``slots``.
+KEY, ROW, COUNT, LAST_SEEN = 0, 1, 2, 3
+#: ``ROW`` of a key counted but not admitted.
 PENDING = -1
-#: ``entry_row`` of an entry that holds no key.
-FREE = -2
+#: ``ROW`` of an empty slot.
+EMPTY = -2
 #: The row read by keys without a row (holds the default value).
 DEFAULT_ROW = 0
 
 #: Indices into ``sizes``.
-ENTRIES_USED = 0   # entries ever handed out (the high-water mark)
-FREE_ENTRIES = 1   # entries on the free stack
-ROWS_USED = 2      # rows ever handed out, row 0 included
-FREE_ROWS = 3      # rows on the free stack
-LIVE = 4           # keys held (admitted + pending)
-ADMITTED = 5       # admitted keys
+ROWS_USED = 0      # rows ever handed out, row 0 included
+FREE_ROWS = 1      # rows on the free stack
+LIVE = 2           # keys held (admitted + pending)
+ADMITTED = 3       # admitted keys
 
 #: Initializer codes of ``init_rows``.
 INIT_TRUNCATED_NORMAL, INIT_NORMAL, INIT_UNIFORM, INIT_ZEROS = 0, 1, 2, 3
@@ -60,15 +56,9 @@ INIT_TRUNCATED_NORMAL, INIT_NORMAL, INIT_UNIFORM, INIT_ZEROS = 0, 1, 2, 3
 
 class KeyMap(NamedTuple):
     """The arrays of a key map (see the module docstring)."""
-    slot_keys: np.ndarray
-    slot_entry: np.ndarray
-    entry_key: np.ndarray
-    entry_row: np.ndarray
-    entry_count: np.ndarray
-    entry_last_seen: np.ndarray
-    free_entries: np.ndarray
-    free_rows: np.ndarray
-    sizes: np.ndarray
+    slots: np.ndarray       # [M, 4] int64
+    free_rows: np.ndarray   # [R] int64
+    sizes: np.ndarray       # [4] int64
 
 
 class Resolved(NamedTuple):
@@ -78,10 +68,20 @@ class Resolved(NamedTuple):
     ``j < distinct[g]`` (other u are unused)."""
     pos_unique: np.ndarray      # [n] int64: u of each position
     unique_key: np.ndarray      # [n] int64
-    unique_entry: np.ndarray    # [n] int64: entry, or -1 for a key not in the map
+    unique_slot: np.ndarray     # [n] int64: its slot, or -1: not in the map
     unique_count: np.ndarray    # [n] int64: occurrences in the batch
     starts: np.ndarray          # [G+1] int64
     distinct: np.ndarray        # [G] int64
+
+
+def empty_map(num_slots, num_rows):
+    """A ``KeyMap`` with no key: ``num_slots`` (a power of two) slots,
+    room for ``num_rows`` rows (row 0 taken by the default value)."""
+    slots = np.zeros((num_slots, 4), np.int64)
+    slots[:, ROW] = EMPTY
+    sizes = np.zeros(4, np.int64)
+    sizes[ROWS_USED] = DEFAULT_ROW + 1
+    return KeyMap(slots, np.zeros(num_rows, np.int64), sizes)
 
 
 # ------------------------------------------------------------------ hashing
@@ -115,34 +115,49 @@ def home_slots(out, values, mask):
 
 
 @njit_inline
-def find_slot(slot_keys, slot_entry, key, mask):
+def find_slot(slots, key, mask):
     """Slot holding ``key``, or -1 - (the empty slot where it would go)."""
     s = home_slot(key, mask)
     while True:
-        if slot_entry[s] < 0:
+        if slots[s, ROW] == EMPTY:
             return -1 - s
-        if slot_keys[s] == key:
+        if slots[s, KEY] == key:
             return s
         s = (s + 1) & mask
 
 
+@njit_parallel
+def lookup_rows(out, slots, values):
+    """In place: out [n] int64 = row of values[i], ``DEFAULT_ROW`` for a key
+    without one. Read-only (evaluation lookups), one probe per position."""
+    mask = slots.shape[0] - 1
+    for i in prange(values.shape[0]):
+        s = find_slot(slots, values[i], mask)
+        r = slots[s, ROW] if s >= 0 else DEFAULT_ROW
+        out[i] = r if r >= 0 else DEFAULT_ROW
+
+
 @njit
-def find_entries(out, slot_keys, slot_entry, keys, mask):
-    """In place: out [n] int64 = entry of keys[i], or -1. Read-only probes."""
+def find_slots(out, slots, keys):
+    """In place: out [n] int64 = slot of keys[i], or -1. Read-only."""
+    mask = slots.shape[0] - 1
     for i in range(keys.shape[0]):
-        s = find_slot(slot_keys, slot_entry, keys[i], mask)
-        out[i] = slot_entry[s] if s >= 0 else -1
+        s = find_slot(slots, keys[i], mask)
+        out[i] = s if s >= 0 else -1
 
 
 # ----------------------------------------------------------------- resolving
 @njit_parallel
-def _resolve_groups(pos_unique, unique_key, unique_entry, unique_count, distinct,
-                    values, order, starts, slot_keys, slot_entry):
+def _resolve_groups(pos_unique, unique_key, unique_slot, unique_count, distinct,
+                    values, order, starts, homes, slots):
     """In place, for each home group g (positions order[starts[g]:starts[g+1]],
-    in position order): its distinct keys in first-occurrence order, their
-    occurrences, their entries (one read-only probe each); pos_unique."""
-    mask = slot_keys.shape[0] - 1
-    for g in prange(starts.shape[0] - 1):
+    in position order, home slot homes[g]): its distinct keys in
+    first-occurrence order, their occurrences, their slots (one read-only
+    probe each, the slots prefetched ahead); pos_unique of each position."""
+    mask = slots.shape[0] - 1
+    num_groups = starts.shape[0] - 1
+    for g in prange(num_groups):
+        prefetch(slots, homes[min(g + AHEAD, num_groups - 1)] * 4)
         base = starts[g]
         d = 0
         for k in range(starts[g], starts[g + 1]):
@@ -154,8 +169,8 @@ def _resolve_groups(pos_unique, unique_key, unique_entry, unique_count, distinct
             if j == d:
                 unique_key[base + d] = key
                 unique_count[base + d] = 0
-                s = find_slot(slot_keys, slot_entry, key, mask)
-                unique_entry[base + d] = slot_entry[s] if s >= 0 else -1
+                s = find_slot(slots, key, mask)
+                unique_slot[base + d] = s if s >= 0 else -1
                 d += 1
             unique_count[base + j] += 1
             pos_unique[p] = base + j
@@ -163,62 +178,40 @@ def _resolve_groups(pos_unique, unique_key, unique_entry, unique_count, distinct
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
-def resolve_keys(values, slot_keys, slot_entry):
-    """A batch's keys resolved once per unique key, read-only: a ``Resolved``
-    tuple's fields (pos_unique, unique_key, unique_entry, unique_count,
-    starts, distinct)."""
+def resolve_keys(values, slots):
+    """A batch's keys resolved once per unique key, read-only: a ``Resolved``."""
     n = values.shape[0]
     homes = np.empty(n, np.int64)
-    home_slots(homes, values, slot_keys.shape[0] - 1)
-    _, starts, order = group_rows(homes)
+    home_slots(homes, values, slots.shape[0] - 1)
+    group_homes, starts, order = group_rows(homes)
     pos_unique = np.empty(n, np.int64)
     unique_key = np.empty(n, np.int64)
-    unique_entry = np.empty(n, np.int64)
+    unique_slot = np.empty(n, np.int64)
     unique_count = np.empty(n, np.int64)
     distinct = np.empty(starts.shape[0] - 1, np.int64)
-    _resolve_groups(pos_unique, unique_key, unique_entry, unique_count, distinct,
-                    values, order, starts, slot_keys, slot_entry)
-    return pos_unique, unique_key, unique_entry, unique_count, starts, distinct
+    _resolve_groups(pos_unique, unique_key, unique_slot, unique_count, distinct,
+                    values, order, starts, group_homes, slots)
+    return Resolved(pos_unique, unique_key, unique_slot, unique_count, starts, distinct)
 
 
 @njit
-def count_changes(unique_entry, unique_count, starts, distinct, entry_row, entry_count,
-                  filter_freq):
+def count_changes(res, slots, filter_freq):
     """(new keys, admissions) a training lookup of these unique keys would
     make, without changing anything: a key is admitted when its count
     (old + occurrences) reaches ``filter_freq`` and it has no row yet."""
     new_keys = 0
     admissions = 0
-    for g in range(distinct.shape[0]):
-        for u in range(starts[g], starts[g] + distinct[g]):
-            e = unique_entry[u]
-            if e < 0:
+    for g in range(res.distinct.shape[0]):
+        for u in range(res.starts[g], res.starts[g] + res.distinct[g]):
+            s = res.unique_slot[u]
+            if s < 0:
                 new_keys += 1
-                if unique_count[u] >= filter_freq:
+                if res.unique_count[u] >= filter_freq:
                     admissions += 1
-            elif entry_row[e] == PENDING and entry_count[e] + unique_count[u] >= filter_freq:
+            elif (slots[s, ROW] == PENDING
+                  and slots[s, COUNT] + res.unique_count[u] >= filter_freq):
                 admissions += 1
     return new_keys, admissions
-
-
-@njit_inline
-def _insert(km, key, e):
-    """Put key -> entry e in the map (the key must be absent, a slot free)."""
-    mask = km.slot_keys.shape[0] - 1
-    s = -1 - find_slot(km.slot_keys, km.slot_entry, key, mask)
-    km.slot_keys[s] = key
-    km.slot_entry[s] = e
-
-
-@njit_inline
-def _new_entry(km):
-    sizes = km.sizes
-    if sizes[FREE_ENTRIES] > 0:
-        sizes[FREE_ENTRIES] -= 1
-        return km.free_entries[sizes[FREE_ENTRIES]]
-    e = sizes[ENTRIES_USED]
-    sizes[ENTRIES_USED] += 1
-    return e
 
 
 @njit_inline
@@ -233,33 +226,34 @@ def _new_row(km):
 
 
 @njit
-def apply_training(new_rows, new_keys, unique_entry, km, unique_key, unique_count,
-                   starts, distinct, step, filter_freq):
+def apply_training(new_rows, new_keys, res, km, step, filter_freq):
     """Count, insert and admit a training lookup's unique keys, in group order
     (one thread: the layout never depends on the thread count).
 
-    In place: unique_entry (filled for new keys), the map ``km``; new_rows,
-    new_keys [A] int64: the rows assigned by admissions and their keys, in
-    order. The caller checked capacity and made room (``count_changes``).
-    Returns the number of admissions."""
+    In place: res.unique_slot (filled for new keys), the map ``km``;
+    new_rows, new_keys [A] int64: the rows assigned by admissions and their
+    keys, in order. The caller checked capacity and made room
+    (``count_changes``); inserting moves no record, so the other unique
+    keys' slots stay valid."""
+    slots = km.slots
+    mask = slots.shape[0] - 1
     a = 0
-    for g in range(distinct.shape[0]):
-        for u in range(starts[g], starts[g] + distinct[g]):
-            e = unique_entry[u]
-            key = unique_key[u]
-            if e < 0:
-                e = _new_entry(km)
-                km.entry_key[e] = key
-                km.entry_row[e] = PENDING
-                km.entry_count[e] = 0
-                _insert(km, key, e)
+    for g in range(res.distinct.shape[0]):
+        for u in range(res.starts[g], res.starts[g] + res.distinct[g]):
+            s = res.unique_slot[u]
+            key = res.unique_key[u]
+            if s < 0:
+                s = -1 - find_slot(slots, key, mask)
+                slots[s, KEY] = key
+                slots[s, ROW] = PENDING
+                slots[s, COUNT] = 0
                 km.sizes[LIVE] += 1
-                unique_entry[u] = e
-            km.entry_count[e] += unique_count[u]
-            km.entry_last_seen[e] = step
-            if km.entry_row[e] == PENDING and km.entry_count[e] >= filter_freq:
+                res.unique_slot[u] = s
+            slots[s, COUNT] += res.unique_count[u]
+            slots[s, LAST_SEEN] = step
+            if slots[s, ROW] == PENDING and slots[s, COUNT] >= filter_freq:
                 r = _new_row(km)
-                km.entry_row[e] = r
+                slots[s, ROW] = r
                 km.sizes[ADMITTED] += 1
                 new_rows[a] = r
                 new_keys[a] = key
@@ -268,90 +262,81 @@ def apply_training(new_rows, new_keys, unique_entry, km, unique_key, unique_coun
 
 
 @njit_parallel
-def position_rows(out, pos_unique, unique_entry, entry_row):
+def position_rows(out, pos_unique, unique_slot, slots):
     """In place: out [n] int64 = row read by each position (``DEFAULT_ROW``
     for a key without a row)."""
     for i in prange(out.shape[0]):
-        e = unique_entry[pos_unique[i]]
-        r = entry_row[e] if e >= 0 else DEFAULT_ROW
+        s = unique_slot[pos_unique[i]]
+        r = slots[s, ROW] if s >= 0 else DEFAULT_ROW
         out[i] = r if r >= 0 else DEFAULT_ROW
 
 
 # ------------------------------------------------------------ map upkeep
 @njit
-def rebuild_slots(slot_keys, slot_entry, entry_key, entry_row, entries_used):
-    """In place: slot_keys, slot_entry [M] (M a power of two, over twice the
-    live entries) = the map of every live entry, inserted in entry order."""
-    slot_entry[:] = -1
-    mask = slot_keys.shape[0] - 1
-    for e in range(entries_used):
-        if entry_row[e] == FREE:
+def rebuild(slots, old):
+    """In place: slots [M, 4] (empty; M a power of two, over twice the live
+    keys) = every record of ``old`` [M', 4], inserted in ``old``'s slot order."""
+    mask = slots.shape[0] - 1
+    for t in range(old.shape[0]):
+        if old[t, ROW] == EMPTY:
             continue
-        key = entry_key[e]
-        s = -1 - find_slot(slot_keys, slot_entry, key, mask)
-        slot_keys[s] = key
-        slot_entry[s] = e
+        s = -1 - find_slot(slots, old[t, KEY], mask)
+        for c in range(4):
+            slots[s, c] = old[t, c]
 
 
 @njit_inline
-def _delete_slot(slot_keys, slot_entry, i, mask):
+def _delete_slot(slots, i, mask):
     """Empty slot i and shift the rest of its probe run back (no tombstones)."""
     j = i
     while True:
-        slot_entry[i] = -1
+        slots[i, ROW] = EMPTY
         while True:
             j = (j + 1) & mask
-            if slot_entry[j] < 0:
+            if slots[j, ROW] == EMPTY:
                 return
-            k = home_slot(slot_keys[j], mask)
-            # the key at j may move to i unless its home lies cyclically in (i, j]
+            k = home_slot(slots[j, KEY], mask)
+            # the record at j may move to i unless its home lies cyclically in (i, j]
             if i <= j:
                 stays = i < k <= j
             else:
                 stays = i < k or k <= j
             if not stays:
                 break
-        slot_keys[i] = slot_keys[j]
-        slot_entry[i] = slot_entry[j]
+        for c in range(4):
+            slots[i, c] = slots[j, c]
         i = j
 
 
 @njit
-def remove_entries(km, entries):
-    """Drop the keys of ``entries`` [k] int64 (live, distinct) from the map:
-    their slots are emptied, entries and rows pushed on the free stacks in
-    order. In place: ``km``."""
-    mask = km.slot_keys.shape[0] - 1
-    sizes = km.sizes
-    for i in range(entries.shape[0]):
-        e = entries[i]
-        s = find_slot(km.slot_keys, km.slot_entry, km.entry_key[e], mask)
-        _delete_slot(km.slot_keys, km.slot_entry, s, mask)
-        r = km.entry_row[e]
+def remove_keys(km, keys):
+    """Drop ``keys`` [k] int64 (held, distinct) from the map, in order: their
+    rows are pushed on the free stack. In place: ``km``."""
+    slots, sizes = km.slots, km.sizes
+    mask = slots.shape[0] - 1
+    for i in range(keys.shape[0]):
+        s = find_slot(slots, keys[i], mask)
+        r = slots[s, ROW]
         if r >= 0:
             km.free_rows[sizes[FREE_ROWS]] = r
             sizes[FREE_ROWS] += 1
             sizes[ADMITTED] -= 1
-        km.entry_row[e] = FREE
-        km.entry_count[e] = 0
-        km.free_entries[sizes[FREE_ENTRIES]] = e
-        sizes[FREE_ENTRIES] += 1
+        _delete_slot(slots, s, mask)
         sizes[LIVE] -= 1
 
 
 @njit_parallel
-def eviction_candidates(out, weight, entry_row, entry_last_seen, entries_used, step,
-                        steps_to_live, l2_threshold):
-    """In place: out [E] bool = entry e is evicted at global step ``step``:
-    a live key (admitted or pending) with ``step - last_seen > steps_to_live``
-    (steps_to_live < 0: never), or an admitted key whose row has
-    ``0.5 * sum(w * w) < l2_threshold`` (summed in float64 in column order;
-    l2_threshold <= 0: never)."""
-    for e in prange(entries_used):
-        r = entry_row[e]
+def eviction_candidates(out, weight, slots, step, steps_to_live, l2_threshold):
+    """In place: out [M] bool = the key of slot s is evicted at global step
+    ``step``: a held key (admitted or pending) with ``step - last_seen >
+    steps_to_live`` (steps_to_live < 0: never), or an admitted key whose row
+    has ``0.5 * sum(w * w) < l2_threshold`` (summed in float64 in column
+    order; l2_threshold <= 0: never)."""
+    for s in prange(slots.shape[0]):
+        r = slots[s, ROW]
         drop = False
-        if r != FREE:
-            if steps_to_live >= 0 and step - entry_last_seen[e] > steps_to_live:
+        if r != EMPTY:
+            if steps_to_live >= 0 and step - slots[s, LAST_SEEN] > steps_to_live:
                 drop = True
             elif r >= 0 and l2_threshold > 0.0:
                 total = 0.0
@@ -359,7 +344,7 @@ def eviction_candidates(out, weight, entry_row, entry_last_seen, entries_used, s
                     w = np.float64(weight[r, j])
                     total += w * w
                 drop = 0.5 * total < l2_threshold
-        out[e] = drop
+        out[s] = drop
 
 
 # ------------------------------------------------------------- row values

@@ -15,8 +15,9 @@ them with its rows and resets a row's slots to their initial value when the
 row is given to a new key.
 
 Memory is bounded by: admitted keys <= ``capacity`` (if given), each
-``D * 4`` bytes of values + its slots + about 64 bytes of map and entry; and
-pending keys (counted, not admitted: about 48 bytes each), which
+``D * 4`` bytes of values + its slots + its 32-byte map record (64 bytes at
+the map's load of at most 1/2); and pending keys (counted, not admitted: a
+map record each), which
 ``steps_to_live`` evicts like admitted keys (a pending key unseen for more
 than ``steps_to_live`` steps is forgotten, count included). Without
 ``steps_to_live``, a stream of ever-new keys grows the pending set without
@@ -39,7 +40,7 @@ _INIT_CODES = {"truncated_normal": K.INIT_TRUNCATED_NORMAL, "normal": K.INIT_NOR
                "uniform": K.INIT_UNIFORM, "zeros": K.INIT_ZEROS}
 assert set(_INIT_CODES) == set(INITIALIZERS)
 
-_MIN_SLOTS, _MIN_ENTRIES, _MIN_ROWS = 64, 32, 32
+_MIN_SLOTS, _MIN_ROWS = 64, 32
 _BASE_FIELDS = ("keys", "values", "counts", "last_seen",
                 "pending_keys", "pending_counts", "pending_last_seen")
 _TOMBSTONES = ("tombstones", "pending_tombstones")
@@ -92,10 +93,11 @@ class _Recent(NamedTuple):
 
 
 class _Mark(NamedTuple):
-    """What ``mark_saved`` remembers to compute the next delta."""
-    entry_key: np.ndarray
-    entry_kind: np.ndarray
-    fingerprint: np.ndarray
+    """What ``mark_saved`` remembers to compute the next delta: every held
+    key (sorted), its kind (1 admitted, 0 pending) and fingerprint."""
+    keys: np.ndarray
+    kinds: np.ndarray
+    fingerprints: np.ndarray
     admitted: np.ndarray
     pending: np.ndarray
     slot_fields: frozenset
@@ -196,7 +198,7 @@ class DynamicEmbeddingTable:
         self._generation = 0    # bumped whenever keys may change rows
         self._mark = None
         self.weight = DynamicVariable(self._new_rows_array(_MIN_ROWS), name, self)
-        self._km = self._empty_map(_MIN_SLOTS, _MIN_ENTRIES, _MIN_ROWS)
+        self._km = K.empty_map(_MIN_SLOTS, _MIN_ROWS)
 
     # ------------------------------------------------------------ basics
     @property
@@ -217,7 +219,7 @@ class DynamicEmbeddingTable:
 
     def keys(self):
         """The admitted keys, sorted int64."""
-        return self._km.entry_key[self._admitted_entries()].copy()
+        return self._km.slots[self._admitted_slots(), K.KEY]
 
     def __repr__(self):
         return (f"DynamicEmbeddingTable(name={self.name!r}, embedding_dim={self.embedding_dim}, "
@@ -235,13 +237,12 @@ class DynamicEmbeddingTable:
         return out
 
     def memory_bytes(self):
-        """Bytes held: {"values", "slots", "map", "entries"} (allocated
+        """Bytes held: {"values", "slots", "map", "free_rows"} (allocated
         arrays, including free room)."""
         km = self._km
         slots = sum(s.array.nbytes for s in self._slots.values())
         return {"values": int(self.weight.value.nbytes), "slots": int(slots),
-                "map": int(km.slot_keys.nbytes + km.slot_entry.nbytes),
-                "entries": int(sum(a.nbytes for a in km[2:8]))}
+                "map": int(km.slots.nbytes), "free_rows": int(km.free_rows.nbytes)}
 
     # ----------------------------------------------------------- lookups
     def resolve(self, values, training=True, global_step=None, name=None):
@@ -310,35 +311,30 @@ class DynamicEmbeddingTable:
         return step
 
     def _rows_readonly(self, values):
-        km = self._km
-        entries = np.empty(values.shape[0], np.int64)
-        K.find_entries(entries, km.slot_keys, km.slot_entry, values,
-                       km.slot_keys.shape[0] - 1)
-        rows = np.where(entries >= 0, km.entry_row[np.maximum(entries, 0)], K.DEFAULT_ROW)
-        return np.maximum(rows, K.DEFAULT_ROW)
+        rows = np.empty(values.shape[0], np.int64)
+        K.lookup_rows(rows, self._km.slots, values)
+        return rows
 
     def _rows_training(self, values, step, where):
-        km = self._km
-        resolved = K.Resolved(*K.resolve_keys(values, km.slot_keys, km.slot_entry))
-        new_keys, admissions = K.count_changes(
-            resolved.unique_entry, resolved.unique_count, resolved.starts, resolved.distinct,
-            km.entry_row, km.entry_count, np.int64(self.filter_freq))
+        res = K.resolve_keys(values, self._km.slots)
+        new_keys, admissions = K.count_changes(res, self._km.slots, np.int64(self.filter_freq))
         if self.capacity is not None and len(self) + admissions > self.capacity:
             raise ValueError(
                 f"table {self.name!r} (feature {where!r}): admitting {admissions} more keys "
                 f"would exceed its capacity of {self.capacity} ({len(self)} admitted); "
                 f"nothing was changed")
-        self._make_room(new_keys, admissions)
+        if self._grow_map(new_keys):   # records moved: resolve again
+            res = K.resolve_keys(values, self._km.slots)
+        self._make_rows(admissions)
         km = self._km
         new_rows = np.empty(admissions, np.int64)
         admitted_keys = np.empty(admissions, np.int64)
-        K.apply_training(new_rows, admitted_keys, resolved.unique_entry, km,
-                         resolved.unique_key, resolved.unique_count, resolved.starts,
-                         resolved.distinct, np.int64(step), np.int64(self.filter_freq))
+        K.apply_training(new_rows, admitted_keys, res, km, np.int64(step),
+                         np.int64(self.filter_freq))
         if admissions:
             self._fresh_rows(new_rows, admitted_keys)
         rows = np.empty(values.shape[0], np.int64)
-        K.position_rows(rows, resolved.pos_unique, resolved.unique_entry, km.entry_row)
+        K.position_rows(rows, res.pos_unique, res.unique_slot, km.slots)
         return rows
 
     def _fresh_rows(self, rows, keys):
@@ -359,40 +355,26 @@ class DynamicEmbeddingTable:
         value[K.DEFAULT_ROW] = np.float32(self.default_value)
         return value
 
-    def _empty_map(self, num_slots, num_entries, num_rows):
-        sizes = np.zeros(6, np.int64)
-        sizes[K.ROWS_USED] = K.DEFAULT_ROW + 1
-        return K.KeyMap(np.zeros(num_slots, np.int64), np.full(num_slots, -1, np.int64),
-                        np.zeros(num_entries, np.int64), np.full(num_entries, K.FREE, np.int64),
-                        np.zeros(num_entries, np.int64), np.zeros(num_entries, np.int64),
-                        np.zeros(num_entries, np.int64), np.zeros(num_rows, np.int64), sizes)
+    def _grow_map(self, new_keys):
+        """Double the map until ``new_keys`` more keys keep it at most half
+        full; True if it was rebuilt (records moved)."""
+        km = self._km
+        live = int(km.sizes[K.LIVE]) + new_keys
+        if 2 * live <= km.slots.shape[0]:
+            return False
+        grown = K.empty_map(_pow2_at_least(2 * live), 1).slots
+        K.rebuild(grown, km.slots)
+        self._km = km._replace(slots=grown)
+        return True
 
-    def _make_room(self, new_keys, admissions):
-        """Grow the map, entries and rows (doubling) so that ``new_keys`` keys
-        can be inserted and ``admissions`` rows handed out."""
+    def _make_rows(self, admissions):
+        """Grow the row store (doubling) so ``admissions`` rows can be handed out."""
         km = self._km
         sizes = km.sizes
-        live = int(sizes[K.LIVE]) + new_keys
-        entries_free = (km.entry_key.shape[0] - int(sizes[K.ENTRIES_USED])
-                        + int(sizes[K.FREE_ENTRIES]))
-        if new_keys > entries_free:
-            size = _pow2_at_least(int(sizes[K.ENTRIES_USED]) + new_keys)
-            km = km._replace(**{field: _grown(getattr(km, field), size, fill)
-                                for field, fill in (("entry_key", 0), ("entry_row", K.FREE),
-                                                    ("entry_count", 0),
-                                                    ("entry_last_seen", 0),
-                                                    ("free_entries", 0))})
-        if 2 * live > km.slot_keys.shape[0]:
-            size = _pow2_at_least(2 * live)
-            km = km._replace(slot_keys=np.zeros(size, np.int64),
-                             slot_entry=np.full(size, -1, np.int64))
-            K.rebuild_slots(km.slot_keys, km.slot_entry, km.entry_key, km.entry_row,
-                            sizes[K.ENTRIES_USED])
         rows_free = self.rows_allocated - int(sizes[K.ROWS_USED]) + int(sizes[K.FREE_ROWS])
         if admissions > rows_free:
             self._grow_rows(_pow2_at_least(int(sizes[K.ROWS_USED]) + admissions))
-            km = km._replace(free_rows=_grown(km.free_rows, self.rows_allocated, 0))
-        self._km = km
+            self._km = km._replace(free_rows=_grown(km.free_rows, self.rows_allocated, 0))
 
     def _grow_rows(self, rows):
         """Row store (and every slot) to ``rows`` rows, existing rows kept."""
@@ -451,40 +433,37 @@ class DynamicEmbeddingTable:
         if self.steps_to_live is None and self.l2_weight_threshold is None:
             return 0
         km = self._km
-        used = int(km.sizes[K.ENTRIES_USED])
-        drop = np.zeros(used, np.bool_)
-        K.eviction_candidates(drop, self.weight.value, km.entry_row, km.entry_last_seen,
-                              np.int64(used), np.int64(step),
+        drop = np.empty(km.slots.shape[0], np.bool_)
+        K.eviction_candidates(drop, self.weight.value, km.slots, np.int64(step),
                               np.int64(-1 if self.steps_to_live is None else self.steps_to_live),
                               np.float64(self.l2_weight_threshold or 0.0))
-        entries = np.flatnonzero(drop).astype(np.int64)
-        if entries.size:
-            K.remove_entries(km, entries)
+        keys = km.slots[np.flatnonzero(drop), K.KEY]
+        if keys.size:
+            K.remove_keys(km, keys)
             self._generation += 1
-        return int(entries.size)
+        return int(keys.size)
 
     # ----------------------------------------------------------- export
-    def _admitted_entries(self):
-        km = self._km
-        used = int(km.sizes[K.ENTRIES_USED])
-        entries = np.flatnonzero(km.entry_row[:used] >= 0)
-        return entries[np.argsort(km.entry_key[entries], kind="stable")]
+    def _held_slots(self, kind):
+        """Slots of the admitted (``kind`` 1) or pending (0) keys, by key."""
+        slots = self._km.slots
+        rows = slots[:, K.ROW]
+        found = np.flatnonzero(rows >= 0 if kind else rows == K.PENDING)
+        return found[np.argsort(slots[found, K.KEY], kind="stable")]
 
-    def _pending_entries(self):
-        km = self._km
-        used = int(km.sizes[K.ENTRIES_USED])
-        entries = np.flatnonzero(km.entry_row[:used] == K.PENDING)
-        return entries[np.argsort(km.entry_key[entries], kind="stable")]
+    def _admitted_slots(self):
+        return self._held_slots(1)
 
-    def _rows_state(self, entries, pending):
-        """State fields of admitted ``entries`` and ``pending`` entries."""
-        km = self._km
-        rows = km.entry_row[entries]
-        state = {"keys": km.entry_key[entries], "values": self.weight.value[rows],
-                 "counts": km.entry_count[entries], "last_seen": km.entry_last_seen[entries],
-                 "pending_keys": km.entry_key[pending],
-                 "pending_counts": km.entry_count[pending],
-                 "pending_last_seen": km.entry_last_seen[pending]}
+    def _rows_state(self, admitted, pending):
+        """State fields (copies) of the keys in map slots ``admitted`` and
+        ``pending``."""
+        slots = self._km.slots
+        rows = slots[admitted, K.ROW]
+        state = {"keys": slots[admitted, K.KEY], "values": self.weight.value[rows],
+                 "counts": slots[admitted, K.COUNT], "last_seen": slots[admitted, K.LAST_SEEN],
+                 "pending_keys": slots[pending, K.KEY],
+                 "pending_counts": slots[pending, K.COUNT],
+                 "pending_last_seen": slots[pending, K.LAST_SEEN]}
         for field, slot in sorted(self._slot_fields().items()):
             state[field] = slot.array[rows]
         return state
@@ -494,7 +473,7 @@ class DynamicEmbeddingTable:
         (sorted), ``values``, ``counts``, ``last_seen`` and each slot by its
         name (``"<optimizer>/<slot>"`` when two optimizers share a name),
         rows aligned with ``keys``."""
-        state = self._rows_state(self._admitted_entries(), np.empty(0, np.int64))
+        state = self._rows_state(self._admitted_slots(), np.empty(0, np.int64))
         out = {field: state[field] for field in ("keys", "values", "counts", "last_seen")}
         names = [s.slot for s in self._slots.values()]
         for field, slot in sorted(self._slot_fields().items()):
@@ -505,7 +484,7 @@ class DynamicEmbeddingTable:
     def state_dict(self):
         """The whole table as arrays (copies, one moment): see DYNAMIC_PROTOCOL
         / ``load_state_dict``."""
-        return self._rows_state(self._admitted_entries(), self._pending_entries())
+        return self._rows_state(self._admitted_slots(), self._held_slots(0))
 
     # ----------------------------------------------------------- loading
     def _check_state(self, state, delta):
@@ -587,17 +566,16 @@ class DynamicEmbeddingTable:
     def _load(self, arrays):
         n, p = arrays["keys"].shape[0], arrays["pending_keys"].shape[0]
         rows_allocated = _pow2_at_least(max(n + 1, _MIN_ROWS))
-        num_entries = _pow2_at_least(max(n + p, _MIN_ENTRIES))
-        km = self._empty_map(_pow2_at_least(max(2 * (n + p), _MIN_SLOTS)), num_entries,
-                             rows_allocated)
-        km.entry_key[:n + p] = np.concatenate([arrays["keys"], arrays["pending_keys"]])
-        km.entry_row[:n] = np.arange(1, n + 1)
-        km.entry_row[n:n + p] = K.PENDING
-        km.entry_count[:n + p] = np.concatenate([arrays["counts"], arrays["pending_counts"]])
-        km.entry_last_seen[:n + p] = np.concatenate([arrays["last_seen"],
-                                                     arrays["pending_last_seen"]])
-        km.sizes[:] = (n + p, 0, n + 1, 0, n + p, n)
-        K.rebuild_slots(km.slot_keys, km.slot_entry, km.entry_key, km.entry_row, np.int64(n + p))
+        km = K.empty_map(_pow2_at_least(max(2 * (n + p), _MIN_SLOTS)), rows_allocated)
+        records = np.empty((n + p, 4), np.int64)
+        records[:, K.KEY] = np.concatenate([arrays["keys"], arrays["pending_keys"]])
+        records[:n, K.ROW] = np.arange(K.DEFAULT_ROW + 1, n + 1)
+        records[n:, K.ROW] = K.PENDING
+        records[:, K.COUNT] = np.concatenate([arrays["counts"], arrays["pending_counts"]])
+        records[:, K.LAST_SEEN] = np.concatenate([arrays["last_seen"],
+                                                  arrays["pending_last_seen"]])
+        K.rebuild(km.slots, records)
+        km.sizes[K.ROWS_USED], km.sizes[K.LIVE], km.sizes[K.ADMITTED] = n + 1, n + p, n
         value = self._new_rows_array(rows_allocated)
         value[1:n + 1] = arrays["values"]
         slots = {}
@@ -627,35 +605,32 @@ class DynamicEmbeddingTable:
         self._generation += 1
 
     # ------------------------------------------------------- incremental
-    def _entry_kinds(self):
-        rows = self._km.entry_row[:int(self._km.sizes[K.ENTRIES_USED])]
-        return np.where(rows >= 0, 1, np.where(rows == K.PENDING, 0, -1)).astype(np.int64)
-
     def _fingerprints(self):
-        """[E] uint64: a hash of each entry's key, kind, count, last_seen,
-        row values and slot rows."""
-        km = self._km
-        used = int(km.sizes[K.ENTRIES_USED])
-        rows = km.entry_row[:used]
-        scalars = np.stack([km.entry_key[:used], self._entry_kinds(), km.entry_count[:used],
-                            km.entry_last_seen[:used]], axis=1)
-        out = np.zeros(used, np.uint64)
+        """(held keys sorted, kinds (1 admitted, 0 pending), fingerprints
+        [uint64]): a hash of each key's kind, count, last_seen, row values
+        and slot rows (not of where they are stored)."""
+        slots = self._km.slots
+        held = np.flatnonzero(slots[:, K.ROW] != K.EMPTY)
+        held = held[np.argsort(slots[held, K.KEY], kind="stable")]
+        records = slots[held]
+        kinds = (records[:, K.ROW] >= 0).astype(np.int64)
+        scalars = np.stack([records[:, K.KEY], kinds, records[:, K.COUNT],
+                            records[:, K.LAST_SEEN]], axis=1)
+        out = np.zeros(held.shape[0], np.uint64)
         K.mix_rows(out, np.ascontiguousarray(scalars).view(np.uint32),
-                   np.arange(used, dtype=np.int64))
-        row_of = np.where(rows >= 0, rows, -1).astype(np.int64)
-        K.mix_rows(out, self.weight.value.view(np.uint32), row_of)
+                   np.arange(held.shape[0], dtype=np.int64))
+        rows = np.where(kinds == 1, records[:, K.ROW], -1)
+        K.mix_rows(out, self.weight.value.view(np.uint32), rows)
         for _, slot in sorted(self._slot_fields().items()):
             array = slot.array
-            K.mix_rows(out, array.reshape(array.shape[0], -1).view(np.uint32), row_of)
-        return out
+            K.mix_rows(out, array.reshape(array.shape[0], -1).view(np.uint32), rows)
+        return records[:, K.KEY].copy(), kinds, out, held
 
     def mark_saved(self):
         """Remember the current state as saved: the next ``delta_state_dict``
         holds what changed from here (call after a save commits)."""
-        km = self._km
-        used = int(km.sizes[K.ENTRIES_USED])
-        self._mark = _Mark(km.entry_key[:used].copy(), self._entry_kinds(), self._fingerprints(),
-                           self.keys(), km.entry_key[self._pending_entries()].copy(),
+        keys, kinds, fingerprints, _ = self._fingerprints()
+        self._mark = _Mark(keys, kinds, fingerprints, keys[kinds == 1], keys[kinds == 0],
                            frozenset(self._slot_fields()))
 
     def delta_state_dict(self):
@@ -665,34 +640,21 @@ class DynamicEmbeddingTable:
         the mark, not now) and ``pending_tombstones`` (pending at the mark,
         neither pending nor admitted now). A slot created since the mark
         makes every admitted key an upsert."""
-        km = self._km
-        used = int(km.sizes[K.ENTRIES_USED])
-        kinds = self._entry_kinds()
+        keys, kinds, fingerprints, held = self._fingerprints()
         mark = self._mark
-        if mark is None or not mark.slot_fields >= set(self._slot_fields()):
-            changed = kinds >= 0
+        if mark is None or not mark.keys.size or not mark.slot_fields >= set(self._slot_fields()):
+            changed = np.ones(keys.shape[0], np.bool_)
         else:
-            old = mark.entry_key.shape[0]
-            changed = np.ones(used, np.bool_)
-            same = ((mark.entry_key[:min(old, used)] == km.entry_key[:min(old, used)])
-                    & (mark.entry_kind[:min(old, used)] == kinds[:min(old, used)])
-                    & (mark.fingerprint[:min(old, used)] == self._fingerprints()[:min(old, used)]))
-            changed[:min(old, used)] = ~same
-            changed &= kinds >= 0
-        entries = np.flatnonzero(changed & (kinds == 1))
-        pending = np.flatnonzero(changed & (kinds == 0))
-        entries = entries[np.argsort(km.entry_key[entries], kind="stable")]
-        pending = pending[np.argsort(km.entry_key[pending], kind="stable")]
-        delta = self._rows_state(entries, pending)
-        admitted = self.keys()
-        now_pending = km.entry_key[self._pending_entries()]
+            at = np.minimum(np.searchsorted(mark.keys, keys), mark.keys.shape[0] - 1)
+            changed = ~((mark.keys[at] == keys) & (mark.kinds[at] == kinds)
+                        & (mark.fingerprints[at] == fingerprints))
+        delta = self._rows_state(held[changed & (kinds == 1)], held[changed & (kinds == 0)])
         if mark is None:
             delta["tombstones"] = np.empty(0, np.int64)
             delta["pending_tombstones"] = np.empty(0, np.int64)
         else:
-            delta["tombstones"] = np.setdiff1d(mark.admitted, admitted, assume_unique=True)
-            live = np.union1d(admitted, now_pending)
-            delta["pending_tombstones"] = np.setdiff1d(mark.pending, live, assume_unique=True)
+            delta["tombstones"] = np.setdiff1d(mark.admitted, keys[kinds == 1], assume_unique=True)
+            delta["pending_tombstones"] = np.setdiff1d(mark.pending, keys, assume_unique=True)
         return delta
 
     def apply_delta_state_dict(self, delta):

@@ -1,0 +1,146 @@
+"""W1 (../shared/BENCH.md) through a dynamic table vs the static table.
+
+Both run in the same process, alternating rounds (A B A B), on the same
+batches: the static ``EmbeddingTable`` path of ``bench_w1`` (lookup ->
+lookup_grad -> apply_gradients) and a ``DynamicEmbeddingTable`` whose keys
+(the same ids, scrambled over the whole int64 range by a bijection) are all
+admitted before timing. Reported: median ms/step of each, their ratio
+(target: dynamic within 1.3x of static), the key map's resolutions per
+second (read-only, ``resolve(training=False)``, and the training
+resolution inside ``lookup``), bytes per admitted key (values + slots + map
++ entries, allocated and compulsory), and the load average.
+
+    python scripts/bench_dynamic.py [--rows 1000000] [--dim 64] [--rounds 7]
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import sparse_train as st  # noqa: E402
+from sparse_train import functional as F  # noqa: E402
+from sparse_train.kernels import key_map as K  # noqa: E402
+
+from bench_common import Contender, alternate, log, set_threads  # noqa: E402
+from bench_w1 import make_optimizer, make_workload  # noqa: E402
+
+#: an odd multiplier: ``id * _SCRAMBLE`` (mod 2**64) is a bijection of int64
+_SCRAMBLE = np.int64(-7046029254386353131)
+
+
+def scrambled(ids):
+    """Keys spread over the int64 range (negative and huge), one per id."""
+    with np.errstate(over="ignore"):
+        return ids.astype(np.int64) * _SCRAMBLE
+
+
+def admitted_table(num_rows, dim, optimizer_name, chunk=1 << 17):
+    """A dynamic table holding keys ``scrambled(0..num_rows-1)``, admitted."""
+    table = st.DynamicEmbeddingTable(dim, "dynamic", filter_freq=0)
+    for start in range(0, num_rows, chunk):
+        keys = scrambled(np.arange(start, min(num_rows, start + chunk)))
+        table.lookup(keys, np.array([0, keys.shape[0]], np.int64), global_step=0)
+    gs = st.GlobalStep()
+    return table, make_optimizer(optimizer_name, gs), gs
+
+
+def bytes_per_key(table):
+    """(allocated bytes / admitted key, {part: bytes/key})."""
+    parts = table.memory_bytes()
+    n = max(len(table), 1)
+    return sum(parts.values()) / n, {k: v / n for k, v in parts.items()}
+
+
+def map_rates(table, batches, repeats=3):
+    """(unique keys resolved per second, positions per second) of the
+    read-only batch resolution (``resolve_keys``: grouping + one probe per
+    unique key)."""
+    km = table._km
+    best = float("inf")
+    uniques = positions = 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        uniques = positions = 0
+        for values in batches:
+            res = K.Resolved(*K.resolve_keys(values, km.slot_keys, km.slot_entry))
+            uniques += int(res.distinct.sum())
+            positions += values.shape[0]
+        best = min(best, time.perf_counter() - start)
+    return uniques / best, positions / best
+
+
+def run(distribution, args):
+    work = make_workload("1Mx64", args.rows, args.dim, distribution, args.batches)
+    keys = [scrambled(values) for values, _ in work.batches]
+    weight = st.EmbeddingTable(args.rows, args.dim, "static").weight
+    static_gs = st.GlobalStep()
+    static_opt = make_optimizer(args.optimizer, static_gs)
+    table, dynamic_opt, dynamic_gs = admitted_table(args.rows, args.dim, args.optimizer)
+    d_out = work.d_out
+
+    def static_step(i):
+        values, offsets = work.batches[i % len(work.batches)]
+        F.embedding_bag(weight, values, offsets)
+        grad = F.embedding_bag_grad(d_out, values, offsets, weight.shape[0])
+        static_opt.apply_gradients([(grad, weight)], global_step=static_gs)
+
+    def dynamic_step(i):
+        values, offsets = keys[i % len(keys)], work.batches[i % len(keys)][1]
+        t0 = time.perf_counter()
+        table.lookup(values, offsets, global_step=dynamic_gs)
+        t1 = time.perf_counter()
+        grad = table.lookup_grad(d_out, values, offsets)
+        t2 = time.perf_counter()
+        dynamic_opt.apply_gradients([(grad, table.weight)], global_step=dynamic_gs)
+        t3 = time.perf_counter()
+        return {"lookup": t1 - t0, "grad": t2 - t1, "apply": t3 - t2}
+
+    contenders = [Contender("static", static_step), Contender("dynamic", dynamic_step)]
+    results = alternate(contenders, args.rounds, args.steps, args.warmup)
+    ratios = [d / s for s, d in zip(contenders[0].round_ms, contenders[1].round_ms)]
+    uniques_per_s, positions_per_s = map_rates(table, keys)
+    total, parts = bytes_per_key(table)
+    slot_row = sum(s.array[0].nbytes for s in table._slots.values())
+    compulsory = (4 * args.dim + slot_row + 2 * 16 + 4 * 8)
+    static, dynamic = results["static"], results["dynamic"]
+    print(f"W1 {args.rows}x{args.dim} {distribution} {args.optimizer} "
+          f"({work.unique_rows:.0f} unique ids a step), {args.rounds} rounds x {args.steps} steps:")
+    print(f"  static  {static['ms']:7.2f} ms/step   dynamic {dynamic['ms']:7.2f} ms/step   "
+          f"median round ratio dynamic/static {np.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print("  dynamic phases (ms): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in dynamic["phases_ms"].items()))
+    print(f"  key map: {uniques_per_s / 1e6:.1f} M unique keys/s, "
+          f"{positions_per_s / 1e6:.1f} M ids/s resolved (read-only, grouped)")
+    print(f"  bytes per admitted key: {total:.0f} allocated ("
+          + ", ".join(f"{k} {v:.0f}" for k, v in parts.items())
+          + f"); compulsory {compulsory} (values {4 * args.dim} + slots {slot_row} "
+          f"+ map 32 at load 1/2 + entry 32)")
+    print(f"  others' load during the rounds: {results['others_cores']:.2f} cores; "
+          f"load average {os.getloadavg()}")
+    return float(np.median(ratios))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--distributions", default="zipf,uniform")
+    parser.add_argument("--optimizer", default="adagrad")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    log(f"load average at start: {os.getloadavg()}")
+    return {d: run(d, args) for d in args.distributions.split(",")}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""kernels/key_map.py against a Python dict: inserts, lookups and deletions
+(backward-shift, no tombstones) in a small map where probe runs collide and
+wrap around; resolve_keys groups a batch once per unique key."""
+import numpy as np
+
+from sparse_train.kernels import key_map as K
+
+I64 = np.iinfo(np.int64)
+
+
+def _home(key, mask):
+    """splitmix64's finalizer of (key + golden ratio), in Python ints."""
+    x = (key + 0x9E3779B97F4A7C15) % 2**64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) % 2**64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) % 2**64
+    x ^= x >> 31
+    return x & mask
+
+
+def _insert_pending(km, keys, step):
+    """A training pass that never admits (filter_freq huge): keys counted."""
+    res = K.resolve_keys(keys, km.slots)
+    new, admissions = K.count_changes(res, km.slots, I64.max)
+    assert admissions == 0
+    K.apply_training(np.empty(0, np.int64), np.empty(0, np.int64), res, km, np.int64(step),
+                     I64.max)
+    return new
+
+
+def _check(km, model):
+    """Every key of ``model`` ({key: count}) is found with its count; the map
+    holds exactly these keys; each probe run from a key's home has no gap."""
+    slots = km.slots
+    keys = np.array(sorted(model), np.int64)
+    found = np.empty(keys.shape[0], np.int64)
+    K.find_slots(found, slots, keys)
+    assert (found >= 0).all()
+    assert slots[found, K.KEY].tolist() == keys.tolist()
+    assert slots[found, K.COUNT].tolist() == [model[k] for k in keys.tolist()]
+    occupied = slots[:, K.ROW] != K.EMPTY
+    assert occupied.sum() == len(model) == km.sizes[K.LIVE]
+    mask = slots.shape[0] - 1
+    for s in np.flatnonzero(occupied):   # linear probing: no empty slot between home and s
+        h = _home(int(slots[s, K.KEY]), mask)
+        while h != s:
+            assert occupied[h]
+            h = (h + 1) & mask
+    absent = np.array([k for k in (-5, 3, I64.min + 1) if k not in model], np.int64)
+    missing = np.empty(absent.shape[0], np.int64)
+    K.find_slots(missing, slots, absent)
+    assert (missing == -1).all()
+
+
+def test_insert_find_delete_against_a_dict():
+    rng = np.random.default_rng(0)
+    pool = np.concatenate([[0, -1, 1, I64.max, I64.min, 2**33, -(2**60)],
+                           rng.integers(I64.min, I64.max, 25, dtype=np.int64)])
+    km = K.empty_map(32, 1)        # at most 16 keys live: long, wrapping probe runs
+    model = {}
+    for step in range(60):
+        room = 16 - len(model)
+        candidates = [k for k in rng.permutation(pool).tolist()][:max(room, 0)]
+        batch = np.array(rng.choice(candidates, rng.integers(1, 8)) if candidates else [],
+                         np.int64)
+        new = _insert_pending(km, batch, step)
+        assert new == len(set(batch.tolist()) - set(model))
+        for key in batch.tolist():
+            model[key] = model.get(key, 0) + 1
+        _check(km, model)
+        if model and step % 2:
+            victims = rng.choice(sorted(model), rng.integers(1, len(model) + 1), replace=False)
+            K.remove_keys(km, victims.astype(np.int64))
+            for key in victims.tolist():
+                del model[key]
+            _check(km, model)
+
+
+def test_rebuild_keeps_every_key():
+    km = K.empty_map(16, 1)
+    keys = np.array([5, -5, I64.max, I64.min, 17, 2**50], np.int64)
+    _insert_pending(km, keys, 3)
+    bigger = km._replace(slots=K.empty_map(256, 1).slots)
+    K.rebuild(bigger.slots, km.slots)
+    _check(bigger, {k: 1 for k in keys.tolist()})
+
+
+def test_resolve_groups_once_per_unique_key():
+    rng = np.random.default_rng(1)
+    values = rng.choice(np.array([3, -3, 2**62, I64.min, 9, 9, 9], np.int64), 500)
+    km = K.empty_map(16, 1)
+    res = K.resolve_keys(values, km.slots)
+    uniques = {}
+    for g in range(res.distinct.shape[0]):
+        for u in range(res.starts[g], res.starts[g] + res.distinct[g]):
+            assert res.unique_key[u] not in uniques   # each key once
+            uniques[int(res.unique_key[u])] = int(res.unique_count[u])
+    keys, counts = np.unique(values, return_counts=True)
+    assert uniques == dict(zip(keys.tolist(), counts.tolist()))
+    assert (res.unique_key[res.pos_unique] == values).all()
+    assert (res.unique_slot[res.pos_unique] == -1).all()    # empty map
