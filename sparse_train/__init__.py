@@ -14,7 +14,7 @@ from .collections import add_to_collection, get_collection
 from .export import export_onnx
 from .metrics import AUC, LogLoss, auc, logloss
 from .models import build_model
-from .nn import EmbeddingTable
+from .nn import DynamicEmbeddingTable, DynamicVariable, EmbeddingTable
 from .ragged import Ragged
 from .sparse import RowSparseGrad
 from .training import train_step
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Variable", "GlobalStep", "RowSparseGrad", "Ragged", "EmbeddingTable", "Tensor",
+    "DynamicEmbeddingTable", "DynamicVariable",
     "gradients", "compute_gradients", "no_grad", "add_to_collection", "get_collection",
     "clip_by_global_norm", "clip_by_norm", "clip_by_value", "clip_gradients", "global_norm",
     "Checkpoint", "CheckpointManager", "CheckpointError", "CorruptCheckpointError",

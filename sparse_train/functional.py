@@ -22,7 +22,7 @@ from .sparse import GradPlan, RowSparseGrad
 from .variable import Variable
 
 __all__ = ["embedding_bag", "embedding_bag_grad", "check_bags", "CheckedBags", "pool_checked",
-           "grad_checked",
+           "grad_checked", "drop_grad_rows_below",
            "as_ids", "COMBINERS"]
 
 COMBINERS = {"sum": _lookup.SUM, "mean": _lookup.MEAN, "sqrtn": _lookup.SQRTN}
@@ -117,6 +117,26 @@ def grad_checked(d_out, bags, num_embeddings, name=None):
         rows, starts, src_index, src_coef = _lookup.embedding_bag_grad_plan(*bags)
     plan = GradPlan(rows, starts, src_index, src_coef, d_out, np.float32(1.0))
     return RowSparseGrad._from_plan(plan, (num_embeddings, d_out.shape[1]))
+
+
+def drop_grad_rows_below(grad, first_row):
+    """``grad`` (a coalesced ``RowSparseGrad``, e.g. from ``embedding_bag_grad``)
+    without its rows below ``first_row``: their contributions are dropped
+    (a dynamic table's default-value row takes no gradient). The values
+    stay lazy; the other rows keep their exact sums.
+
+    >>> g = embedding_bag_grad(np.ones((1, 1), np.float32), [0, 2, 0], [0, 3], 3)
+    >>> drop_grad_rows_below(g, 1).indices.tolist()
+    [2]
+    """
+    if not grad.is_coalesced:
+        grad = grad.coalesce()
+    plan = grad.plan()
+    cut = int(np.searchsorted(plan.rows, first_row))
+    if cut == 0:
+        return grad
+    plan = plan._replace(rows=plan.rows[cut:], starts=plan.starts[cut:])
+    return RowSparseGrad._from_plan(plan, grad.dense_shape)
 
 
 def _where(name):

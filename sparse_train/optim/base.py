@@ -310,6 +310,9 @@ class Optimizer:
             slots[var.name] = Variable(
                 aligned_full(shape, initial, dtype), f"{var.name}/{self._name}/{slot}",
                 trainable=False)
+            attach = getattr(var, "attach_slot", None)
+            if attach is not None:  # a dynamic table's weight: its slots grow with its rows
+                attach(self, slot, slots[var.name], kind, initial)
 
     def _slot_rows(self, slot, var):
         """The [V, D] (or [V]) array of ``var``'s slot, for a kernel."""
@@ -336,7 +339,9 @@ def _plan_for(grad, var):
     shape, dtype and finiteness."""
     rows_of_var = row_view(var.value).shape[0]
     if isinstance(grad, RowSparseGrad):
-        if grad.dense_shape != var.shape:
+        if grad.dense_shape != var.shape and not (
+                getattr(var, "grows", False) and grad.dense_shape[1:] == var.shape[1:]
+                and grad.dense_shape[0] <= var.shape[0]):  # rows of a dynamic table only grow
             raise ValueError(
                 f"gradient for variable {var.name!r} has dense_shape {grad.dense_shape}, "
                 f"but the variable has shape {var.shape}")

@@ -1,0 +1,746 @@
+"""``DynamicEmbeddingTable``: any int64 key -> a row, with admission and
+eviction (SPEC section 6; DeepRec ``EmbeddingVariable`` with
+``CounterFilter``, ``GlobalStepEvict`` and ``L2WeightEvict``).
+
+Layout. The keys live in a Numba open-addressing map (``kernels.key_map``);
+an admitted key owns a row of ``table.weight.value``, the row store
+``[rows_allocated, D]`` float32, which doubles when full (existing rows
+kept; freed rows reused first). Row 0 holds ``default_value`` and belongs
+to no key: a key without a row reads it, so a lookup is an ordinary
+``functional.embedding_bag`` over rows, and its gradient is that of
+``functional.embedding_bag_grad`` with row 0's contributions dropped. The
+optimizers' slots are row stores of the same rows: the base ``Optimizer``
+creates a ``DynamicVariable``'s slots through ``attach_slot``, the table grows
+them with its rows and resets a row's slots to their initial value when the
+row is given to a new key.
+
+Memory is bounded by: admitted keys <= ``capacity`` (if given), each
+``D * 4`` bytes of values + its slots + about 64 bytes of map and entry; and
+pending keys (counted, not admitted: about 48 bytes each), which
+``steps_to_live`` evicts like admitted keys (a pending key unseen for more
+than ``steps_to_live`` steps is forgotten, count included). Without
+``steps_to_live``, a stream of ever-new keys grows the pending set without
+bound: give a ``steps_to_live`` (or ``filter_freq <= 1``) for such streams.
+"""
+import zlib
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import functional as F
+from .._aligned import aligned_empty, aligned_full
+from ..kernels import key_map as K
+from ..variable import Variable
+from .embedding import INITIALIZERS, _is_integer
+
+__all__ = ["DynamicEmbeddingTable", "DynamicVariable"]
+
+_INIT_CODES = {"truncated_normal": K.INIT_TRUNCATED_NORMAL, "normal": K.INIT_NORMAL,
+               "uniform": K.INIT_UNIFORM, "zeros": K.INIT_ZEROS}
+assert set(_INIT_CODES) == set(INITIALIZERS)
+
+_MIN_SLOTS, _MIN_ENTRIES, _MIN_ROWS = 64, 32, 32
+_BASE_FIELDS = ("keys", "values", "counts", "last_seen",
+                "pending_keys", "pending_counts", "pending_last_seen")
+_TOMBSTONES = ("tombstones", "pending_tombstones")
+
+
+class DynamicVariable(Variable):
+    """The weight of a ``DynamicEmbeddingTable``: a ``Variable`` whose
+    ``value`` (the row store, ``[rows_allocated, D]`` float32) is replaced
+    by a bigger array when the table grows, so never keep ``.value``.
+    ``table`` is the owning table. Row 0 holds the default value."""
+
+    #: Its rows only grow: a gradient made before a lookup grew the store
+    #: still fits (``Optimizer`` compares ``dense_shape[0] <= rows``).
+    grows = True
+
+    def __init__(self, value, name, table):
+        super().__init__(value, name)
+        self.table = table
+
+    def attach_slot(self, optimizer, slot, slot_variable, kind, initial):
+        """Called by ``Optimizer`` when it creates a slot of this variable."""
+        self.table.attach_slot(optimizer, slot, slot_variable, kind, initial)
+
+
+class _Slot:
+    """One optimizer slot of the table: ``variable`` (attached; its
+    ``.value`` is the row store of the slot) or ``held`` values waiting for
+    the optimizer (rows where ``valid``), from ``load_state_dict``."""
+
+    def __init__(self, optimizer_name, slot, kind, dtype, initial, variable=None,
+                 held=None, valid=None):
+        self.optimizer_name, self.slot, self.kind = optimizer_name, slot, kind
+        self.dtype, self.initial = np.dtype(dtype), initial
+        self.variable, self.held, self.valid = variable, held, valid
+
+    @property
+    def field(self):
+        return f"slots/{self.optimizer_name}/{self.slot}"
+
+    @property
+    def array(self):
+        return self.variable.value if self.variable is not None else self.held
+
+
+class _Recent(NamedTuple):
+    """A training lookup's keys and the rows they read, for ``lookup_grad``."""
+    generation: int
+    values: np.ndarray
+    rows: np.ndarray
+
+
+class _Mark(NamedTuple):
+    """What ``mark_saved`` remembers to compute the next delta."""
+    entry_key: np.ndarray
+    entry_kind: np.ndarray
+    fingerprint: np.ndarray
+    admitted: np.ndarray
+    pending: np.ndarray
+    slot_fields: frozenset
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"DynamicEmbeddingTable: name must be a non-empty string, got {name!r}")
+    return name
+
+
+def _optional(name, what, value, low, integer):
+    if value is None:
+        return None
+    ok = _is_integer(value) if integer else (
+        isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+        and bool(np.isfinite(value)))
+    if not ok or value < low:
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"DynamicEmbeddingTable {name!r}: {what} must be {kind} >= {low} "
+                         f"or None, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _pow2_at_least(n):
+    return 1 << max(int(n) - 1, 1).bit_length()
+
+
+class DynamicEmbeddingTable:
+    """An embedding table over unbounded int64 keys (DeepRec EmbeddingVariable).
+
+    A training lookup (``training=True``) counts each occurrence of a key;
+    the lookup in which a key's count reaches ``filter_freq`` admits it: its
+    row is created as a function of ``(seed, key)`` only and read (and sent
+    the gradient) in that same lookup. Until then the key reads
+    ``default_value`` in every component, counts in mean / sqrtn divisors
+    like any id, and its gradient is dropped. Each training lookup stamps its
+    keys with ``int(global_step)``. ``evict(global_step)`` drops keys with
+    ``global_step - last_seen > steps_to_live`` (admitted and pending) and
+    admitted keys with ``0.5 * sum(w * w) < l2_weight_threshold``, with their
+    rows, slots and counts; a returning key starts again from admission.
+    Evaluation lookups (``training=False``) change nothing.
+
+    Args:
+        embedding_dim: D (> 0).
+        name: the weight's name (key of its slots and checkpoint entry).
+        initializer: as ``EmbeddingTable`` (``"truncated_normal"``, stddev
+            1/sqrt(D), ``"normal"``, ``"uniform"``, ``"zeros"``), drawn from a
+            counter-based hash of (seed, key, component).
+        seed: default CRC-32 of ``name``.
+        filter_freq: occurrences before admission (0 or 1: at once).
+        steps_to_live: optional int >= 0 (GlobalStepEvict).
+        l2_weight_threshold: optional number > 0 (L2WeightEvict).
+        default_value: what a key without a row reads (float).
+        capacity: optional cap on admitted keys: a lookup that would admit
+            one more raises ValueError and changes nothing.
+
+    Memory: see the module docstring (capacity bounds admitted keys,
+    steps_to_live bounds pending ones).
+
+    >>> t = DynamicEmbeddingTable(4, "user", filter_freq=2)
+    >>> out = t.lookup([7, -3, 7], [0, 2, 3], global_step=0)
+    >>> len(t), t.keys().tolist()          # 7 seen twice: admitted
+    (1, [7])
+    >>> bool((out[0] == t.export()["values"][0]).all())   # bag 0: row of 7 + default 0
+    True
+    """
+
+    def __init__(self, embedding_dim, name, initializer="truncated_normal", seed=None,
+                 filter_freq=0, steps_to_live=None, l2_weight_threshold=None,
+                 default_value=0.0, capacity=None):
+        name = _check_name(name)
+        if not _is_integer(embedding_dim) or embedding_dim <= 0:
+            raise ValueError(f"DynamicEmbeddingTable {name!r}: embedding_dim must be a positive "
+                             f"integer, got {embedding_dim!r}")
+        if initializer not in _INIT_CODES:
+            raise ValueError(f"DynamicEmbeddingTable {name!r}: initializer must be one of "
+                             f"{sorted(_INIT_CODES)}, got {initializer!r}")
+        if seed is not None and not _is_integer(seed):
+            raise ValueError(f"DynamicEmbeddingTable {name!r}: seed must be an integer, got {seed!r}")
+        self.filter_freq = _optional(name, "filter_freq", filter_freq, 0, True)
+        if self.filter_freq is None:
+            raise ValueError(f"DynamicEmbeddingTable {name!r}: filter_freq must be an integer >= 0")
+        self.steps_to_live = _optional(name, "steps_to_live", steps_to_live, 0, True)
+        self.l2_weight_threshold = _optional(name, "l2_weight_threshold",
+                                             l2_weight_threshold, 0, False)
+        default = _optional(name, "default_value", default_value, -np.inf, False)
+        if default is None or not np.isfinite(np.float32(default)):
+            raise ValueError(f"DynamicEmbeddingTable {name!r}: default_value must be a finite "
+                             f"number, got {default_value!r}")
+        self.default_value = default
+        self.capacity = _optional(name, "capacity", capacity, 0, True)
+        self.embedding_dim = int(embedding_dim)
+        self.initializer = initializer
+        self.seed = (zlib.crc32(name.encode()) if seed is None else int(seed)) & (2**63 - 1)
+        self._slots = {}        # (optimizer name, slot) -> _Slot
+        self._recent = {}       # feature name -> _Recent
+        self._generation = 0    # bumped whenever keys may change rows
+        self._mark = None
+        self.weight = DynamicVariable(self._new_rows_array(_MIN_ROWS), name, self)
+        self._km = self._empty_map(_MIN_SLOTS, _MIN_ENTRIES, _MIN_ROWS)
+
+    # ------------------------------------------------------------ basics
+    @property
+    def name(self):
+        return self.weight.name
+
+    def __len__(self):
+        return int(self._km.sizes[K.ADMITTED])
+
+    @property
+    def num_pending(self):
+        """Keys counted but not admitted."""
+        return int(self._km.sizes[K.LIVE] - self._km.sizes[K.ADMITTED])
+
+    @property
+    def rows_allocated(self):
+        return int(self.weight.value.shape[0])
+
+    def keys(self):
+        """The admitted keys, sorted int64."""
+        return self._km.entry_key[self._admitted_entries()].copy()
+
+    def __repr__(self):
+        return (f"DynamicEmbeddingTable(name={self.name!r}, embedding_dim={self.embedding_dim}, "
+                f"admitted={len(self)}, pending={self.num_pending}, "
+                f"filter_freq={self.filter_freq}, steps_to_live={self.steps_to_live}, "
+                f"capacity={self.capacity})")
+
+    def initial_rows(self, keys):
+        """[k, D] float32: the rows ``keys`` get when admitted (a function of
+        (seed, key) only); nothing changes."""
+        keys = F.as_ids(keys, "keys", self.name)
+        out = np.empty((keys.shape[0], self.embedding_dim), np.float32)
+        K.init_rows(out, np.arange(keys.shape[0], dtype=np.int64), keys, np.int64(self.seed),
+                    _INIT_CODES[self.initializer])
+        return out
+
+    def memory_bytes(self):
+        """Bytes held: {"values", "slots", "map", "entries"} (allocated
+        arrays, including free room)."""
+        km = self._km
+        slots = sum(s.array.nbytes for s in self._slots.values())
+        return {"values": int(self.weight.value.nbytes), "slots": int(slots),
+                "map": int(km.slot_keys.nbytes + km.slot_entry.nbytes),
+                "entries": int(sum(a.nbytes for a in km[2:8]))}
+
+    # ----------------------------------------------------------- lookups
+    def resolve(self, values, training=True, global_step=None, name=None):
+        """The rows [n] int64 that ``values`` (int64 keys) read: with
+        ``training``, count, admit and stamp them first (as ``lookup``).
+        Row 0 (the default value) for keys without a row."""
+        where = name or self.name
+        values = F.as_ids(values, "values", where)
+        if not training:
+            return self._rows_readonly(values)
+        step = self._check_step(global_step)
+        return self._rows_training(values, step, where)
+
+    def lookup(self, values, offsets, weights=None, combiner="sum", training=True,
+               global_step=None, name=None):
+        """Pooled lookup of ragged keys: [B, D] float32 (SPEC section 3 over
+        the rows the keys read; see the class docstring for counting).
+
+        Args:
+            values: [n] int64 keys; offsets: [B+1]; weights: optional [n];
+                combiner: ``"sum"``, ``"mean"`` or ``"sqrtn"``.
+            training: count, admit and stamp the keys (False: read only).
+            global_step: the step stamped as last_seen (int or GlobalStep;
+                None: 0).
+            name: feature name for error messages and for ``lookup_grad``.
+        """
+        where = name or self.name
+        values = F.as_ids(values, "values", where)
+        bags = F.check_bags(np.zeros(values.shape[0], np.int64), offsets, weights, 1,
+                            combiner, None, where)
+        if training:
+            rows = self._rows_training(values, self._check_step(global_step), where)
+            self._recent[where] = _Recent(self._generation, values.copy(), rows)
+        else:
+            rows = self._rows_readonly(values)
+        return F.pool_checked(self.weight.value, bags._replace(values=rows))
+
+    def lookup_grad(self, d_out, values, offsets, weights=None, combiner="sum", name=None):
+        """Gradient of ``lookup`` with respect to ``table.weight``: a
+        ``RowSparseGrad`` over the row store; keys without a row send
+        nothing. Never counts. Keys read the rows the last training lookup of
+        feature ``name`` gave them (same keys), else their current rows."""
+        where = name or self.name
+        values = F.as_ids(values, "values", where)
+        recent = self._recent.get(where)
+        if (recent is not None and recent.generation == self._generation
+                and np.array_equal(recent.values, values)):
+            rows = recent.rows
+        else:
+            rows = self._rows_readonly(values)
+        grad = F.embedding_bag_grad(d_out, rows, offsets, self.rows_allocated, weights,
+                                    combiner, None, where)
+        return F.drop_grad_rows_below(grad, K.DEFAULT_ROW + 1)
+
+    def _check_step(self, global_step):
+        if global_step is None:
+            return 0
+        try:
+            step = int(global_step)
+        except (TypeError, ValueError):
+            raise ValueError(f"table {self.name!r}: global_step must be an integer or "
+                             f"GlobalStep, got {global_step!r}") from None
+        if step != global_step and not hasattr(global_step, "increment"):
+            raise ValueError(f"table {self.name!r}: global_step must be an integer, "
+                             f"got {global_step!r}")
+        return step
+
+    def _rows_readonly(self, values):
+        km = self._km
+        entries = np.empty(values.shape[0], np.int64)
+        K.find_entries(entries, km.slot_keys, km.slot_entry, values,
+                       km.slot_keys.shape[0] - 1)
+        rows = np.where(entries >= 0, km.entry_row[np.maximum(entries, 0)], K.DEFAULT_ROW)
+        return np.maximum(rows, K.DEFAULT_ROW)
+
+    def _rows_training(self, values, step, where):
+        km = self._km
+        resolved = K.Resolved(*K.resolve_keys(values, km.slot_keys, km.slot_entry))
+        new_keys, admissions = K.count_changes(
+            resolved.unique_entry, resolved.unique_count, resolved.starts, resolved.distinct,
+            km.entry_row, km.entry_count, np.int64(self.filter_freq))
+        if self.capacity is not None and len(self) + admissions > self.capacity:
+            raise ValueError(
+                f"table {self.name!r} (feature {where!r}): admitting {admissions} more keys "
+                f"would exceed its capacity of {self.capacity} ({len(self)} admitted); "
+                f"nothing was changed")
+        self._make_room(new_keys, admissions)
+        km = self._km
+        new_rows = np.empty(admissions, np.int64)
+        admitted_keys = np.empty(admissions, np.int64)
+        K.apply_training(new_rows, admitted_keys, resolved.unique_entry, km,
+                         resolved.unique_key, resolved.unique_count, resolved.starts,
+                         resolved.distinct, np.int64(step), np.int64(self.filter_freq))
+        if admissions:
+            self._fresh_rows(new_rows, admitted_keys)
+        rows = np.empty(values.shape[0], np.int64)
+        K.position_rows(rows, resolved.pos_unique, resolved.unique_entry, km.entry_row)
+        return rows
+
+    def _fresh_rows(self, rows, keys):
+        """Rows just given to ``keys``: initial values, slots reset."""
+        K.init_rows(self.weight.value, rows, keys, np.int64(self.seed),
+                    _INIT_CODES[self.initializer])
+        for slot in self._slots.values():
+            if slot.variable is not None:
+                slot.variable.value[rows] = slot.initial
+            else:
+                slot.valid[rows] = False
+
+    # ------------------------------------------------------------ growth
+    def _new_rows_array(self, rows):
+        value = aligned_empty((rows, self.embedding_dim), np.float32,
+                              f"dynamic embedding table {getattr(self, 'name', '')!r}")
+        value[...] = 0.0
+        value[K.DEFAULT_ROW] = np.float32(self.default_value)
+        return value
+
+    def _empty_map(self, num_slots, num_entries, num_rows):
+        sizes = np.zeros(6, np.int64)
+        sizes[K.ROWS_USED] = K.DEFAULT_ROW + 1
+        return K.KeyMap(np.zeros(num_slots, np.int64), np.full(num_slots, -1, np.int64),
+                        np.zeros(num_entries, np.int64), np.full(num_entries, K.FREE, np.int64),
+                        np.zeros(num_entries, np.int64), np.zeros(num_entries, np.int64),
+                        np.zeros(num_entries, np.int64), np.zeros(num_rows, np.int64), sizes)
+
+    def _make_room(self, new_keys, admissions):
+        """Grow the map, entries and rows (doubling) so that ``new_keys`` keys
+        can be inserted and ``admissions`` rows handed out."""
+        km = self._km
+        sizes = km.sizes
+        live = int(sizes[K.LIVE]) + new_keys
+        entries_free = (km.entry_key.shape[0] - int(sizes[K.ENTRIES_USED])
+                        + int(sizes[K.FREE_ENTRIES]))
+        if new_keys > entries_free:
+            size = _pow2_at_least(int(sizes[K.ENTRIES_USED]) + new_keys)
+            km = km._replace(**{field: _grown(getattr(km, field), size, fill)
+                                for field, fill in (("entry_key", 0), ("entry_row", K.FREE),
+                                                    ("entry_count", 0),
+                                                    ("entry_last_seen", 0),
+                                                    ("free_entries", 0))})
+        if 2 * live > km.slot_keys.shape[0]:
+            size = _pow2_at_least(2 * live)
+            km = km._replace(slot_keys=np.zeros(size, np.int64),
+                             slot_entry=np.full(size, -1, np.int64))
+            K.rebuild_slots(km.slot_keys, km.slot_entry, km.entry_key, km.entry_row,
+                            sizes[K.ENTRIES_USED])
+        rows_free = self.rows_allocated - int(sizes[K.ROWS_USED]) + int(sizes[K.FREE_ROWS])
+        if admissions > rows_free:
+            self._grow_rows(_pow2_at_least(int(sizes[K.ROWS_USED]) + admissions))
+            km = km._replace(free_rows=_grown(km.free_rows, self.rows_allocated, 0))
+        self._km = km
+
+    def _grow_rows(self, rows):
+        """Row store (and every slot) to ``rows`` rows, existing rows kept."""
+        old = self.weight.value
+        value = self._new_rows_array(rows)
+        value[:old.shape[0]] = old
+        self.weight.value = value
+        for slot in self._slots.values():
+            if slot.variable is not None:
+                slot.variable.value = self._slot_array(slot, rows, slot.variable.value)
+            else:
+                slot.held = _grown(slot.held, rows, 0)
+                slot.valid = _grown(slot.valid, rows, False)
+
+    def _slot_array(self, slot, rows, old=None):
+        shape = (rows, self.embedding_dim) if slot.kind == "like" else (rows,)
+        array = aligned_full(shape, slot.initial, slot.dtype,
+                             f"slot {slot.field!r} of table {self.name!r}")
+        if old is not None:
+            array[:old.shape[0]] = old
+        return array
+
+    # ------------------------------------------------------------- slots
+    def attach_slot(self, optimizer, slot, slot_variable, kind, initial):
+        """Register ``optimizer``'s slot ``slot`` of ``table.weight`` (called by
+        ``Optimizer`` when it creates the slot): from now on it grows with the
+        rows and is reset to ``initial`` for rows given to new keys. Values
+        held from ``load_state_dict`` for this optimizer and slot are put in."""
+        if kind not in ("like", "rows"):
+            raise ValueError(f"table {self.name!r}: slot {slot!r} of kind {kind!r} cannot grow "
+                             f"with a dynamic table (only 'like' and 'rows')")
+        key = (optimizer.name, slot)
+        dtype = slot_variable.value.dtype
+        new = _Slot(optimizer.name, slot, kind, dtype, initial, variable=slot_variable)
+        array = self._slot_array(new, self.rows_allocated)
+        held = self._slots.get(key)
+        if held is not None and held.variable is None:
+            if held.held.shape[1:] != array.shape[1:]:
+                raise ValueError(
+                    f"table {self.name!r}: restored slot {held.field!r} has rows of shape "
+                    f"{held.held.shape[1:]}, but {optimizer.name} makes {array.shape[1:]}")
+            array[held.valid] = held.held[held.valid]
+        slot_variable.value = array
+        self._slots[key] = new
+
+    def _slot_fields(self):
+        return {slot.field: slot for slot in self._slots.values()}
+
+    # ---------------------------------------------------------- eviction
+    def evict(self, global_step):
+        """Drop keys by ``steps_to_live`` (admitted and pending: ``global_step
+        - last_seen > steps_to_live``) and ``l2_weight_threshold`` (admitted:
+        ``0.5 * sum(w * w) < threshold``); returns the number of keys dropped
+        (admitted and pending). Their rows are reused by later admissions."""
+        step = self._check_step(global_step)
+        if self.steps_to_live is None and self.l2_weight_threshold is None:
+            return 0
+        km = self._km
+        used = int(km.sizes[K.ENTRIES_USED])
+        drop = np.zeros(used, np.bool_)
+        K.eviction_candidates(drop, self.weight.value, km.entry_row, km.entry_last_seen,
+                              np.int64(used), np.int64(step),
+                              np.int64(-1 if self.steps_to_live is None else self.steps_to_live),
+                              np.float64(self.l2_weight_threshold or 0.0))
+        entries = np.flatnonzero(drop).astype(np.int64)
+        if entries.size:
+            K.remove_entries(km, entries)
+            self._generation += 1
+        return int(entries.size)
+
+    # ----------------------------------------------------------- export
+    def _admitted_entries(self):
+        km = self._km
+        used = int(km.sizes[K.ENTRIES_USED])
+        entries = np.flatnonzero(km.entry_row[:used] >= 0)
+        return entries[np.argsort(km.entry_key[entries], kind="stable")]
+
+    def _pending_entries(self):
+        km = self._km
+        used = int(km.sizes[K.ENTRIES_USED])
+        entries = np.flatnonzero(km.entry_row[:used] == K.PENDING)
+        return entries[np.argsort(km.entry_key[entries], kind="stable")]
+
+    def _rows_state(self, entries, pending):
+        """State fields of admitted ``entries`` and ``pending`` entries."""
+        km = self._km
+        rows = km.entry_row[entries]
+        state = {"keys": km.entry_key[entries], "values": self.weight.value[rows],
+                 "counts": km.entry_count[entries], "last_seen": km.entry_last_seen[entries],
+                 "pending_keys": km.entry_key[pending],
+                 "pending_counts": km.entry_count[pending],
+                 "pending_last_seen": km.entry_last_seen[pending]}
+        for field, slot in sorted(self._slot_fields().items()):
+            state[field] = slot.array[rows]
+        return state
+
+    def export(self):
+        """One consistent snapshot of the admitted keys (copies): ``keys``
+        (sorted), ``values``, ``counts``, ``last_seen`` and each slot by its
+        name (``"<optimizer>/<slot>"`` when two optimizers share a name),
+        rows aligned with ``keys``."""
+        state = self._rows_state(self._admitted_entries(), np.empty(0, np.int64))
+        out = {field: state[field] for field in ("keys", "values", "counts", "last_seen")}
+        names = [s.slot for s in self._slots.values()]
+        for field, slot in sorted(self._slot_fields().items()):
+            label = slot.slot if names.count(slot.slot) == 1 else f"{slot.optimizer_name}/{slot.slot}"
+            out[label] = state[field]
+        return out
+
+    def state_dict(self):
+        """The whole table as arrays (copies, one moment): see DYNAMIC_PROTOCOL
+        / ``load_state_dict``."""
+        return self._rows_state(self._admitted_entries(), self._pending_entries())
+
+    # ----------------------------------------------------------- loading
+    def _check_state(self, state, delta):
+        """ValueError naming the table and field unless ``state`` is a valid
+        state (or delta) of this table; returns it with arrays as given."""
+        where = f"table {self.name!r}"
+        if not isinstance(state, dict):
+            raise ValueError(f"{where}: a state must be a dict of arrays, got {type(state).__name__}")
+        allowed = set(_BASE_FIELDS) | (set(_TOMBSTONES) if delta else set())
+        for field in state:
+            if field not in allowed and not (isinstance(field, str) and field.startswith("slots/")
+                                             and field.count("/") == 2):
+                raise ValueError(f"{where}: unknown state field {field!r}")
+        for field in _BASE_FIELDS + (_TOMBSTONES if delta else ()):
+            if field not in state:
+                raise ValueError(f"{where}: state field {field!r} is missing")
+        arrays = {field: np.asarray(value) for field, value in state.items()}
+        n, p = arrays["keys"].shape[:1] or (None,), arrays["pending_keys"].shape[:1] or (None,)
+        expect = {"keys": (np.int64, (n[0],)), "counts": (np.int64, (n[0],)),
+                  "last_seen": (np.int64, (n[0],)),
+                  "values": (np.float32, (n[0], self.embedding_dim)),
+                  "pending_keys": (np.int64, (p[0],)), "pending_counts": (np.int64, (p[0],)),
+                  "pending_last_seen": (np.int64, (p[0],))}
+        for field in _TOMBSTONES if delta else ():
+            expect[field] = (np.int64, (arrays[field].shape[:1] or (None,))[0:1])
+        for field, (dtype, shape) in expect.items():
+            array = arrays[field]
+            if array.dtype != dtype or array.shape != shape or None in shape:
+                raise ValueError(f"{where}: state field {field!r} must be {np.dtype(dtype)} of "
+                                 f"shape {shape}, got {array.dtype} {array.shape}")
+        for field in ("keys", "pending_keys") + (_TOMBSTONES if delta else ()):
+            keys = arrays[field]
+            if keys.size > 1 and not (keys[1:] > keys[:-1]).all():
+                raise ValueError(f"{where}: state field {field!r} must be strictly ascending")
+        if np.intersect1d(arrays["keys"], arrays["pending_keys"]).size:
+            raise ValueError(f"{where}: a key is both admitted ('keys') and pending "
+                             f"('pending_keys')")
+        if delta:  # a key evicted since the mark may be pending again, not admitted
+            for field, upserts in (("tombstones", "keys"), ("pending_tombstones", "pending_keys")):
+                if np.intersect1d(arrays[field], arrays[upserts]).size:
+                    raise ValueError(f"{where}: state field {field!r} names a key also in "
+                                     f"{upserts!r}")
+        if not np.isfinite(arrays["values"]).all():
+            raise ValueError(f"{where}: state field 'values' holds non-finite numbers")
+        fields = self._slot_fields()
+        for field, array in arrays.items():
+            if not field.startswith("slots/"):
+                continue
+            slot = fields.get(field)
+            if array.ndim not in (1, 2) or array.shape[0] != n[0] or (
+                    array.ndim == 2 and array.shape[1] != self.embedding_dim):
+                raise ValueError(f"{where}: state field {field!r} must have {n[0]} rows of "
+                                 f"[] or [{self.embedding_dim}], got {array.shape}")
+            if slot is not None and (array.dtype != slot.dtype
+                                     or array.shape[1:] != slot.array.shape[1:]):
+                raise ValueError(f"{where}: state field {field!r} must be {slot.dtype} rows of "
+                                 f"{slot.array.shape[1:]}, got {array.dtype} {array.shape[1:]}")
+            if array.dtype.kind not in "fi":
+                raise ValueError(f"{where}: state field {field!r} has dtype {array.dtype}")
+        return arrays
+
+    def _check_capacity(self, admitted):
+        if self.capacity is not None and admitted > self.capacity:
+            raise ValueError(f"table {self.name!r}: the state holds {admitted} admitted keys, "
+                             f"over its capacity of {self.capacity}")
+
+    def load_state_dict(self, state):
+        """Replace the whole table by ``state`` (as ``state_dict`` gives it).
+
+        Every field is checked first (dtypes, shapes, strictly ascending
+        keys, admitted and pending disjoint, capacity): ValueError naming the
+        table and the field, nothing changed. Slots of attached optimizers
+        are restored (missing ones: their initial value); slots of others
+        are held until the optimizer attaches."""
+        arrays = self._check_state(state, delta=False)
+        self._check_capacity(arrays["keys"].shape[0])
+        self._load(arrays)
+
+    def _load(self, arrays):
+        n, p = arrays["keys"].shape[0], arrays["pending_keys"].shape[0]
+        rows_allocated = _pow2_at_least(max(n + 1, _MIN_ROWS))
+        num_entries = _pow2_at_least(max(n + p, _MIN_ENTRIES))
+        km = self._empty_map(_pow2_at_least(max(2 * (n + p), _MIN_SLOTS)), num_entries,
+                             rows_allocated)
+        km.entry_key[:n + p] = np.concatenate([arrays["keys"], arrays["pending_keys"]])
+        km.entry_row[:n] = np.arange(1, n + 1)
+        km.entry_row[n:n + p] = K.PENDING
+        km.entry_count[:n + p] = np.concatenate([arrays["counts"], arrays["pending_counts"]])
+        km.entry_last_seen[:n + p] = np.concatenate([arrays["last_seen"],
+                                                     arrays["pending_last_seen"]])
+        km.sizes[:] = (n + p, 0, n + 1, 0, n + p, n)
+        K.rebuild_slots(km.slot_keys, km.slot_entry, km.entry_key, km.entry_row, np.int64(n + p))
+        value = self._new_rows_array(rows_allocated)
+        value[1:n + 1] = arrays["values"]
+        slots = {}
+        for key, slot in self._slots.items():
+            if slot.variable is None:
+                continue  # held slots not in this state are dropped
+            array = self._slot_array(slot, rows_allocated)
+            if slot.field in arrays:
+                array[1:n + 1] = arrays[slot.field]
+            slot.variable.value = array
+            slots[key] = slot
+        for field, values in arrays.items():
+            _, optimizer_name, slot_name = field.split("/") if field.startswith("slots/") else ("",) * 3
+            if not field.startswith("slots/") or (optimizer_name, slot_name) in slots:
+                continue
+            held = np.zeros((rows_allocated,) + values.shape[1:], values.dtype)
+            held[1:n + 1] = values
+            valid = np.zeros(rows_allocated, np.bool_)
+            valid[1:n + 1] = True
+            slots[(optimizer_name, slot_name)] = _Slot(
+                optimizer_name, slot_name, "like" if values.ndim == 2 else "rows",
+                values.dtype, 0, held=held, valid=valid)
+        self.weight.value = value
+        self._slots = slots
+        self._km = km
+        self._recent = {}
+        self._generation += 1
+
+    # ------------------------------------------------------- incremental
+    def _entry_kinds(self):
+        rows = self._km.entry_row[:int(self._km.sizes[K.ENTRIES_USED])]
+        return np.where(rows >= 0, 1, np.where(rows == K.PENDING, 0, -1)).astype(np.int64)
+
+    def _fingerprints(self):
+        """[E] uint64: a hash of each entry's key, kind, count, last_seen,
+        row values and slot rows."""
+        km = self._km
+        used = int(km.sizes[K.ENTRIES_USED])
+        rows = km.entry_row[:used]
+        scalars = np.stack([km.entry_key[:used], self._entry_kinds(), km.entry_count[:used],
+                            km.entry_last_seen[:used]], axis=1)
+        out = np.zeros(used, np.uint64)
+        K.mix_rows(out, np.ascontiguousarray(scalars).view(np.uint32),
+                   np.arange(used, dtype=np.int64))
+        row_of = np.where(rows >= 0, rows, -1).astype(np.int64)
+        K.mix_rows(out, self.weight.value.view(np.uint32), row_of)
+        for _, slot in sorted(self._slot_fields().items()):
+            array = slot.array
+            K.mix_rows(out, array.reshape(array.shape[0], -1).view(np.uint32), row_of)
+        return out
+
+    def mark_saved(self):
+        """Remember the current state as saved: the next ``delta_state_dict``
+        holds what changed from here (call after a save commits)."""
+        km = self._km
+        used = int(km.sizes[K.ENTRIES_USED])
+        self._mark = _Mark(km.entry_key[:used].copy(), self._entry_kinds(), self._fingerprints(),
+                           self.keys(), km.entry_key[self._pending_entries()].copy(),
+                           frozenset(self._slot_fields()))
+
+    def delta_state_dict(self):
+        """What changed since the last ``mark_saved`` (everything if never):
+        the ``state_dict`` fields for keys whose row, slots, count or
+        last_seen changed (or that are new), plus ``tombstones`` (admitted at
+        the mark, not now) and ``pending_tombstones`` (pending at the mark,
+        neither pending nor admitted now). A slot created since the mark
+        makes every admitted key an upsert."""
+        km = self._km
+        used = int(km.sizes[K.ENTRIES_USED])
+        kinds = self._entry_kinds()
+        mark = self._mark
+        if mark is None or not mark.slot_fields >= set(self._slot_fields()):
+            changed = kinds >= 0
+        else:
+            old = mark.entry_key.shape[0]
+            changed = np.ones(used, np.bool_)
+            same = ((mark.entry_key[:min(old, used)] == km.entry_key[:min(old, used)])
+                    & (mark.entry_kind[:min(old, used)] == kinds[:min(old, used)])
+                    & (mark.fingerprint[:min(old, used)] == self._fingerprints()[:min(old, used)]))
+            changed[:min(old, used)] = ~same
+            changed &= kinds >= 0
+        entries = np.flatnonzero(changed & (kinds == 1))
+        pending = np.flatnonzero(changed & (kinds == 0))
+        entries = entries[np.argsort(km.entry_key[entries], kind="stable")]
+        pending = pending[np.argsort(km.entry_key[pending], kind="stable")]
+        delta = self._rows_state(entries, pending)
+        admitted = self.keys()
+        now_pending = km.entry_key[self._pending_entries()]
+        if mark is None:
+            delta["tombstones"] = np.empty(0, np.int64)
+            delta["pending_tombstones"] = np.empty(0, np.int64)
+        else:
+            delta["tombstones"] = np.setdiff1d(mark.admitted, admitted, assume_unique=True)
+            live = np.union1d(admitted, now_pending)
+            delta["pending_tombstones"] = np.setdiff1d(mark.pending, live, assume_unique=True)
+        return delta
+
+    def apply_delta_state_dict(self, delta):
+        """Apply a ``delta_state_dict`` (validated first; nothing changes on
+        error): tombstones drop keys, upserts replace or add them (moving a key
+        between admitted and pending as the delta says)."""
+        arrays = self._check_state(delta, delta=True)
+        current = self.state_dict()
+        fields = set(current) | set(arrays)
+        slot_fields = sorted(f for f in fields if f.startswith("slots/"))
+        drop = np.concatenate([arrays["tombstones"], arrays["keys"], arrays["pending_keys"]])
+        keep = ~np.isin(current["keys"], drop)
+        merged = {}
+        order = np.argsort(np.concatenate([current["keys"][keep], arrays["keys"]]), kind="stable")
+        for field in ("keys", "values", "counts", "last_seen") + tuple(slot_fields):
+            old = current.get(field)
+            new = arrays.get(field)
+            if old is None or new is None:
+                old, new = self._fill_missing_slot(field, old, new, keep.sum(),
+                                                   arrays["keys"].shape[0])
+            merged[field] = np.concatenate([old[keep] if old.shape[0] == keep.shape[0] else old,
+                                            new])[order]
+        pdrop = np.concatenate([arrays["pending_tombstones"], arrays["keys"],
+                                arrays["pending_keys"]])
+        pkeep = ~np.isin(current["pending_keys"], pdrop)
+        porder = np.argsort(np.concatenate([current["pending_keys"][pkeep],
+                                            arrays["pending_keys"]]), kind="stable")
+        for field in ("pending_keys", "pending_counts", "pending_last_seen"):
+            merged[field] = np.concatenate([current[field][pkeep], arrays[field]])[porder]
+        merged = self._check_state(merged, delta=False)
+        self._check_capacity(merged["keys"].shape[0])
+        self._load(merged)
+
+    def _fill_missing_slot(self, field, old, new, kept, upserts):
+        """A slot present on one side only: the other side's rows take the
+        attached slot's initial value, else the merge is refused."""
+        slot = self._slot_fields().get(field)
+        present = old if old is not None else new
+        rows = kept if old is None else upserts
+        if rows and slot is None:
+            raise ValueError(f"table {self.name!r}: state field {field!r} is in the delta or in "
+                             f"the table but not both, and its initial value is unknown")
+        fill = np.full((rows,) + present.shape[1:], slot.initial if slot else 0, present.dtype)
+        return (fill, new) if old is None else (old, fill)
+
+
+def _grown(array, size, fill):
+    """``array`` copied into a new array of ``size`` rows, the rest ``fill``."""
+    out = np.full((size,) + array.shape[1:], fill, array.dtype)
+    out[:array.shape[0]] = array
+    return out
