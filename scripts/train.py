@@ -22,6 +22,8 @@ Examples:
     python scripts/train.py --format parquet --data 'day_*.parquet' --label click
     python scripts/train.py --checkpoint-dir runs/a  # later: ... --resume
     python scripts/train.py --predict-out valid.txt --export-onnx model.onnx
+    python scripts/train.py --format criteo --data day_0.tsv --ids dynamic --filter-freq 2 \
+        --steps-to-live 100000            # raw ids, dynamic tables (README "Dynamic tables")
 """
 import argparse
 import math
@@ -52,6 +54,7 @@ DEFAULTS = {
     "eval_every_steps": 0, "lr_decay_factor": None, "lr_decay_patience": 0,
     "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
     "ftrl_l1": 0.0, "ftrl_l2": 0.0, "normalizer": None,
+    "filter_freq": 0, "steps_to_live": None, "l2_weight_threshold": None, "evict_every_steps": 0,
     **{key: None for key in ("max_vocabulary_size", "max_line_bytes", "max_fields",
                              "max_bag_length", "max_index")},
 }
@@ -97,7 +100,9 @@ def _parser():
     data.add_argument("--schema", help="TOML schema of a csv/tsv file (--format csv), or of "
                       "parquet columns (optional: default the Arrow types)")
     data.add_argument("--label", help="parquet without --schema: the label column")
-    data.add_argument("--ids", choices=("vocabulary", "hash"), help="feature ids")
+    data.add_argument("--ids", choices=("vocabulary", "hash", "dynamic"),
+                      help="feature ids; dynamic: raw int64 keys (integers as they are, strings "
+                      "by a fixed 64-bit hash) into dynamic tables, no vocabulary pass")
     data.add_argument("--min-count", type=int, help="vocabulary: rarer tokens share the OOV id")
     data.add_argument("--hash-buckets", type=int, help="hash: buckets a feature")
     data.add_argument("--on-bad-line", choices=("error", "skip"))
@@ -119,6 +124,17 @@ def _parser():
     model.add_argument("--model", choices=("lr", "fm", "wide_deep", "deepfm", "dcn", "dlrm"))
     model.add_argument("--embedding-dim", type=int)
     model.add_argument("--hidden-units", help="MLP widths, e.g. 400,400,400")
+    dynamic = p.add_argument_group("dynamic tables (--ids dynamic; DeepRec EmbeddingVariable)")
+    dynamic.add_argument("--filter-freq", type=int, help="admit a key at its N-th occurrence in "
+                         "training; before that it reads 0 and takes no gradient (DeepRec "
+                         "CounterFilter filter_freq; 0: at once)")
+    dynamic.add_argument("--steps-to-live", type=int, help="evict keys not used in training for "
+                         "more than N global steps (DeepRec GlobalStepEvict steps_to_live)")
+    dynamic.add_argument("--l2-weight-threshold", type=float, help="evict keys whose row has "
+                         "0.5 * sum(w^2) below this (DeepRec L2WeightEvict l2_weight_threshold)")
+    dynamic.add_argument("--evict-every-steps", type=int, help="also evict every N global steps "
+                         "(0: only at each checkpoint save, as DeepRec; runs without "
+                         "--checkpoint-dir need it to bound memory)")
     train = p.add_argument_group("training")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--epochs", type=int)
@@ -278,6 +294,7 @@ _AT_LEAST = {"batch_size": 1, "epochs": 1, "embedding_dim": 1, "examples": 1, "m
              "max_examples": 1, "max_steps": 1, "accumulator_decay_step": 1,
              "checkpoint_every": 0, "seed": 0, "early_stopping_patience": 0,
              "eval_every_steps": 0, "lr_decay_patience": 0,
+             "filter_freq": 0, "steps_to_live": 0, "evict_every_steps": 0,
              **{key: 1 for key in DATA_LIMITS}}
 
 #: Flags that must be a finite number >= 0.
@@ -324,11 +341,15 @@ _APPLIES = (
      "schema's transform)"),
     ("num_fields", lambda a: a.format in ("libsvm", "libffm"), "with --format libsvm or libffm"),
     ("featindex", lambda a: a.format == "libsvm", "with --format libsvm"),
-    ("ids", lambda a: a.format != "synthetic", "with a file --format"),
-    ("min_count", lambda a: a.format == "csv" or (a.format != "synthetic"
-                                                  and a.ids == "vocabulary"),
+    ("ids", lambda a: a.format != "synthetic" or a.ids == "dynamic",
+     "with a file --format, or as --ids dynamic"),
+    ("min_count", lambda a: a.ids != "dynamic" and (
+        a.format == "csv" or (a.format != "synthetic" and a.ids == "vocabulary")),
      "with --ids vocabulary"),
-    ("hash_buckets", lambda a: a.format == "csv" or a.ids == "hash", "with --ids hash"),
+    ("hash_buckets", lambda a: a.ids != "dynamic" and (a.format == "csv" or a.ids == "hash"),
+     "with --ids hash"),
+    *((key, lambda a: a.ids == "dynamic", "with --ids dynamic")
+      for key in ("filter_freq", "steps_to_live", "l2_weight_threshold", "evict_every_steps")),
     ("on_bad_line", lambda a: a.format != "synthetic", "with a file --format"),
     *((key, lambda a: a.format != "synthetic", "with a file --format") for key in DATA_LIMITS),
     ("valid_fraction", lambda a: not a.valid, "without --valid"),
@@ -369,6 +390,10 @@ def check_options(args):
         value = getattr(args, key)
         if not (math.isfinite(value) and value >= 0):
             raise UsageError(f"{_flag(key)} must be a number >= 0, got {value}")
+    if args.l2_weight_threshold is not None and not (math.isfinite(args.l2_weight_threshold)
+                                                     and args.l2_weight_threshold > 0):
+        raise UsageError(f"--l2-weight-threshold must be a number > 0, got "
+                         f"{args.l2_weight_threshold}")
     if args.lr_decay_factor is not None and not 0.0 < args.lr_decay_factor < 1.0:
         raise UsageError(f"--lr-decay-factor must be in (0, 1), got {args.lr_decay_factor}")
     if not 0.0 < args.valid_fraction < 1.0:
@@ -397,6 +422,7 @@ def check_run_options(args):
     (``check_output_paths``), all before any data is read."""
     if args.overwrite and args.resume:
         raise UsageError("--overwrite starts afresh and --resume continues: give one of them")
+    check_dynamic_options(args)
     if args.format == "parquet" and not (args.label or args.schema):
         raise UsageError("--format parquet needs --label COLUMN (or --schema FILE.toml)")
     for key in ("data", "valid"):
@@ -411,6 +437,19 @@ def check_run_options(args):
             what = "--export-onnx" if extra == "onnx" else "--format parquet"
             raise UsageError(f"{what} needs {', '.join(missing)}: pip install -e '.[{extra}]'")
     check_output_paths(args)
+
+
+def check_dynamic_options(args):
+    """--ids dynamic with flags it cannot serve (``UsageError`` naming them)."""
+    if args.ids != "dynamic":
+        return
+    if args.distributed:
+        raise UsageError("--ids dynamic does not run with --distributed yet (dynamic tables "
+                         "are not sharded over ranks): train in one process")
+    if args.export_onnx:
+        raise UsageError("--export-onnx: an ONNX graph holds fixed tables indexed by row, and "
+                         "--ids dynamic tables are keyed by raw int64 ids (their keys and rows "
+                         "are in a checkpoint, or table.export()); export without --ids dynamic")
 
 
 #: Output flags naming a file (written at the end of the run).
@@ -613,7 +652,8 @@ def open_data(args):
                    if getattr(args, key) is not None})
     if args.format == "synthetic":
         dataset = open_dataset(format="synthetic", num_examples=args.examples,
-                               seed=args.seed, batch_size=args.batch_size)
+                               seed=args.seed, batch_size=args.batch_size,
+                               ids="dynamic" if args.ids == "dynamic" else "vocabulary")
         return dataset.split(args.valid_fraction, seed=args.seed)
     paths = file_list(args.data, "--data")
     extra = {k: getattr(args, k) for k in ("num_fields", "featindex", "schema", "label")
@@ -656,6 +696,8 @@ def build(args, spec, train_data=None):
 
     key = _mlp_option(args.model)
     options = {} if key is None else {key: hidden_units(args.hidden_units)}
+    if args.ids == "dynamic":
+        options["dynamic"] = dynamic_options(args)
     model = st.build_model(args.model, spec, embedding_dim=args.embedding_dim, seed=args.seed,
                            **options)
     if train_data is not None:
@@ -672,6 +714,59 @@ def build(args, spec, train_data=None):
     dense = st.optim.build_optimizer(kind, rate, global_step, name="dense", **dense_options,
                                      **_ftrl_options(args, kind))
     return model, sparse, dense, global_step
+
+
+def dynamic_options(args):
+    """--filter-freq, --steps-to-live, --l2-weight-threshold as the
+    ``DynamicEmbeddingTable`` options of every table (``build_model(...,
+    dynamic=)``)."""
+    return {"filter_freq": args.filter_freq, "steps_to_live": args.steps_to_live,
+            "l2_weight_threshold": args.l2_weight_threshold}
+
+
+def dynamic_fit_options(args, model, global_step):
+    """``fit`` keywords of a run with dynamic tables: evict before every
+    checkpoint save (``evict``) and show the admitted keys on each epoch's
+    line (``status``); {} with static tables."""
+    if args.ids != "dynamic":
+        return {}
+
+    def status():
+        admitted = model.admitted_keys()
+        return f"keys admitted {sum(admitted.values()):,} in {len(admitted)} tables"
+    return {"evict": model.evict, "status": status}
+
+
+def dynamic_step(args, model, global_step, step):
+    """``step`` followed by an eviction every --evict-every-steps global steps."""
+    every = args.evict_every_steps if args.ids == "dynamic" else 0
+    if not every:
+        return step
+    evicted = [0]
+
+    def step_and_evict(batch):
+        loss = step(batch)
+        if int(global_step) % every == 0:
+            evicted[0] += model.evict(int(global_step))
+        return loss
+    step_and_evict.evicted = evicted
+    return step_and_evict
+
+
+def dynamic_summary(model):
+    """Per dynamic table, from ``table.export()``: admitted keys, the
+    smallest and largest training count and last-seen step of an admitted
+    key (for the metrics JSON)."""
+    out = {}
+    for table in model.dynamic_tables():
+        state = table.export()
+        counts, seen = state["counts"], state["last_seen"]
+        out[table.name] = {"admitted": int(len(state["keys"])),
+                           "min_count": int(counts.min()) if len(counts) else None,
+                           "max_count": int(counts.max()) if len(counts) else None,
+                           "min_last_seen": int(seen.min()) if len(seen) else None,
+                           "max_last_seen": int(seen.max()) if len(seen) else None}
+    return out
 
 
 def _ftrl_options(args, kind):
@@ -740,7 +835,8 @@ def batches_options(args):
     """The options that decide which batches a step trains on (saved in
     checkpoints: a mid-epoch resume must not change them)."""
     keys = ["format", "batch_size", "seed"]
-    keys += (["examples"] if args.format == "synthetic" else
+    keys += (["examples"] + (["ids"] if args.ids == "dynamic" else [])
+             if args.format == "synthetic" else
              ["data", "max_examples", "valid", "ids", "min_count", "hash_buckets"]
              + (["label", "schema"] if args.format == "parquet" else []))
     keys += [] if args.valid else ["valid_fraction"]
@@ -776,7 +872,11 @@ def train(args):
     args.batches["data_record"] = data_record(train_data)
     vocabulary = export_vocabulary(args, train_data)
     model, sparse_opt, dense_opt, global_step = build(args, spec, train_data)
-    say(f"model {args.model}: {sum(v.value.size for v in model.sparse_variables()):,} embedding "
+    tables = (f"{len(model.dynamic_tables())} dynamic tables (filter_freq {args.filter_freq}, "
+              f"steps_to_live {args.steps_to_live}, l2_weight_threshold "
+              f"{args.l2_weight_threshold})" if args.ids == "dynamic" else
+              f"{sum(v.value.size for v in model.sparse_variables()):,} embedding")
+    say(f"model {args.model}: {tables} "
         f"and {sum(v.value.size for v in model.dense_variables()):,} dense parameters; "
         f"{len(spec.sparse_features)} categorical and {spec.num_dense} numeric features")
     manager, start, best = None, {}, None
@@ -810,18 +910,24 @@ def train(args):
     if args.clip_norm:
         transform = lambda grads: st.clip_gradients(grads, args.clip_norm)[0]  # noqa: E731
     optimizers = [sparse_opt, dense_opt]
+    step = dynamic_step(args, model, global_step, lambda batch: st.train_step(
+        model, batch, sparse_opt, dense_opt, global_step, transform,
+        l2_embedding=args.l2_embedding, l2_dense=args.l2_dense))
     result = st.training.fit(
-        train_data, valid_data,
-        lambda batch: st.train_step(model, batch, sparse_opt, dense_opt, global_step, transform,
-                                    l2_embedding=args.l2_embedding, l2_dense=args.l2_dense),
+        train_data, valid_data, step,
         lambda batches: st.training.evaluate(model, batches), global_step,
         epochs=args.epochs, seed=args.seed, **start, manager=manager,
         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
         run=args.batches, say=say, progress=None if args.quiet else sys.stderr,
         stop_on_signals=True,
         **schedules(args, optimizers, lambda: model.variables() + [
-            v for opt in optimizers for v in opt.variables()], global_step, best))
+            v for opt in optimizers for v in opt.variables()], global_step, best),
+        **dynamic_fit_options(args, model, global_step))
     result.update(model=args.model, format=args.format)
+    if args.ids == "dynamic":
+        result["evicted_keys"] = (result.get("evicted_keys", 0)
+                                  + getattr(step, "evicted", [0])[0])
+        result["dynamic_tables"] = dynamic_summary(model)
     write_outputs(args, model, train_data, valid_data, say, vocabulary)
     st.training.report(result, say, args.metrics_out, warn=warn)
     return result

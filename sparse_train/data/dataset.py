@@ -15,7 +15,7 @@ from .batch import DataSpec, FeatureSpec
 from .errors import DataError
 from .hashing import token_key
 from .numeric import NumericEncoder, NumericStatistics, needs_statistics
-from .vocabulary import MAX_VOCABULARY_SIZE, HashBuckets, KeyCounter, save_vocabulary
+from .vocabulary import MAX_VOCABULARY_SIZE, HashBuckets, KeyCounter, RawKeys, save_vocabulary
 from ..progress import Progress, progress_interval
 
 __all__ = ["Dataset", "TextDataset", "held_out_rows"]
@@ -108,6 +108,12 @@ class Dataset:
     def __iter__(self):
         return self.batches()
 
+    @property
+    def dynamic_ids(self):
+        """True when the categorical features give raw int64 keys
+        (``ids="dynamic"``, for dynamic tables) instead of table rows."""
+        return False
+
     def build_ids(self, progress=None):
         """Fit the feature ids now, if they are still to be fitted (the
         counting pass of a vocabulary), with a progress bar on the stream
@@ -180,9 +186,12 @@ class Dataset:
         >>> open_dataset(format="synthetic", num_examples=10).fingerprint()
         {}
         """
-        from .vocabulary import Vocabulary
+        from .vocabulary import RawKeys, Vocabulary
         out = {}
         for name, encoder in self.vocabulary.items():
+            if isinstance(encoder, RawKeys):
+                out[name] = encoder.to_dict()
+                continue
             if isinstance(encoder, Vocabulary):
                 digest = hashlib.sha256()
                 for token in encoder.tokens:
@@ -209,7 +218,7 @@ class Dataset:
                 raise DataError(f"categorical feature {name!r} is "
                                 f"{'missing from this data' if here is None else 'new'}: "
                                 f"{where} was trained on other features")
-            if here.get("type") != there.get("type") or here["type"] == "hash":
+            if here.get("type") != there.get("type") or here["type"] in ("hash", "dynamic"):
                 raise DataError(f"categorical feature {name!r}: this data's ids "
                                 f"{_describe_ids(here)} differ from {where}'s "
                                 f"{_describe_ids(there)}")
@@ -237,6 +246,8 @@ class Dataset:
 
 
 def _describe_ids(entry):
+    if entry.get("type") == "dynamic":
+        return "(raw int64 keys for dynamic tables)"
     if entry.get("type") == "hash":
         return f"(hash, {entry.get('buckets')} buckets)"
     return f"(vocabulary of {entry.get('size')} tokens)"
@@ -279,6 +290,10 @@ class TextDataset(Dataset):
     def vocabulary(self):
         return self.build_ids()
 
+    @property
+    def dynamic_ids(self):
+        return any(kind == "dynamic" for kind, _ in self._id_config.values())
+
     def build_ids(self, progress=None):
         if self._encoders is None:
             if self._encoder_source is not None:
@@ -313,9 +328,11 @@ class TextDataset(Dataset):
         return DataSpec(sparse, tuple(self.parser.dense_names))
 
     def _fit(self, progress=None):
-        """Hash buckets as configured; vocabularies and numeric statistics
-        by one counting pass (its progress shown on the stream
-        ``progress``)."""
+        """Hash buckets and raw keys as configured; vocabularies and numeric
+        statistics by one counting pass (its progress shown on the stream
+        ``progress``). Without a vocabulary to count (hash or raw keys) the
+        pass reads only the rows the statistics are fitted on (the first
+        ``MAX_STATISTIC_ROWS``), so ids="dynamic" stays one streaming pass."""
         encoders, counters, statistics = {}, {}, {}
         numeric = list(getattr(self.parser, "numeric_columns", ()))
         for name, kind, buckets in numeric:
@@ -329,13 +346,16 @@ class TextDataset(Dataset):
             kind, value = self._id_config[name]
             if kind == "hash":
                 encoders[name] = HashBuckets(value)
+            elif kind == "dynamic":
+                encoders[name] = RawKeys()
             else:
                 counters[name] = KeyCounter(value)
         if counters or statistics:
             positions = {name: j for j, (name, _, _) in enumerate(numeric)}
             bar = Progress(None, "counting feature ids", unit="rows", file=progress,
                            interval=progress_interval(progress))
-            for parsed in self._parsed_chunks(keep_tokens=True):
+            complete = True
+            for parsed in self._parsed_chunks(keep_tokens=bool(counters)):
                 for name, counter in counters.items():
                     raw = parsed.sparse[name]
                     counter.add(raw.keys, raw.tokens_at)
@@ -344,8 +364,11 @@ class TextDataset(Dataset):
                 for name, stat in statistics.items():
                     stat.add(parsed.dense[:, positions[name]])
                 bar.update(parsed.labels.shape[0])
+                if not counters and all(stat.full for stat in statistics.values()):
+                    complete = False  # the statistics have their rows: stop reading
+                    break
             bar.close()
-            self._fit_pass = True
+            self._fit_pass = complete
             for name, counter in counters.items():
                 encoders[name] = counter.vocabulary()
             for name, stat in statistics.items():

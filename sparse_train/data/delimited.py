@@ -10,6 +10,7 @@ import numpy as np
 
 from ..kernels import data_csv as _csv
 from ..kernels import data_hash as _hash
+from ..kernels import data_keys as _keys
 from ._lines import MAX_LINE_BYTES, first_line
 from ._parsed import Parsed, RawFeature
 from .errors import DataError, SchemaError
@@ -110,6 +111,10 @@ class DelimitedParser(SchemaColumns):
     ([1.0, 0.0], [2.5, nan], [0, 2, 3])
     """
 
+    #: True: categorical features give raw int64 keys (``hashing.raw_key``,
+    #: ids="dynamic") instead of token keys for a vocabulary or buckets.
+    raw_keys = False
+
     def __init__(self, schema, columns, normalizer=DEFAULT_NORMALIZER):
         if not isinstance(schema, Schema):
             raise TypeError(f"schema must be a Schema, got {type(schema).__name__}")
@@ -168,7 +173,8 @@ class DelimitedParser(SchemaColumns):
         ``RawFeature.tokens_at`` read token texts (for a vocabulary)."""
         n, num_cols = len(chunk), len(self.columns)
         buf = chunk.buf
-        plan = self._plans[bool(keep_tokens)]
+        # raw keys are read from the cells' spans, kept as for token texts
+        plan = self._plans[bool(keep_tokens) or self.raw_keys]
         spans = np.zeros((n, int(plan[:, 2].max(initial=-1)) + 1, 2), np.int64)
         numbers = np.zeros((1 + len(self._dense), n), np.float64)
         number_status = np.zeros((1 + len(self._dense), n), np.int8)
@@ -249,6 +255,8 @@ class DelimitedParser(SchemaColumns):
 
     def _categorical_feature(self, buf, cell_spans, keys):
         quote = self._quote
+        if self.raw_keys:
+            keys = _raw_keys(buf, cell_spans[0], cell_spans[1], quote)
 
         def tokens_at(positions):
             if cell_spans is None:
@@ -275,8 +283,13 @@ class DelimitedParser(SchemaColumns):
         token_quoted = np.empty(m, np.uint8)
         _csv.split_separated(token_starts, token_ends, token_quoted, buf, starts, ends,
                              offsets, separator, self._quote)
-        keys = np.empty(m, np.uint64)
-        _hash.token_keys(keys, buf, token_starts, token_ends, token_quoted, self._quote)
+        if self.raw_keys:
+            keys = np.empty(m, np.int64)
+            _keys.raw_token_keys(keys, buf, token_starts, token_ends, token_quoted,
+                                 self._quote, _keys.MISSING_RAW_KEY)
+        else:
+            keys = np.empty(m, np.uint64)
+            _hash.token_keys(keys, buf, token_starts, token_ends, token_quoted, self._quote)
         quote = self._quote
 
         def tokens_at(positions):
@@ -307,6 +320,20 @@ class DelimitedParser(SchemaColumns):
                 return (f"numeric column {feature.column!r}: {cell(c)!r} is not a "
                         f"number within float32 range")
         return "malformed line"
+
+
+def _raw_keys(buf, starts, ends, quote):
+    """Raw int64 keys [n] of one token a cell (``kernels.data_keys``)."""
+    n = starts.shape[0]
+    token_starts = np.empty(n, np.int64)
+    token_ends = np.empty(n, np.int64)
+    token_quoted = np.empty(n, np.uint8)
+    _csv.cell_tokens(token_starts, token_ends, token_quoted, buf, np.ascontiguousarray(starts),
+                     np.ascontiguousarray(ends), quote)
+    keys = np.empty(n, np.int64)
+    _keys.raw_token_keys(keys, buf, token_starts, token_ends, token_quoted, quote,
+                         _keys.MISSING_RAW_KEY)
+    return keys
 
 
 def _column_spans(spans, slot):

@@ -10,6 +10,18 @@ Key 0 stands for a missing value. Hash buckets use ``1 + key % num_buckets``
 (id 0 = missing); vocabularies map keys to ids. Python's ``hash()`` is salted
 per process and is never used.
 
+Raw keys (``ids="dynamic"``: dynamic tables take any int64, no vocabulary,
+no modulo)::
+
+    raw_key(token) = int(token)        if the token is the canonical decimal
+                                       text of an int64 ("-12", "0", "42";
+                                       not "007", "-0", "+5", " 5")
+                   = key(token) as int64 (two's complement) otherwise
+    raw_key(missing) = key("") as int64 = -1166397803181037274
+
+so integer ids (libsvm indices, integer Parquet columns, decimal CSV cells)
+reach a table as they are, and strings as a fixed 64-bit hash.
+
 The readers compute keys in Numba (``kernels/data_hash.py``); ``token_key``
 here is the plain-Python definition, for reference and tests.
 """
@@ -17,9 +29,11 @@ import numpy as np
 
 from ..kernels import data_hash as _kernels
 
-__all__ = ["token_key", "token_keys"]
+__all__ = ["token_key", "token_keys", "raw_key", "MISSING_RAW_KEY"]
 
 _MASK = (1 << 64) - 1
+#: raw_key of a missing token (an empty cell, a null).
+MISSING_RAW_KEY = -1166397803181037274
 
 
 def _fmix64(h):
@@ -72,3 +86,39 @@ def token_keys(tokens):
     _kernels.token_keys(keys, np.ascontiguousarray(buf), ends - lengths, ends,
                         np.zeros(len(encoded), np.uint8), np.int64(-1))
     return keys
+
+
+def _canonical_int64(text):
+    """The int of canonical decimal int64 text, else None."""
+    digits = text[1:] if text.startswith("-") else text
+    if not digits or not digits.isascii() or not digits.isdigit() or len(digits) > 19:
+        return None
+    if digits[0] == "0" and (len(digits) > 1 or text.startswith("-")):
+        return None
+    value = int(text)
+    return value if -(1 << 63) <= value < (1 << 63) else None
+
+
+def raw_key(token):
+    """The raw int64 key of one token (str, bytes, int; None = missing), as
+    dynamic tables get it from the readers (module docstring).
+
+    >>> raw_key("-12"), raw_key(2 ** 63 - 1), raw_key(None) == raw_key("")
+    (-12, 9223372036854775807, True)
+    >>> raw_key("05db9164") == token_key("05db9164") - 2 ** 64 * (token_key("05db9164") >= 2 ** 63)
+    True
+    """
+    if token is None:
+        return MISSING_RAW_KEY
+    if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+        if not -(1 << 63) <= int(token) < (1 << 63):
+            raise ValueError(f"an integer id must fit in int64, got {token}")
+        return int(token)
+    text = token.decode("utf-8", "surrogateescape") if isinstance(token, bytes) else token
+    if not isinstance(text, str):
+        raise TypeError(f"a token is str, bytes or int, got {type(token).__name__}")
+    value = _canonical_int64(text)
+    if value is not None:
+        return value
+    key = token_key(token)
+    return key - (1 << 64) if key >= 1 << 63 else key

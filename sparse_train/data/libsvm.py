@@ -189,6 +189,10 @@ class PairsParser:
         max_bag_length: a row of more pairs is a bad line (``MAX_BAG_LENGTH``).
     """
 
+    #: True: the indices themselves are the features' keys (ids="dynamic",
+    #: raw int64 keys for dynamic tables) instead of the keys of their text.
+    raw_keys = False
+
     def __init__(self, with_field, num_fields=None, featindex=None, weighted=True,
                  max_fields=MAX_FIELDS, max_bag_length=MAX_BAG_LENGTH):
         self.max_bag_length = int(max_bag_length)
@@ -252,8 +256,11 @@ class PairsParser:
             return Parsed(labels.astype(np.float32), empty, {}, bad, reason)
         order, feature_offsets = _kernels.group_by_feature(features, offsets,
                                                           np.int64(self.num_features))
-        keys = np.empty(indices.shape[0], np.uint64)
-        _hash.index_keys(keys, indices)
+        if self.raw_keys:  # an index is its own raw key (hashing.raw_key)
+            keys = np.ascontiguousarray(indices, np.int64)
+        else:
+            keys = np.empty(indices.shape[0], np.uint64)
+            _hash.index_keys(keys, indices)
         weights = values.astype(np.float32)
         sparse, base = {}, 0
         for f, name in enumerate(self.feature_names):

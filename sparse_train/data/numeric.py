@@ -195,6 +195,11 @@ class NumericStatistics:
             self._parts.append(part)
             self._rows += part.shape[0]
 
+    @property
+    def full(self):
+        """Whether ``limit`` rows are kept (later rows change nothing)."""
+        return self._rows >= self.limit
+
     def encoder(self):
         values = np.concatenate(self._parts) if self._parts else np.zeros(0)
         return numeric_encoder(self.kind, values, self.bucketize)

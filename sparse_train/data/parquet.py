@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..kernels import data_hash as _hash
+from ..kernels import data_keys as _keys
 from ._parsed import Parsed, RawFeature
 from .dataset import TextDataset
 from .delimited import SchemaColumns
@@ -158,6 +159,10 @@ class ParquetParser(SchemaColumns):
             can read (checked here, before any row is read).
     """
 
+    #: True: categorical features give raw int64 keys (``hashing.raw_key``,
+    #: ids="dynamic"); integer columns then pass their values unchanged.
+    raw_keys = False
+
     def __init__(self, schema, arrow_schemas, normalizer=DEFAULT_NORMALIZER):
         if normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer must be one of {', '.join(NORMALIZERS)}, "
@@ -273,7 +278,7 @@ class ParquetParser(SchemaColumns):
         kind = _kind(column.type)
         if feature.type == "categorical":
             strings = _strings(column)
-            keys = _string_keys(strings)
+            keys = _string_keys(strings, self.raw_keys)
             offsets = np.arange(keys.shape[0] + 1, dtype=np.int64)
             return RawFeature(keys, offsets, None,
                               lambda positions: strings.take(pa.array(positions)).to_pylist())
@@ -282,14 +287,16 @@ class ParquetParser(SchemaColumns):
         lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         bounds = np.asarray(lists.offsets, np.int64)
         values = _strings(lists.values.slice(int(bounds[0]), int(bounds[-1] - bounds[0])))
-        item_keys = _string_keys(values)
-        keep = item_keys != 0  # empty tokens are dropped, as in a CSV cell
+        item_keys = _string_keys(values, self.raw_keys)
+        # empty tokens are dropped, as in a CSV cell
+        keep = (item_keys != (_keys.MISSING_RAW_KEY if self.raw_keys else 0))
         bag = np.repeat(np.arange(bounds.shape[0] - 1), np.diff(bounds))[keep]
         counts = np.bincount(bag, minlength=bounds.shape[0] - 1)
         lengths = np.maximum(counts, 1)  # a bag without a token holds the missing id
         offsets = np.zeros(lengths.shape[0] + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        keys = np.zeros(int(offsets[-1]), np.uint64)
+        keys = (np.full(int(offsets[-1]), _keys.MISSING_RAW_KEY, np.int64) if self.raw_keys
+                else np.zeros(int(offsets[-1]), np.uint64))
         source = np.full(keys.shape[0], -1, np.int64)
         kept = np.flatnonzero(keep)
         slots = offsets[:-1][bag] + (np.arange(kept.shape[0]) - np.repeat(
@@ -344,8 +351,10 @@ def _strings(column):
     return column
 
 
-def _string_keys(strings):
-    """Token keys [n] uint64 of a string array; 0 for null and ""."""
+def _string_keys(strings, raw=False):
+    """Token keys [n] uint64 of a string array; 0 for null and "". ``raw``:
+    raw int64 keys instead (``kernels.data_keys``; ``MISSING_RAW_KEY`` for
+    null and "")."""
     pa, _, _ = _arrow()
     n = len(strings)
     buffers = strings.buffers()
@@ -359,6 +368,11 @@ def _string_keys(strings):
     starts[ends == starts] = -1
     if strings.null_count:
         starts[np.asarray(strings.is_null())] = -1
+    if raw:
+        keys = np.empty(n, np.int64)
+        _keys.raw_token_keys(keys, data, starts, ends, np.zeros(n, np.uint8), np.int64(-1),
+                             _keys.MISSING_RAW_KEY)
+        return keys
     keys = np.empty(n, np.uint64)
     _hash.token_keys(keys, data, starts, ends, np.zeros(n, np.uint8), np.int64(-1))
     return keys

@@ -46,9 +46,17 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
         schema: csv: a TOML schema path or a ``Schema`` (see ``schema.py``);
             parquet: optional (default: the columns' Arrow types).
         batch_size: rows a batch.
-        ids: "vocabulary" (ids from a vocabulary counted on this data) or
+        ids: "vocabulary" (ids from a vocabulary counted on this data),
             "hash" (stable hash buckets, no pass); a schema may override it
-            per feature.
+            per feature. Or "dynamic": every categorical feature gives its
+            raw int64 keys (``hashing.raw_key``: integer ids as they are,
+            strings by a fixed 64-bit hash, missing as ``MISSING_RAW_KEY``),
+            for dynamic tables (``DynamicEmbeddingTable``); no vocabulary
+            pass, no modulo, ``FeatureSpec.num_embeddings`` None. Numeric
+            statistics (normalizers that need them, buckets) are then fitted
+            by a pass over the first ``MAX_STATISTIC_ROWS`` training rows
+            only, the rows the vocabulary pass would fit them on (so the
+            same bits); no pass at all when no normalizer needs one.
         min_count: vocabulary: tokens seen fewer times share the
             out-of-vocabulary id. An int, or a dict feature name -> int.
         hash_buckets: hash: buckets a feature (int, or dict name -> int).
@@ -124,7 +132,11 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
     if format == "synthetic":
         if path is not None:
             raise ValueError("format 'synthetic' generates its data: path must be None")
-        return SyntheticClickLog(batch_size=batch_size, **synthetic_options)
+        if ids not in ("vocabulary", "dynamic"):
+            raise ValueError(f"format 'synthetic': ids must be 'vocabulary' (its ids are "
+                             f"rows already) or 'dynamic', got {ids!r}")
+        return SyntheticClickLog(batch_size=batch_size, raw_keys=ids == "dynamic",
+                                 **synthetic_options)
     if synthetic_options:
         raise TypeError(f"unexpected argument(s) for format {format!r}: "
                         f"{', '.join(sorted(synthetic_options))}")
@@ -171,8 +183,16 @@ def open_dataset(path=None, format="synthetic", *, schema=None, batch_size=1024,
                                               like, on_bad_line, chunk_bytes, limits)
         columns = [(name, None, None, None) for name in parser.feature_names]
 
-    id_config = {name: _id_config(name, feature_ids or ids, feature_min or min_count,
-                                  feature_buckets or hash_buckets, max_vocabulary_size)
+    if ids != "dynamic" and _given_is_dynamic(vocabulary, like):
+        ids = "dynamic"  # the training data's raw keys: this data gives them too
+    if ids == "dynamic":
+        _check_all_dynamic(columns, getattr(parser, "schema", None))
+        parser.raw_keys = True
+        if vocabulary is not None or like is not None:
+            _check_given_dynamic(vocabulary, like, [c[0] for c in columns])
+    id_config = {name: _id_config(name, ids if ids == "dynamic" else feature_ids or ids,
+                                  feature_min or min_count, feature_buckets or hash_buckets,
+                                  max_vocabulary_size)
                  for name, feature_ids, feature_min, feature_buckets in columns}
     numeric = getattr(parser, "numeric_columns", ())
     encoders = _given_encoders(vocabulary, [c[0] for c in columns], like, numeric)
@@ -234,12 +254,55 @@ def _check_options(batch_size, on_bad_line, chunk_bytes, prefetch, max_examples,
         positive("max_examples", max_examples)
     if on_bad_line not in ("error", "skip"):
         raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
-    if ids not in ("vocabulary", "hash"):
-        raise ValueError(f"ids must be 'vocabulary' or 'hash', got {ids!r}")
+    if ids not in ("vocabulary", "hash", "dynamic"):
+        raise ValueError(f"ids must be 'vocabulary', 'hash' or 'dynamic', got {ids!r}")
+
+
+def _check_all_dynamic(columns, schema):
+    """ids="dynamic" gives every categorical feature raw keys: a schema
+    entry asking for other ids contradicts it (SchemaError naming it)."""
+    for name, feature_ids, feature_min, feature_buckets in columns:
+        if feature_ids not in (None, "dynamic") or feature_min or feature_buckets:
+            where = getattr(schema, "source", None)
+            raise SchemaError(f"feature {name!r}: the schema sets "
+                              f"{'ids = ' + repr(feature_ids) if feature_ids else 'min_count or hash_buckets'}"
+                              f", but ids='dynamic' gives every categorical feature its raw "
+                              f"keys (remove the entry's ids options)"
+                              + (f" ({where})" if where else ""))
+
+
+def _given_is_dynamic(vocabulary, like):
+    """Whether like= / vocabulary= carry raw keys (``RawKeys``)."""
+    from .vocabulary import RawKeys
+    if like is not None:
+        return bool(getattr(like, "dynamic_ids", False))
+    if vocabulary is None:
+        return False
+    given = vocabulary if isinstance(vocabulary, dict) else load_vocabulary(vocabulary)
+    return any(isinstance(v, RawKeys) for v in given.values())
+
+
+def _check_given_dynamic(vocabulary, like, names):
+    """vocabulary= / like= with ids="dynamic": the given ids must be raw keys too."""
+    from .vocabulary import RawKeys
+    if like is not None:
+        given = like.vocabulary
+    elif isinstance(vocabulary, dict):
+        given = vocabulary
+    else:
+        given = load_vocabulary(vocabulary)
+    for name in names:
+        if name in given and not isinstance(given[name], RawKeys):
+            raise DataError(f"feature {name!r}: ids='dynamic' but the given "
+                            f"{'like= data' if like is not None else 'vocabulary'} maps it to "
+                            f"{type(given[name]).__name__} ids")
 
 
 def _id_config(name, kind, min_count, hash_buckets, max_vocabulary_size=MAX_VOCABULARY_SIZE):
-    """("vocabulary", min_count) or ("hash", buckets) of one feature."""
+    """("vocabulary", min_count), ("hash", buckets) or ("dynamic", None) of
+    one feature."""
+    if kind == "dynamic":
+        return kind, None
     value = min_count if kind == "vocabulary" else hash_buckets
     what = "min_count" if kind == "vocabulary" else "hash_buckets"
     if isinstance(value, dict):

@@ -26,6 +26,7 @@ from ..ragged import Ragged
 from ._batching import take_rows
 from .batch import Batch, DataSpec, FeatureSpec
 from .dataset import Dataset, _check_fraction, held_out_rows
+from .vocabulary import RawKeys
 
 __all__ = ["SyntheticClickLog", "write_criteo_like", "zipf_ranks"]
 
@@ -86,6 +87,9 @@ class SyntheticClickLog(Dataset):
         bias: the planted logit's constant (sets the click rate).
         batch_size: default batch size.
         seed: the seed of the planted model and of the rows.
+        raw_keys: the features' ids are raw keys for dynamic tables
+            (``ids="dynamic"``): the same ids, but ``FeatureSpec.
+            num_embeddings`` is None (a model builds dynamic tables).
 
     Attributes:
         planted_auc, planted_logloss: of the planted model on these rows
@@ -104,7 +108,7 @@ class SyntheticClickLog(Dataset):
     def __init__(self, num_examples=200_000, *, categorical_sizes=(100, 60, 40, 30, 20, 15, 10, 8),
                  multi_hot_sizes=(40, 15), max_bag_size=5, num_dense=4, zipf_exponent=1.1,
                  factor_dim=4, linear_scale=1.0, interaction_scale=1.0, dense_scale=0.5,
-                 bias=-1.5, batch_size=1024, seed=0):
+                 bias=-1.5, batch_size=1024, seed=0, raw_keys=False):
         _check_positive("num_examples", num_examples)
         _check_positive("max_bag_size", max_bag_size)
         _check_positive("factor_dim", factor_dim)
@@ -168,9 +172,11 @@ class SyntheticClickLog(Dataset):
         self._linear_logit = linear_logit
         self._rows = np.arange(num_examples, dtype=np.int64)
         self._spec = DataSpec(
-            tuple(FeatureSpec(name, size, multi_hot) for name, size, multi_hot in features),
+            tuple(FeatureSpec(name, None if raw_keys else size, multi_hot)
+                  for name, size, multi_hot in features),
             tuple(f"x{j}" for j in range(int(num_dense))))
         self._metrics = None
+        self._raw_keys = bool(raw_keys)
         self.num_examples = num_examples
 
     @property
@@ -179,8 +185,15 @@ class SyntheticClickLog(Dataset):
 
     @property
     def vocabulary(self):
-        """Empty: the synthetic ids are table rows already."""
+        """Empty: the synthetic ids are table rows already (with
+        ``raw_keys``: a ``RawKeys`` per feature)."""
+        if self._raw_keys:
+            return {f.name: RawKeys() for f in self._spec.sparse_features}
         return {}
+
+    @property
+    def dynamic_ids(self):
+        return self._raw_keys
 
     def _view(self, rows):
         view = object.__new__(SyntheticClickLog)

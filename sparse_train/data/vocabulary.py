@@ -7,6 +7,8 @@ id 0 for a missing value:
                   than ``min_count`` times), 2 + r = the token of rank r, by
                   decreasing count (ties: increasing key)
     HashBuckets   0 = missing, 1 + key % num_buckets
+    RawKeys       no ids at all: each token's raw int64 key (``hashing.raw_key``)
+                  goes to a dynamic table as it is (``ids="dynamic"``)
 
 Both save to and load from JSON (``save_vocabulary`` / ``load_vocabulary``),
 so training and validation use the same ids; the same file keeps the fitted
@@ -23,7 +25,7 @@ from .errors import DataError
 from .hashing import token_keys
 from .numeric import NumericEncoder
 
-__all__ = ["Vocabulary", "HashBuckets", "save_vocabulary", "load_vocabulary",
+__all__ = ["Vocabulary", "HashBuckets", "RawKeys", "save_vocabulary", "load_vocabulary",
            "MAX_VOCABULARY_SIZE"]
 
 #: Default largest number of ids (table rows) of one feature's vocabulary
@@ -185,6 +187,42 @@ class HashBuckets(_Encoder):
         return f"HashBuckets({self.num_buckets})"
 
 
+class RawKeys:
+    """No vocabulary, no buckets: a feature's raw int64 keys as they are
+    (``ids="dynamic"``, for ``DynamicEmbeddingTable``s). The readers give
+    the keys (``hashing.raw_key``: integer ids unchanged, strings by a fixed
+    64-bit hash); ``num_embeddings`` is None (the table is unbounded).
+
+    >>> RawKeys().lookup(["42", "-7", None]).tolist()[:2]
+    [42, -7]
+    """
+
+    kind = "dynamic"
+    num_embeddings = None
+
+    def lookup(self, tokens):
+        """Raw keys [n] int64 of tokens (str or int; None = missing)."""
+        from .hashing import raw_key
+        return np.array([raw_key(None if t == "" else t) for t in tokens], np.int64)
+
+    def ids_of_keys(self, keys):
+        """The raw keys [m] int64 the reader gave, unchanged."""
+        return np.ascontiguousarray(keys, dtype=np.int64)
+
+    def to_dict(self):
+        return {"type": self.kind, "keys": _RAW_KEYS_NAME}
+
+    def __eq__(self, other):
+        return isinstance(other, RawKeys)
+
+    def __repr__(self):
+        return "RawKeys()"
+
+
+#: How ``RawKeys`` keys are made (``hashing.raw_key``), recorded with them.
+_RAW_KEYS_NAME = "int64-or-fnv1a64-fmix64"
+
+
 def _from_dict(name, d, path):
     kind = d.get("type") if isinstance(d, dict) else None
     try:
@@ -196,9 +234,15 @@ def _from_dict(name, d, path):
             return HashBuckets(d["num_buckets"])
         if kind == "numeric":
             return NumericEncoder.from_dict(d)
+        if kind == "dynamic":
+            if d.get("keys", _RAW_KEYS_NAME) != _RAW_KEYS_NAME:
+                raise ValueError(f"unknown raw keys {d.get('keys')!r} (this version makes "
+                                 f"{_RAW_KEYS_NAME!r})")
+            return RawKeys()
     except (KeyError, ValueError, TypeError) as err:
         raise DataError(f"feature {name!r}: {err}", path) from None
-    raise DataError(f"feature {name!r}: type must be 'vocabulary', 'hash' or 'numeric', "
+    raise DataError(f"feature {name!r}: type must be 'vocabulary', 'hash', 'dynamic' or "
+                    f"'numeric', "
                     f"got {kind!r}", path)
 
 

@@ -4,6 +4,7 @@ import numpy as np
 from .. import autodiff as ad
 from ..data.batch import Batch, DataSpec
 from ..nn import EmbeddingBagCollection, FeatureLinear
+from ..nn.embedding_bag import training_lookups
 from ..nn.linear import check_positive
 
 __all__ = ["CTRModel"]
@@ -34,13 +35,24 @@ class CTRModel:
             interaction terms O(1) and cost FM 0.027 and DeepFM 0.015
             validation AUC (0.716 vs 0.742; 0.742 vs 0.757). Small inits are
             the common choice for FM-style models (DeepCTR: stddev 1e-4).
+        dynamic: None, or the options of ``DynamicEmbeddingTable`` (a dict,
+            ``nn.embedding_bag.DYNAMIC_OPTIONS``: ``filter_freq``,
+            ``steps_to_live``, ``l2_weight_threshold``, ...; True = {}):
+            every table (embeddings and the linear term's 1-wide weights)
+            is then one dynamic table per feature over raw int64 keys. A
+            spec from ``ids="dynamic"`` (features without
+            ``num_embeddings``) gets dynamic tables with the defaults when
+            this is None. Training lookups (inside ``training_lookups``, as
+            ``train_step`` runs them) count and admit keys; ``predict`` and
+            ``evaluate`` only read.
     """
 
     #: Registry name, e.g. ``"deepfm"``.
     name = None
 
     def __init__(self, spec, embedding_dim=16, seed=0, scope=None, combiner=None,
-                 tables=None, initializer="truncated_normal", embedding_init_scale=0.1):
+                 tables=None, initializer="truncated_normal", embedding_init_scale=0.1,
+                 dynamic=None):
         if not isinstance(spec, DataSpec):
             raise TypeError(f"{type(self).__name__}: spec must be a DataSpec, got "
                             f"{type(spec).__name__}")
@@ -50,7 +62,8 @@ class CTRModel:
         self.embedding_dim = check_positive(type(self).__name__, "embedding_dim", embedding_dim)
         self.seed = int(seed)
         self.scope = scope or self.name
-        self._embedding_options = {"combiner": combiner, "tables": tables}
+        self._embedding_options = {"combiner": combiner, "tables": tables,
+                                   "dynamic": dynamic}
         self._initializer = initializer
         self._init_scale = float(embedding_init_scale)
         self._layers = []
@@ -59,6 +72,8 @@ class CTRModel:
                         "scope": self.scope, "combiner": combiner, "tables": tables,
                         "initializer": initializer,
                         "embedding_init_scale": self._init_scale}
+        if dynamic is not None:  # recorded only when used: static configs stay as they were
+            self._config["dynamic"] = {} if dynamic is True else dict(dynamic)
 
     # ------------------------------------------------------------ building
     def _track(self, layer):
@@ -71,8 +86,20 @@ class CTRModel:
             return None
         return self._track(EmbeddingBagCollection(
             self.spec, embedding_dim or self.embedding_dim, f"{self.scope}/{name}", self.seed,
-            initializer=self._initializer, init_scale=self._init_scale,
+            initializer=self._initializer, init_scale=self._table_init_scale(),
             **self._embedding_options))
+
+    def _table_init_scale(self):
+        """``embedding_init_scale``, or 1 for dynamic tables whose class
+        takes no scale (their rows are drawn at admission from (seed, key)
+        with the initializer's own stddev, 1/sqrt(D)); the config records
+        the scale used."""
+        dynamic = self._embedding_options["dynamic"] is not None or any(
+            f.num_embeddings is None for f in self.spec.sparse_features)
+        if dynamic and not _dynamic_tables_take_scale():
+            self._config["embedding_init_scale"] = 1.0
+            return 1.0
+        return self._init_scale
 
     def _feature_linear(self, name="linear"):
         """A ``FeatureLinear``; the first one's bias is the logit bias."""
@@ -139,6 +166,29 @@ class CTRModel:
                 for layer in self._layers
                 if isinstance(layer, (EmbeddingBagCollection, FeatureLinear))]
 
+    # ------------------------------------------------------ dynamic tables
+    def training_lookups(self, global_step=None):
+        """A context in which the model's dynamic tables make training
+        lookups at ``global_step`` (``nn.embedding_bag.training_lookups``);
+        ``train_step`` runs the forward and backward in it."""
+        return training_lookups(global_step)
+
+    def dynamic_tables(self):
+        """The ``DynamicEmbeddingTable``s of the model, in build order ([]
+        with static tables)."""
+        return [table for collection in self.embedding_collections() if collection.is_dynamic
+                for table in collection.tables.values()]
+
+    def evict(self, global_step):
+        """Evict from every dynamic table (``table.evict(global_step)``:
+        ``steps_to_live`` and ``l2_weight_threshold``); returns the number
+        of keys evicted (0 with static tables)."""
+        return sum(int(table.evict(int(global_step))) for table in self.dynamic_tables())
+
+    def admitted_keys(self):
+        """{table name: admitted keys} of the dynamic tables ({} if none)."""
+        return {table.name: len(table) for table in self.dynamic_tables()}
+
     def predict(self, batch):
         """Click probabilities ``sigmoid(logits)``, [B] float32, no graph recorded."""
         with ad.no_grad():
@@ -184,6 +234,11 @@ class CTRModel:
         return (f"{type(self).__name__}(scope={self.scope!r}, features="
                 f"{len(self.spec.sparse_features)}+{self.spec.num_dense} dense, "
                 f"embedding_dim={self.embedding_dim}, parameters={sizes})")
+
+
+def _dynamic_tables_take_scale():
+    from ..nn.embedding_bag import _dynamic_table_class, _parameters
+    return "init_scale" in _parameters(_dynamic_table_class())
 
 
 def _sparse_of(layer):

@@ -1,7 +1,11 @@
 """Embedding-bag layers: one feature's pooled lookup (``EmbeddingBag``) and a
 table per feature for a whole ``DataSpec`` (``EmbeddingBagCollection``, the
-torchrec name), where several features may share one table."""
+torchrec name), where several features may share one table; or, with
+``dynamic=``, one ``DynamicEmbeddingTable`` per feature over raw int64 keys
+(``training_lookups`` marks the lookups of a train step)."""
 
+import contextlib
+import contextvars
 import weakref
 
 import numpy as np
@@ -18,7 +22,82 @@ from .embedding import EmbeddingTable
 from .init import layer_seed
 from .linear import check_positive
 
-__all__ = ["EmbeddingBag", "EmbeddingBagCollection", "default_combiner"]
+__all__ = ["EmbeddingBag", "EmbeddingBagCollection", "default_combiner", "training_lookups",
+           "training_step", "dynamic_embedding_bag", "DYNAMIC_OPTIONS"]
+
+#: The global step of the train step being run (``training_lookups``), None
+#: outside one: dynamic tables count and admit keys only inside.
+_TRAINING_STEP = contextvars.ContextVar("sparse_train_training_step", default=None)
+
+#: What ``dynamic=`` may set of each ``DynamicEmbeddingTable`` (its keyword
+#: arguments; DeepRec's EmbeddingVariable options).
+DYNAMIC_OPTIONS = ("filter_freq", "steps_to_live", "l2_weight_threshold", "default_value",
+                   "capacity")
+
+
+@contextlib.contextmanager
+def training_lookups(global_step=None):
+    """Within this block, lookups of dynamic tables are TRAINING lookups at
+    ``int(global_step)`` (0 if None): each key occurrence is counted, keys
+    reaching ``filter_freq`` are admitted and every key read is stamped
+    with the step (SPEC section 6). Outside it (evaluation, prediction)
+    they neither count, admit nor insert. ``training.train_step`` runs the
+    forward in it; static tables ignore it.
+
+    >>> with training_lookups(7):
+    ...     training_step()
+    7
+    >>> training_step() is None
+    True
+    """
+    token = _TRAINING_STEP.set(0 if global_step is None else int(global_step))
+    try:
+        yield
+    finally:
+        _TRAINING_STEP.reset(token)
+
+
+def training_step():
+    """The global step of the enclosing ``training_lookups``, or None."""
+    return _TRAINING_STEP.get()
+
+
+def _dynamic_table_class():
+    from .dynamic_embedding import DynamicEmbeddingTable  # dyncore's module
+    return DynamicEmbeddingTable
+
+
+def _check_dynamic(dynamic, where):
+    """``dynamic=`` as a dict of table options (None: not dynamic)."""
+    if dynamic is None or dynamic is False:
+        return None
+    options = {} if dynamic is True else dict(dynamic)
+    unknown = sorted(set(options) - set(DYNAMIC_OPTIONS))
+    if unknown:
+        raise ValueError(f"{where}: dynamic has unknown option(s) {unknown}; options are "
+                         f"{list(DYNAMIC_OPTIONS)}")
+    return options
+
+
+def dynamic_embedding_bag(table, ids, combiner="sum", name=None):
+    """Pooled lookup of ``ids`` (a ``Ragged`` of raw int64 keys) in a
+    ``DynamicEmbeddingTable``, as an autodiff op: [B, D] out (the table's
+    ``lookup``, SPEC section 3 per bag) and a row-sparse gradient of
+    ``table.weight`` (``table.lookup_grad``: rows of admitted keys only).
+    Inside ``training_lookups`` the lookup counts and admits keys at that
+    global step; elsewhere it only reads (unknown keys: the default value).
+    """
+    step = training_step()
+    out = table.lookup(ids.values, ids.offsets, ids.weights, combiner,
+                       training=step is not None, global_step=step, name=name)
+    # the leaf is made after the lookup: an admission may have grown the rows
+    leaf = ad.Tensor(table.weight)
+    values, offsets, weights = ids.values, ids.offsets, ids.weights
+
+    def backward(g):
+        d_out = np.ascontiguousarray(g, dtype=np.float32)
+        return (table.lookup_grad(d_out, values, offsets, weights, combiner, name=name),)
+    return ad.Tensor.from_op(out, (leaf,), backward, "dynamic_embedding_bag")
 
 
 def default_combiner(feature):
@@ -120,6 +199,19 @@ class EmbeddingBagCollection:
         init_scale: multiplies the initial values (in place, no copy); 1
             keeps the initializer's own scale.
         features: optional subset of feature names (default: all, in order).
+        dynamic: None (static tables; but a spec whose features have no
+            ``num_embeddings``, raw int64 keys from ``ids="dynamic"``,
+            gets dynamic ones), or a dict of ``DynamicEmbeddingTable``
+            options (``DYNAMIC_OPTIONS``: ``filter_freq``,
+            ``steps_to_live``, ``l2_weight_threshold``, ``default_value``,
+            ``capacity``; True = {}): then each feature has its own
+            ``DynamicEmbeddingTable`` ``"{name}/{feature}"`` in
+            ``self.tables`` (no stacked table; ``tables=`` may rename but
+            not share), looked up one feature at a time with the same
+            combiners, ``variables()`` lists each table's ``weight``, and
+            lookups count and admit keys only inside ``training_lookups``
+            (``train_step``). ``evict(global_step)`` evicts,
+            ``admitted_keys()`` counts.
 
     >>> from sparse_train.data import DataSpec, FeatureSpec
     >>> spec = DataSpec((FeatureSpec("a", 5), FeatureSpec("b", 7)))
@@ -129,7 +221,7 @@ class EmbeddingBagCollection:
     """
 
     def __init__(self, spec, embedding_dim, name, seed=0, combiner=None, tables=None,
-                 initializer="truncated_normal", init_scale=1.0, features=None):
+                 initializer="truncated_normal", init_scale=1.0, features=None, dynamic=None):
         if not isinstance(spec, DataSpec):
             raise TypeError(f"EmbeddingBagCollection: spec must be a DataSpec, got "
                             f"{type(spec).__name__}")
@@ -146,6 +238,15 @@ class EmbeddingBagCollection:
         if unknown:
             raise ValueError(f"EmbeddingBagCollection {name!r}: tables names unknown "
                              f"features {unknown}")
+        dynamic = _check_dynamic(dynamic, f"EmbeddingBagCollection {name!r}")
+        if dynamic is None and any(f.num_embeddings is None for f in specs):
+            dynamic = {}  # raw int64 keys (ids="dynamic"): only a dynamic table takes them
+        #: The ``DynamicEmbeddingTable`` options (None: static stacked tables).
+        self.dynamic = dynamic
+        combiners = combiner if isinstance(combiner, dict) else dict.fromkeys(names, combiner)
+        if dynamic is not None:
+            self._build_dynamic(specs, tables, combiners, seed, initializer, init_scale)
+            return
         sizes = {}
         for feature in specs:
             table = tables.setdefault(feature.name, feature.name)
@@ -168,15 +269,57 @@ class EmbeddingBagCollection:
         self.lookup = EmbeddingBag(self.table, "sum", name=name)
         register_variable(self.weight, embedding=True)
         self._feature_row = {f.name: self._row_offset[tables[f.name]] for f in specs}
-        combiners = combiner if isinstance(combiner, dict) else dict.fromkeys(names, combiner)
         self.bags = {f.name: EmbeddingBag(self.tables[tables[f.name]],
                                           combiners.get(f.name) or default_combiner(f),
                                           name=f.name)
                      for f in specs}
 
+    def _build_dynamic(self, specs, tables, combiners, seed, initializer, init_scale):
+        """One ``DynamicEmbeddingTable`` per feature, ``"{name}/{table}"``
+        (keys of two features never share a row, so two features may not
+        name one table). ``self.bags`` maps each feature to its combiner."""
+        owner = {}
+        for feature in specs:
+            table = tables.setdefault(feature.name, feature.name)
+            if table in owner:
+                raise ValueError(f"EmbeddingBagCollection {self.name!r}: features "
+                                 f"{owner[table]!r} and {feature.name!r} share table {table!r}; "
+                                 f"dynamic tables are one a feature")
+            owner[table] = feature.name
+        bags = {f.name: combiners.get(f.name) or default_combiner(f) for f in specs}
+        for feature, combiner in bags.items():
+            _check_combiner(combiner, f"EmbeddingBagCollection {self.name!r} feature {feature!r}")
+        cls = _dynamic_table_class()
+        extra = {}
+        if init_scale != 1:
+            if "init_scale" not in _parameters(cls):
+                raise ValueError(f"EmbeddingBagCollection {self.name!r}: init_scale "
+                                 f"{init_scale} needs a DynamicEmbeddingTable with init_scale")
+            extra["init_scale"] = float(init_scale)
+        self.tables = {}
+        for feature in specs:
+            full = f"{self.name}/{tables[feature.name]}"
+            self.tables[tables[feature.name]] = cls(
+                self.embedding_dim, full, initializer, seed=layer_seed(seed, full),
+                **self.dynamic, **extra)
+        self.table = self.lookup = None  # no stacked table
+        self._feature_row = None
+        for table in self.tables.values():
+            register_variable(table.weight, embedding=True)
+        self._feature_table = {f.name: self.tables[tables[f.name]] for f in specs}
+        self.bags = bags
+
+    @property
+    def is_dynamic(self):
+        """True with ``DynamicEmbeddingTable``s (``dynamic=``)."""
+        return self.dynamic is not None
+
     @property
     def weight(self):
         """The stacked weight ``Variable`` (the optimizer's and checkpoint's)."""
+        if self.is_dynamic:
+            raise ValueError(f"EmbeddingBagCollection {self.name!r} has a dynamic table per "
+                             f"feature, no stacked weight: use variables() or tables")
         return self.table.weight
 
     @property
@@ -194,6 +337,8 @@ class EmbeddingBagCollection:
 
     def stacked(self, batch):
         """[B, F, D] Tensor: the features' embeddings side by side."""
+        if self.is_dynamic:
+            return self._stacked_dynamic(batch)
         pooled = self.lookup(self.fused_ragged(batch))
         return ad.reshape(pooled, (-1, self.num_features, self.embedding_dim))
 
@@ -201,12 +346,50 @@ class EmbeddingBagCollection:
         """[B, F * D] Tensor: the features' embeddings concatenated."""
         return ad.reshape(self.stacked(batch), (-1, self.num_features * self.embedding_dim))
 
+    def _stacked_dynamic(self, batch):
+        """[B, F, D]: one ``dynamic_embedding_bag`` per feature, stacked."""
+        sparse = self._sparse(batch)
+        num_bags, first = None, None
+        for feature in self.bags:
+            ragged = sparse[feature]
+            if not isinstance(ragged, Ragged):
+                raise TypeError(f"feature {feature!r}: expected a Ragged, got "
+                                f"{type(ragged).__name__}")
+            if num_bags is None:
+                num_bags, first = ragged.num_bags, feature
+            elif ragged.num_bags != num_bags:
+                raise ValueError(f"feature {feature!r} has {ragged.num_bags} bags, "
+                                 f"feature {first!r} has {num_bags}")
+        pooled = [dynamic_embedding_bag(self._feature_table[feature], sparse[feature],
+                                        combiner, feature)
+                  for feature, combiner in self.bags.items()]
+        if len(pooled) == 1:
+            return ad.reshape(pooled[0], (-1, 1, self.embedding_dim))
+        return ad.stack(pooled, axis=1)
+
+    def evict(self, global_step):
+        """Dynamic tables: ``table.evict(global_step)`` of each (DeepRec's
+        GlobalStepEvict / L2WeightEvict, SPEC section 6); returns the number
+        of keys evicted. Static tables: 0."""
+        if not self.is_dynamic:
+            return 0
+        return sum(int(table.evict(int(global_step))) for table in self.tables.values())
+
+    def admitted_keys(self):
+        """{table name: admitted keys} of the dynamic tables ({} if static)."""
+        if not self.is_dynamic:
+            return {}
+        return {table.name: len(table) for table in self.tables.values()}
+
     def fused_ragged(self, batch):
         """The ``Ragged`` of the one sum lookup in the stacked table that
         pools every feature: bag ``b * F + f`` holds feature f's ids of
         example b, offset to its table's rows, weighted by the combiner's
         coefficients (``kernels.lookup.fuse_bags``). Each feature's ids are
         checked first (errors name the feature)."""
+        if self.is_dynamic:
+            raise ValueError(f"EmbeddingBagCollection {self.name!r}: dynamic tables have no "
+                             f"fused lookup (one lookup a feature)")
         sparse = self._sparse(batch)
         if not isinstance(batch, Batch):  # a bare dict: nowhere to keep it
             return Ragged(*self._fused_bags(sparse))
@@ -270,6 +453,9 @@ class EmbeddingBagCollection:
         ``fused_ragged``), re-pointing the variable collections
         (``sparse_train.collections``) at the new weight so they do not keep
         the old one alive; the per-feature table views are let go."""
+        if self.is_dynamic:
+            raise ValueError(f"EmbeddingBagCollection {self.name!r}: dynamic tables cannot be "
+                             f"replaced by a shard (not supported yet)")
         old = self.table.weight
         replace_in_collections(old, table.weight)
         self.table, self.lookup = table, lookup
@@ -277,12 +463,21 @@ class EmbeddingBagCollection:
             view.weight = None
 
     def variables(self):
-        """The weight of the tables (row-sparse gradient): the stacked one."""
+        """The weight of the tables (row-sparse gradient): the stacked one,
+        or each dynamic table's ``weight`` (a ``DynamicVariable``)."""
+        if self.is_dynamic:
+            return [table.weight for table in self.tables.values()]
         return [self.weight]
 
     def __repr__(self):
+        kind = ", dynamic" if self.is_dynamic else ""
         return (f"EmbeddingBagCollection(name={self.name!r}, features={self.num_features}, "
-                f"tables={len(self.tables)}, embedding_dim={self.embedding_dim})")
+                f"tables={len(self.tables)}, embedding_dim={self.embedding_dim}{kind})")
+
+
+def _parameters(cls):
+    import inspect
+    return inspect.signature(cls.__init__).parameters
 
 
 def replace_in_collections(old, new):

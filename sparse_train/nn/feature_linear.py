@@ -39,6 +39,9 @@ class FeatureLinear:
         combiner: as in ``EmbeddingBagCollection``, but a feature it leaves
             open (None, or absent from the dict) gets ``"sum"``;
         tables: as in ``EmbeddingBagCollection``.
+        dynamic: as in ``EmbeddingBagCollection``: the per-feature weights
+            are then 1-wide ``DynamicEmbeddingTable``s (zeros at admission),
+            ``"{name}/{feature}"``.
 
     >>> from sparse_train.data import DataSpec, FeatureSpec
     >>> lin = FeatureLinear(DataSpec((FeatureSpec("a", 5),), ("x",)), "demo/linear")
@@ -48,14 +51,14 @@ class FeatureLinear:
     0.0
     """
 
-    def __init__(self, spec, name, seed=0, combiner=None, tables=None):
+    def __init__(self, spec, name, seed=0, combiner=None, tables=None, dynamic=None):
         self.name = name
         if combiner is None or isinstance(combiner, dict):
             given = combiner or {}
             combiner = {f.name: "sum" for f in spec.sparse_features}
             combiner.update(given)  # unknown names: refused by the collection
         self.weights = EmbeddingBagCollection(spec, 1, name, seed, combiner, tables,
-                                              initializer="zeros")
+                                              initializer="zeros", dynamic=dynamic)
         self.dense = (Linear(spec.num_dense, 1, f"{name}/dense", seed, use_bias=False)
                       if spec.num_dense else None)
         if self.dense is not None:

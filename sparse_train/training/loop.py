@@ -61,7 +61,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         checkpoint_every=0, run=None,
         max_steps=None, say=None, progress=sys.stderr, stop_on_signals=False,
         on_epoch_end=None, eval_every_steps=0, early_stopping=None, lr_schedule=None,
-        best_state=None, schedules=None):
+        best_state=None, schedules=None, evict=None, status=None):
     """Train for at most ``epochs`` epochs; returns the result dict.
 
     Args:
@@ -113,6 +113,13 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         schedules: the saved state of both (``resume_point`` gives it), so
             a resumed run continues them; every checkpoint's metadata holds
             it as ``"schedules"``.
+        evict: optional ``evict(global_step) -> int``, called before every
+            checkpoint save (DeepRec evicts at each save; e.g. the model's
+            ``evict``, dropping dynamic-table keys by ``steps_to_live`` /
+            ``l2_weight_threshold``), so a checkpoint never holds keys due
+            for eviction; the result's ``evicted_keys`` sums what it returned.
+        status: optional ``status() -> str``, appended to each epoch's line
+            (e.g. the dynamic tables' admitted keys).
 
     Returns:
         The last evaluation's figures (with early stopping: the best
@@ -150,8 +157,16 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             saved["schedules"] = _strict(state())
         return saved
 
+    evicted = [0]
+
+    def checkpoint(number, metadata):
+        """Evict (``evict``), then save: the one way ``fit`` saves."""
+        if evict is not None:
+            evicted[0] += int(evict(int(number)))
+        return manager.save(number, metadata)
+
     def save(number, metadata):
-        manager.save(number, metadata)
+        checkpoint(number, metadata)
         if early_stopping is not None and early_stopping.best_step is not None:
             best_state.prune(early_stopping.best_step)
 
@@ -211,7 +226,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                 bar.update(batch.size, loss=loss_sum / loss_count)
                 if signalled is not None and signalled.is_set():
                     bar.close()
-                    path = (manager.save(int(global_step), position(
+                    path = (checkpoint(int(global_step), position(
                         epoch, batches_done, history, loss_sum, loss_count))
                         if manager else None)
                     raise Interrupted(int(global_step), path)
@@ -244,7 +259,8 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             figures.update(epoch=epoch + 1, train_loss=loss_sum / max(loss_count, 1))
             history.append(figures)
             say(f"epoch {epoch + 1}: train loss {figures['train_loss']:.4f}  valid auc "
-                f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}")
+                f"{figures['auc']:.4f}  logloss {figures['logloss']:.4f}"
+                + (f"  {status()}" if status is not None else ""))
             stop = bool(on_epoch_end(figures, history)) if on_epoch_end is not None else False
             if not reuse:
                 stopped_early = scored(figures, epoch + 1)
@@ -283,6 +299,8 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                                          + best_state.suffix)
     if eval_every_steps:
         result["evaluations"] = evaluations
+    if evict is not None:
+        result["evicted_keys"] = evicted[0]
     if lr_schedule is not None:
         result["learning_rates"] = lr_schedule.learning_rates()
     result.update(_data_notes(train_data, valid_data))

@@ -184,24 +184,46 @@ class MemoryState:
     (a callable: the model's variables plus every optimizer's, whose slots
     exist once a step has run) and the global step. For runs without a
     checkpoint directory (nothing to resume); at CTR scale a copy of the
-    tables costs what the tables cost."""
+    tables costs what the tables cost. A dynamic table's weight (a variable
+    with a ``.table`` that has ``state_dict``) is kept as the table's whole
+    state (keys, rows, counts, every slot: ``table.state_dict()``) and put
+    back with ``load_state_dict``; its optimizer slots (named under the
+    table's name) come with it."""
 
     def __init__(self, variables, global_step):
         self._variables, self._global_step = variables, global_step
         self._saved = None
 
     def save(self, step):
-        self._saved = (int(step), [(v, np.array(v.value, copy=True)) for v in self._variables()])
+        arrays, tables = [], {}
+        variables = list(self._variables())
+        for var in variables:
+            table = _dynamic_table(var)
+            if table is not None:
+                tables.setdefault(id(table), (table, table.state_dict()))
+        prefixes = tuple(table.name + "/" for table, _ in tables.values())
+        for var in variables:
+            if _dynamic_table(var) is None and not (prefixes and var.name.startswith(prefixes)):
+                arrays.append((var, np.array(var.value, copy=True)))
+        self._saved = (int(step), arrays, list(tables.values()))
 
     def restore(self, step):
         if self._saved is None or self._saved[0] != int(step):
             raise ValueError(f"no best state of step {step} in memory")
+        for table, state in self._saved[2]:
+            table.load_state_dict(state)
         for var, array in self._saved[1]:
             var.value[...] = array
         self._global_step.assign(self._saved[0])
 
     def prune(self, step):
         """Nothing to remove: one copy is held."""
+
+
+def _dynamic_table(var):
+    """The dynamic table owning ``var`` (its weight), or None."""
+    table = getattr(var, "table", None)
+    return table if table is not None and hasattr(table, "state_dict") else None
 
 
 class CheckpointState:

@@ -2,6 +2,8 @@
 the same for one process and for ``DistributedModel``; the L2 penalty
 (``l2_regularize``) and the check that a step left its state finite
 (``check_finite_state``)."""
+import contextlib
+
 import numpy as np
 
 from ..optim.base import row_view
@@ -35,6 +37,11 @@ def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step
         sparse_optimizer.apply_gradients(grads of tables)
         dense_optimizer.apply_gradients(grads of dense, global_step)
         check_finite_state(...)                             # touched rows, slots
+
+    A model with ``training_lookups(global_step)`` (``CTRModel``) runs its
+    forward and backward in that context: its dynamic tables count, admit
+    and stamp the keys of this batch at ``int(global_step)``, the step
+    before its increment (DeepRec's GlobalStepEvict reads the same).
 
     ``global_step`` is passed only to the LAST apply, so it is incremented
     exactly once per step, after every variable is updated; rules reading
@@ -70,7 +77,9 @@ def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step
             finite (``check_finite_state``). The model is then damaged: a
             caller must not save it (``fit`` does not).
 
-    >>> import numpy as np
+    >>> import contextlib
+
+import numpy as np
     >>> from sparse_train import GlobalStep, Ragged, optim
     >>> from sparse_train.data import Batch, DataSpec, FeatureSpec
     >>> from sparse_train.models import build_model
@@ -87,7 +96,10 @@ def train_step(model, batch, sparse_optimizer, dense_optimizer=None, global_step
     """
     l2_embedding, l2_dense = _l2_strength("l2_embedding", l2_embedding), _l2_strength(
         "l2_dense", l2_dense)
-    loss, grads_and_vars = _loss_and_gradients(model, batch)
+    # dynamic tables count and admit keys in this forward only (SPEC section 6)
+    lookups = getattr(model, "training_lookups", None)
+    with (lookups(global_step) if lookups is not None else contextlib.nullcontext()):
+        loss, grads_and_vars = _loss_and_gradients(model, batch)
     if l2_embedding or l2_dense:
         grads_and_vars = l2_regularize(grads_and_vars, l2_embedding, l2_dense,
                                        model.sparse_variables())
