@@ -112,7 +112,7 @@ class ShardedDynamicTable:
             raise TypeError(f"ShardedDynamicTable: expected a DynamicEmbeddingTable, "
                             f"got {type(table).__name__}")
         self.table, self.comm = table, comm
-        self._step = None
+        self._steps = {}  # feature name -> _Step of its last training lookup
 
     @property
     def weight(self):
@@ -159,8 +159,8 @@ class ShardedDynamicTable:
         fetched, _ = _exchange(self.comm, back, got_sizes, failure, where)
         local = np.empty((keys.shape[0], self.embedding_dim), np.float32)
         local[order] = fetched
-        self._step = _Step(where, values, inverse, owner, sizes, rows, got_sizes) \
-            if training else None
+        if training:
+            self._steps[where] = _Step(where, values, inverse, owner, sizes, rows, got_sizes)
         return F.pool_checked(local, bags._replace(values=inverse.astype(np.int64)))
 
     def lookup_grad(self, d_out, values, offsets, weights=None, combiner="sum", name=None):
@@ -169,11 +169,11 @@ class ShardedDynamicTable:
         contributions to the rows this rank owns, in global position order;
         keys without a row send nothing."""
         where = name or self.name
-        step = self._step
+        step = self._steps.get(where)
         error = None
         try:
             values = F.as_ids(values, "values", where)
-            if step is None or step.name != where or not np.array_equal(step.values, values):
+            if step is None or not np.array_equal(step.values, values):
                 raise ValueError(f"{where}: lookup_grad needs the keys of the last training "
                                  f"lookup of this feature")
             positions = np.arange(values.shape[0], dtype=np.int64)

@@ -22,6 +22,7 @@ order than one process's BLAS sum over the batch, so dense weights differ
 in the last bits (docs/DISTRIBUTED.md gives the measured bound); once they
 differ, later upstream gradients, hence tables, differ by as little.
 """
+import contextlib
 import time
 import zlib
 
@@ -33,6 +34,7 @@ from ..kernels.clip import ordered_sum
 from ..metrics import AUC, LogLoss
 from ..training.step import train_step
 from .comm import world
+from .dynamic import ShardedDynamicTable
 from .exchange import LookupExchange, ShardedEmbeddingBag
 from .faults import DistributedError
 from .sharding import ShardedTable
@@ -68,11 +70,19 @@ class DistributedModel:
         self.comm = world() if comm is None else comm
         if not hasattr(model, "embedding_collections"):
             raise TypeError(f"DistributedModel: expected a CTRModel, got {type(model).__name__}")
-        self.collections = list(model.embedding_collections())
+        collections = list(model.embedding_collections())
+        self.collections = [c for c in collections if not getattr(c, "is_dynamic", False)]
+        #: {name: ``ShardedDynamicTable``} of the model's dynamic tables (keys
+        #: owned by ``dynamic.key_owner``; their lookups exchange keys and rows).
+        self.dynamic_tables = {}
+        for collection in collections:
+            if getattr(collection, "is_dynamic", False):
+                self.dynamic_tables.update(_shard_dynamic(collection, self.comm))
         bags = [_shard_collection(collection, self.comm) for collection in self.collections]
         self.exchange = LookupExchange(self.comm, bags)
         self.timings = self.exchange.timings
         shards = {id(bag.table.weight) for bag in bags}
+        shards |= {id(t.weight) for t in self.dynamic_tables.values()}
         stray = [v.name for v in model.sparse_variables() if id(v) not in shards]
         if stray:
             raise ValueError(f"DistributedModel: tables {stray} are not in an "
@@ -95,6 +105,18 @@ class DistributedModel:
 
     def variables(self):
         return self.sparse_variables() + self.dense_variables()
+
+    def training_lookups(self, global_step=None):
+        """The model's context in which dynamic tables count and admit
+        (``train_step`` enters it); a no-op context for static tables."""
+        lookups = getattr(self.model, "training_lookups", None)
+        return lookups(global_step) if lookups is not None else contextlib.nullcontext()
+
+    def evict(self, global_step):
+        """Evict this rank's keys of every dynamic table (``table.evict``);
+        returns the number of keys evicted on ALL ranks (a collective)."""
+        mine = sum(int(t.table.evict(int(global_step))) for t in self.dynamic_tables.values())
+        return int(sum(self.comm.allgather(mine)))
 
     # -------------------------------------------------------------- running
     def forward(self, batch):
@@ -137,8 +159,13 @@ class DistributedModel:
         global_size = self.exchange.global_batch_size
         if global_size == 0:
             raise ValueError("DistributedModel.train_step: the global batch is empty")
-        dense_grads = ad.compute_gradients(loss, self.dense_variables())
+        dynamic = [t.weight for t in self.dynamic_tables.values()]
+        # a dynamic lookup's backward is a collective (its rows go to their
+        # owners): the reverse pass reaches them in the same order on every rank
+        grads = ad.compute_gradients(loss, self.dense_variables() + dynamic)
+        dense_grads, dynamic_grads = grads[:len(grads) - len(dynamic)], grads[len(grads) - len(dynamic):]
         sparse_grads = self.exchange.backward()
+        sparse_grads.update({v.name: g for g, v in dynamic_grads})
         dense_grads, loss_sum = self._allreduce(dense_grads, total)
         pairs = [(sparse_grads.get(v.name), v) for v in self.sparse_variables()] + dense_grads
         # float32 sum / int count: the arithmetic of one process's mean loss.
@@ -241,11 +268,27 @@ def _shard_collection(collection, comm):
     return lookup
 
 
+def _shard_dynamic(collection, comm):
+    """Route a dynamic collection's lookups through ``ShardedDynamicTable``s
+    (each rank's table then holds the keys it owns); returns them by name."""
+    sharded = {}
+    for feature, table in list(collection._feature_table.items()):
+        if len(table) or table.num_pending:
+            raise ValueError(f"DistributedModel: dynamic table {table.name!r} already holds "
+                             f"keys; shard it before training (or restore a checkpoint after)")
+        sharded[table.name] = ShardedDynamicTable(table, comm)
+        collection._feature_table[feature] = sharded[table.name]
+    return sharded
+
+
 def _check_same_model(dist):
     """Every rank must hold the same model: same tables (global shape) and
     the same dense variables, bit for bit (same seed)."""
     signature = ([("table", t.name, t.num_embeddings, t.embedding_dim)
                   for t in dist.tables.values()]
+                 + [("dynamic", t.name, t.embedding_dim, t.table.seed, t.table.filter_freq,
+                     t.table.steps_to_live, t.table.l2_weight_threshold)
+                    for t in dist.dynamic_tables.values()]
                  + [("dense", v.name, tuple(v.shape), zlib.crc32(v.value.tobytes()))
                     for v in dist.dense_variables()])
     everyone = dist.comm.allgather(signature)

@@ -100,6 +100,27 @@ def run_world(comm, out_dir, name, steps):
                  list(optimizers.values()), step)
 
 
+def model_run(comm=None):
+    """An FM over dynamic tables (``DistributedModel`` on ``comm``, or one
+    process) trained on the synthetic log's raw keys; its variables' states."""
+    import sparse_train as st
+    from sparse_train.data import open_dataset
+    from sparse_train.distributed import DistributedModel, local_batch
+    data = open_dataset(format="synthetic", num_examples=400, seed=0, ids="dynamic",
+                        batch_size=100)
+    model = st.build_model("fm", data.spec, embedding_dim=4,
+                           dynamic={"filter_freq": 2, "steps_to_live": 2})
+    trained = model if comm is None else DistributedModel(model, comm)
+    step = GlobalStep()
+    tables, dense = Adagrad(0.5), Adam(0.01)
+    for batch in data.batches():
+        st.train_step(trained, batch if comm is None else local_batch(batch, comm), tables,
+                      dense, step)
+    trained.evict(int(step))
+    return {f"{v.name}:{k}": a for v in model.variables()
+            for k, a in (v.table.state_dict() if hasattr(v, "table") else {"": v.value}).items()}
+
+
 def main(out_dir):
     """On 3 ranks: train on all 3; train on ranks 0-1 (a world of 2); then
     on all 3 restore the 2 ranks' checkpoint and train on."""
@@ -108,9 +129,11 @@ def main(out_dir):
     from sparse_train.distributed import MPIComm
     world = MPIComm()
     run_world(world, out_dir, "three", range(STEPS))
+    np.savez(os.path.join(out_dir, f"model-three-{world.rank}.npz"), **model_run(world))
     pair = MPI.COMM_WORLD.Split(0 if world.rank < 2 else 1, world.rank)
     if world.rank < 2:
         run_world(MPIComm(pair), out_dir, "two", range(STEPS))
+        np.savez(os.path.join(out_dir, f"model-two-{world.rank}.npz"), **model_run(MPIComm(pair)))
     world.barrier()
     step, tables, optimizers = build()
     restore_sharded(os.path.join(out_dir, "two", f"ckpt-{STEPS}.manifest.json"),
@@ -137,9 +160,17 @@ else:
         """One ``mpirun -n 3``: worlds of 3 and of 2 ranks, and a resume."""
         reference = build()
         train(reference[0], reference[1], reference[2], range(1))  # compile before mpirun
+        model_reference()
         directory = tmp_path_factory.mktemp("dynamic_mpi")
         launch.run(3, __file__, str(directory)).check()
         return directory
+
+    _MODEL = []
+
+    def model_reference():
+        if not _MODEL:
+            _MODEL.append(model_run())
+        return _MODEL[0]
 
     def reference_run(steps):
         step, tables, optimizers = build()
@@ -188,3 +219,24 @@ else:
         assert int(step) == STEPS + MORE
         for name, table in tables.items():
             assert as_bits(restored[name].state_dict()) == as_bits(table.state_dict()), name
+
+    @pytest.mark.parametrize("size", [2, 3])
+    def test_a_model_over_dynamic_tables_trains_on_ranks_as_on_one_process(run, size):
+        """DistributedModel: the same keys, counts and last uses as one
+        process; rows and slots equal up to the dense Allreduce's rounding
+        (summed in another order than one process's BLAS, as static tables)."""
+        expected = model_reference()
+        stage = {2: "two", 3: "three"}[size]
+        parts = [dict(np.load(run / f"model-{stage}-{rank}.npz")) for rank in range(size)]
+        tables = sorted({k.split(":")[0] for k in expected if k.endswith(":keys")})
+        assert tables and all(len(expected[f"{t}:keys"]) for t in tables)
+        for name in tables:
+            got = reshard_table_states([{k.split(":", 1)[1]: v for k, v in p.items()
+                                         if k.split(":")[0] == name} for p in parts], 0, 1)
+            for field, want in ((k.split(":", 1)[1], v) for k, v in expected.items()
+                                if k.split(":")[0] == name):
+                if field in ("values",) or field.startswith("slots/"):
+                    np.testing.assert_allclose(got[field], want, rtol=1e-4, atol=1e-6,
+                                               err_msg=f"{name}:{field}")
+                else:
+                    assert got[field].tobytes() == want.tobytes(), f"{name}:{field}"
