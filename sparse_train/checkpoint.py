@@ -233,13 +233,13 @@ class Checkpoint:
             targets, drops = self._match(ckpt.header, strict, ckpt.path)
             ckpt.verify([t.array for t in targets])
             states = self._read_tables(ckpt)
+            for name, state in states.items():  # first: it validates again
+                self.tables[name].load_state_dict(state)
+                _count_restore(self.tables[name])
             for opt, var_name, slot in drops:
                 opt.remove_slot(var_name, slot)
             for target in targets:
                 ckpt.read_into(target.array, target.fetch())
-        for name, state in states.items():
-            self.tables[name].load_state_dict(state)
-            _count_restore(self.tables[name])
         for name, state in ckpt.header["rng"].items():
             if name in self.rngs:
                 self.rngs[name].bit_generator.state = _decode(state)
@@ -576,11 +576,14 @@ def _count_restore(table):
 
 def _restore_counts(tables):
     """{table name: restores so far}, or None if one cannot be tracked."""
-    try:
-        return {name: _RESTORES.get(table, 0) for name, table in tables.items()
-                if weakref.ref(table)}
-    except TypeError:
-        return None
+    counts = {}
+    for name, table in tables.items():
+        try:
+            weakref.ref(table)
+        except TypeError:
+            return None
+        counts[name] = _RESTORES.get(table, 0)
+    return counts
 
 
 def _table_state(table, delta):
@@ -681,6 +684,14 @@ def _table_state_problems(table, name, state):
     for field in ("counts", "last_seen") + _PENDING_ROWS:
         if state[field].dtype != np.int64:
             problems.append(f"{where}: {field!r} is {state[field].dtype}, not int64")
+    for field in _row_fields(state):
+        if field.startswith("slots/") and (
+                field.count("/") != 2 or state[field].dtype.kind not in "fi"
+                or state[field].shape[1:] not in ((), (dim,))):
+            problems.append(f"{where}: {field!r} is {state[field].dtype} rows of "
+                            f"{state[field].shape[1:]}, not [] or [{dim}] numbers")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        problems.append(f"{where}: values hold non-finite numbers")
     if not problems and np.intersect1d(state["keys"], state["pending_keys"]).size:
         problems.append(f"{where}: a key is both admitted and pending")
     capacity = getattr(table, "capacity", None)
