@@ -51,6 +51,12 @@ class DistributedModel:
     place by this rank's shards (same names), so ``model.sparse_variables()``
     and checkpoints see shards; dense variables stay replicated.
 
+    Dynamic tables (a collection built with ``dynamic=``) are not sharded
+    by row: each rank's table keeps the keys ``dynamic.key_owner`` gives it,
+    and their lookups go through ``dynamic.ShardedDynamicTable`` (keys and
+    rows exchanged in the forward, gradients in the reverse pass); build
+    the model and shard it before it sees any key.
+
     Args:
         model: a ``CTRModel`` whose tables live in its
             ``EmbeddingBagCollection`` and ``FeatureLinear`` layers (all
