@@ -692,7 +692,8 @@ def _table_state_problems(table, name, state):
                             f"{state[field].shape[1:]}, not [] or [{dim}] numbers")
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         problems.append(f"{where}: values hold non-finite numbers")
-    if not problems and np.intersect1d(state["keys"], state["pending_keys"]).size:
+    if not problems and np.intersect1d(state["keys"], state["pending_keys"],
+                                       assume_unique=True).size:  # both checked unique
         problems.append(f"{where}: a key is both admitted and pending")
     capacity = getattr(table, "capacity", None)
     if capacity is not None and state["keys"].shape[0] > capacity:
