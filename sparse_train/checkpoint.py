@@ -730,7 +730,8 @@ def _read_chain(ckpt, names):
     directory = os.path.dirname(os.path.abspath(ckpt.path))
     files, states = list(chain["files"]), {}
     for index, name in enumerate(files + [None]):
-        path = ckpt.path if name is None else entry_path(directory, name, os.path.basename(ckpt.path))
+        path = (ckpt.path if name is None
+                else entry_path(directory, name, os.path.basename(ckpt.path)))
         try:
             if name is None:
                 _merge_link(states, ckpt, names, chain, index)

@@ -64,7 +64,8 @@ class Model:
         """Every bit of state, keyed by name."""
         state = {k: (v.dtype.str, v.shape, v.tobytes()) for k, v in self.table.state_dict().items()}
         for opt in (self.table_opt, self.dense_opt):
-            state.update({f"{opt.name}:{k}": v.value.tobytes() for k, v in opt.non_slot_variables()})
+            state.update({f"{opt.name}:{k}": v.value.tobytes()
+                          for k, v in opt.non_slot_variables()})
         state["w"] = self.w.value.tobytes()
         state["w/slots"] = [v.value.tobytes() for _, _, v in self.dense_opt.slot_variables()]
         state["step"] = int(self.step)

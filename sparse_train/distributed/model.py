@@ -169,7 +169,8 @@ class DistributedModel:
         # a dynamic lookup's backward is a collective (its rows go to their
         # owners): the reverse pass reaches them in the same order on every rank
         grads = ad.compute_gradients(loss, self.dense_variables() + dynamic)
-        dense_grads, dynamic_grads = grads[:len(grads) - len(dynamic)], grads[len(grads) - len(dynamic):]
+        split = len(grads) - len(dynamic)
+        dense_grads, dynamic_grads = grads[:split], grads[split:]
         sparse_grads = self.exchange.backward()
         sparse_grads.update({v.name: g for g, v in dynamic_grads})
         dense_grads, loss_sum = self._allreduce(dense_grads, total)
