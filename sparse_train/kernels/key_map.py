@@ -78,6 +78,8 @@ class Resolved(NamedTuple):
     unique: np.ndarray          # [n, 4] int64: U_KEY, U_SLOT, U_COUNT, U_ROW
     starts: np.ndarray          # [G+1] int64
     groups: np.ndarray          # [G, 3] int64: G_DISTINCT, G_NEW, G_ADMIT
+    new_keys: int               # sums of groups' G_NEW and G_ADMIT
+    admissions: int
 
 
 def empty_map(num_slots, num_rows):
@@ -164,8 +166,7 @@ def _resolve_groups(pos_unique, unique, groups, values, order, starts, homes, sl
     ``step`` as its last_seen (each slot has one owner: no race)."""
     mask = slots.shape[0] - 1
     num_groups = starts.shape[0] - 1
-    for g in prange(num_groups):
-        prefetch(slots, homes[min(g + AHEAD, num_groups - 1)] * 4)
+    for g in prange(num_groups):  # distinct keys and their occurrences
         base = starts[g]
         d = 0
         for k in range(starts[g], starts[g + 1]):
@@ -180,9 +181,12 @@ def _resolve_groups(pos_unique, unique, groups, values, order, starts, homes, sl
                 d += 1
             unique[base + j, U_COUNT] += 1
             pos_unique[p] = base + j
+        groups[g, G_DISTINCT] = d
+    for g in prange(num_groups):  # one probe a distinct key, in address order
+        prefetch(slots, homes[min(g + AHEAD, num_groups - 1)] * 4)
         new = 0
         admit = 0
-        for u in range(base, base + d):
+        for u in range(starts[g], starts[g] + groups[g, G_DISTINCT]):
             occurrences = unique[u, U_COUNT]
             s = find_slot(slots, unique[u, U_KEY], mask)
             if s < 0:
@@ -199,7 +203,6 @@ def _resolve_groups(pos_unique, unique, groups, values, order, starts, homes, sl
                 slots[s, COUNT] = count
                 slots[s, LAST_SEEN] = step
             admit += row == PENDING and count >= filter_freq
-        groups[g, G_DISTINCT] = d
         groups[g, G_NEW] = new
         groups[g, G_ADMIT] = admit
 
@@ -218,7 +221,12 @@ def resolve_keys(values, slots, step, filter_freq, update):
     groups = np.empty((starts.shape[0] - 1, 3), np.int64)
     _resolve_groups(pos_unique, unique, groups, values, order, starts, group_homes, slots,
                     step, filter_freq, update)
-    return Resolved(pos_unique, unique, starts, groups)
+    new_keys = 0
+    admissions = 0
+    for g in range(groups.shape[0]):
+        new_keys += groups[g, G_NEW]
+        admissions += groups[g, G_ADMIT]
+    return Resolved(pos_unique, unique, starts, groups, new_keys, admissions)
 
 
 @njit_parallel

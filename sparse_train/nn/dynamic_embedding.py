@@ -322,7 +322,7 @@ class DynamicEmbeddingTable:
         check = self.capacity is not None
         step, filter_freq = np.int64(step), np.int64(self.filter_freq)
         res = K.resolve_keys(values, self._km.slots, step, filter_freq, not check)
-        new_keys, admissions = (int(n) for n in res.groups[:, K.G_NEW:].sum(axis=0))
+        new_keys, admissions = int(res.new_keys), int(res.admissions)
         if check:
             if len(self) + admissions > self.capacity:
                 raise ValueError(

@@ -22,7 +22,8 @@ def _home(key, mask):
 def _insert_pending(km, keys, step):
     """A training pass that never admits (filter_freq huge): keys counted."""
     res = K.resolve_keys(keys, km.slots, np.int64(step), I64.max, True)
-    new, admissions = res.groups[:, K.G_NEW:].sum(axis=0)
+    new, admissions = res.new_keys, res.admissions
+    assert (new, admissions) == tuple(res.groups[:, K.G_NEW:].sum(axis=0))
     assert admissions == 0
     K.admit_keys(np.empty(0, np.int64), np.empty(0, np.int64), res.unique, km, res.starts,
                  res.groups, np.int64(step), I64.max)
