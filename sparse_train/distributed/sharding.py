@@ -70,6 +70,11 @@ class ShardedTable:
         self.padding_idx = table.padding_idx
         self.hash_ids = table.hash_ids
         self.seed = table.seed
+        if table.weight.is_half:
+            raise ValueError(
+                f"ShardedTable {table.name!r}: {table.weight.storage} tables are not "
+                f"supported by the distributed path yet (its exchanges carry float32 rows); "
+                f"train on one process or with table dtype float32")
         self.rank, self.world_size = int(rank), int(world_size)
         self.shard_rows = shard_rows(self.num_embeddings, self.world_size)
         # A strided view copied into a new contiguous array: the full table

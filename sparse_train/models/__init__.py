@@ -21,7 +21,8 @@ __all__ = ["build_model", "MODELS", "CTRModel", "LR", "FM", "WideDeep", "DeepFM"
 #: Registry name -> model class.
 MODELS = {cls.name: cls for cls in (LR, FM, WideDeep, DeepFM, DCN, DLRM)}
 
-_COMMON_OPTIONS = ("scope", "combiner", "tables", "initializer", "embedding_init_scale")
+_COMMON_OPTIONS = ("scope", "combiner", "tables", "initializer", "embedding_init_scale",
+                   "table_dtype", "table_rounding")
 
 
 def model_options(name):

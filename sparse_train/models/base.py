@@ -34,13 +34,20 @@ class CTRModel:
             interaction terms O(1) and cost FM 0.027 and DeepFM 0.015
             validation AUC (0.716 vs 0.742; 0.742 vs 0.757). Small inits are
             the common choice for FM-style models (DeepCTR: stddev 1e-4).
+        table_dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``:
+            storage of the embedding tables (SPEC §7: half the memory a row,
+            arithmetic and optimizer slots in float32). The linear terms'
+            one-value rows (``FeatureLinear``) stay float32.
+        table_rounding: ``"nearest"`` or ``"stochastic"``, how 16-bit
+            tables round their updates.
     """
 
     #: Registry name, e.g. ``"deepfm"``.
     name = None
 
     def __init__(self, spec, embedding_dim=16, seed=0, scope=None, combiner=None,
-                 tables=None, initializer="truncated_normal", embedding_init_scale=0.1):
+                 tables=None, initializer="truncated_normal", embedding_init_scale=0.1,
+                 table_dtype="float32", table_rounding="nearest"):
         if not isinstance(spec, DataSpec):
             raise TypeError(f"{type(self).__name__}: spec must be a DataSpec, got "
                             f"{type(spec).__name__}")
@@ -53,12 +60,15 @@ class CTRModel:
         self._embedding_options = {"combiner": combiner, "tables": tables}
         self._initializer = initializer
         self._init_scale = float(embedding_init_scale)
+        self._table_storage = {"dtype": table_dtype, "rounding": table_rounding}
         self._layers = []
         self._logit_bias = None  # declared while building (``_declare_logit_bias``)
         self._config = {"embedding_dim": self.embedding_dim, "seed": self.seed,
                         "scope": self.scope, "combiner": combiner, "tables": tables,
                         "initializer": initializer,
                         "embedding_init_scale": self._init_scale}
+        if table_dtype != "float32" or table_rounding != "nearest":  # old configs unchanged
+            self._config.update(table_dtype=table_dtype, table_rounding=table_rounding)
 
     # ------------------------------------------------------------ building
     def _track(self, layer):
@@ -72,7 +82,7 @@ class CTRModel:
         return self._track(EmbeddingBagCollection(
             self.spec, embedding_dim or self.embedding_dim, f"{self.scope}/{name}", self.seed,
             initializer=self._initializer, init_scale=self._init_scale,
-            **self._embedding_options))
+            **self._table_storage, **self._embedding_options))
 
     def _feature_linear(self, name="linear"):
         """A ``FeatureLinear``; the first one's bias is the logit bias."""
