@@ -52,6 +52,7 @@ DEFAULTS = {
     "eval_every_steps": 0, "lr_decay_factor": None, "lr_decay_patience": 0,
     "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
     "ftrl_l1": 0.0, "ftrl_l2": 0.0, "normalizer": None,
+    "table_dtype": "float32", "rounding": "nearest",
     **{key: None for key in ("max_vocabulary_size", "max_line_bytes", "max_fields",
                              "max_bag_length", "max_index")},
 }
@@ -119,6 +120,12 @@ def _parser():
     model.add_argument("--model", choices=("lr", "fm", "wide_deep", "deepfm", "dcn", "dlrm"))
     model.add_argument("--embedding-dim", type=int)
     model.add_argument("--hidden-units", help="MLP widths, e.g. 400,400,400")
+    model.add_argument("--table-dtype", choices=("float32", "bfloat16", "float16"),
+                       help="storage of the embedding tables (16 bits: half the memory, "
+                            "float32 arithmetic and optimizer slots)")
+    model.add_argument("--rounding", choices=("nearest", "stochastic"),
+                       help="how 16-bit tables round their updates (stochastic: seeded "
+                            "by --seed, the step, the row and the column)")
     train = p.add_argument_group("training")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--epochs", type=int)
@@ -324,6 +331,9 @@ _APPLIES = (
      "schema's transform)"),
     ("num_fields", lambda a: a.format in ("libsvm", "libffm"), "with --format libsvm or libffm"),
     ("featindex", lambda a: a.format == "libsvm", "with --format libsvm"),
+    ("rounding", lambda a: a.table_dtype != "float32", "with --table-dtype bfloat16 or float16"),
+    ("table_dtype", lambda a: a.table_dtype == "float32" or not a.distributed,
+     "without --distributed (its exchanges carry float32 rows)"),
     ("ids", lambda a: a.format != "synthetic", "with a file --format"),
     ("min_count", lambda a: a.format == "csv" or (a.format != "synthetic"
                                                   and a.ids == "vocabulary"),
@@ -656,6 +666,8 @@ def build(args, spec, train_data=None):
 
     key = _mlp_option(args.model)
     options = {} if key is None else {key: hidden_units(args.hidden_units)}
+    if args.table_dtype != "float32":
+        options.update(table_dtype=args.table_dtype, table_rounding=args.rounding)
     model = st.build_model(args.model, spec, embedding_dim=args.embedding_dim, seed=args.seed,
                            **options)
     if train_data is not None:

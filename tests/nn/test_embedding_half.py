@@ -142,3 +142,45 @@ def test_checkpoint_refuses_another_storage(tmp_path):
     assert (narrow.value == 0).all()
     narrow.assign(full.value)  # the explicit way: narrow nearest-even
     assert (np.asarray(narrow) == 1.0).all()
+
+
+def _train_script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train.py"
+    spec = importlib.util.spec_from_file_location("train_script_half", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_script_table_dtype_flags(tmp_path, capsys):
+    import json
+    script = _train_script()
+    common = ["--examples", "600", "--batch-size", "100", "--epochs", "1", "--quiet",
+              "--embedding-dim", "8", "--hidden-units", "8"]
+    assert script.main([*common, "--rounding", "stochastic"]) == 2
+    assert "--rounding only applies with --table-dtype" in capsys.readouterr().err
+    out = tmp_path / "m.json"
+    assert script.main([*common, "--table-dtype", "bfloat16", "--rounding", "stochastic",
+                        "--metrics-out", str(out)]) == 0
+    assert 0.0 < json.loads(out.read_text())["auc"] <= 1.0
+
+
+def test_float32_use_compiles_no_16_bit_kernel():
+    """Importing the library and training a float32 table leaves every
+    16-bit kernel uncompiled (Numba compiles per signature, on first call)."""
+    import subprocess
+    import sys
+    code = """
+import numpy as np, sparse_train as st
+from sparse_train.kernels import half, update_half
+t = st.EmbeddingTable(20, 8, "t")
+g = t.lookup_grad(np.ones((2, 8), np.float32), [1, 2, 3], [0, 1, 3])
+st.optim.Adagrad(0.1).apply_gradients([(g, t.weight)])
+kernels = [half.narrow_rows, half.widen_rows, half.embedding_bag_forward_half] + [
+    getattr(update_half, n) for n in dir(update_half) if n.endswith("_apply_half")]
+assert len(kernels) == 10, len(kernels)
+assert all(not k.signatures for k in kernels), [k for k in kernels if k.signatures]
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
