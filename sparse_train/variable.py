@@ -84,10 +84,10 @@ class Variable:
                 value, dtype=np.float32)
         elif dtype in ("bfloat16", "float16"):
             from .half import check_rounding
-            self._half = dtype
-            value = _as_half_value(value, name, dtype)
             self.rounding = check_rounding(rounding, f"Variable {name!r}")
             self.rounding_seed = int(rounding_seed)
+            self._half = dtype
+            value = _as_half_value(value, name, dtype)
         else:
             raise ValueError(f"Variable {name!r}: dtype must be None, 'float32', 'bfloat16' "
                              f"or 'float16', got {dtype!r}")

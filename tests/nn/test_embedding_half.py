@@ -184,3 +184,23 @@ assert len(kernels) == 10, len(kernels)
 assert all(not k.signatures for k in kernels), [k for k in kernels if k.signatures]
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_onnx_export_widens_16_bit_tables():
+    pytest.importorskip("onnx", reason="the 'onnx' extra (onnx) is not installed")
+    ort = pytest.importorskip("onnxruntime", reason="the 'onnx' extra is not installed")
+    from sparse_train.export import onnx_inputs, onnx_model
+    model = build_model("deepfm", _spec(), embedding_dim=D, hidden_units=(8,),
+                        scope="half_onnx", table_dtype="float16")
+    batch = _batch(np.random.default_rng(4))
+    proto = onnx_model(model)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(["probability"], onnx_inputs(batch, _spec()))[0]
+    np.testing.assert_allclose(got, model.predict(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_distributed_sharding_refuses_16_bit_tables():
+    from sparse_train.distributed.sharding import ShardedTable
+    table = EmbeddingTable(10, D, "t", dtype="bfloat16")
+    with pytest.raises(ValueError, match="bfloat16 tables are not supported by the distributed"):
+        ShardedTable(table, 0, 2)
