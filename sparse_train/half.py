@@ -16,6 +16,8 @@ saturates to its largest finite value, NaN and inf stay what they are
 """
 import numpy as np
 
+from ._aligned import aligned_empty
+
 __all__ = ["HALF_DTYPES", "ROUNDINGS", "TABLE_DTYPES", "narrow", "widen", "storage_bits",
            "check_table_dtype", "check_rounding"]
 
@@ -58,8 +60,8 @@ def narrow(values, dtype, out=None):
     C-contiguous storage array of the same shape) if given."""
     from .kernels.half import Narrowing, narrow_rows
     values = np.ascontiguousarray(values, dtype=np.float32)
-    if out is None:
-        out = np.empty(values.shape, HALF_DTYPES[dtype])
+    if out is None:  # on a cache line, as tables are (``_aligned``)
+        out = aligned_empty(values.shape, HALF_DTYPES[dtype])
     flat = values.reshape(-1, values.shape[-1] if values.ndim > 1 and values.shape[-1] else 1)
     if flat.size:
         narrow_rows(storage_bits(out).reshape(flat.shape), flat,
