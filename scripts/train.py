@@ -332,8 +332,6 @@ _APPLIES = (
     ("num_fields", lambda a: a.format in ("libsvm", "libffm"), "with --format libsvm or libffm"),
     ("featindex", lambda a: a.format == "libsvm", "with --format libsvm"),
     ("rounding", lambda a: a.table_dtype != "float32", "with --table-dtype bfloat16 or float16"),
-    ("table_dtype", lambda a: a.table_dtype == "float32" or not a.distributed,
-     "without --distributed (its exchanges carry float32 rows)"),
     ("ids", lambda a: a.format != "synthetic", "with a file --format"),
     ("min_count", lambda a: a.format == "csv" or (a.format != "synthetic"
                                                   and a.ids == "vocabulary"),

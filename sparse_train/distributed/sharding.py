@@ -70,19 +70,22 @@ class ShardedTable:
         self.padding_idx = table.padding_idx
         self.hash_ids = table.hash_ids
         self.seed = table.seed
-        if table.weight.is_half:
-            raise ValueError(
-                f"ShardedTable {table.name!r}: {table.weight.storage} tables are not "
-                f"supported by the distributed path yet (its exchanges carry float32 rows); "
-                f"train on one process or with table dtype float32")
         self.rank, self.world_size = int(rank), int(world_size)
         self.shard_rows = shard_rows(self.num_embeddings, self.world_size)
         # A strided view copied into a new contiguous array: the full table
         # can be freed once its last reference goes.
         shard = np.ascontiguousarray(table.weight.value[self.rank::self.world_size])
         if shard.shape[0] == 0:  # owns no row: one placeholder row, never looked up
-            shard = np.zeros((1,) + shard.shape[1:], np.float32)
-        self.weight = Variable(shard, table.weight.name, table.weight.trainable)
+            shard = np.zeros((1,) + shard.shape[1:], shard.dtype)
+        source = table.weight
+        if source.is_half:  # 16 bits stay 16 bits; exchanges carry the rows widened
+            self.weight = Variable(shard, source.name, source.trainable, dtype=source.storage,
+                                   rounding=source.rounding, rounding_seed=source.rounding_seed)
+            # local row l is global row l * W + rank: stochastic rounding
+            # hashes the global row (``optim.base.half_narrowing``)
+            self.weight.global_rows = (self.world_size, self.rank)
+        else:
+            self.weight = Variable(shard, source.name, source.trainable)
 
     @property
     def name(self):

@@ -336,9 +336,10 @@ def half_narrowing(optimizer, var):
     and the global step of the apply (``Prepared.step``)."""
     from ..kernels.half import BFLOAT16, FLOAT16, Narrowing
     step = getattr(optimizer, "_rounding_step", None)
+    stride, offset = getattr(var, "global_rows", (1, 0))  # a shard: ``ShardedTable``
     return Narrowing(BFLOAT16 if var.storage == "bfloat16" else FLOAT16,
                      int(var.rounding == "stochastic"), int(var.rounding_seed),
-                     0 if step is None else int(step), 1, 0)
+                     0 if step is None else int(step), int(stride), int(offset))
 
 
 def _check_rounding_step(var, global_step, name):

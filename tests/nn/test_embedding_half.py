@@ -199,8 +199,10 @@ def test_onnx_export_widens_16_bit_tables():
     np.testing.assert_allclose(got, model.predict(batch), rtol=1e-5, atol=1e-6)
 
 
-def test_distributed_sharding_refuses_16_bit_tables():
+def test_a_shard_of_a_16_bit_table_keeps_its_bits():
     from sparse_train.distributed.sharding import ShardedTable
-    table = EmbeddingTable(10, D, "t", dtype="bfloat16")
-    with pytest.raises(ValueError, match="bfloat16 tables are not supported by the distributed"):
-        ShardedTable(table, 0, 2)
+    table = EmbeddingTable(11, D, "t", dtype="bfloat16", rounding="stochastic")
+    shard = ShardedTable(table, 1, 3)
+    assert shard.weight.storage == "bfloat16" and shard.weight.rounding == "stochastic"
+    assert (shard.weight.value == table.weight.value[1::3]).all()
+    assert shard.weight.global_rows == (3, 1)  # local row l is global row 3 l + 1
