@@ -55,6 +55,7 @@ DEFAULTS = {
     "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
     "ftrl_l1": 0.0, "ftrl_l2": 0.0, "normalizer": None,
     "filter_freq": 0, "steps_to_live": None, "l2_weight_threshold": None, "evict_every_steps": 0,
+    "table_dtype": "float32", "rounding": "nearest",
     **{key: None for key in ("max_vocabulary_size", "max_line_bytes", "max_fields",
                              "max_bag_length", "max_index")},
 }
@@ -135,6 +136,12 @@ def _parser():
     dynamic.add_argument("--evict-every-steps", type=int, help="also evict every N global steps "
                          "(0: only at each checkpoint save, as DeepRec; runs without "
                          "--checkpoint-dir need it to bound memory)")
+    model.add_argument("--table-dtype", choices=("float32", "bfloat16", "float16"),
+                       help="storage of the embedding tables (16 bits: half the memory, "
+                            "float32 arithmetic and optimizer slots)")
+    model.add_argument("--rounding", choices=("nearest", "stochastic"),
+                       help="how 16-bit tables round their updates (stochastic: seeded "
+                            "by --seed, the step, the row and the column)")
     train = p.add_argument_group("training")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--epochs", type=int)
@@ -346,6 +353,7 @@ _APPLIES = (
     ("min_count", lambda a: a.ids != "dynamic" and (
         a.format == "csv" or (a.format != "synthetic" and a.ids == "vocabulary")),
      "with --ids vocabulary"),
+    ("rounding", lambda a: a.table_dtype != "float32", "with --table-dtype bfloat16 or float16"),
     ("hash_buckets", lambda a: a.ids != "dynamic" and (a.format == "csv" or a.ids == "hash"),
      "with --ids hash"),
     *((key, lambda a: a.ids == "dynamic", "with --ids dynamic")
@@ -698,6 +706,8 @@ def build(args, spec, train_data=None):
     options = {} if key is None else {key: hidden_units(args.hidden_units)}
     if args.ids == "dynamic":
         options["dynamic"] = dynamic_options(args)
+    if args.table_dtype != "float32":
+        options.update(table_dtype=args.table_dtype, table_rounding=args.rounding)
     model = st.build_model(args.model, spec, embedding_dim=args.embedding_dim, seed=args.seed,
                            **options)
     if train_data is not None:

@@ -290,6 +290,9 @@ class Checkpoint:
             "rng": {name: _encode(g.bit_generator.state) for name, g in self.rngs.items()},
             "metadata": {} if metadata is None else metadata,
             "arrays": arrays,
+            # 16-bit tables (SPEC §7), saved as their 16-bit storage
+            "storage": {name: var.storage for name, var in self.variables.items()
+                        if getattr(var, "is_half", False)},
         }
 
     # ---------------------------------------------------------- restoring
@@ -313,6 +316,14 @@ class Checkpoint:
                 _match_table(self.tables[name], name, dynamic[name], match)
             else:
                 var = self.variables[name]
+                saved = header.get("storage", {}).get(name, _plain_storage(shapes, name))
+                if saved != var.storage:  # never narrowed or widened implicitly
+                    match.problems.append(
+                        f"variable {name!r}: stored as {saved} in the checkpoint, {var.storage} "
+                        f"in the model (to convert, restore into a model of the checkpoint's "
+                        f"dtype and copy the values over with Variable.assign, which narrows "
+                        f"nearest-even)")
+                    continue
                 match.add(name, f"variable {name!r}", var.shape, var.dtype, lambda v=var: v.value)
         saved_opts = {o["name"]: o for o in header["optimizers"]}
         _expect_same_names("optimizer", saved_opts, self.optimizers, strict, match)
@@ -364,6 +375,11 @@ class Checkpoint:
         for name, rng in self.rngs.items():
             if name in header["rng"]:
                 _check_rng_state(name, rng, header["rng"][name], match)
+
+
+def _plain_storage(shapes, name):
+    """The ``Variable.storage`` of a saved array that is not a 16-bit table."""
+    return np.dtype(shapes[name][1]).name if name in shapes else "missing"
 
 
 class _Target:

@@ -605,7 +605,8 @@ class _Graph:
         for name, bag in ebc.bags.items():
             table = bag.table
             if table.name not in tables:
-                tables[table.name] = self.const(np.asarray(table.weight.value, np.float32),
+                # a 16-bit table is exported widened: float32, the same values
+                tables[table.name] = self.const(np.asarray(table.weight.widened(), np.float32),
                                                 "table")
             feature = self.spec.feature(name)
             safe, coef, divisor = self.bag_terms(feature, table.num_embeddings, bag.combiner)

@@ -33,8 +33,13 @@ def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
                   padding_idx=None, name=None):
     """Pooled lookup of ragged ids: one combined row per bag.
 
+    A 16-bit table (a ``Variable`` of storage ``"bfloat16"`` or
+    ``"float16"``, or a float16 array) is read widened to float32; the
+    output is float32, accumulated in float32 in the same order.
+
     Args:
-        weight: [V, D] float32 table (an array or a ``Variable``).
+        weight: [V, D] float32 table (an array or a ``Variable``), or a
+            16-bit one.
         values: [n] int ids in ``[0, V)``.
         offsets: [B+1] int, non-decreasing, ``offsets[0] == 0``,
             ``offsets[-1] == n``; bag b is ``values[offsets[b]:offsets[b+1]]``.
@@ -50,16 +55,36 @@ def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
     >>> embedding_bag(table, [0, 2, 1], [0, 2, 3, 3], combiner="mean").tolist()
     [[2.0, 3.0], [2.0, 3.0], [0.0, 0.0]]
     """
-    table = _as_table(weight, name)
+    if isinstance(weight, Variable) and weight.is_half:
+        table = weight
+    elif isinstance(weight, np.ndarray) and weight.dtype == np.float16:
+        table = Variable(weight, name or "embedding_bag", trainable=False, dtype="float16")
+    else:
+        table = _as_table(weight, name)
     return pool_checked(table, check_bags(values, offsets, weights, table.shape[0],
                                           combiner, padding_idx, name))
 
 
 def pool_checked(table, bags):
     """``embedding_bag`` of ``bags`` already checked by ``check_bags`` for
-    this [V, D] float32 table: [B, D] float32."""
+    this [V, D] float32 table (or a 16-bit ``Variable``): [B, D] float32."""
+    if isinstance(table, Variable):
+        if table.is_half:
+            return _pool_half(table.value, table.storage, bags)
+        table = table.value
     out = np.empty((bags.offsets.shape[0] - 1, table.shape[1]), np.float32)
     _lookup.embedding_bag_forward(out, table, *bags, row_dim(table.shape[1]))
+    return out
+
+
+def _pool_half(table, storage, bags):
+    """``pool_checked`` of a [V, D] 16-bit storage array (``half``)."""
+    from .half import storage_bits
+    from .kernels.half import BFLOAT16, FLOAT16, embedding_bag_forward_half
+    out = np.empty((bags.offsets.shape[0] - 1, table.shape[1]), np.float32)
+    embedding_bag_forward_half(out, storage_bits(table), *bags,
+                               BFLOAT16 if storage == "bfloat16" else FLOAT16,
+                               row_dim(table.shape[1]))
     return out
 
 
@@ -146,9 +171,11 @@ def _where(name):
 def _as_table(weight, name):
     table = weight.value if isinstance(weight, Variable) else np.asarray(weight)
     if table.ndim != 2 or table.dtype != np.float32 or not table.flags.c_contiguous:
+        hint = (" (a bfloat16 table's uint16 bits must come as its Variable, "
+                "dtype='bfloat16')" if table.dtype == np.uint16 else "")
         raise ValueError(
             f"{_where(name)}: weight must be a C-contiguous [V, D] float32 "
-            f"array, got shape {table.shape} dtype {table.dtype}")
+            f"array, got shape {table.shape} dtype {table.dtype}{hint}")
     return table
 
 

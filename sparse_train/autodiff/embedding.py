@@ -50,7 +50,9 @@ def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
     table = weight if isinstance(weight, Tensor) else Tensor(weight)
     num_embeddings = table.shape[0]
     bags = F.check_bags(values, offsets, weights, num_embeddings, combiner, padding_idx, name)
-    if table.dtype == np.float32:
+    if table.variable is not None and table.variable.is_half:  # 16-bit: read widened
+        out = F.pool_checked(table.variable, bags)
+    elif table.dtype == np.float32:
         out = F.pool_checked(np.ascontiguousarray(table.data), bags)
     else:
         out = _bag_matrix(table.shape[0], values, offsets, weights, combiner,

@@ -87,7 +87,7 @@ class Tensor:
             variable = data
             data = data.value
             if requires_grad is None:
-                requires_grad = data.dtype.kind == "f"
+                requires_grad = data.dtype.kind == "f" or variable.is_half
         elif isinstance(data, Tensor):
             data = data.data
         self.data = _as_float_array(data) if variable is None else data

@@ -235,8 +235,11 @@ class LookupExchange:
                 if count:
                     ids = ids_in[id_base[source, index]:id_base[source, index] + count]
                     start = reply_base[source, index]
-                    np.take(bag.table.weight.value, ids, axis=0,
-                            out=reply[start:start + count * dim].reshape(count, dim))
+                    rows = reply[start:start + count * dim].reshape(count, dim)
+                    if bag.table.weight.is_half:  # exact: the widened 16-bit rows
+                        rows[...] = bag.table.weight.widened(ids)
+                    else:
+                        np.take(bag.table.weight.value, ids, axis=0, out=rows)
         fetched = self._timed("lookup_exchange", self.comm.alltoallv, reply,
                               (requests_in * dims).sum(axis=1), (requests_out * dims).sum(axis=1))
         fetched_base = _segment_starts(requests_out, dims)

@@ -76,8 +76,16 @@ class ShardedTable:
         # can be freed once its last reference goes.
         shard = np.ascontiguousarray(table.weight.value[self.rank::self.world_size])
         if shard.shape[0] == 0:  # owns no row: one placeholder row, never looked up
-            shard = np.zeros((1,) + shard.shape[1:], np.float32)
-        self.weight = Variable(shard, table.weight.name, table.weight.trainable)
+            shard = np.zeros((1,) + shard.shape[1:], shard.dtype)
+        source = table.weight
+        if source.is_half:  # 16 bits stay 16 bits; exchanges carry the rows widened
+            self.weight = Variable(shard, source.name, source.trainable, dtype=source.storage,
+                                   rounding=source.rounding, rounding_seed=source.rounding_seed)
+            # local row l is global row l * W + rank: stochastic rounding
+            # hashes the global row (``optim.base.half_narrowing``)
+            self.weight.global_rows = (self.world_size, self.rank)
+        else:
+            self.weight = Variable(shard, source.name, source.trainable)
 
     @property
     def name(self):

@@ -22,7 +22,7 @@ __all__ = ["build_model", "MODELS", "CTRModel", "LR", "FM", "WideDeep", "DeepFM"
 MODELS = {cls.name: cls for cls in (LR, FM, WideDeep, DeepFM, DCN, DLRM)}
 
 _COMMON_OPTIONS = ("scope", "combiner", "tables", "initializer", "embedding_init_scale",
-                   "dynamic")
+                   "dynamic", "table_dtype", "table_rounding")
 
 
 def model_options(name):

@@ -45,6 +45,12 @@ class CTRModel:
             this is None. Training lookups (inside ``training_lookups``, as
             ``train_step`` runs them) count and admit keys; ``predict`` and
             ``evaluate`` only read.
+        table_dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``:
+            storage of the embedding tables (SPEC §7: half the memory a row,
+            arithmetic and optimizer slots in float32). The linear terms'
+            one-value rows (``FeatureLinear``) stay float32.
+        table_rounding: ``"nearest"`` or ``"stochastic"``, how 16-bit
+            tables round their updates.
     """
 
     #: Registry name, e.g. ``"deepfm"``.
@@ -52,7 +58,7 @@ class CTRModel:
 
     def __init__(self, spec, embedding_dim=16, seed=0, scope=None, combiner=None,
                  tables=None, initializer="truncated_normal", embedding_init_scale=0.1,
-                 dynamic=None):
+                 dynamic=None, table_dtype="float32", table_rounding="nearest"):
         if not isinstance(spec, DataSpec):
             raise TypeError(f"{type(self).__name__}: spec must be a DataSpec, got "
                             f"{type(spec).__name__}")
@@ -66,6 +72,7 @@ class CTRModel:
                                    "dynamic": dynamic}
         self._initializer = initializer
         self._init_scale = float(embedding_init_scale)
+        self._table_storage = {"dtype": table_dtype, "rounding": table_rounding}
         self._layers = []
         self._logit_bias = None  # declared while building (``_declare_logit_bias``)
         self._config = {"embedding_dim": self.embedding_dim, "seed": self.seed,
@@ -74,6 +81,8 @@ class CTRModel:
                         "embedding_init_scale": self._init_scale}
         if dynamic is not None:  # recorded only when used: static configs stay as they were
             self._config["dynamic"] = {} if dynamic is True else dict(dynamic)
+        if table_dtype != "float32" or table_rounding != "nearest":  # old configs unchanged
+            self._config.update(table_dtype=table_dtype, table_rounding=table_rounding)
 
     # ------------------------------------------------------------ building
     def _track(self, layer):
@@ -87,7 +96,7 @@ class CTRModel:
         return self._track(EmbeddingBagCollection(
             self.spec, embedding_dim or self.embedding_dim, f"{self.scope}/{name}", self.seed,
             initializer=self._initializer, init_scale=self._table_init_scale(),
-            **self._embedding_options))
+            **self._table_storage, **self._embedding_options))
 
     def _table_init_scale(self):
         """``embedding_init_scale``, or 1 for dynamic tables whose class

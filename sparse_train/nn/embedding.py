@@ -1,9 +1,11 @@
-"""``EmbeddingTable``: a [num_embeddings, embedding_dim] float32 weight."""
+"""``EmbeddingTable``: a [num_embeddings, embedding_dim] float32 (or
+16-bit) weight."""
 import zlib
 
 import numpy as np
 
 from .. import functional as F
+from .. import half
 from .._aligned import aligned_empty
 from ..variable import Variable
 
@@ -59,8 +61,18 @@ class EmbeddingTable:
         padding_idx: optional row kept at zero and skipped by lookups.
         hash_ids: if True, an id >= V maps to ``id mod V`` instead of being an
             error (negative ids are still an error).
-        out: optional C-contiguous [V, D] float32 array to initialise in place
-            and use as the weight (e.g. rows of a stacked table).
+        out: optional C-contiguous [V, D] array to initialise in place and
+            use as the weight (e.g. rows of a stacked table), of the storage
+            dtype (float32, or ``half.HALF_DTYPES[dtype]``).
+        dtype: ``"float32"`` (default), or a 16-bit table (SPEC §7):
+            ``"bfloat16"`` (stored as uint16 bit patterns) or ``"float16"``
+            (np.float16). Half the memory a row; lookups widen rows to
+            float32, optimizers update each row in float32 (slots stay
+            float32) and narrow it back. The initial values are drawn in
+            float64 and narrowed nearest-even.
+        rounding: how a 16-bit table's updates narrow: ``"nearest"`` (even)
+            or ``"stochastic"`` (seeded by ``seed``, the global step, the
+            row and the column: the same bits for any thread count).
 
     >>> t = EmbeddingTable(10, 4, "user_id")
     >>> t.lookup([1, 2, 3], [0, 1, 3]).shape
@@ -69,7 +81,7 @@ class EmbeddingTable:
 
     def __init__(self, num_embeddings, embedding_dim, name,
                  initializer="truncated_normal", seed=None, padding_idx=None,
-                 hash_ids=False, out=None):
+                 hash_ids=False, out=None, dtype="float32", rounding="nearest"):
         if not isinstance(name, str) or not name:
             raise ValueError(f"EmbeddingTable: name must be a non-empty string, got {name!r}")
         for what, value in (("num_embeddings", num_embeddings), ("embedding_dim", embedding_dim)):
@@ -84,6 +96,9 @@ class EmbeddingTable:
             raise ValueError(
                 f"EmbeddingTable {name!r}: padding_idx must be an integer in "
                 f"[0, {num_embeddings}), got {padding_idx!r}")
+        half.check_table_dtype(dtype, f"EmbeddingTable {name!r}")
+        half.check_rounding(rounding, f"EmbeddingTable {name!r}")
+        storage = np.dtype(np.float32) if dtype == "float32" else half.HALF_DTYPES[dtype]
         self.num_embeddings = int(num_embeddings)
         self.embedding_dim = int(embedding_dim)
         self.padding_idx = None if padding_idx is None else int(padding_idx)
@@ -91,25 +106,32 @@ class EmbeddingTable:
         self.seed = zlib.crc32(name.encode()) if seed is None else int(seed)
         shape = (self.num_embeddings, self.embedding_dim)
         if out is None:
-            value = aligned_empty(shape, np.float32, f"embedding table {name!r}")
-        elif (out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous):
+            value = aligned_empty(shape, storage, f"embedding table {name!r}")
+        elif (out.shape != shape or out.dtype != storage or not out.flags.c_contiguous):
             raise ValueError(f"EmbeddingTable {name!r}: out must be a C-contiguous {shape} "
-                             f"float32 array, got {out.shape} {out.dtype}")
+                             f"{storage} array, got {out.shape} {out.dtype}")
         else:
             value = out
         rng = np.random.default_rng(self.seed)
         for start in range(0, self.num_embeddings, _INIT_CHUNK_ROWS):
             chunk = value[start:start + _INIT_CHUNK_ROWS]
-            chunk[...] = INITIALIZERS[initializer](rng, chunk.shape, self.embedding_dim)
+            drawn = INITIALIZERS[initializer](rng, chunk.shape, self.embedding_dim)
+            if dtype == "float32":
+                chunk[...] = drawn
+            else:
+                half.narrow(drawn, dtype, out=chunk)
         if padding_idx is not None:
-            value[padding_idx] = 0.0
-        self.weight = Variable(value, name)
+            value[padding_idx] = 0  # +0.0 in every format
+        self.weight = (Variable(value, name) if dtype == "float32" else
+                       Variable(value, name, dtype=dtype, rounding=rounding,
+                                rounding_seed=self.seed))
 
     @classmethod
     def wrap(cls, weight):
-        """An ``EmbeddingTable`` over an existing [V, D] float32 ``Variable``
-        (no copy, no initialisation; no padding, no hashing)."""
-        if not isinstance(weight, Variable) or weight.value.ndim != 2 or weight.dtype != np.float32:
+        """An ``EmbeddingTable`` over an existing [V, D] float32 (or 16-bit)
+        ``Variable`` (no copy, no initialisation; no padding, no hashing)."""
+        if (not isinstance(weight, Variable) or weight.value.ndim != 2
+                or (weight.dtype != np.float32 and not weight.is_half)):
             raise ValueError(f"EmbeddingTable.wrap: expected a [V, D] float32 Variable, got {weight!r}")
         table = cls.__new__(cls)
         table.num_embeddings, table.embedding_dim = weight.shape
@@ -120,6 +142,11 @@ class EmbeddingTable:
     @property
     def name(self):
         return self.weight.name
+
+    @property
+    def dtype(self):
+        """``"float32"``, ``"bfloat16"`` or ``"float16"``: how rows are stored."""
+        return self.weight.storage
 
     def ids(self, values, name=None):
         """``values`` as int64 ids of this table (``id mod V`` if ``hash_ids``).
@@ -147,5 +174,6 @@ class EmbeddingTable:
                                     self.padding_idx, name or self.name)
 
     def __repr__(self):
+        extra = "" if self.dtype == "float32" else f", dtype={self.dtype!r}"
         return (f"EmbeddingTable(name={self.name!r}, num_embeddings={self.num_embeddings}, "
-                f"embedding_dim={self.embedding_dim})")
+                f"embedding_dim={self.embedding_dim}{extra})")

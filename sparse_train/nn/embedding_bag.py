@@ -11,6 +11,7 @@ import weakref
 import numpy as np
 
 from .. import autodiff as ad
+from .. import half
 from .._aligned import aligned_empty
 from ..collections import get_all_collection_keys, get_collection_ref, register_variable
 from ..data.batch import Batch, DataSpec
@@ -212,6 +213,13 @@ class EmbeddingBagCollection:
             lookups count and admit keys only inside ``training_lookups``
             (``train_step``). ``evict(global_step)`` evicts,
             ``admitted_keys()`` counts.
+        dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: the
+            stacked table's storage (``EmbeddingTable``; SPEC §7). With 16
+            bits, ``init_scale`` multiplies the narrowed initial values,
+            which are narrowed again.
+        rounding: ``"nearest"`` or ``"stochastic"``, of a 16-bit table's
+            updates (stochastic: seeded from ``seed`` and the stacked
+            weight's name).
 
     >>> from sparse_train.data import DataSpec, FeatureSpec
     >>> spec = DataSpec((FeatureSpec("a", 5), FeatureSpec("b", 7)))
@@ -221,7 +229,8 @@ class EmbeddingBagCollection:
     """
 
     def __init__(self, spec, embedding_dim, name, seed=0, combiner=None, tables=None,
-                 initializer="truncated_normal", init_scale=1.0, features=None, dynamic=None):
+                 initializer="truncated_normal", init_scale=1.0, features=None, dynamic=None,
+                 dtype="float32", rounding="nearest"):
         if not isinstance(spec, DataSpec):
             raise TypeError(f"EmbeddingBagCollection: spec must be a DataSpec, got "
                             f"{type(spec).__name__}")
@@ -238,9 +247,14 @@ class EmbeddingBagCollection:
         if unknown:
             raise ValueError(f"EmbeddingBagCollection {name!r}: tables names unknown "
                              f"features {unknown}")
+        half.check_table_dtype(dtype, f"EmbeddingBagCollection {name!r}")
+        half.check_rounding(rounding, f"EmbeddingBagCollection {name!r}")
         dynamic = _check_dynamic(dynamic, f"EmbeddingBagCollection {name!r}")
         if dynamic is None and any(f.num_embeddings is None for f in specs):
             dynamic = {}  # raw int64 keys (ids="dynamic"): only a dynamic table takes them
+        if dynamic is not None and dtype != "float32":
+            raise ValueError(f"EmbeddingBagCollection {name!r}: dynamic tables are float32; "
+                             f"dtype={dtype!r} needs static tables (a vocabulary or hashed ids)")
         #: The ``DynamicEmbeddingTable`` options (None: static stacked tables).
         self.dynamic = dynamic
         combiners = combiner if isinstance(combiner, dict) else dict.fromkeys(names, combiner)
@@ -251,7 +265,8 @@ class EmbeddingBagCollection:
         for feature in specs:
             table = tables.setdefault(feature.name, feature.name)
             sizes[table] = max(sizes.get(table, 0), feature.num_embeddings)
-        stacked = aligned_empty((sum(sizes.values()), self.embedding_dim), np.float32,
+        storage = np.float32 if dtype == "float32" else half.HALF_DTYPES[dtype]
+        stacked = aligned_empty((sum(sizes.values()), self.embedding_dim), storage,
                                 f"the embedding tables of {name!r} ("
                                 + ", ".join(f"{t}: {n} rows" for t, n in sizes.items()) + ")")
         self.tables, self._row_offset, first = {}, {}, 0
@@ -259,13 +274,16 @@ class EmbeddingBagCollection:
             full = f"{name}/{table}"
             self.tables[table] = EmbeddingTable(size, self.embedding_dim, full, initializer,
                                                 seed=layer_seed(seed, full),
-                                                out=stacked[first:first + size])
+                                                out=stacked[first:first + size], dtype=dtype)
             self._row_offset[table] = first
             first += size
         if init_scale != 1:
-            stacked *= np.float32(init_scale)
+            _scale_rows(stacked, np.float32(init_scale), dtype)
         #: The stacked table of every feature, and its one lookup.
-        self.table = EmbeddingTable.wrap(Variable(stacked, f"{name}/weight"))
+        self.table = EmbeddingTable.wrap(
+            Variable(stacked, f"{name}/weight") if dtype == "float32" else
+            Variable(stacked, f"{name}/weight", dtype=dtype, rounding=rounding,
+                     rounding_seed=layer_seed(seed, f"{name}/weight")))
         self.lookup = EmbeddingBag(self.table, "sum", name=name)
         register_variable(self.weight, embedding=True)
         self._feature_row = {f.name: self._row_offset[tables[f.name]] for f in specs}
@@ -478,6 +496,17 @@ class EmbeddingBagCollection:
 def _parameters(cls):
     import inspect
     return inspect.signature(cls.__init__).parameters
+
+
+def _scale_rows(stacked, scale, dtype, chunk_rows=1 << 16):
+    """In place: ``stacked *= scale`` (float32), a 16-bit table widened and
+    narrowed chunk by chunk (never a float32 copy of the whole table)."""
+    if dtype == "float32":
+        stacked *= scale
+        return
+    for start in range(0, stacked.shape[0], chunk_rows):
+        chunk = stacked[start:start + chunk_rows]
+        half.narrow(half.widen(chunk, dtype) * scale, dtype, out=chunk)
 
 
 def replace_in_collections(old, new):

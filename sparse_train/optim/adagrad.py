@@ -1,8 +1,10 @@
 """Adagrad (TF v1 ``AdagradOptimizer``, with PyTorch's epsilon as an option)."""
 import numpy as np
 
+from ..half import storage_bits
 from ..kernels.adagrad import adagrad_apply
-from .base import Optimizer, check_number, kernel_dim, row_view
+from ..kernels.update_half import adagrad_apply_half
+from .base import Optimizer, check_number, half_narrowing, kernel_dim, row_view
 
 __all__ = ["Adagrad"]
 
@@ -51,6 +53,11 @@ class Adagrad(Optimizer):
 
     def _apply(self, var, plan, dense):
         weight = row_view(var.value)
+        if var.is_half:
+            adagrad_apply_half(storage_bits(weight), self._slot_rows("accumulator", var), plan,
+                               np.float32(self._learning_rate), np.float32(self._epsilon),
+                               half_narrowing(self, var), kernel_dim(weight, dense))
+            return
         adagrad_apply(weight, self._slot_rows("accumulator", var), plan,
                       np.float32(self._learning_rate), np.float32(self._epsilon),
                       kernel_dim(weight, dense))

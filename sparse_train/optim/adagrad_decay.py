@@ -1,9 +1,12 @@
 """AdagradDecay (DeepRec ``AdagradDecayOptimizer``, V2 slot shapes)."""
 import numpy as np
 
+from ..half import storage_bits
 from ..kernels.adagrad_decay import adagrad_decay_apply
+from ..kernels.update_half import adagrad_decay_apply_half
 from ..variable import GlobalStep
-from .base import Optimizer, check_float32_positive, check_number, kernel_dim, row_view
+from .base import (Optimizer, check_float32_positive, check_number, half_narrowing, kernel_dim,
+                   row_view)
 
 __all__ = ["AdagradDecay"]
 
@@ -98,9 +101,12 @@ class AdagradDecay(Optimizer):
     def _apply(self, var, plan, dense):
         step = 0 if self._global_step is None else int(self._global_step) + 1
         weight = row_view(var.value)
-        adagrad_decay_apply(
-            weight, self._slot_rows("accumulator", var),
-            self._slot_rows("accumulator_decay_power", var), plan,
-            np.float32(self._learning_rate), np.float32(self._initial),
-            np.float32(self._decay_rate), np.int64(step), np.int64(self._decay_step),
-            kernel_dim(weight, dense))
+        scalars = (np.float32(self._learning_rate), np.float32(self._initial),
+                   np.float32(self._decay_rate), np.int64(step), np.int64(self._decay_step))
+        slots = (self._slot_rows("accumulator", var),
+                 self._slot_rows("accumulator_decay_power", var))
+        if var.is_half:
+            adagrad_decay_apply_half(storage_bits(weight), *slots, plan, *scalars,
+                                     half_narrowing(self, var), kernel_dim(weight, dense))
+            return
+        adagrad_decay_apply(weight, *slots, plan, *scalars, kernel_dim(weight, dense))

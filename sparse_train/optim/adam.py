@@ -3,9 +3,12 @@ import math
 
 import numpy as np
 
+from ..half import storage_bits
 from ..kernels.adam import adam_apply, lazy_adam_apply
+from ..kernels.update_half import adam_apply_half, lazy_adam_apply_half
 from ..variable import Variable
-from .base import Optimizer, check_float32_positive, check_number, kernel_dim, row_view
+from .base import (Optimizer, check_float32_positive, check_number, half_narrowing, kernel_dim,
+                   row_view)
 
 __all__ = ["Adam", "LazyAdam"]
 
@@ -84,11 +87,15 @@ class Adam(Optimizer):
     def _apply(self, var, plan, dense):
         weight, m, v = row_view(var.value), self._slot_rows("m", var), self._slot_rows("v", var)
         if dense:  # every row is touched: the lazy kernel moves them all
-            lazy_adam_apply(weight, m, v, plan, *self._scalars(), kernel_dim(weight, dense))
+            LazyAdam._apply(self, var, plan, dense)
             return
         row_slot = self._row_slot.get(var.name)
         if row_slot is None or row_slot.shape[0] != weight.shape[0]:
             row_slot = self._row_slot[var.name] = np.full(weight.shape[0], -1, np.int64)
+        if var.is_half:
+            adam_apply_half(storage_bits(weight), m, v, row_slot, plan, *self._scalars(),
+                            half_narrowing(self, var), kernel_dim(weight, dense))
+            return
         adam_apply(weight, m, v, row_slot, plan, *self._scalars(), kernel_dim(weight, dense))
 
     def _finish(self):
@@ -123,5 +130,10 @@ class LazyAdam(Adam):
 
     def _apply(self, var, plan, dense):
         weight = row_view(var.value)
+        if var.is_half:
+            lazy_adam_apply_half(storage_bits(weight), self._slot_rows("m", var),
+                                 self._slot_rows("v", var), plan, *self._scalars(),
+                                 half_narrowing(self, var), kernel_dim(weight, dense))
+            return
         lazy_adam_apply(weight, self._slot_rows("m", var), self._slot_rows("v", var), plan,
                         *self._scalars(), kernel_dim(weight, dense))

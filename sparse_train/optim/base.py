@@ -33,9 +33,12 @@ class Update(NamedTuple):
 
 class Prepared(NamedTuple):
     """What ``Optimizer.prepare_gradients`` returns and ``apply_prepared``
-    of the same optimizer consumes: the validated updates of one call."""
+    of the same optimizer consumes: the validated updates of one call, and
+    the global step they are applied at (None without one; the step seeds
+    the stochastic rounding of 16-bit tables)."""
     optimizer: object
     updates: tuple
+    step: object = None
 
 
 def check_number(name, value, low=None, high=None, low_open=False, high_open=False):
@@ -251,7 +254,7 @@ class Optimizer:
             grad, var = pair
             if not isinstance(var, Variable):
                 raise TypeError(f"{self._name}: expected a Variable, got {type(var).__name__}")
-            if var.dtype != np.float32:
+            if var.dtype != np.float32 and not var.is_half:
                 raise ValueError(
                     f"{self._name} cannot update variable {var.name!r}: its dtype is "
                     f"{var.dtype}, not float32")
@@ -261,11 +264,12 @@ class Optimizer:
                 raise ValueError(f"{self._name}: variable {var.name!r} appears twice in one apply_gradients call")
             seen.add(var.name)
             self._check_existing_slots(var)
+            _check_rounding_step(var, global_step, self._name)
             updates.append(Update(var, _plan_for(grad, var), not isinstance(grad, RowSparseGrad)))
         if not updates:
             names = [p[1].name for p in pairs if isinstance(p[1], Variable)]
             raise ValueError(f"{self._name}: no gradients provided for any variable: {names}")
-        return Prepared(self, tuple(updates))
+        return Prepared(self, tuple(updates), None if global_step is None else int(global_step))
 
     def apply_prepared(self, prepared, global_step=None):
         """Phases 2 and 3 of ``apply_gradients`` for the output of
@@ -278,6 +282,7 @@ class Optimizer:
                              f"prepare_gradients returned")
         for update in prepared.updates:
             self._create_slots(update.var)
+        self._rounding_step = prepared.step  # read by half_narrowing (16-bit tables)
         for update in prepared.updates:
             self._apply(update.var, update.plan, update.dense)
         self._finish()
@@ -326,6 +331,28 @@ class Optimizer:
 
     def _finish(self):
         """Work after all variables of one ``apply_gradients`` call."""
+
+
+def half_narrowing(optimizer, var):
+    """The ``kernels.half.Narrowing`` of the 16-bit ``var`` for the apply
+    in progress: its format and rounding, seeded by its ``rounding_seed``
+    and the global step of the apply (``Prepared.step``)."""
+    from ..kernels.half import BFLOAT16, FLOAT16, Narrowing
+    step = getattr(optimizer, "_rounding_step", None)
+    stride, offset = getattr(var, "global_rows", (1, 0))  # a shard: ``ShardedTable``
+    return Narrowing(BFLOAT16 if var.storage == "bfloat16" else FLOAT16,
+                     int(var.rounding == "stochastic"), int(var.rounding_seed),
+                     0 if step is None else int(step), int(stride), int(offset))
+
+
+def _check_rounding_step(var, global_step, name):
+    """Stochastic rounding draws its bits from the global step: refuse an
+    apply without one (every step would draw the same bits)."""
+    if var.is_half and var.rounding == "stochastic" and global_step is None:
+        raise ValueError(
+            f"{name}: variable {var.name!r} is a {var.storage} table with stochastic "
+            f"rounding, seeded by the global step: pass global_step to apply_gradients "
+            f"(or use rounding='nearest')")
 
 
 def _var_name(var):

@@ -2,8 +2,11 @@
 Prediction: a View from the Trenches")."""
 import numpy as np
 
+from ..half import storage_bits
 from ..kernels.ftrl import ftrl_apply
-from .base import Optimizer, check_float32_positive, check_number, kernel_dim, row_view
+from ..kernels.update_half import ftrl_apply_half
+from .base import (Optimizer, check_float32_positive, check_number, half_narrowing, kernel_dim,
+                   row_view)
 
 __all__ = ["Ftrl"]
 
@@ -115,9 +118,14 @@ class Ftrl(Optimizer):
     def _apply(self, var, plan, dense):
         l2 = self._folded_l2()
         weight = row_view(var.value)
-        ftrl_apply(weight, self._slot_rows("accum", var), self._slot_rows("linear", var), plan,
-                   np.float32(self._learning_rate), np.float32(-self._power), np.float32(self._l1),
-                   np.float32(l2), np.float32(self._l2_shrinkage), kernel_dim(weight, dense))
+        scalars = (np.float32(self._learning_rate), np.float32(-self._power),
+                   np.float32(self._l1), np.float32(l2), np.float32(self._l2_shrinkage))
+        slots = (self._slot_rows("accum", var), self._slot_rows("linear", var))
+        if var.is_half:
+            ftrl_apply_half(storage_bits(weight), *slots, plan, *scalars,
+                            half_narrowing(self, var), kernel_dim(weight, dense))
+            return
+        ftrl_apply(weight, *slots, plan, *scalars, kernel_dim(weight, dense))
 
 
 def _check_float32_finite(values):

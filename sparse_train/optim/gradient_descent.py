@@ -1,8 +1,10 @@
 """Plain gradient descent (TF ``GradientDescentOptimizer``)."""
 import numpy as np
 
+from ..half import storage_bits
 from ..kernels.sgd import sgd_apply
-from .base import Optimizer, kernel_dim, row_view
+from ..kernels.update_half import sgd_apply_half
+from .base import Optimizer, half_narrowing, kernel_dim, row_view
 
 __all__ = ["GradientDescent"]
 
@@ -25,4 +27,8 @@ class GradientDescent(Optimizer):
 
     def _apply(self, var, plan, dense):
         weight = row_view(var.value)
+        if var.is_half:
+            sgd_apply_half(storage_bits(weight), plan, np.float32(self._learning_rate),
+                           half_narrowing(self, var), kernel_dim(weight, dense))
+            return
         sgd_apply(weight, plan, np.float32(self._learning_rate), kernel_dim(weight, dense))

@@ -1,8 +1,11 @@
 """Row-wise Adagrad (FBGEMM / torchrec ``EXACT_ROWWISE_ADAGRAD``)."""
 import numpy as np
 
+from ..half import storage_bits
 from ..kernels.rowwise_adagrad import rowwise_adagrad_apply
-from .base import Optimizer, check_float32_positive, check_number, kernel_dim, row_view
+from ..kernels.update_half import rowwise_adagrad_apply_half
+from .base import (Optimizer, check_float32_positive, check_number, half_narrowing, kernel_dim,
+                   row_view)
 
 __all__ = ["RowwiseAdagrad"]
 
@@ -40,6 +43,12 @@ class RowwiseAdagrad(Optimizer):
 
     def _apply(self, var, plan, dense):
         weight = row_view(var.value)
+        if var.is_half:
+            rowwise_adagrad_apply_half(
+                storage_bits(weight), self._slot_rows("accumulator", var), plan,
+                np.float32(self._learning_rate), np.float32(self._epsilon),
+                half_narrowing(self, var), kernel_dim(weight, dense))
+            return
         rowwise_adagrad_apply(weight, self._slot_rows("accumulator", var), plan,
                               np.float32(self._learning_rate), np.float32(self._epsilon),
                               kernel_dim(weight, dense))

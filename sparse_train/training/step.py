@@ -184,11 +184,11 @@ def l2_regularize(grads_and_vars, l2_embedding=0.0, l2_dense=0.0, sparse_variabl
 def _l2_rows(grad, var, l2):
     """``grad`` (of table ``var``) plus ``l2 * W[r]`` on each unique touched row."""
     if not isinstance(grad, RowSparseGrad):
-        return (np.asarray(grad, np.float32) + l2 * var.value).astype(np.float32)
+        return (np.asarray(grad, np.float32) + l2 * var.widened()).astype(np.float32)
     coalesced = grad.coalesce()
     rows = coalesced.indices
     summed = coalesced.values.reshape(rows.shape[0], -1)
-    values = summed + l2 * row_view(var.value)[rows]        # float32, [U, D]
+    values = summed + l2 * row_view(var.widened(rows))      # float32, [U, D]
     count = rows.shape[0]
     plan = GradPlan(np.ascontiguousarray(rows), np.arange(count + 1, dtype=np.int64),
                     np.arange(count, dtype=np.int64), np.ones(count, np.float32),
@@ -212,7 +212,7 @@ def check_finite_state(prepared, global_step=None):
     for checked in prepared:
         opt = checked.optimizer
         for update in checked.updates:
-            arrays = [(update.var.name, update.var.value)]
+            arrays = [(update.var.name, update.var)]  # a Variable: 16-bit rows are widened
             for slot in opt.get_slot_names():
                 slot_var = opt.get_slot(update.var, slot)
                 if slot_var is not None:
@@ -227,10 +227,13 @@ def check_finite_state(prepared, global_step=None):
 
 
 def _check_rows(name, array, rows, where, step):
-    values = np.asarray(array)
-    if values.ndim == 0:
-        values = values.reshape(1)
-    picked = values if rows is None else values[rows]
+    if getattr(array, "is_half", False):  # a 16-bit Variable: widen the rows read
+        picked = array.widened(rows)
+    else:
+        values = np.asarray(getattr(array, "value", array))
+        if values.ndim == 0:
+            values = values.reshape(1)
+        picked = values if rows is None else values[rows]
     flat = np.ascontiguousarray(picked, np.float32).reshape(-1)
     bad = first_non_finite(flat)
     if bad >= 0:

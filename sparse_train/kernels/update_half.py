@@ -1,0 +1,170 @@
+"""Every update rule on a 16-bit table (SPEC section 7): per touched row,
+widen the row to float32, apply the float32 rule of its own kernel module
+(the same row function, so the same operations in the same order as on a
+float32 table), narrow it back (``half.narrow_row``).
+
+weight [V, D] uint16 holds bit patterns of ``narrowing.fmt``; slots stay
+float32. Compiled only when a 16-bit table is updated: a float32 model
+never calls these kernels.
+"""
+import numpy as np
+
+from ._jit import njit_parallel, prange, row_buffer
+from .adagrad import adagrad_row
+from .adagrad_decay import adagrad_decay_row
+from .adam import adam_row
+from .coalesce import ROW_CHUNK, summed_grad_row
+from .ftrl import ftrl_row
+from .half import narrow_row, widen_row
+from .prefetch import AHEAD, prefetch, prefetch_row
+from .rows import row_fill
+from .rowwise_adagrad import rowwise_adagrad_row
+from .sgd import sgd_row
+
+
+@njit_parallel
+def sgd_apply_half(weight, plan, lr, narrowing, dim):
+    """In place: weight [V, D] uint16, plan's rows only. w -= lr * g."""
+    rows = plan.rows
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = row_buffer(dim)
+        w = row_buffer(dim)
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            prefetch_row(weight, rows[min(u + AHEAD, num_rows - 1)], dim)
+            summed_grad_row(g, plan, u, dim)
+            r = rows[u]
+            widen_row(w, weight[r], narrowing.fmt, dim)
+            sgd_row(w, g, lr, dim)
+            narrow_row(weight[r], w, narrowing, r, dim)
+
+
+@njit_parallel
+def adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing, dim):
+    """In place: weight [V, D] uint16, accumulator [V, D] float32, plan's
+    rows only (``adagrad.adagrad_row`` on the widened row)."""
+    rows = plan.rows
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = row_buffer(dim)
+        w = row_buffer(dim)
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            ahead = rows[min(u + AHEAD, num_rows - 1)]
+            prefetch_row(weight, ahead, dim)
+            prefetch_row(accumulator, ahead, dim)
+            summed_grad_row(g, plan, u, dim)
+            r = rows[u]
+            widen_row(w, weight[r], narrowing.fmt, dim)
+            adagrad_row(w, accumulator[r], g, lr, epsilon, dim)
+            narrow_row(weight[r], w, narrowing, r, dim)
+
+
+@njit_parallel
+def adagrad_decay_apply_half(weight, accumulator, power, plan, lr, initial, rate,
+                             step, decay_step, narrowing, dim):
+    """In place: weight [V, D] uint16, accumulator [V, D] float32, power [V]
+    int64, plan's rows only (``adagrad_decay.adagrad_decay_row``)."""
+    rows = plan.rows
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = row_buffer(dim)
+        w = row_buffer(dim)
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            ahead = rows[min(u + AHEAD, num_rows - 1)]
+            prefetch_row(weight, ahead, dim)
+            prefetch_row(accumulator, ahead, dim)
+            prefetch(power, ahead)
+            summed_grad_row(g, plan, u, dim)
+            r = rows[u]
+            widen_row(w, weight[r], narrowing.fmt, dim)
+            adagrad_decay_row(w, accumulator[r], power, r, g, lr, initial, rate, step,
+                              decay_step, dim)
+            narrow_row(weight[r], w, narrowing, r, dim)
+
+
+@njit_parallel
+def lazy_adam_apply_half(weight, m, v, plan, lr_t, beta1, beta2, epsilon, narrowing, dim):
+    """In place: weight [V, D] uint16, m, v [V, D] float32, plan's rows only
+    (``adam.adam_row``)."""
+    rows = plan.rows
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = row_buffer(dim)
+        w = row_buffer(dim)
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            ahead = rows[min(u + AHEAD, num_rows - 1)]
+            prefetch_row(weight, ahead, dim)
+            prefetch_row(m, ahead, dim)
+            prefetch_row(v, ahead, dim)
+            summed_grad_row(g, plan, u, dim)
+            r = rows[u]
+            widen_row(w, weight[r], narrowing.fmt, dim)
+            adam_row(w, m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+            narrow_row(weight[r], w, narrowing, r, dim)
+
+
+@njit_parallel
+def adam_apply_half(weight, m, v, row_slot, plan, lr_t, beta1, beta2, epsilon,
+                    narrowing, dim):
+    """In place: weight [V, D] uint16, m, v [V, D] float32 on EVERY row
+    (untouched rows with g = 0, as ``adam.adam_apply``); row_slot [V] int64
+    scratch, all -1 on entry and on return."""
+    rows = plan.rows
+    for u in prange(rows.shape[0]):
+        row_slot[rows[u]] = u
+    num_rows = weight.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = row_buffer(dim)
+        w = row_buffer(dim)
+        for r in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            if row_slot[r] >= 0:
+                summed_grad_row(g, plan, row_slot[r], dim)
+            else:
+                row_fill(g, np.float32(0.0), dim)
+            widen_row(w, weight[r], narrowing.fmt, dim)
+            adam_row(w, m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+            narrow_row(weight[r], w, narrowing, r, dim)
+    for u in prange(rows.shape[0]):
+        row_slot[rows[u]] = -1
+
+
+@njit_parallel
+def rowwise_adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing, dim):
+    """In place: weight [V, D] uint16, accumulator [V] float32, plan's rows
+    only (``rowwise_adagrad.rowwise_adagrad_row``)."""
+    rows = plan.rows
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = row_buffer(dim)
+        w = row_buffer(dim)
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            ahead = rows[min(u + AHEAD, num_rows - 1)]
+            prefetch_row(weight, ahead, dim)
+            prefetch(accumulator, ahead)
+            summed_grad_row(g, plan, u, dim)
+            r = rows[u]
+            widen_row(w, weight[r], narrowing.fmt, dim)
+            rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon, dim)
+            narrow_row(weight[r], w, narrowing, r, dim)
+
+
+@njit_parallel
+def ftrl_apply_half(weight, accum, linear, plan, lr, power, l1, l2, l2_shrinkage,
+                    narrowing, dim):
+    """In place: weight [V, D] uint16, accum, linear [V, D] float32, plan's
+    rows only (``ftrl.ftrl_row``; l2 holds beta, as there)."""
+    rows = plan.rows
+    num_rows = rows.shape[0]
+    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+        g = row_buffer(dim)
+        w = row_buffer(dim)
+        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+            ahead = rows[min(u + AHEAD, num_rows - 1)]
+            prefetch_row(weight, ahead, dim)
+            prefetch_row(accum, ahead, dim)
+            prefetch_row(linear, ahead, dim)
+            summed_grad_row(g, plan, u, dim)
+            r = rows[u]
+            widen_row(w, weight[r], narrowing.fmt, dim)
+            ftrl_row(w, accum[r], linear[r], g, lr, power, l1, l2, l2_shrinkage, dim)
+            narrow_row(weight[r], w, narrowing, r, dim)
