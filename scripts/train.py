@@ -354,6 +354,8 @@ _APPLIES = (
         a.format == "csv" or (a.format != "synthetic" and a.ids == "vocabulary")),
      "with --ids vocabulary"),
     ("rounding", lambda a: a.table_dtype != "float32", "with --table-dtype bfloat16 or float16"),
+    ("table_dtype", lambda a: a.ids != "dynamic", "without --ids dynamic (dynamic tables are "
+     "float32)"),
     ("hash_buckets", lambda a: a.ids != "dynamic" and (a.format == "csv" or a.ids == "hash"),
      "with --ids hash"),
     *((key, lambda a: a.ids == "dynamic", "with --ids dynamic")
