@@ -417,15 +417,17 @@ class DynamicEmbeddingTable:
         key = (optimizer.name, slot)
         dtype = slot_variable.value.dtype
         new = _Slot(optimizer.name, slot, kind, dtype, initial, variable=slot_variable)
-        array = self._slot_array(new, self.rows_allocated)
+        expected = (self.rows_allocated,) + ((self.embedding_dim,) if kind == "like" else ())
+        if slot_variable.value.shape != expected:
+            slot_variable.value = self._slot_array(new, self.rows_allocated)
         held = self._slots.get(key)
         if held is not None and held.variable is None:
+            array = slot_variable.value
             if held.held.shape[1:] != array.shape[1:]:
                 raise ValueError(
                     f"table {self.name!r}: restored slot {held.field!r} has rows of shape "
                     f"{held.held.shape[1:]}, but {optimizer.name} makes {array.shape[1:]}")
             array[held.valid] = held.held[held.valid]
-        slot_variable.value = array
         self._slots[key] = new
 
     def _slot_fields(self):
