@@ -20,12 +20,12 @@ first, then fresh ones; ``sizes`` [4] int64 holds ROWS_USED, FREE_ROWS, LIVE,
 ADMITTED. Row 0 of the row store is never given to a key: it holds the
 table's default value, read by every key without a row (``DEFAULT_ROW``).
 
-A batch's keys are resolved once per unique key: positions are grouped by
-their home slot (``hash & (M - 1)``) with ``coalesce.group_rows``, the
-project's stable radix grouping, so each group owns its keys' probe and the
-probes sweep the map in address order (prefetched). New keys are inserted
-and rows assigned by one thread, in group order, so the layout never
-depends on the thread count.
+A training lookup resolves its keys once per unique key: positions are
+grouped by their home slot (``hash & (M - 1)``) with ``coalesce.group_rows``,
+the project's stable radix grouping, so each group owns its keys' probes
+and counts (no race, no atomics) and the probes sweep the map in address
+order (prefetched). New keys are inserted and rows assigned by one thread,
+in group order, so the layout never depends on the thread count.
 """
 from typing import NamedTuple
 
@@ -61,17 +61,25 @@ class KeyMap(NamedTuple):
     sizes: np.ndarray       # [4] int64
 
 
+#: Columns of ``Resolved.unique``: the key, its slot (-1: not in the map),
+#: its occurrences in the batch, its row (PENDING: no row yet).
+U_KEY, U_SLOT, U_COUNT, U_ROW = 0, 1, 2, 3
+#: Columns of ``Resolved.groups``: distinct keys, keys not in the map, keys
+#: the lookup admits.
+G_DISTINCT, G_NEW, G_ADMIT = 0, 1, 2
+
+
 class Resolved(NamedTuple):
     """A batch's keys, resolved once per unique key (``resolve_keys``).
 
-    Unique key j of home group g sits at ``u = starts[g] + j`` for
-    ``j < distinct[g]`` (other u are unused)."""
+    Unique key j of home group g is row ``u = starts[g] + j`` of ``unique``
+    for ``j < groups[g, G_DISTINCT]`` (other rows are unused)."""
     pos_unique: np.ndarray      # [n] int64: u of each position
-    unique_key: np.ndarray      # [n] int64
-    unique_slot: np.ndarray     # [n] int64: its slot, or -1: not in the map
-    unique_count: np.ndarray    # [n] int64: occurrences in the batch
+    unique: np.ndarray          # [n, 4] int64: U_KEY, U_SLOT, U_COUNT, U_ROW
     starts: np.ndarray          # [G+1] int64
-    distinct: np.ndarray        # [G] int64
+    groups: np.ndarray          # [G, 3] int64: G_DISTINCT, G_NEW, G_ADMIT
+    new_keys: int               # sums of groups' G_NEW and G_ADMIT
+    admissions: int
 
 
 def empty_map(num_slots, num_rows):
@@ -148,70 +156,90 @@ def find_slots(out, slots, keys):
 
 # ----------------------------------------------------------------- resolving
 @njit_parallel
-def _resolve_groups(pos_unique, unique_key, unique_slot, unique_count, distinct,
-                    values, order, starts, homes, slots):
+def _resolve_groups(pos_unique, unique, groups, values, order, starts, homes, slots,
+                    step, filter_freq, update):
     """In place, for each home group g (positions order[starts[g]:starts[g+1]],
-    in position order, home slot homes[g]): its distinct keys in
-    first-occurrence order, their occurrences, their slots (one read-only
-    probe each, the slots prefetched ahead); pos_unique of each position."""
+    in position order, home slot homes[g]): ``unique`` rows of its distinct
+    keys in first-occurrence order (one probe each, slots prefetched ahead),
+    ``groups[g]``, pos_unique of each position. With ``update``, each key
+    already in the map also takes its occurrences into its count and
+    ``step`` as its last_seen (each slot has one owner: no race)."""
     mask = slots.shape[0] - 1
     num_groups = starts.shape[0] - 1
-    for g in prange(num_groups):
-        prefetch(slots, homes[min(g + AHEAD, num_groups - 1)] * 4)
+    for g in prange(num_groups):  # distinct keys and their occurrences
         base = starts[g]
         d = 0
         for k in range(starts[g], starts[g + 1]):
             p = order[k]
             key = values[p]
             j = 0
-            while j < d and unique_key[base + j] != key:
+            while j < d and unique[base + j, U_KEY] != key:
                 j += 1
             if j == d:
-                unique_key[base + d] = key
-                unique_count[base + d] = 0
-                s = find_slot(slots, key, mask)
-                unique_slot[base + d] = s if s >= 0 else -1
+                unique[base + d, U_KEY] = key
+                unique[base + d, U_COUNT] = 0
                 d += 1
-            unique_count[base + j] += 1
+            unique[base + j, U_COUNT] += 1
             pos_unique[p] = base + j
-        distinct[g] = d
+        groups[g, G_DISTINCT] = d
+    for g in prange(num_groups):  # one probe a distinct key, in address order
+        prefetch(slots, homes[min(g + AHEAD, num_groups - 1)] * 4)
+        new = 0
+        admit = 0
+        for u in range(starts[g], starts[g] + groups[g, G_DISTINCT]):
+            occurrences = unique[u, U_COUNT]
+            s = find_slot(slots, unique[u, U_KEY], mask)
+            if s < 0:
+                unique[u, U_SLOT] = -1
+                unique[u, U_ROW] = PENDING
+                new += 1
+                admit += occurrences >= filter_freq
+                continue
+            unique[u, U_SLOT] = s
+            row = slots[s, ROW]
+            unique[u, U_ROW] = row
+            count = slots[s, COUNT] + occurrences
+            if update:
+                slots[s, COUNT] = count
+                slots[s, LAST_SEEN] = step
+            admit += row == PENDING and count >= filter_freq
+        groups[g, G_NEW] = new
+        groups[g, G_ADMIT] = admit
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
-def resolve_keys(values, slots):
-    """A batch's keys resolved once per unique key, read-only: a ``Resolved``."""
+def resolve_keys(values, slots, step, filter_freq, update):
+    """A batch's keys resolved once per unique key: a ``Resolved``. Read-only
+    unless ``update`` (see ``_resolve_groups``); ``groups`` count the keys a
+    training lookup would insert (G_NEW) and admit (G_ADMIT)."""
     n = values.shape[0]
     homes = np.empty(n, np.int64)
     home_slots(homes, values, slots.shape[0] - 1)
     group_homes, starts, order = group_rows(homes)
     pos_unique = np.empty(n, np.int64)
-    unique_key = np.empty(n, np.int64)
-    unique_slot = np.empty(n, np.int64)
-    unique_count = np.empty(n, np.int64)
-    distinct = np.empty(starts.shape[0] - 1, np.int64)
-    _resolve_groups(pos_unique, unique_key, unique_slot, unique_count, distinct,
-                    values, order, starts, group_homes, slots)
-    return Resolved(pos_unique, unique_key, unique_slot, unique_count, starts, distinct)
-
-
-@njit
-def count_changes(res, slots, filter_freq):
-    """(new keys, admissions) a training lookup of these unique keys would
-    make, without changing anything: a key is admitted when its count
-    (old + occurrences) reaches ``filter_freq`` and it has no row yet."""
+    unique = np.empty((n, 4), np.int64)
+    groups = np.empty((starts.shape[0] - 1, 3), np.int64)
+    _resolve_groups(pos_unique, unique, groups, values, order, starts, group_homes, slots,
+                    step, filter_freq, update)
     new_keys = 0
     admissions = 0
-    for g in range(res.distinct.shape[0]):
-        for u in range(res.starts[g], res.starts[g] + res.distinct[g]):
-            s = res.unique_slot[u]
-            if s < 0:
-                new_keys += 1
-                if res.unique_count[u] >= filter_freq:
-                    admissions += 1
-            elif (slots[s, ROW] == PENDING
-                  and slots[s, COUNT] + res.unique_count[u] >= filter_freq):
-                admissions += 1
-    return new_keys, admissions
+    for g in range(groups.shape[0]):
+        new_keys += groups[g, G_NEW]
+        admissions += groups[g, G_ADMIT]
+    return Resolved(pos_unique, unique, starts, groups, new_keys, admissions)
+
+
+@njit_parallel
+def update_counts(slots, unique, starts, groups, step):
+    """In place: slots, for each unique key in the map: count += its
+    occurrences, last_seen = step (what ``resolve_keys`` does with
+    ``update``, after the caller's capacity check)."""
+    for g in prange(groups.shape[0]):
+        for u in range(starts[g], starts[g] + groups[g, G_DISTINCT]):
+            s = unique[u, U_SLOT]
+            if s >= 0:
+                slots[s, COUNT] += unique[u, U_COUNT]
+                slots[s, LAST_SEEN] = step
 
 
 @njit_inline
@@ -226,49 +254,49 @@ def _new_row(km):
 
 
 @njit
-def apply_training(new_rows, new_keys, res, km, step, filter_freq):
-    """Count, insert and admit a training lookup's unique keys, in group order
-    (one thread: the layout never depends on the thread count).
+def admit_keys(new_rows, new_keys, unique, km, starts, groups, step, filter_freq):
+    """Insert a training lookup's new keys (count = occurrences, last_seen =
+    step) and admit the keys whose count reached ``filter_freq``, in group
+    order (one thread: the layout never depends on the thread count). Keys
+    already in the map were counted by ``resolve_keys`` / ``update_counts``.
 
-    In place: res.unique_slot (filled for new keys), the map ``km``;
-    new_rows, new_keys [A] int64: the rows assigned by admissions and their
-    keys, in order. The caller checked capacity and made room
-    (``count_changes``); inserting moves no record, so the other unique
-    keys' slots stay valid."""
+    In place: ``unique`` (U_SLOT, U_ROW of the keys touched), the map ``km``;
+    new_rows, new_keys [A] int64: the rows assigned and their keys, in order.
+    The caller checked capacity and made room; inserting moves no record,
+    so the other unique keys' slots stay valid. Returns the admissions."""
     slots = km.slots
     mask = slots.shape[0] - 1
     a = 0
-    for g in range(res.distinct.shape[0]):
-        for u in range(res.starts[g], res.starts[g] + res.distinct[g]):
-            s = res.unique_slot[u]
-            key = res.unique_key[u]
+    for g in range(groups.shape[0]):
+        if groups[g, G_NEW] == 0 and groups[g, G_ADMIT] == 0:
+            continue
+        for u in range(starts[g], starts[g] + groups[g, G_DISTINCT]):
+            s = unique[u, U_SLOT]
             if s < 0:
-                s = -1 - find_slot(slots, key, mask)
-                slots[s, KEY] = key
+                s = -1 - find_slot(slots, unique[u, U_KEY], mask)
+                slots[s, KEY] = unique[u, U_KEY]
                 slots[s, ROW] = PENDING
-                slots[s, COUNT] = 0
+                slots[s, COUNT] = unique[u, U_COUNT]
+                slots[s, LAST_SEEN] = step
                 km.sizes[LIVE] += 1
-                res.unique_slot[u] = s
-            slots[s, COUNT] += res.unique_count[u]
-            slots[s, LAST_SEEN] = step
+                unique[u, U_SLOT] = s
             if slots[s, ROW] == PENDING and slots[s, COUNT] >= filter_freq:
                 r = _new_row(km)
                 slots[s, ROW] = r
                 km.sizes[ADMITTED] += 1
                 new_rows[a] = r
-                new_keys[a] = key
+                new_keys[a] = unique[u, U_KEY]
                 a += 1
+            unique[u, U_ROW] = slots[s, ROW]
     return a
 
 
 @njit_parallel
-def position_rows(out, pos_unique, unique_slot, slots):
+def position_rows(out, pos_unique, unique):
     """In place: out [n] int64 = row read by each position (``DEFAULT_ROW``
     for a key without a row)."""
     for i in prange(out.shape[0]):
-        s = unique_slot[pos_unique[i]]
-        r = slots[s, ROW] if s >= 0 else DEFAULT_ROW
-        out[i] = r if r >= 0 else DEFAULT_ROW
+        out[i] = max(unique[pos_unique[i], U_ROW], DEFAULT_ROW)
 
 
 # ------------------------------------------------------------ map upkeep

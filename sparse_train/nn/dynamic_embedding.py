@@ -316,25 +316,33 @@ class DynamicEmbeddingTable:
         return rows
 
     def _rows_training(self, values, step, where):
-        res = K.resolve_keys(values, self._km.slots)
-        new_keys, admissions = K.count_changes(res, self._km.slots, np.int64(self.filter_freq))
-        if self.capacity is not None and len(self) + admissions > self.capacity:
-            raise ValueError(
-                f"table {self.name!r} (feature {where!r}): admitting {admissions} more keys "
-                f"would exceed its capacity of {self.capacity} ({len(self)} admitted); "
-                f"nothing was changed")
-        if self._grow_map(new_keys):   # records moved: resolve again
-            res = K.resolve_keys(values, self._km.slots)
-        self._make_rows(admissions)
-        km = self._km
-        new_rows = np.empty(admissions, np.int64)
-        admitted_keys = np.empty(admissions, np.int64)
-        K.apply_training(new_rows, admitted_keys, res, km, np.int64(step),
-                         np.int64(self.filter_freq))
-        if admissions:
-            self._fresh_rows(new_rows, admitted_keys)
+        """Count, insert, admit and stamp ``values``; their rows. With a
+        capacity the counts change only after the check, else in the same
+        pass that resolves the keys."""
+        check = self.capacity is not None
+        step, filter_freq = np.int64(step), np.int64(self.filter_freq)
+        res = K.resolve_keys(values, self._km.slots, step, filter_freq, not check)
+        new_keys, admissions = int(res.new_keys), int(res.admissions)
+        if check:
+            if len(self) + admissions > self.capacity:
+                raise ValueError(
+                    f"table {self.name!r} (feature {where!r}): admitting {admissions} more "
+                    f"keys would exceed its capacity of {self.capacity} ({len(self)} "
+                    f"admitted); nothing was changed")
+            K.update_counts(self._km.slots, res.unique, res.starts, res.groups, step)
+        if new_keys or admissions:
+            if self._grow_map(new_keys):   # records moved: find them again (read only)
+                res = K.resolve_keys(values, self._km.slots, step, filter_freq, False)
+            self._make_rows(admissions)
+            new_rows = np.empty(admissions, np.int64)
+            admitted_keys = np.empty(admissions, np.int64)
+            done = K.admit_keys(new_rows, admitted_keys, res.unique, self._km, res.starts,
+                                res.groups, step, filter_freq)
+            assert done == admissions, (done, admissions)
+            if admissions:
+                self._fresh_rows(new_rows, admitted_keys)
         rows = np.empty(values.shape[0], np.int64)
-        K.position_rows(rows, res.pos_unique, res.unique_slot, km.slots)
+        K.position_rows(rows, res.pos_unique, res.unique)
         return rows
 
     def _fresh_rows(self, rows, keys):
@@ -409,15 +417,17 @@ class DynamicEmbeddingTable:
         key = (optimizer.name, slot)
         dtype = slot_variable.value.dtype
         new = _Slot(optimizer.name, slot, kind, dtype, initial, variable=slot_variable)
-        array = self._slot_array(new, self.rows_allocated)
+        expected = (self.rows_allocated,) + ((self.embedding_dim,) if kind == "like" else ())
+        if slot_variable.value.shape != expected:
+            slot_variable.value = self._slot_array(new, self.rows_allocated)
         held = self._slots.get(key)
         if held is not None and held.variable is None:
+            array = slot_variable.value
             if held.held.shape[1:] != array.shape[1:]:
                 raise ValueError(
                     f"table {self.name!r}: restored slot {held.field!r} has rows of shape "
                     f"{held.held.shape[1:]}, but {optimizer.name} makes {array.shape[1:]}")
             array[held.valid] = held.held[held.valid]
-        slot_variable.value = array
         self._slots[key] = new
 
     def _slot_fields(self):

@@ -21,11 +21,12 @@ def _home(key, mask):
 
 def _insert_pending(km, keys, step):
     """A training pass that never admits (filter_freq huge): keys counted."""
-    res = K.resolve_keys(keys, km.slots)
-    new, admissions = K.count_changes(res, km.slots, I64.max)
+    res = K.resolve_keys(keys, km.slots, np.int64(step), I64.max, True)
+    new, admissions = res.new_keys, res.admissions
+    assert (new, admissions) == tuple(res.groups[:, K.G_NEW:].sum(axis=0))
     assert admissions == 0
-    K.apply_training(np.empty(0, np.int64), np.empty(0, np.int64), res, km, np.int64(step),
-                     I64.max)
+    K.admit_keys(np.empty(0, np.int64), np.empty(0, np.int64), res.unique, km, res.starts,
+                 res.groups, np.int64(step), I64.max)
     return new
 
 
@@ -90,13 +91,15 @@ def test_resolve_groups_once_per_unique_key():
     rng = np.random.default_rng(1)
     values = rng.choice(np.array([3, -3, 2**62, I64.min, 9, 9, 9], np.int64), 500)
     km = K.empty_map(16, 1)
-    res = K.resolve_keys(values, km.slots)
+    res = K.resolve_keys(values, km.slots, np.int64(0), np.int64(2), True)
     uniques = {}
-    for g in range(res.distinct.shape[0]):
-        for u in range(res.starts[g], res.starts[g] + res.distinct[g]):
-            assert res.unique_key[u] not in uniques   # each key once
-            uniques[int(res.unique_key[u])] = int(res.unique_count[u])
+    for g in range(res.groups.shape[0]):
+        for u in range(res.starts[g], res.starts[g] + res.groups[g, K.G_DISTINCT]):
+            assert res.unique[u, K.U_KEY] not in uniques   # each key once
+            uniques[int(res.unique[u, K.U_KEY])] = int(res.unique[u, K.U_COUNT])
     keys, counts = np.unique(values, return_counts=True)
     assert uniques == dict(zip(keys.tolist(), counts.tolist()))
-    assert (res.unique_key[res.pos_unique] == values).all()
-    assert (res.unique_slot[res.pos_unique] == -1).all()    # empty map
+    assert (res.unique[res.pos_unique, K.U_KEY] == values).all()
+    assert (res.unique[res.pos_unique, K.U_SLOT] == -1).all()    # empty map
+    assert res.groups[:, K.G_NEW].sum() == 5 and res.groups[:, K.G_ADMIT].sum() == 5
+    assert (km.slots[:, K.ROW] == K.EMPTY).all()                  # resolving inserts nothing

@@ -396,3 +396,10 @@ def test_autodiff_and_clipping_paths():
     moved = np.flatnonzero((table.weight.value != before).any(axis=1))
     assert moved.tolist() == sorted(table.resolve([10, -10], training=False).tolist())
     assert F.drop_grad_rows_below(grad, 0).nnz == 2
+
+
+def test_docstring_examples():
+    import doctest
+    from sparse_train.nn import dynamic_embedding
+    result = doctest.testmod(dynamic_embedding)
+    assert result.attempted > 0 and result.failed == 0, result
