@@ -90,6 +90,8 @@ def save_sharded(directory, prefix, dist, optimizers, global_step=None, metadata
         "world_size": comm.size, "sharding": "row id mod world_size",
         "shards": [shard_file(prefix, r, comm.size) for r in range(comm.size)],
         "tables": {t.name: t.num_embeddings for t in dist.tables.values()},
+        "dynamic_tables": {v.name: "key_owner: splitmix64(key) mod world_size"
+                           for v in dist.variables() if _table_of(v) is not None},
         "global_step": None if global_step is None else int(global_step),
         "metadata": {} if metadata is None else metadata,
     }
