@@ -507,7 +507,9 @@ def plot(result, path):
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (title, bars) in zip(axes[:, 0], panels):
         labels, values = zip(*bars)
-        ax.barh(range(len(values)), values, color=["C2" if v >= 1 else "C3" for v in values])
+        good = FBGEMM_TARGET if title.startswith("W1 step: FBGEMM") else 1.0
+        ax.barh(range(len(values)), values,
+                color=["C2" if v >= good else "C1" if v >= 1 else "C3" for v in values])
         ax.set_yticks(range(len(values)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.axvline(1.0, color="k", linewidth=0.8)
