@@ -479,6 +479,79 @@ def start_section(result):
     return ["\nStart-up and compile (s)", table(["what", "wall s", "phases (s)"], rows)]
 
 
+def xfmt(value):
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def md_table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def markdown(result):
+    """The README's performance tables of one run, with its command and load."""
+    meta, w1_rows = result["meta"], result.get("w1", [])
+    load = meta.get("load_before")
+    out = [f"Run {meta['date']} UTC on {meta['cpu']}, git {meta['git']}, numba {meta['numba']},"
+           f" {meta.get('peer', '-')}, torch {meta['torch'] or 'not installed'};"
+           f" `{meta['command']}` took {result.get('elapsed_s', 0) / 60:.0f} min;"
+           f" load average (1, 5, 15 min) {fmt_load(load)} before, {fmt_load(meta['load_average'])}"
+           " after" + (" (**measured under load**: the milliseconds are noisy, the same-round"
+                       " ratios fair)." if meta.get("under_load") else " (quiet).")]
+    configs = []
+    for r in w1_rows:
+        key = (r["table"], r["ids"], r["optimizer"])
+        if r["optimizer"] in w1.FBGEMM_TWIN and key not in configs:
+            configs.append(key)
+    if configs:
+        rows = []
+        for table_name, ids, optimizer in configs:
+            cells, verdicts = [], []
+            for threads in (1, 2):
+                r = find(w1_rows, table=table_name, ids=ids, optimizer=optimizer, threads=threads)
+                x = r and r.get("speedup_vs_fbgemm")
+                cells += [fmt(r and r["ours_ms"], ".1f"), fmt(r and r.get("fbgemm_ms"), ".1f"),
+                          f"**{fmt(x)}x**" if x is not None else "-"]
+                if x is not None:
+                    verdicts.append((threads, x >= FBGEMM_TARGET))
+            met = [t for t, ok in verdicts if ok]
+            verdict = ("yes" if verdicts and len(met) == len(verdicts) else
+                       "no" if not met else f"{met[0]} thr only")
+            rows.append([f"{table_name.replace('x', ' x ')} {ids}", optimizer] + cells + [verdict])
+        out += ["", md_table(["W1 table, ids", "optimizer", "ours ms 1 thr", "FBGEMM ms 1 thr",
+                              "FBGEMM / ours 1 thr", "ours ms 2 thr", "FBGEMM ms 2 thr",
+                              "FBGEMM / ours 2 thr", ">= 2x FBGEMM"], rows)]
+    phased = [r for r in w1_rows if r.get("phases") and r["optimizer"] in w1.FBGEMM_TWIN]
+    if phased:
+        names = ("lookup", "grouping", "gradient sum", "update", "apply (fused)")
+        out += ["", md_table(
+            ["W1 phases of ours", "thr"] + [f"{n} ms (GB/s)" for n in names] + ["step ms"],
+            [[f"{r['table'].replace('x', ' x ')} {r['ids']} {r['optimizer']}", r["threads"]]
+             + [f"{fmt(r['phases'][n]['ms'])} ({fmt(r['phases'][n]['gbps'], '.1f')})"
+                for n in names] + [fmt(r["ours_ms"])] for r in phased])]
+    torch_rows = [r for r in w1_rows if r["threads"] == max(x["threads"] for x in w1_rows)
+                  and r.get("speedup_vs_torch") is not None]
+    if torch_rows:
+        out += ["", md_table(
+            ["W1 vs torch, {} thr".format(torch_rows[0]["threads"]), "optimizer (torch twin)",
+             "ours ms", "torch ms", "torch / ours"],
+            [[f"{r['table'].replace('x', ' x ')} {r['ids']}",
+              f"{r['optimizer']} ({r['torch_twin']})", fmt(r["ours_ms"], ".1f"),
+              fmt(r["torch_ms"], ".1f"), xfmt(r["speedup_vs_torch"])] for r in torch_rows])]
+    if result.get("w2"):
+        out += ["", md_table(
+            ["W2 model, {} thr".format(result["w2"][0]["threads"]), "ours samples/s",
+             "torch samples/s", "ours / torch"],
+            [[r["model"], fmt(r["ours_samples_per_s"], ",.0f"), fmt(r["torch_samples_per_s"], ",.0f"),
+              xfmt(r["speedup_vs_torch"])] for r in result["w2"]])]
+    start = [("warm-cache start (import + first step)", result.get("start")),
+             ("cold compile of the W1 step (empty Numba cache)", result.get("cold_compile"))]
+    start = [(k, v) for k, v in start if v]
+    if start:
+        out += ["", md_table(["start-up", "s"], [[k, fmt(v["wall_s"])] for k, v in start])]
+    return "\n".join(out) + "\n"
+
+
 def plot(result, path):
     """Bars of speedup vs FBGEMM and torch (W1 steps, forwards, W2 models)."""
     import matplotlib
@@ -588,6 +661,11 @@ def parse_args(argv=None):
                    help="tiny run: 1Mx64 Zipf Adagrad at max threads, DeepFM, 2 rounds")
     p.add_argument("--json", metavar="OUT.json")
     p.add_argument("--plot", metavar="OUT.png")
+    p.add_argument("--markdown", metavar="OUT.md",
+                   help="also write the README's performance tables (markdown) of this run")
+    p.add_argument("--render", metavar="IN.json",
+                   help="run nothing: print the tables of a saved --json run (and write its"
+                        " --markdown / --plot)")
     args = p.parse_args(argv)
     if args.quick:
         args.tables, args.ids, args.optimizers = ["1Mx64"], ["zipf"], ["adagrad"]
@@ -649,6 +727,12 @@ def meta(argv, no_torch=False, no_fbgemm=False, load_before=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            result = json.load(f)
+        print(report(result))
+        write_outputs(result, args)
+        return result
     if args.nice and renice(args.nice) != args.nice:
         log(f"could not set niceness {args.nice} (needs root): running at "
             f"{os.getpriority(os.PRIO_PROCESS, 0)}")
@@ -678,13 +762,21 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=float)
         log(f"wrote {args.json}")
-    if args.plot:
-        plot(result, args.plot)
-        log(f"wrote {args.plot}")
+    write_outputs(result, args)
     if load_before["loaded"]:
         log(f"!!! reminder: 1-minute load {load_before['load_average'][0]:.2f} before the start"
             f" (>= {QUIET_LOAD}): these figures were measured UNDER LOAD")
     return result
+
+
+def write_outputs(result, args):
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(result))
+        log(f"wrote {args.markdown}")
+    if args.plot:
+        plot(result, args.plot)
+        log(f"wrote {args.plot}")
 
 
 def fbgemm_mismatches(result):

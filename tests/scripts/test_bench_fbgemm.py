@@ -91,6 +91,9 @@ def test_fbgemm_rows_in_report_and_targets():
     assert result["meta"]["peer"].startswith("FBGEMM") and result["meta"]["fbgemm_gpu"]
     goals = [t for t in result["targets"] if "FBGEMM ms / ours ms" in t["target"]]
     assert len(goals) == 1 and goals[0]["met"] == (rows[0]["speedup_vs_fbgemm"] >= 2.0)
+    md = bench.markdown(result)
+    ratio = f"**{rows[0]['speedup_vs_fbgemm']:.2f}x**"
+    assert "| toy zipf | adagrad |" in md and ratio in md and "measured under load" in md
 
 
 # ------------------------------------------------------------------ load

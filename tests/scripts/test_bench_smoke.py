@@ -167,7 +167,15 @@ def test_w2_row_and_report(w1_result, tmp_path):
     result["targets"] = bench.targets(result)
     text = bench.report(result)
     assert "W1 step" in text and "W2 end-to-end" in text and "Targets (issue 5" in text and "W1 phases of ours" in text
-    json.dumps(result, default=float)
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(result, default=float))
+    md = tmp_path / "run.md"
+    rendered = bench.main(["--render", str(saved), "--markdown", str(md)])
+    assert rendered["meta"]["command"] == "python scripts/bench.py --quick"
+    tables = md.read_text()
+    assert "| W2 model, " in tables and "`python scripts/bench.py --quick`" in tables
+    if torch is not None:
+        assert "| W1 vs torch, 1 thr |" in tables
     pytest.importorskip("matplotlib")
     if torch is not None:
         bench.plot(result, tmp_path / "ratios.png")
