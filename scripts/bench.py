@@ -73,6 +73,7 @@ grad = F.embedding_bag_grad(np.ones_like(out), values, offsets, 1000)
 times["grad"] = time.perf_counter() - t
 gs = st.GlobalStep()
 makers = {
+    "sgd": lambda: st.optim.GradientDescent(0.01),
     "adagrad": lambda: st.optim.Adagrad(0.01, initial_accumulator_value=0.0, epsilon=1e-10),
     "adagrad_decay": lambda: st.optim.AdagradDecay(0.01, gs),
     "lazy_adam": lambda: st.optim.LazyAdam(0.001),
@@ -743,14 +744,20 @@ def main(argv=None):
     result["first_calls"] = measure_first_calls()
     if "w1" in args.workloads:
         result["w1"], result["w1_forward"] = run_w1(args)
+        save_partial(result, args, argv, load_before)
     if "w2" in args.workloads:
         result["w2"] = run_w2(args)
+        save_partial(result, args, argv, load_before)
     if "start" in args.workloads:
-        log("warm-cache start (subprocess)")
-        result["start"] = measure_start()
-        if not args.no_compile:
-            log("cold compile (subprocess, empty Numba cache)")
-            result["cold_compile"] = measure_cold_compile()
+        try:  # a subprocess: its failure must not lose the figures above
+            log("warm-cache start (subprocess)")
+            result["start"] = measure_start()
+            if not args.no_compile:
+                log("cold compile (subprocess, empty Numba cache)")
+                result["cold_compile"] = measure_cold_compile()
+        except RuntimeError as error:
+            log(f"start-up measurement failed: {error}")
+            result["start_error"] = str(error)
     result["meta"] = meta(argv, args.no_torch, args.no_fbgemm, load_before)
     warn_if_loaded("at the end")
     result["peak_rss_mb"] = peak_rss_mb()
@@ -767,6 +774,15 @@ def main(argv=None):
         log(f"!!! reminder: 1-minute load {load_before['load_average'][0]:.2f} before the start"
             f" (>= {QUIET_LOAD}): these figures were measured UNDER LOAD")
     return result
+
+
+def save_partial(result, args, argv, load_before):
+    """Write the figures so far to ``--json`` (a long run interrupted keeps them)."""
+    if args.json:
+        partial = dict(result, meta=meta(argv, args.no_torch, args.no_fbgemm, load_before),
+                       partial=True)
+        with open(args.json, "w") as f:
+            json.dump(partial, f, indent=1, default=float)
 
 
 def write_outputs(result, args):

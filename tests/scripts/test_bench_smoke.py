@@ -191,3 +191,9 @@ def test_cli_defaults_and_quick():
     assert "sgd" in args.optimizers and args.phase_rounds == 3
     with pytest.raises(SystemExit):
         bench.parse_args(["--optimizers", "adam"])
+
+
+def test_first_step_script_knows_every_optimizer():
+    """The start-up subprocess builds each of the bench's optimizers by name."""
+    for name in w1.OPTIMIZERS:
+        assert f'"{name}": lambda' in bench.FIRST_STEP_SCRIPT, name
