@@ -780,7 +780,8 @@ def save_partial(result, args, argv, load_before):
     """Write the figures so far to ``--json`` (a long run interrupted keeps them)."""
     if args.json:
         partial = dict(result, meta=meta(argv, args.no_torch, args.no_fbgemm, load_before),
-                       partial=True)
+                       peak_rss_mb=peak_rss_mb(), partial=True)
+        partial["targets"] = targets(partial)
         with open(args.json, "w") as f:
             json.dump(partial, f, indent=1, default=float)
 
