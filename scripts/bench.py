@@ -597,7 +597,7 @@ def plot(result, path):
     fig.suptitle(f"sparse_train vs {meta.get('peer', '-')} and torch {meta['torch']} (same run;"
                  f" load before {fmt_load(load)}"
                  f"{', UNDER LOAD' if meta.get('under_load') else ''})", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / sum(heights)))  # room for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
