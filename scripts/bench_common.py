@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -28,15 +29,17 @@ def _load_fbgemm():
     if torch is None:
         return None, "torch not installed"
     try:
-        import fbgemm_gpu  # noqa: F401  registers torch.ops.fbgemm
-        from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
-        from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
-            EmbeddingLocation, PoolingMode)
-        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-            ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen)
+        with warnings.catch_warnings():
+            # its CPU build says, per GPU-only (SSD) module, that it could not load it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import fbgemm_gpu  # noqa: F401  registers torch.ops.fbgemm
+            from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+            from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+                EmbeddingLocation, PoolingMode)
+            from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+                ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen)
     except Exception as error:  # ImportError, or a torch it was not built for
         return None, f"fbgemm_gpu not usable: {type(error).__name__}: {error}"[:300]
-    from types import SimpleNamespace
     return SimpleNamespace(
         version=getattr(fbgemm_gpu, "__version__", "?"), OptimType=EmbOptimType,
         SparseType=SparseType, EmbeddingLocation=EmbeddingLocation, PoolingMode=PoolingMode,
@@ -128,6 +131,7 @@ def warn_if_loaded(when, threshold=QUIET_LOAD):
             f" (1-min >= {threshold}): other processes share the cores, the ms figures"
             f" are\nmeasured UNDER LOAD; compare only the same-round ratios.\n{bar}")
     return {"load_average": load, "loaded": loaded}
+
 
 def cpu_snapshot():
     """(CPU seconds the whole machine was busy, incl. hypervisor steal;

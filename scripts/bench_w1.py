@@ -36,10 +36,10 @@ import numpy as np
 
 import sparse_train as st
 from sparse_train import functional as F
+from sparse_train.sparse import GradPlan, RowSparseGrad
 
 from bench_common import (Contender, alternate, draw_ids, fbgemm, free_memory, ratio,
                           rss_mb, torch)
-from sparse_train.sparse import GradPlan, RowSparseGrad
 
 TABLES = {"1Mx64": (1_000_000, 64), "10Mx16": (10_000_000, 16)}
 DISTRIBUTIONS = ("zipf", "uniform")
