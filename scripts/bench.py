@@ -1,17 +1,26 @@
-"""Throughput benchmark: BENCH.md's W1 and W2 against PyTorch in the same run.
+"""Throughput benchmark: BENCH.md's W1 and W2 against FBGEMM and PyTorch in the same run.
 
     python scripts/bench.py                      # the default, a few minutes on 2 cores
     python scripts/bench.py --quick              # a tiny run (about half a minute)
     python scripts/bench.py --workloads w1 --tables 1Mx64 --ids zipf \\
         --optimizers adagrad --threads 2 --rounds 9 --json out.json --plot out.png
 
-Needs the ``bench`` extra for the baseline and the plot
-(``pip install -e .[bench]``); without torch our side still runs and the
-baseline is reported as skipped. Figures go to stdout as tables, progress to
-stderr. Every ratio is taken against torch in the same process and rounds,
-contenders alternating A B A B; medians over rounds; the first call (Numba
-compile or cache load, slot creation) is kept out of the rounds and reported
-apart, as is a cold compile in a subprocess with an empty Numba cache.
+Needs the ``bench`` extra for the peers and the plot
+(``pip install -e .[bench]``: ``fbgemm-gpu-cpu`` and the torch it was built
+for); without them our side still runs and the peers are reported as
+skipped. Figures go to stdout as tables, progress to stderr. Every ratio is
+taken against a peer in the same process and rounds, contenders alternating
+A B A B; medians over rounds; the first call (Numba compile or cache load,
+slot creation) is kept out of the rounds and reported apart, as is a cold
+compile in a subprocess with an empty Numba cache. FBGEMM (CPU TBE with the
+optimizer fused into its backward) runs SGD, Adagrad and row-wise Adagrad
+only after matching our weights on the config's first steps; a mismatch
+drops its figures for that config and makes the script exit with status 1.
+
+The load average is read before and after the run and written into the
+JSON with the command line and the versions; a 1-minute load >= 0.3 before
+the start is warned about loudly (the figures are then marked as measured
+under load) but the run goes on: the same-round ratios stay fair.
 """
 import argparse
 import json
@@ -30,12 +39,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_w1 as w1  # noqa: E402
 import bench_w2 as w2  # noqa: E402
-from bench_common import (free_memory, log, max_threads, peak_rss_mb, ratio,  # noqa: E402
-                          renice, set_threads, torch, wait_for_quiet)
+from bench_common import (FBGEMM_MISSING, QUIET_LOAD, fbgemm, free_memory,  # noqa: E402
+                          load_average, log, max_threads, peak_rss_mb, ratio, renice,
+                          set_threads, torch, wait_for_quiet, warn_if_loaded)
 
 #: Issue 5: 1M x 64 uniform within 1.3x of the random-access floor, "about
 #: 9.4 ms a step here" (BENCH.md's floor is about 7 ms).
 FLOOR_TARGET_MS = 9.4
+#: Issue 15: ours at least this many times faster than FBGEMM on every W1
+#: config (SGD, Adagrad, row-wise Adagrad; 1 and 2 threads).
+FBGEMM_TARGET = 2.0
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,6 +73,7 @@ grad = F.embedding_bag_grad(np.ones_like(out), values, offsets, 1000)
 times["grad"] = time.perf_counter() - t
 gs = st.GlobalStep()
 makers = {
+    "sgd": lambda: st.optim.GradientDescent(0.01),
     "adagrad": lambda: st.optim.Adagrad(0.01, initial_accumulator_value=0.0, epsilon=1e-10),
     "adagrad_decay": lambda: st.optim.AdagradDecay(0.01, gs),
     "lazy_adam": lambda: st.optim.LazyAdam(0.001),
@@ -154,7 +168,8 @@ def run_w1(args):
     for table_name in args.tables:
         num_rows, dim = w1.TABLES[table_name]
         log(f"W1 {table_name}: creating tables (ours, torch copy, NumPy copy)")
-        tables = w1.make_tables(num_rows, dim, not args.no_torch, not args.no_numpy)
+        tables = w1.make_tables(num_rows, dim, not args.no_torch, not args.no_numpy,
+                                with_fbgemm=not args.no_fbgemm)
         for distribution in args.ids:
             work = w1.make_workload(table_name, num_rows, dim, distribution, args.batches)
             warmup = max(args.warmup, args.batches + 1)  # fault every page the pool touches
@@ -169,9 +184,13 @@ def run_w1(args):
                     log(f"  {table_name} {distribution} threads={threads}: {optimizer}")
                     waited = args.settle()
                     rows.append(w1.run_config(tables, work, optimizer, threads, args.rounds,
-                                              args.steps, warmup, args.numpy_rounds))
+                                              args.steps, warmup, args.numpy_rounds,
+                                              args.phase_rounds))
                     rows[-1]["waited_s"] = waited
                     log("    " + short_w1(rows[-1]))
+                    if rows[-1]["fbgemm_error"]:
+                        log(f"    !!! FBGEMM CHECK FAILED, its figures dropped: "
+                            f"{rows[-1]['fbgemm_error']}")
             del work
             free_memory()
         del tables
@@ -207,7 +226,7 @@ def find(rows, **keys):
 
 
 def targets(result):
-    """Issue 5's targets, each with its measured figure and verdict."""
+    """Issue 5's and issue 15's targets, each with its measured figure and verdict."""
     out = []
 
     def add(name, goal, measured, met, note=""):
@@ -249,6 +268,16 @@ def targets(result):
         None if value is None else value >= 1.5,
         (row and row["note"]) or ("" if value is None or value >= 1.5
                                   else f"missed by {1.5 / value:.2f}x"))
+    for row in w1_rows:
+        if row["optimizer"] not in w1.FBGEMM_TWIN:
+            continue
+        value = row.get("speedup_vs_fbgemm")
+        add(f"W1 {row['table']} {row['ids']} {row['optimizer']} {row['threads']} thr: "
+            "FBGEMM ms / ours ms", f">= {FBGEMM_TARGET:g}x", value and f"{value:.2f}x",
+            None if value is None else value >= FBGEMM_TARGET,
+            row.get("fbgemm_error") and "FBGEMM check failed" or
+            ("" if value is None or value >= FBGEMM_TARGET
+             else f"missed by {FBGEMM_TARGET / value:.2f}x"))
     start = result.get("start")
     value = start and start["wall_s"]
     add("warm-cache start (import + first step)", "< 2 s", value and f"{value:.2f} s",
@@ -277,8 +306,9 @@ def table(headers, rows):
 
 
 def short_w1(row):
-    return (f"ours {row['ours_ms']:.2f} ms, torch {fmt(row['torch_ms'])} ms, "
-            f"numpy {fmt(row['numpy_ms'], '.1f')} ms, x torch {fmt(row['speedup_vs_torch'])}")
+    return (f"ours {row['ours_ms']:.2f} ms, FBGEMM {fmt(row.get('fbgemm_ms'))} ms, "
+            f"torch {fmt(row['torch_ms'])} ms, numpy {fmt(row['numpy_ms'], '.1f')} ms, "
+            f"x FBGEMM {fmt(row.get('speedup_vs_fbgemm'))}, x torch {fmt(row['speedup_vs_torch'])}")
 
 
 def phases(summary, names):
@@ -290,14 +320,20 @@ def phases(summary, names):
 def report(result):
     """The readable tables, one section a workload."""
     meta = result["meta"]
+    before, after = meta.get("load_before"), meta["load_average"]
     lines = [
         f"sparse_train bench  {meta['date']}  {meta['cpu']}  numba {meta['numba']} "
         f"({meta['numba_threading_layer']})  numpy {meta['numpy']}  "
-        f"baseline: {meta['baseline']}",
-        f"command: {meta['command']}   (git {meta['git']}, niceness {meta['niceness']}, load "
-        f"average at the end {', '.join(f'{x:.1f}' for x in meta['load_average'])})"]
+        f"baseline: {meta['baseline']}  peer: {meta.get('peer', '-')}",
+        f"command: {meta['command']}   (git {meta['git']}, niceness {meta['niceness']})",
+        f"load average (1, 5, 15 min) before: {fmt_load(before)}  after: {fmt_load(after)}"]
+    if meta.get("under_load"):
+        lines.append(f"!!! MEASURED UNDER LOAD (1-min load {before[0]:.2f} >= {QUIET_LOAD} before"
+                     " the start): ms figures are noisy; the same-round ratios are fair.")
     if result.get("w1"):
+        lines += fbgemm_section(result["w1"])
         lines += w1_sections(result["w1"])
+        lines += phase_section(result["w1"])
     if result.get("w1_forward"):
         lines.append("\nW1 forward alone: embedding_bag (sum) vs torch F.embedding_bag, ms")
         lines.append(table(["table", "ids", "thr", "ours", "torch", "x torch", "x best", "busy"],
@@ -318,12 +354,61 @@ def report(result):
     lines += start_section(result)
     lines.append(f"\nPeak RSS of this process (ru_maxrss, all sides): {result['peak_rss_mb']:.0f} MiB")
     if result.get("targets"):
-        lines.append("\nIssue 5 targets")
+        lines.append("\nTargets (issue 5: vs torch, floor, scaling, start; issue 15: vs FBGEMM)")
         lines.append(table(["target", "goal", "measured", "met", "note"],
                            [[t["target"], t["goal"], t["measured"] or "-",
                              {True: "yes", False: "NO", None: "n/a"}[t["met"]], t["note"] or ""]
                             for t in result["targets"]]))
     return "\n".join(lines)
+
+
+def fmt_load(load):
+    return "-" if not load else " ".join(f"{x:.2f}" for x in load)
+
+
+def fbgemm_section(rows):
+    """Issue 15's table: ours vs FBGEMM's fused CPU TBE on every config."""
+    peer_rows = [r for r in rows if r["optimizer"] in w1.FBGEMM_TWIN]
+    if not peer_rows:
+        return []
+    lines = ["\nW1 vs FBGEMM CPU TBE (optimizer fused in backward), same rounds:"
+             " x FBGEMM = FBGEMM ms / ours ms; >= 2x = issue 15's target"]
+    lines.append(table(
+        ["table", "ids", "optimizer", "thr", "ours", "FBGEMM", "torch", "x FBGEMM", "x best",
+         ">= 2x", "x torch", "check rel", "busy"],
+        [[r["table"], r["ids"], r["optimizer"], r["threads"], fmt(r["ours_ms"]),
+          fmt(r.get("fbgemm_ms")), fmt(r["torch_ms"]), fmt(r.get("speedup_vs_fbgemm")),
+          fmt(r.get("speedup_vs_fbgemm_best")),
+          "FAILED CHECK" if r.get("fbgemm_error") else
+          {True: "yes", False: "no", None: "-"}[None if r.get("speedup_vs_fbgemm") is None
+                                                 else r["speedup_vs_fbgemm"] >= FBGEMM_TARGET],
+          fmt(r["speedup_vs_torch"]),
+          fmt((r.get("fbgemm_check") or {}).get("rel"), ".1e"),
+          fmt(r["others_cores"], ".1f")] for r in peer_rows]))
+    lines.append(f"check rel = max|ours - FBGEMM| / max|FBGEMM| over the touched rows after"
+                 f" {w1.CHECK_STEPS} steps from the same weights (refused above"
+                 f" {w1.CHECK_RTOL:g}).  x best = fastest rounds.")
+    return lines
+
+
+def phase_section(rows):
+    """One step of ours cut into phases: ms and GB/s of compulsory bytes."""
+    phased = [r for r in rows if r.get("phases")]
+    if not phased:
+        return []
+    names = ("lookup", "grouping", "gradient sum", "update", "apply (fused)")
+    lines = ["\nW1 phases of ours (median ms | GB/s of compulsory bytes); the real step fuses"
+             " gradient sum + update into apply"]
+    lines.append(table(
+        ["table", "ids", "optimizer", "thr"] + list(names) + ["step"],
+        [[r["table"], r["ids"], r["optimizer"], r["threads"]]
+         + [f"{fmt(r['phases'][n]['ms'])} | {fmt(r['phases'][n]['gbps'], '.1f')}"
+            if n in r["phases"] else "-" for n in names] + [fmt(r["ours_ms"])]
+         for r in phased]))
+    lines.append("bytes: lookup U rows + 8N ids + B x D out; grouping 16N + 8U; gradient sum"
+                 " 8N + B x D dy + U rows; update U rows + 2U (row + slots); fused apply"
+                 " 8N + B x D + 2U (row + slots).")
+    return lines
 
 
 def w1_sections(rows):
@@ -395,12 +480,88 @@ def start_section(result):
     return ["\nStart-up and compile (s)", table(["what", "wall s", "phases (s)"], rows)]
 
 
+def xfmt(value):
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def md_table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def markdown(result):
+    """The README's performance tables of one run, with its command and load."""
+    meta, w1_rows = result["meta"], result.get("w1", [])
+    load = meta.get("load_before")
+    out = [f"Run {meta['date']} UTC on {meta['cpu']}, git {meta['git']}, numba {meta['numba']},"
+           f" {meta.get('peer', '-')}, torch {meta['torch'] or 'not installed'};"
+           f" `{meta['command']}` took {result.get('elapsed_s', 0) / 60:.0f} min;"
+           f" load average (1, 5, 15 min) {fmt_load(load)} before, {fmt_load(meta['load_average'])}"
+           " after" + (" (**measured under load**: the milliseconds are noisy, the same-round"
+                       " ratios fair)." if meta.get("under_load") else " (quiet).")]
+    configs = []
+    for r in w1_rows:
+        key = (r["table"], r["ids"], r["optimizer"])
+        if r["optimizer"] in w1.FBGEMM_TWIN and key not in configs:
+            configs.append(key)
+    if configs:
+        rows = []
+        for table_name, ids, optimizer in configs:
+            cells, verdicts = [], []
+            for threads in (1, 2):
+                r = find(w1_rows, table=table_name, ids=ids, optimizer=optimizer, threads=threads)
+                x = r and r.get("speedup_vs_fbgemm")
+                cells += [fmt(r and r["ours_ms"], ".1f"), fmt(r and r.get("fbgemm_ms"), ".1f"),
+                          f"**{fmt(x)}x**" if x is not None else "-"]
+                if x is not None:
+                    verdicts.append((threads, x >= FBGEMM_TARGET))
+            met = [t for t, ok in verdicts if ok]
+            verdict = ("yes" if verdicts and len(met) == len(verdicts) else
+                       "no" if not met else f"{met[0]} thr only")
+            rows.append([f"{table_name.replace('x', ' x ')} {ids}", optimizer] + cells + [verdict])
+        out += ["", md_table(["W1 table, ids", "optimizer", "ours ms 1 thr", "FBGEMM ms 1 thr",
+                              "FBGEMM / ours 1 thr", "ours ms 2 thr", "FBGEMM ms 2 thr",
+                              "FBGEMM / ours 2 thr", ">= 2x FBGEMM"], rows)]
+    phased = [r for r in w1_rows if r.get("phases") and r["optimizer"] in w1.FBGEMM_TWIN]
+    if phased:
+        names = ("lookup", "grouping", "gradient sum", "update", "apply (fused)")
+        out += ["", md_table(
+            ["W1 phases of ours", "thr"] + [f"{n} ms (GB/s)" for n in names] + ["step ms"],
+            [[f"{r['table'].replace('x', ' x ')} {r['ids']} {r['optimizer']}", r["threads"]]
+             + [f"{fmt(r['phases'][n]['ms'])} ({fmt(r['phases'][n]['gbps'], '.1f')})"
+                for n in names] + [fmt(r["ours_ms"])] for r in phased])]
+    torch_rows = [r for r in w1_rows if r["threads"] == max(x["threads"] for x in w1_rows)
+                  and r.get("speedup_vs_torch") is not None]
+    if torch_rows:
+        out += ["", md_table(
+            ["W1 vs torch, {} thr".format(torch_rows[0]["threads"]), "optimizer (torch twin)",
+             "ours ms", "torch ms", "torch / ours"],
+            [[f"{r['table'].replace('x', ' x ')} {r['ids']}",
+              f"{r['optimizer']} ({r['torch_twin']})", fmt(r["ours_ms"], ".1f"),
+              fmt(r["torch_ms"], ".1f"), xfmt(r["speedup_vs_torch"])] for r in torch_rows])]
+    if result.get("w2"):
+        out += ["", md_table(
+            ["W2 model, {} thr".format(result["w2"][0]["threads"]), "ours samples/s",
+             "torch samples/s", "ours / torch"],
+            [[r["model"], fmt(r["ours_samples_per_s"], ",.0f"), fmt(r["torch_samples_per_s"], ",.0f"),
+              xfmt(r["speedup_vs_torch"])] for r in result["w2"]])]
+    start = [("warm-cache start (import + first step)", result.get("start")),
+             ("cold compile of the W1 step (empty Numba cache)", result.get("cold_compile"))]
+    start = [(k, v) for k, v in start if v]
+    if start:
+        out += ["", md_table(["start-up", "s"], [[k, fmt(v["wall_s"])] for k, v in start])]
+    return "\n".join(out) + "\n"
+
+
 def plot(result, path):
-    """Bars of speedup vs torch (W1 steps, forwards, W2 models)."""
+    """Bars of speedup vs FBGEMM and torch (W1 steps, forwards, W2 models)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [
+        ("W1 step: FBGEMM ms / ours ms (line: issue 15's 2x)",
+         [(f"{r['table']} {r['ids']} {r['optimizer']} t{r['threads']}",
+           r.get("speedup_vs_fbgemm")) for r in result.get("w1", [])]),
         ("W1 step: torch ms / ours ms",
          [(f"{r['table']} {r['ids']} {r['optimizer']} t{r['threads']}", r["speedup_vs_torch"])
           for r in result.get("w1", [])]),
@@ -420,15 +581,23 @@ def plot(result, path):
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (title, bars) in zip(axes[:, 0], panels):
         labels, values = zip(*bars)
-        ax.barh(range(len(values)), values, color=["C2" if v >= 1 else "C3" for v in values])
+        good = FBGEMM_TARGET if title.startswith("W1 step: FBGEMM") else 1.0
+        ax.barh(range(len(values)), values,
+                color=["C2" if v >= good else "C1" if v >= 1 else "C3" for v in values])
         ax.set_yticks(range(len(values)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.axvline(1.0, color="k", linewidth=0.8)
+        if title.startswith("W1 step: FBGEMM"):
+            ax.axvline(FBGEMM_TARGET, color="C0", linewidth=0.8, linestyle="--")
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}x", va="center", fontsize=7)
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"sparse_train vs torch {result['meta']['torch']} (same run)", fontsize=10)
-    fig.tight_layout()
+    meta = result["meta"]
+    load = meta.get("load_before")
+    fig.suptitle(f"sparse_train vs {meta.get('peer', '-')} and torch {meta['torch']} (same run;"
+                 f" load before {fmt_load(load)}"
+                 f"{', UNDER LOAD' if meta.get('under_load') else ''})", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / sum(heights)))  # room for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -482,6 +651,10 @@ def parse_args(argv=None):
                         " processes on a shared machine disturb the figures less (default 0:"
                         " unchanged)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--no-fbgemm", action="store_true", help="skip the FBGEMM peer")
+    p.add_argument("--phase-rounds", type=int, default=3,
+                   help="rounds in which ours also runs cut into phases (lookup, grouping,"
+                        " gradient sum, update); 0: no phase breakdown")
     p.add_argument("--no-numpy", action="store_true", help="skip the NumPy reference")
     p.add_argument("--no-compile", action="store_true",
                    help="skip the cold-compile subprocess (empty Numba cache)")
@@ -489,6 +662,11 @@ def parse_args(argv=None):
                    help="tiny run: 1Mx64 Zipf Adagrad at max threads, DeepFM, 2 rounds")
     p.add_argument("--json", metavar="OUT.json")
     p.add_argument("--plot", metavar="OUT.png")
+    p.add_argument("--markdown", metavar="OUT.md",
+                   help="also write the README's performance tables (markdown) of this run")
+    p.add_argument("--render", metavar="IN.json",
+                   help="run nothing: print the tables of a saved --json run (and write its"
+                        " --markdown / --plot)")
     args = p.parse_args(argv)
     if args.quick:
         args.tables, args.ids, args.optimizers = ["1Mx64"], ["zipf"], ["adagrad"]
@@ -500,10 +678,13 @@ def parse_args(argv=None):
     if torch is None and not args.no_torch:
         log("torch is not installed (pip install -e .[bench]): the PyTorch baseline is skipped")
         args.no_torch = True
+    if fbgemm is None and not args.no_fbgemm:
+        log(f"FBGEMM is skipped ({FBGEMM_MISSING}; pip install -e .[bench])")
+        args.no_fbgemm = True
     return args
 
 
-def meta(argv, no_torch=False):
+def meta(argv, no_torch=False, no_fbgemm=False, load_before=None):
     import numba
     import sparse_train
     try:
@@ -529,34 +710,56 @@ def meta(argv, no_torch=False):
             "numba_num_threads": max_threads(), "torch": torch and torch.__version__,
             "baseline": ("skipped: torch not installed" if torch is None else
                          "skipped: --no-torch" if no_torch else f"torch {torch.__version__}"),
+            "fbgemm_gpu": fbgemm and fbgemm.version,
+            "peer": (f"skipped: {FBGEMM_MISSING}" if fbgemm is None else
+                     "skipped: --no-fbgemm" if no_fbgemm else
+                     f"FBGEMM {fbgemm.version} CPU TBE"),
             "sparse_train": sparse_train.__version__,
             "git": commit + ("+dirty" if dirty else ""),
             "niceness": os.getpriority(os.PRIO_PROCESS, 0),
-            "load_average": os.getloadavg(),
+            "load_average": load_average(),
+            "load_before": load_before and load_before["load_average"],
+            "under_load": bool(load_before and load_before["loaded"]),
+            "quiet_load": QUIET_LOAD,
+            "argv": [sys.executable, os.path.abspath(__file__)] + list(argv),
             "command": " ".join(["python", "scripts/bench.py"] + list(argv))}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            result = json.load(f)
+        print(report(result))
+        write_outputs(result, args)
+        return result
     if args.nice and renice(args.nice) != args.nice:
         log(f"could not set niceness {args.nice} (needs root): running at "
             f"{os.getpriority(os.PRIO_PROCESS, 0)}")
+    load_before = warn_if_loaded("before the start")
     started = time.perf_counter()
     result = {}
     log("first calls in process (tiny table)")
     result["first_calls"] = measure_first_calls()
     if "w1" in args.workloads:
         result["w1"], result["w1_forward"] = run_w1(args)
+        save_partial(result, args, argv, load_before)
     if "w2" in args.workloads:
         result["w2"] = run_w2(args)
+        save_partial(result, args, argv, load_before)
     if "start" in args.workloads:
-        log("warm-cache start (subprocess)")
-        result["start"] = measure_start()
-        if not args.no_compile:
-            log("cold compile (subprocess, empty Numba cache)")
-            result["cold_compile"] = measure_cold_compile()
-    result["meta"] = meta(argv, args.no_torch)
+        try:  # a subprocess: its failure must not lose the figures above
+            log("warm-cache start (subprocess)")
+            result["start"] = measure_start()
+            if not args.no_compile:
+                log("cold compile (subprocess, empty Numba cache)")
+                result["cold_compile"] = measure_cold_compile()
+        except RuntimeError as error:
+            log(f"start-up measurement failed: {error}")
+            result["start_error"] = str(error)
+    result["meta"] = meta(argv, args.no_torch, args.no_fbgemm, load_before)
+    warn_if_loaded("at the end")
     result["peak_rss_mb"] = peak_rss_mb()
     result["targets"] = targets(result)
     result["elapsed_s"] = time.perf_counter() - started
@@ -566,11 +769,40 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=float)
         log(f"wrote {args.json}")
-    if args.plot:
-        plot(result, args.plot)
-        log(f"wrote {args.plot}")
+    write_outputs(result, args)
+    if load_before["loaded"]:
+        log(f"!!! reminder: 1-minute load {load_before['load_average'][0]:.2f} before the start"
+            f" (>= {QUIET_LOAD}): these figures were measured UNDER LOAD")
     return result
 
 
+def save_partial(result, args, argv, load_before):
+    """Write the figures so far to ``--json`` (a long run interrupted keeps them)."""
+    if args.json:
+        partial = dict(result, meta=meta(argv, args.no_torch, args.no_fbgemm, load_before),
+                       peak_rss_mb=peak_rss_mb(), partial=True)
+        partial["targets"] = targets(partial)
+        with open(args.json, "w") as f:
+            json.dump(partial, f, indent=1, default=float)
+
+
+def write_outputs(result, args):
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(result))
+        log(f"wrote {args.markdown}")
+    if args.plot:
+        plot(result, args.plot)
+        log(f"wrote {args.plot}")
+
+
+def fbgemm_mismatches(result):
+    """The configs whose FBGEMM check failed."""
+    return [r for r in result.get("w1", []) if r.get("fbgemm_error")]
+
+
 if __name__ == "__main__":
-    main()
+    failed = fbgemm_mismatches(main())
+    for row in failed:
+        log(f"FBGEMM check failed: {row['fbgemm_error']}")
+    sys.exit(1 if failed else 0)

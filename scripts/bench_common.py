@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -20,6 +21,33 @@ except ImportError:  # the baseline is optional: `pip install -e .[bench]`
 else:
     # torch.optim's sparse path says this once per process; it is not ours.
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+def _load_fbgemm():
+    """FBGEMM's CPU table-batched embedding (``fbgemm-gpu-cpu``, bench extra),
+    or None with the reason it is missing."""
+    if torch is None:
+        return None, "torch not installed"
+    try:
+        with warnings.catch_warnings():
+            # its CPU build says, per GPU-only (SSD) module, that it could not load it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import fbgemm_gpu  # noqa: F401  registers torch.ops.fbgemm
+            from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+            from fbgemm_gpu.split_table_batched_embeddings_ops_common import (
+                EmbeddingLocation, PoolingMode)
+            from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+                ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen)
+    except Exception as error:  # ImportError, or a torch it was not built for
+        return None, f"fbgemm_gpu not usable: {type(error).__name__}: {error}"[:300]
+    return SimpleNamespace(
+        version=getattr(fbgemm_gpu, "__version__", "?"), OptimType=EmbOptimType,
+        SparseType=SparseType, EmbeddingLocation=EmbeddingLocation, PoolingMode=PoolingMode,
+        ComputeDevice=ComputeDevice, TBE=SplitTableBatchedEmbeddingBagsCodegen), None
+
+
+#: FBGEMM's names (None where it cannot load) and why it is missing.
+fbgemm, FBGEMM_MISSING = _load_fbgemm()
 
 MB = 1 << 20
 
@@ -54,7 +82,7 @@ def set_threads(num_threads):
     caps the maximum (it defaults to the core count)."""
     import numba
     numba.set_num_threads(num_threads)
-    if torch is not None:
+    if torch is not None:  # FBGEMM's CPU kernels run on torch's pool too
         torch.set_num_threads(num_threads)
 
 
@@ -81,6 +109,30 @@ def free_memory():
 
 
 # ---------------------------------------------------------------- noise
+#: BENCH.md / issue 15: figures count as quiet only below this 1-minute load.
+QUIET_LOAD = 0.3
+
+
+def load_average():
+    """(1, 5, 15)-minute load averages of the machine (``os.getloadavg``)."""
+    return tuple(round(x, 2) for x in os.getloadavg())
+
+
+def warn_if_loaded(when, threshold=QUIET_LOAD):
+    """Read the load average; if the 1-minute figure is >= ``threshold``,
+    say so loudly on stderr (the host is shared: the run goes on, its
+    milliseconds are noisy, its same-round ratios still fair). Returns
+    {"load_average": (1, 5, 15), "loaded": bool}."""
+    load = load_average()
+    loaded = load[0] >= threshold
+    if loaded:
+        bar = "!" * 78
+        log(f"{bar}\nWARNING: load average {when} is {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+            f" (1-min >= {threshold}): other processes share the cores, the ms figures"
+            f" are\nmeasured UNDER LOAD; compare only the same-round ratios.\n{bar}")
+    return {"load_average": load, "loaded": loaded}
+
+
 def cpu_snapshot():
     """(CPU seconds the whole machine was busy, incl. hypervisor steal;
     CPU seconds of this process, all threads; wall clock)."""

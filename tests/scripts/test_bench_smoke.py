@@ -3,7 +3,8 @@
 Checks that each workload function returns its figures under the expected
 keys and that our step agrees with the bench's NumPy reference step. It
 times nothing worth asserting: benchmarks report figures, they are not
-timed tests. The torch parts run only where torch is installed.
+timed tests. The torch parts run only where torch is installed; FBGEMM's
+are in test_bench_fbgemm.py.
 """
 import json
 import os
@@ -12,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "scripts"))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import bench  # noqa: E402
 import bench_w1 as w1  # noqa: E402
@@ -55,6 +56,33 @@ def test_our_step_matches_numpy_reference(optimizer):
         assert reference.slots["accumulator_decay_power"].max() >= 2
 
 
+@pytest.mark.parametrize("optimizer", w1.OPTIMIZERS)
+def test_phase_step_matches_numpy_reference(optimizer):
+    """Ours cut into phases (pre-summed gradient, then the update alone)
+    computes the same step as the NumPy reference."""
+    work = toy_workload()
+    tables = w1.make_tables(TOY_ROWS, TOY_DIM, with_torch=False, with_numpy=True)
+    global_step = st.GlobalStep()
+    ours = w1.make_optimizer(optimizer, global_step, accumulator_decay_step=2)
+    reference = w1.NumpyOptimizer(optimizer, (TOY_ROWS, TOY_DIM), accumulator_decay_step=2)
+    for i in range(4):
+        values, offsets = work.batches[i % len(work.batches)]
+        times = w1.our_phase_step(tables.ours, ours, global_step, values, offsets, work.d_out)
+        w1.numpy_step(tables.numpy, reference, values, offsets, work.d_out)
+    assert list(times) == ["lookup", "grouping", "gradient sum", "update"]
+    np.testing.assert_allclose(tables.ours.value, tables.numpy, rtol=1e-5, atol=1e-6)
+
+
+def test_phase_bytes_count_each_pass_once():
+    # N = 10 ids, U = 4 rows, B = 2 bags, D = 8 (32-byte rows), 32 slot bytes
+    nbytes = w1.phase_bytes(10, 4, 2, 8, 32)
+    assert nbytes["lookup"] == 4 * 32 + 80 + 2 * 32
+    assert nbytes["grouping"] == 160 + 32
+    assert nbytes["gradient sum"] == 80 + 64 + 128
+    assert nbytes["update"] == 128 + 2 * 4 * 64
+    assert nbytes["apply (fused)"] == 80 + 64 + 2 * 4 * 64
+
+
 def test_numpy_grad_sums_duplicates():
     d_out = np.array([[1.0, 2.0], [10.0, 20.0]], np.float32)
     rows, g = w1.numpy_grad(d_out, np.array([5, 3, 5]), np.array([0, 2, 3]))
@@ -75,7 +103,8 @@ def test_zipf_ids_are_skewed_and_in_range():
 def w1_result():
     work = toy_workload()
     tables = w1.make_tables(TOY_ROWS, TOY_DIM, with_torch=True, with_numpy=True)
-    rows = [w1.run_config(tables, work, name, 1, rounds=2, steps=1, warmup=1, numpy_rounds=1)
+    rows = [w1.run_config(tables, work, name, 1, rounds=2, steps=1, warmup=1, numpy_rounds=1,
+                          phase_rounds=1)
             for name in w1.OPTIMIZERS]
     forward = [w1.run_forward(tables, work, 1, rounds=2, steps=1, warmup=1)]
     return rows, forward
@@ -91,6 +120,10 @@ def test_w1_rows_have_the_figures(w1_result):
             assert key in row, key
         assert row["ours_ms"] > 0 and row["numpy_ms"] > 0 and row["effective_gbps"] > 0
         assert set(row["ours"]["phases_ms"]) == {"lookup", "grad", "apply"}
+        assert set(row["phases"]) == {"lookup", "grouping", "gradient sum", "update",
+                                      "apply (fused)"}
+        assert all(p["ms"] > 0 and p["bytes"] > 0 for p in row["phases"].values())
+        assert row["fbgemm_ms"] is None and row["fbgemm_error"] is None  # not asked for
         assert 0 < row["unique_rows"] <= 64
         if torch is None:
             assert row["torch_ms"] is None and row["speedup_vs_torch"] is None
@@ -133,8 +166,16 @@ def test_w2_row_and_report(w1_result, tmp_path):
               "meta": bench.meta(["--quick"])}
     result["targets"] = bench.targets(result)
     text = bench.report(result)
-    assert "W1 step" in text and "W2 end-to-end" in text and "Issue 5 targets" in text
-    json.dumps(result, default=float)
+    assert "W1 step" in text and "W2 end-to-end" in text and "Targets (issue 5" in text and "W1 phases of ours" in text
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(result, default=float))
+    md = tmp_path / "run.md"
+    rendered = bench.main(["--render", str(saved), "--markdown", str(md)])
+    assert rendered["meta"]["command"] == "python scripts/bench.py --quick"
+    tables = md.read_text()
+    assert "| W2 model, " in tables and "`python scripts/bench.py --quick`" in tables
+    if torch is not None:
+        assert "| W1 vs torch, 1 thr |" in tables
     pytest.importorskip("matplotlib")
     if torch is not None:
         bench.plot(result, tmp_path / "ratios.png")
@@ -147,5 +188,12 @@ def test_cli_defaults_and_quick():
     assert args.optimizers == list(w1.OPTIMIZERS)
     quick = bench.parse_args(["--quick"])
     assert quick.tables == ["1Mx64"] and quick.rounds == 2
+    assert "sgd" in args.optimizers and args.phase_rounds == 3
     with pytest.raises(SystemExit):
-        bench.parse_args(["--optimizers", "sgd"])
+        bench.parse_args(["--optimizers", "adam"])
+
+
+def test_first_step_script_knows_every_optimizer():
+    """The start-up subprocess builds each of the bench's optimizers by name."""
+    for name in w1.OPTIMIZERS:
+        assert f'"{name}": lambda' in bench.FIRST_STEP_SCRIPT, name
