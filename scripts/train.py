@@ -36,7 +36,7 @@ else:  # pragma: no cover
 DEFAULTS = {
     "config": None, "data": None, "valid": None, "valid_fraction": 0.1,
     "format": "synthetic", "schema": None, "model": "deepfm", "embedding_dim": 16,
-    "hidden_units": "256,128", "batch_size": 512, "epochs": 20,
+    "hidden_units": "256,128", "batch_size": 512, "epochs": 200,
     "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.5,
     "dense_optimizer": "auto", "dense_learning_rate": 0.001,
     "accumulator_decay_step": 100_000, "clip_norm": None,
@@ -48,7 +48,7 @@ DEFAULTS = {
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
     "distributed": False, "label": None, "overwrite": False, "predict_out": None,
     "export_onnx": None, "export_vocabulary": False,
-    "early_stopping_patience": 3, "early_stopping_patience_steps": 0,
+    "early_stopping_patience": 3, "early_stopping_patience_steps": 50,
     "early_stopping_metric": "auc", "early_stopping_min_delta": 0.0,
     "eval_every_steps": 0, "lr_decay_factor": None, "lr_decay_patience": 0,
     "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
