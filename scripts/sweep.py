@@ -6,6 +6,7 @@ defaults of ``scripts/train.py`` were chosen from.
 
     python scripts/sweep.py                       # every data set, the candidates below
     python scripts/sweep.py --data clothing,ipinyou --models lr --json sweep.json
+    python scripts/sweep.py --data movielens_sample --candidates defaults,previous --seeds 20
 
 A candidate is a list of ``scripts/train.py`` flags added to each data set's
 own flags (``[]`` is the script's defaults). Small samples (a few hundred
@@ -13,13 +14,16 @@ rows) are scored over several random train/validation splits (``--seeds``)
 and averaged, since one split of 20 validation rows says little. Each row
 gives AUC and logloss at the end of the run (what the flags deliver, early
 stopping included) and sklearn's LR (one-hot categoricals, standardized
-numerics, C=1) on the same rows.
+numerics, C=1) on the same rows; "sklearn LR AUC" of several splits is
+their mean +- the standard deviation of one split's AUC (the noise of a
+single split: a gap smaller than it says little).
 """
 import argparse
 import contextlib
 import importlib.util
 import io
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -62,9 +66,20 @@ DATASETS = {
     "synthetic": (["--examples", "100000"], None),
 }
 
-#: Candidate flag sets; [] is the script's defaults.
-CANDIDATES = {"defaults": []}
-DEFAULT_CANDIDATES = tuple(CANDIDATES)
+#: Candidate flag sets; [] is the script's defaults. The named ones are those
+#: the current defaults were chosen against (README, How the defaults were
+#: chosen); run them with --candidates defaults,previous,...
+CANDIDATES = {
+    "defaults": [],
+    # the defaults before: an epoch cap of 20, patience counted in evaluations only
+    "previous": ["--epochs", "20", "--early-stopping-patience-steps", "0"],
+    "patience_steps_25": ["--early-stopping-patience-steps", "25"],
+    "patience_steps_100": ["--early-stopping-patience-steps", "100", "--epochs", "300"],
+    "epochs_100": ["--epochs", "100"],
+    # no early stopping, so no pick of the best evaluation on the scored rows
+    "fixed_120_epochs": ["--early-stopping-patience", "0", "--epochs", "120"],
+}
+DEFAULT_CANDIDATES = ("defaults",)
 
 
 def run(train_script, flags, model, seed, workdir):
@@ -90,7 +105,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=",".join(DATASETS), help="data sets, comma-separated")
     p.add_argument("--models", default="lr,fm,deepfm")
-    p.add_argument("--candidates", default=",".join(CANDIDATES),
+    p.add_argument("--candidates", default=",".join(DEFAULT_CANDIDATES),
                    help="names from CANDIDATES, comma-separated")
     p.add_argument("--candidate", action="append", default=[], metavar="NAME=FLAGS",
                    help="an extra candidate, e.g. 'long=--epochs 10' (repeatable)")
@@ -101,7 +116,7 @@ def main(argv=None):
         name, _, flags = item.partition("=")
         CANDIDATES[name] = flags.split()
     if a.candidate and a.candidates == ",".join(DEFAULT_CANDIDATES):
-        a.candidates = ",".join(CANDIDATES)
+        a.candidates = ",".join([*DEFAULT_CANDIDATES, *(c.partition("=")[0] for c in a.candidate)])
     train_script, baselines = _load("train"), _load("baselines")
     rows, table = [], ["| data | candidate | model | AUC | logloss | sklearn LR AUC | "
                        "sklearn LR logloss | epochs run | best epoch's AUC |",
@@ -115,6 +130,8 @@ def main(argv=None):
             seeds = range(a.seeds or splits or 1)
             base = [baseline(train_script, baselines, flags, s) for s in seeds]
             base_auc = sum(b["auc"] for b in base) / len(base)
+            spread = (f" +- {statistics.stdev(b['auc'] for b in base):.4f}" if len(base) > 1
+                      else "")
             base_ll = sum(b["logloss"] for b in base) / len(base)
             for cand in a.candidates.split(","):
                 for model in a.models.split(","):
@@ -129,7 +146,8 @@ def main(argv=None):
                                      sklearn_auc=base_auc, sklearn_logloss=base_ll,
                                      history=[m["history"] for m in ms]))
                     table.append(f"| {name} | {cand} | {model} | {auc:.4f} | {ll:.4f} | "
-                                 f"{base_auc:.4f} | {base_ll:.4f} | {epochs:.1f} | {best:.4f} |")
+                                 f"{base_auc:.4f}{spread} | {base_ll:.4f} | {epochs:.1f} | "
+                                 f"{best:.4f} |")
                     print(f"{table[-1]}  ({time.perf_counter() - started:.0f} s)",
                           file=sys.stderr, flush=True)
     if a.json:

@@ -38,7 +38,7 @@ else:  # pragma: no cover
 DEFAULTS = {
     "config": None, "data": None, "valid": None, "valid_fraction": 0.1,
     "format": "synthetic", "schema": None, "model": "deepfm", "embedding_dim": 16,
-    "hidden_units": "256,128", "batch_size": 512, "epochs": 20,
+    "hidden_units": "256,128", "batch_size": 512, "epochs": 200,
     "sparse_optimizer": "adagrad_decay", "sparse_learning_rate": 0.5,
     "dense_optimizer": "auto", "dense_learning_rate": 0.001,
     "accumulator_decay_step": 100_000, "clip_norm": None,
@@ -50,7 +50,8 @@ DEFAULTS = {
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
     "distributed": False, "label": None, "overwrite": False, "predict_out": None,
     "export_onnx": None, "export_vocabulary": False,
-    "early_stopping_patience": 3, "early_stopping_metric": "auc", "early_stopping_min_delta": 0.0,
+    "early_stopping_patience": 3, "early_stopping_patience_steps": 50,
+    "early_stopping_metric": "auc", "early_stopping_min_delta": 0.0,
     "eval_every_steps": 0, "lr_decay_factor": None, "lr_decay_patience": 0,
     "min_learning_rate": 0.0, "l2_embedding": 0.0, "l2_dense": 0.0,
     "ftrl_l1": 0.0, "ftrl_l2": 0.0, "normalizer": None,
@@ -160,6 +161,9 @@ def _parser():
     train.add_argument("--early-stopping-patience", type=int, help="stop after this many "
                        "evaluations without improvement and restore the best state; --epochs "
                        "is then a maximum (0: off)")
+    train.add_argument("--early-stopping-patience-steps", type=int, help="and only once this "
+                       "many steps have passed since the best evaluation (a tiny data set "
+                       "trains one step an epoch)")
     train.add_argument("--early-stopping-metric", choices=("auc", "logloss"),
                        help="validation metric of early stopping and --lr-decay-factor")
     train.add_argument("--early-stopping-min-delta", type=float,
@@ -300,6 +304,7 @@ _AT_LEAST = {"batch_size": 1, "epochs": 1, "embedding_dim": 1, "examples": 1, "m
              "hash_buckets": 1, "keep_checkpoints": 1, "threads": 1, "num_fields": 1,
              "max_examples": 1, "max_steps": 1, "accumulator_decay_step": 1,
              "checkpoint_every": 0, "seed": 0, "early_stopping_patience": 0,
+             "early_stopping_patience_steps": 0,
              "eval_every_steps": 0, "lr_decay_patience": 0,
              "filter_freq": 0, "steps_to_live": 0, "evict_every_steps": 0,
              **{key: 1 for key in DATA_LIMITS}}
@@ -373,6 +378,8 @@ _APPLIES = (
      "dense weights with the sparse optimizer's rule and --sparse-learning-rate)"),
     ("ftrl_l1", _uses_ftrl, "with --sparse-optimizer or --dense-optimizer ftrl"),
     ("ftrl_l2", _uses_ftrl, "with --sparse-optimizer or --dense-optimizer ftrl"),
+    ("early_stopping_patience_steps", lambda a: a.early_stopping_patience,
+     "with --early-stopping-patience > 0"),
     ("early_stopping_metric", lambda a: a.early_stopping_patience or a.lr_decay_factor,
      "with --early-stopping-patience > 0 or --lr-decay-factor"),
     ("early_stopping_min_delta", lambda a: a.early_stopping_patience or a.lr_decay_factor,
@@ -805,7 +812,7 @@ def schedules(args, optimizers, state_variables, global_step, checkpoint_state=N
     if args.early_stopping_patience:
         options["early_stopping"] = EarlyStopping(
             args.early_stopping_patience, args.early_stopping_metric,
-            args.early_stopping_min_delta)
+            args.early_stopping_min_delta, args.early_stopping_patience_steps)
         options["best_state"] = (MemoryState(state_variables, global_step)
                                  if checkpoint_state is None else checkpoint_state)
     return options
@@ -815,7 +822,7 @@ def distributed_options(args):
     """The keywords of ``distributed.train_distributed`` for L2, early
     stopping and plateau decay (the flags of the same names)."""
     keys = ("l2_embedding", "l2_dense", "eval_every_steps", "early_stopping_patience",
-            "early_stopping_metric", "early_stopping_min_delta", "lr_decay_factor",
+            "early_stopping_patience_steps", "early_stopping_metric", "early_stopping_min_delta", "lr_decay_factor",
             "lr_decay_patience", "min_learning_rate")
     return {key: getattr(args, key) for key in keys}
 

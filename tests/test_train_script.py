@@ -362,6 +362,10 @@ def test_an_overflowing_update_stops_and_keeps_the_last_good_checkpoint(tmp_path
 @pytest.mark.parametrize("flags, message", [
     (["--early-stopping-patience", "-1"], "--early-stopping-patience must be an integer >= 0"),
     (["--eval-every-steps", "-2"], "--eval-every-steps must be an integer >= 0"),
+    (["--early-stopping-patience-steps", "-1"],
+     "--early-stopping-patience-steps must be an integer >= 0"),
+    (["--early-stopping-patience-steps", "10"], "--early-stopping-patience-steps only applies "
+                                                "with --early-stopping-patience > 0"),
     (["--lr-decay-factor", "1.5"], r"--lr-decay-factor must be in \(0, 1\)"),
     (["--l2-embedding", "-0.1"], "--l2-embedding must be a number >= 0"),
     (["--l2-dense", "nan"], "--l2-dense must be a number >= 0"),
@@ -406,6 +410,7 @@ def test_help_lists_the_new_flags_with_their_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for flag in ("--early-stopping-patience", "--eval-every-steps", "--lr-decay-factor",
                  "--lr-decay-patience", "--min-learning-rate", "--l2-embedding", "--l2-dense",
-                 "--ftrl-l1", "--ftrl-l2", "--normalizer", "--early-stopping-metric"):
+                 "--ftrl-l1", "--ftrl-l2", "--normalizer", "--early-stopping-metric",
+                 "--early-stopping-patience-steps"):
         assert flag in text, flag
     assert "(0: off) (default 3)" in text and "{none,log1p,standard,minmax,log_standard}" in text

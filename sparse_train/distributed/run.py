@@ -29,7 +29,7 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
                       comm=None, l2_embedding=0.0, l2_dense=0.0, eval_every_steps=0,
                       early_stopping_patience=0, early_stopping_metric="auc",
                       early_stopping_min_delta=0.0, lr_decay_factor=None, lr_decay_patience=0,
-                      min_learning_rate=0.0):
+                      min_learning_rate=0.0, early_stopping_patience_steps=0):
     """Shard ``model`` over ``comm`` (default ``world()``) and train it with
     ``training.fit``; returns ``fit``'s result dict plus ``world_size`` and
     ``communication_seconds`` (the largest over ranks), on every rank.
@@ -55,7 +55,8 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
         eval_every_steps: as ``fit``.
         early_stopping_patience: > 0 stops after that many evaluations
             without improvement of ``early_stopping_metric`` ("auc" or
-            "logloss") by more than ``early_stopping_min_delta``, and
+            "logloss") by more than ``early_stopping_min_delta`` (and at
+            least ``early_stopping_patience_steps`` steps after the best), and
             restores the best state (``training.EarlyStopping``); the best
             state is a sharded ``best-<step>`` checkpoint in
             ``checkpoint_dir`` (a resume finds it), else each rank's copy
@@ -82,7 +83,8 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
             early_stopping_metric, early_stopping_min_delta)
     if early_stopping_patience:
         options["early_stopping"] = EarlyStopping(early_stopping_patience, early_stopping_metric,
-                                                  early_stopping_min_delta)
+                                                  early_stopping_min_delta,
+                                                  early_stopping_patience_steps)
         options["best_state"] = (
             CheckpointState(checkpoint_dir,
                             lambda prefix: save_sharded(*_split(prefix), dist, optimizers,

@@ -272,8 +272,10 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
                 break
             if stopped_early:
                 stopped_at = epoch + 1
+                steps = (f" and {early_stopping.patience_steps} steps"
+                         if early_stopping.patience_steps else "")
                 say(f"stopped after epoch {stopped_at}: no improvement of "
-                    f"{early_stopping.metric} in {early_stopping.patience} evaluation(s)")
+                    f"{early_stopping.metric} in {early_stopping.patience} evaluation(s){steps}")
                 break
     if early_stopping is not None and early_stopping.best_step is not None:
         if early_stopping.best_step != int(global_step):

@@ -7,8 +7,11 @@ is better). An evaluation *improves* when it beats the best so far by more
 than ``min_delta`` (AUC: ``value > best + min_delta``; logloss:
 ``value < best - min_delta``); a NaN never improves.
 
-* ``EarlyStopping(patience)``: stop after ``patience`` evaluations in a row
-  without improvement; the best state (all variables, optimizer slots and
+* ``EarlyStopping(patience, patience_steps=S)``: stop after ``patience``
+  evaluations in a row without improvement once at least ``S`` global steps
+  have passed since the best one (on a tiny data set an epoch is one step,
+  and a few steps say nothing; on a large one ``patience`` epochs are far
+  more than ``S`` steps and ``S`` changes nothing); the best state (all variables, optimizer slots and
   shared state, the global step) is kept when it is reached and restored at
   the end, and its figures are the run's.
 * ``ReduceLROnPlateau(optimizers, factor, patience, min_lr)``: after more
@@ -57,7 +60,10 @@ def _improves(metric, value, best, min_delta):
 
 class EarlyStopping:
     """Stop after ``patience`` evaluations in a row that do not improve
-    ``metric`` by more than ``min_delta`` (see the module).
+    ``metric`` by more than ``min_delta``, and at least ``patience_steps``
+    global steps after the best evaluation (see the module)::
+
+        stopped = bad_evaluations >= patience and step - best_step >= patience_steps
 
     Attributes (its state): ``best`` (the best value), ``best_epoch`` (the
     1-based epoch of the best evaluation), ``best_step`` (its global step),
@@ -69,12 +75,22 @@ class EarlyStopping:
     [True, True, False, False]
     >>> stop.stopped, stop.best_epoch, stop.best_step
     (True, 2, 20)
+    >>> stop = EarlyStopping(patience=2, patience_steps=25)   # one step an epoch
+    >>> for step, auc in enumerate([.7, .8] + [.79] * 30, 1):
+    ...     _ = stop.update({"auc": auc}, step, step)
+    ...     if stop.stopped:
+    ...         break
+    >>> step, stop.bad_evaluations   # the best at step 2, stopped 25 steps later
+    (27, 25)
     """
 
-    def __init__(self, patience, metric="auc", min_delta=0.0):
+    def __init__(self, patience, metric="auc", min_delta=0.0, patience_steps=0):
         if int(patience) != patience or patience < 1:
             raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
+        if int(patience_steps) != patience_steps or patience_steps < 0:
+            raise ValueError(f"patience_steps must be an integer >= 0, got {patience_steps!r}")
         self.patience, self.metric = int(patience), _check_metric(metric)
+        self.patience_steps = int(patience_steps)
         self.min_delta = _check_min_delta(min_delta)
         self.best = self.best_epoch = self.best_step = self.best_figures = None
         self.best_learning_rates = None
@@ -91,7 +107,8 @@ class EarlyStopping:
             self.bad_evaluations = 0
             return True
         self.bad_evaluations += 1
-        self.stopped = self.bad_evaluations >= self.patience
+        since = int(step) - (self.best_step if self.best_step is not None else 0)
+        self.stopped = self.bad_evaluations >= self.patience and since >= self.patience_steps
         return False
 
     def state_dict(self):

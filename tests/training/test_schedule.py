@@ -8,7 +8,8 @@ from sparse_train.training import EarlyStopping, MemoryState, ReduceLROnPlateau,
 from _fakes import Batch, Data  # noqa: E402,F401
 
 
-def _run(aucs, patience, epochs=10, batches=2, eval_every_steps=0, lr_schedule=None, opt=None):
+def _run(aucs, patience, epochs=10, batches=2, eval_every_steps=0, lr_schedule=None, opt=None,
+         patience_steps=0):
     """fit on a weight that counts steps; each evaluation reads the next AUC."""
     gs, w = GlobalStep(), Variable(np.zeros(1, np.float32), "w")
     opt = opt or optim.GradientDescent(0.1)
@@ -24,7 +25,7 @@ def _run(aucs, patience, epochs=10, batches=2, eval_every_steps=0, lr_schedule=N
             pass
         return {"auc": next(scores), "logloss": 0.3, "num_examples": 4, "w": float(w.value[0])}
 
-    stop = EarlyStopping(patience) if patience else None
+    stop = EarlyStopping(patience, patience_steps=patience_steps) if patience else None
     result = fit(Data(batches), Data(2), step, evaluate, gs, epochs=epochs, progress=None,
                  early_stopping=stop, best_state=MemoryState(lambda: [w], gs),
                  eval_every_steps=eval_every_steps, lr_schedule=lr_schedule)
@@ -58,6 +59,23 @@ def test_min_delta_and_logloss_direction():
         EarlyStopping(0)
     with pytest.raises(ValueError, match="metric must be one of"):
         EarlyStopping(1, metric="accuracy")
+
+
+def test_patience_in_steps_waits_for_both_counts():
+    # 2 steps an epoch; best at epoch 2 (step 4); patience 2 evaluations alone stops at epoch 4,
+    # 5 steps since the best first hold at step 9 -> the epoch ending there, epoch 5 (step 10)
+    aucs = [0.6, 0.7, 0.69, 0.68, 0.67, 0.66, 0.65]
+    result, w, gs = _run(aucs, patience=2, patience_steps=5)
+    assert result["stopped_at_epoch"] == 5 and result["best_step"] == 4 and w.value[0] == 4
+    assert _run(aucs, patience=2)[0]["stopped_at_epoch"] == 4
+    # a large data set: patience 2 epochs of 2 steps each is already >= 3 steps, no change
+    assert _run(aucs, patience=2, patience_steps=3)[0]["stopped_at_epoch"] == 4
+    stop = EarlyStopping(1, patience_steps=3)       # no best yet: steps count from 0
+    assert not stop.update({"auc": float("nan")}, 1, 2) and not stop.stopped
+    assert not stop.update({"auc": float("nan")}, 2, 3) and stop.stopped
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="patience_steps must be an integer >= 0"):
+            EarlyStopping(1, patience_steps=bad)
 
 
 def test_evaluations_every_n_steps_feed_early_stopping():
