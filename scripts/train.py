@@ -46,7 +46,7 @@ DEFAULTS = {
     "on_bad_line": "error", "numeric_transform": "log1p", "examples": 400_000,
     "max_examples": None, "num_fields": None, "featindex": None,
     "max_steps": None, "checkpoint_dir": None, "checkpoint_every": 0, "resume": False,
-    "keep_checkpoints": 3,
+    "keep_checkpoints": 3, "incremental_every": None,
     "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
     "distributed": False, "label": None, "overwrite": False, "predict_out": None,
     "export_onnx": None, "export_vocabulary": False,
@@ -188,6 +188,10 @@ def _parser():
                      "Ctrl-C / SIGTERM, here")
     out.add_argument("--checkpoint-every", type=int, help="also every N steps (0: epochs only)")
     out.add_argument("--keep-checkpoints", type=int)
+    out.add_argument("--incremental-every", type=int, help="--ids dynamic: every K-th save is "
+                     "full, the saves between write only the rows changed since the previous "
+                     "one and the evicted keys (DeepRec incremental_save_restore; default: "
+                     "every save full)")
     out.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     out.add_argument("--overwrite", action="store_true", help="start afresh in a --checkpoint-dir "
                      "that holds checkpoints (the new run's saves prune the old ones)")
@@ -307,6 +311,7 @@ _AT_LEAST = {"batch_size": 1, "epochs": 1, "embedding_dim": 1, "examples": 1, "m
              "early_stopping_patience_steps": 0,
              "eval_every_steps": 0, "lr_decay_patience": 0,
              "filter_freq": 0, "steps_to_live": 0, "evict_every_steps": 0,
+             "incremental_every": 1,
              **{key: 1 for key in DATA_LIMITS}}
 
 #: Flags that must be a finite number >= 0.
@@ -388,6 +393,9 @@ _APPLIES = (
     ("min_learning_rate", lambda a: a.lr_decay_factor, "with --lr-decay-factor"),
     ("checkpoint_every", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
     ("keep_checkpoints", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
+    ("incremental_every", lambda a: a.checkpoint_dir and a.ids == "dynamic"
+     and not a.distributed, "with --checkpoint-dir and --ids dynamic, in one process (sharded "
+     "saves are always full)"),
     ("resume", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
 )
 
@@ -460,9 +468,10 @@ def check_dynamic_options(args):
     """--ids dynamic with flags it cannot serve (``UsageError`` naming them)."""
     if args.ids != "dynamic":
         return
-    if args.distributed:
-        raise UsageError("--ids dynamic does not run with --distributed yet (dynamic tables "
-                         "are not sharded over ranks): train in one process")
+    if args.distributed and args.evict_every_steps:
+        raise UsageError("--evict-every-steps does not run with --distributed yet (sharded "
+                         "dynamic tables evict at each checkpoint save): drop it, or train in "
+                         "one process")
     if args.export_onnx:
         raise UsageError("--export-onnx: an ONNX graph holds fixed tables indexed by row, and "
                          "--ids dynamic tables are keyed by raw int64 ids (their keys and rows "
@@ -902,7 +911,8 @@ def train(args):
     if args.checkpoint_dir:
         checkpoint = st.Checkpoint(model.variables(), [sparse_opt, dense_opt], global_step)
         manager = st.CheckpointManager(checkpoint, args.checkpoint_dir,
-                                       max_to_keep=args.keep_checkpoints)
+                                       max_to_keep=args.keep_checkpoints,
+                                       incremental_every=args.incremental_every)
         best = st.training.CheckpointState(
             args.checkpoint_dir, lambda prefix: checkpoint.save(prefix + ".ckpt"),
             lambda prefix: checkpoint.restore(prefix + ".ckpt"))

@@ -40,3 +40,23 @@ def test_train_script_resumes_dynamic_tables_bit_for_bit(tmp_path):
     assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
     assert resumed["dynamic_tables"] == straight["dynamic_tables"]
     assert straight["evicted_keys"] > 0
+
+
+def test_train_script_incremental_saves_resume_bit_for_bit(tmp_path):
+    """--incremental-every 3 with a save every 4 steps: the saves between full
+    ones are deltas (a chain in their headers), and a resume from the last of
+    them continues as the uninterrupted run (which saved, hence evicted, at
+    the same steps)."""
+    every = ["--checkpoint-every", "4", "--incremental-every", "3", "--keep-checkpoints", "10"]
+    straight = run(tmp_path, "--epochs", "2", "--checkpoint-dir", tmp_path / "a", *every,
+                   name="a.json")
+    ckpt = tmp_path / "b"
+    run(tmp_path, "--epochs", "1", "--checkpoint-dir", ckpt, *every, name="b1.json")
+    chains = {int(path.stem.split("-")[1]): load_checkpoint(path).header["chain"]["index"]
+              for path in ckpt.glob("*.ckpt")}
+    assert chains == {4: 0, 8: 1, 12: 2, 14: 0}  # full, delta, delta, full (every 3rd full)
+    resumed = run(tmp_path, "--epochs", "2", "--checkpoint-dir", ckpt, *every, "--resume",
+                  name="b.json")
+    assert resumed["global_step"] == straight["global_step"] == 28
+    assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
+    assert resumed["dynamic_tables"] == straight["dynamic_tables"]

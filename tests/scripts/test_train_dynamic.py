@@ -44,7 +44,10 @@ def test_dynamic_ids_admit_and_evict(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--filter-freq", "2"], "--filter-freq only applies with --ids dynamic"),
-    (["--ids", "dynamic", "--distributed"], "--ids dynamic does not run with --distributed"),
+    (["--ids", "dynamic", "--distributed", "--evict-every-steps", "5"],
+     "--evict-every-steps does not run with --distributed"),
+    (["--ids", "dynamic", "--incremental-every", "2"], "--incremental-every only applies"),
+    (["--incremental-every", "2", "--checkpoint-dir", "ck"], "--incremental-every only applies"),
     (["--ids", "dynamic", "--export-onnx", "m.onnx"], "--export-onnx: an ONNX graph"),
     (["--ids", "dynamic", "--l2-weight-threshold", "0"], "--l2-weight-threshold must be"),
 ])
