@@ -61,6 +61,86 @@ njit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
 prange = numba.prange
 
+
+# ------------------------------------------------------------ scheduling
+#: Work of a parallel loop is cut into tasks, and threads claim the next
+#: task when they finish one (``TaskQueue``), instead of ``prange``'s equal
+#: shares fixed in advance (Numba's OpenMP layer hands each thread one
+#: contiguous block of the iterations; ``numba.set_parallel_chunksize`` only
+#: cuts the blocks finer, still split evenly ahead of time). So when another
+#: process holds a core, the thread that still runs takes the work of the
+#: one that waits for its core, and the step takes about the 1-thread time
+#: instead of waiting for the stalled thread's whole share (measured, W1 on
+#: 2 cores with a busy process: ``scripts/bench_contention.py``). Tasks are
+#: independent: each writes its own outputs, and sums run inside a task in
+#: a fixed order, so results do not depend on which thread runs a task.
+
+
+@intrinsic
+def _fetch_add(typingctx, counter, value):
+    """Atomically ``old = counter[0]; counter[0] += value; return old``
+    (counter a 1-d int64 array)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64
+            and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        step = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", array.data, step, "monotonic")
+    return types.int64(counter, value), codegen
+
+
+def task_queue():
+    """A fresh queue of task numbers 0, 1, 2, ... for one parallel loop."""
+    return np.zeros(1, np.int64)
+
+
+@overload(task_queue, inline="always")
+def _task_queue():
+    def impl():
+        return np.zeros(1, np.int64)
+    return impl
+
+
+def next_task(queue):
+    """The next unclaimed task number of ``queue`` (thread-safe); numbers
+    past the last task mean the loop's work is all claimed."""
+    raise NotImplementedError("next_task runs in compiled kernels only")
+
+
+@overload(next_task, inline="always")
+def _next_task(queue):
+    def impl(queue):
+        return _fetch_add(queue, 1)
+    return impl
+
+
+@intrinsic
+def _num_threads(typingctx):
+    """``numba.get_num_threads()`` in a kernel that can be cached (Numba's
+    own goes through a ctypes pointer, which keeps a kernel out of the
+    cache): the threading layer's ``get_num_threads``, as parfors call it."""
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(32), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "get_num_threads")
+        return builder.sext(builder.call(fn, []), ir.IntType(64))
+    return types.int64(), codegen
+
+
+def workers(num_tasks):
+    """Iterations of the ``prange`` loop that runs ``num_tasks`` tasks: one
+    per thread (each then claims tasks from a ``task_queue``), at most one
+    per task."""
+    return max(1, min(numba.get_num_threads(), num_tasks))
+
+
+@overload(workers, inline="always")
+def _workers(num_tasks):
+    def impl(num_tasks):
+        return max(1, min(_num_threads(), num_tasks))
+    return impl
+
 # Start Numba's thread pool at import. Some serial kernels only sequence
 # parallel ones (``coalesce.group_rows``, ``lookup.embedding_bag_grad_plan``,
 # ``lookup.unit_grad_plan``: cheaper to compile than one parallel function),
