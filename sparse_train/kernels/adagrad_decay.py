@@ -12,7 +12,7 @@ so nothing decays.
 import numpy as np
 
 from ._jit import (loop_width, next_task, njit_inline, njit_parallel, prange, row_buffer,
-                   task_queue, workers)
+                   task_queue, tasks_done, workers)
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch, prefetch_row
 
@@ -40,10 +40,10 @@ def adagrad_decay_apply(weight, accumulator, power, plan, lr, initial, rate,
     rows = plan.rows
     num_rows = rows.shape[0]
     num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        c = next_task(queue)
+        c = next_task(queue, worker)
         while c < num_tasks:
             for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
                 ahead = rows[min(u + AHEAD, num_rows - 1)]
@@ -54,4 +54,5 @@ def adagrad_decay_apply(weight, accumulator, power, plan, lr, initial, rate,
                 r = rows[u]
                 adagrad_decay_row(weight[r], accumulator[r], power, r, g, lr,
                                   initial, rate, step, decay_step, dim)
-            c = next_task(queue)
+            c = next_task(queue, worker)
+    tasks_done(queue)

@@ -11,7 +11,7 @@ rows with g = 0 (TF decays m and v of all rows for a sparse gradient).
 import numpy as np
 
 from ._jit import (loop_width, next_task, njit_inline, njit_parallel, prange, row_buffer,
-                   task_queue, workers)
+                   task_queue, tasks_done, workers)
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 from .rows import row_fill
@@ -35,10 +35,10 @@ def lazy_adam_apply(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim):
     rows = plan.rows
     num_rows = rows.shape[0]
     num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        c = next_task(queue)
+        c = next_task(queue, worker)
         while c < num_tasks:
             for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
                 ahead = rows[min(u + AHEAD, num_rows - 1)]
@@ -48,7 +48,8 @@ def lazy_adam_apply(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim):
                 summed_grad_row(g, plan, u, dim)
                 r = rows[u]
                 adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
-            c = next_task(queue)
+            c = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -63,10 +64,10 @@ def adam_apply(weight, m, v, row_slot, plan, lr_t, beta1, beta2, epsilon, dim):
         row_slot[rows[u]] = u
     num_rows = weight.shape[0]
     num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        c = next_task(queue)
+        c = next_task(queue, worker)
         while c < num_tasks:
             for r in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
                 if row_slot[r] >= 0:
@@ -74,6 +75,7 @@ def adam_apply(weight, m, v, row_slot, plan, lr_t, beta1, beta2, epsilon, dim):
                 else:
                     row_fill(g, np.float32(0.0), dim)
                 adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
-            c = next_task(queue)
+            c = next_task(queue, worker)
+    tasks_done(queue)
     for u in prange(rows.shape[0]):
         row_slot[rows[u]] = -1

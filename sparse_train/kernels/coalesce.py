@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer, task_queue,
-                   workers)
+                   tasks_done, workers)
 from .rows import row_axpy, row_fill, row_scale
 
 class GradPlan(NamedTuple):
@@ -83,14 +83,15 @@ def _pack(packed, ids, pos_bits, parallel):
     n = ids.shape[0]
     slices = _num_slices(parallel)
     num_tasks = slices
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        s = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
         while s < num_tasks:
             lo, hi = _slice_bounds(n, slices, s)
             for i in range(lo, hi):
                 packed[i] = (ids[i] << pos_bits) | i
-            s = next_task(queue)
+            s = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -102,15 +103,16 @@ def _radix_pass(out, keys, shift, mask, parallel):
     slices = _num_slices(parallel)
     counts = np.zeros((slices, mask + 1), np.int64)
     num_tasks = slices
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        s = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
         while s < num_tasks:
             lo, hi = _slice_bounds(n, slices, s)
             slice_counts = counts[s]
             for i in range(lo, hi):
                 slice_counts[(keys[i] >> shift) & mask] += 1
-            s = next_task(queue)
+            s = next_task(queue, worker)
+    tasks_done(queue)
     total = 0
     for d in range(mask + 1):
         for s in range(slices):
@@ -118,9 +120,9 @@ def _radix_pass(out, keys, shift, mask, parallel):
             counts[s, d] = total
             total += count
     num_tasks = slices
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        s = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
         while s < num_tasks:
             lo, hi = _slice_bounds(n, slices, s)
             slice_counts = counts[s]
@@ -129,7 +131,8 @@ def _radix_pass(out, keys, shift, mask, parallel):
                 d = (key >> shift) & mask
                 out[slice_counts[d]] = key
                 slice_counts[d] += 1
-            s = next_task(queue)
+            s = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -139,9 +142,9 @@ def _unpack_runs(packed, tag_bits, parallel):
     slices = _num_slices(parallel)
     firsts = np.zeros(slices + 1, np.int64)
     num_tasks = slices
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        s = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
         while s < num_tasks:
             lo, hi = _slice_bounds(n, slices, s)
             count = 0
@@ -149,7 +152,8 @@ def _unpack_runs(packed, tag_bits, parallel):
                 if i == 0 or (packed[i] >> tag_bits) != (packed[i - 1] >> tag_bits):
                     count += 1
             firsts[s + 1] = count
-            s = next_task(queue)
+            s = next_task(queue, worker)
+    tasks_done(queue)
     for s in range(slices):
         firsts[s + 1] += firsts[s]
     num_rows = firsts[slices]
@@ -159,9 +163,9 @@ def _unpack_runs(packed, tag_bits, parallel):
     tags = np.empty(n, np.int64)
     tag_mask = (np.int64(1) << tag_bits) - 1
     num_tasks = slices
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        s = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
         while s < num_tasks:
             lo, hi = _slice_bounds(n, slices, s)
             u = firsts[s]
@@ -172,7 +176,8 @@ def _unpack_runs(packed, tag_bits, parallel):
                     rows[u] = key >> tag_bits
                     starts[u] = i
                     u += 1
-            s = next_task(queue)
+            s = next_task(queue, worker)
+    tasks_done(queue)
     return rows, starts, tags
 
 
@@ -241,13 +246,14 @@ def summed_grad_rows(out, plan, dim):
     """In place: out [U, dim] float32, row u = summed gradient of plan row u."""
     num_items = out.shape[0]
     num_tasks = (num_items + ROW_CHUNK - 1) // ROW_CHUNK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        task = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
         while task < num_tasks:
             for u in range(task * ROW_CHUNK, min(num_items, (task + 1) * ROW_CHUNK)):
                 summed_grad_row(out[u], plan, u, dim)
-            task = next_task(queue)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -259,10 +265,10 @@ def summed_grad_sq_norms(out, plan, dim):
     """
     num_rows = out.shape[0]
     num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        c = next_task(queue)
+        c = next_task(queue, worker)
         while c < num_tasks:
             for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
                 summed_grad_row(g, plan, u, dim)
@@ -270,4 +276,5 @@ def summed_grad_sq_norms(out, plan, dim):
                 for j in range(dim):
                     total += np.float64(g[j]) * np.float64(g[j])
                 out[u] = total
-            c = next_task(queue)
+            c = next_task(queue, worker)
+    tasks_done(queue)

@@ -6,7 +6,7 @@
 """
 import numpy as np
 
-from ._jit import next_task, njit_parallel, prange, task_queue, workers
+from ._jit import next_task, njit_parallel, prange, task_queue, tasks_done, workers
 
 #: Row slices of the bias-gradient sum: a fixed number, so the sum's order
 #: (and its bits) does not depend on the thread count.
@@ -22,16 +22,17 @@ def bias_relu(out, bias):
     NaN propagates (as ``np.maximum``); -0.0 and 0 stay as they are."""
     num_items = out.shape[0]
     num_tasks = (num_items + ROW_TASK - 1) // ROW_TASK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        task = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
         while task < num_tasks:
             for i in range(task * ROW_TASK, min(num_items, (task + 1) * ROW_TASK)):
                 row = out[i]
                 for j in range(row.shape[0]):
                     v = row[j] + bias[j]
                     row[j] = v if not v < 0 else np.float32(0.0)
-            task = next_task(queue)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -43,9 +44,9 @@ def relu_grad_and_bias_sums(dpre, partial, g, out):
     num_rows = g.shape[0]
     size = (num_rows + BIAS_SLICES - 1) // BIAS_SLICES
     num_tasks = BIAS_SLICES
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        s = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
         while s < num_tasks:
             acc = partial[s]
             acc[:] = 0.0
@@ -54,7 +55,8 @@ def relu_grad_and_bias_sums(dpre, partial, g, out):
                     v = g[i, j] if out[i, j] > 0 else np.float32(0.0)
                     dpre[i, j] = v
                     acc[j] += v
-            s = next_task(queue)
+            s = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -64,13 +66,14 @@ def bias_sums(partial, g):
     num_rows = g.shape[0]
     size = (num_rows + BIAS_SLICES - 1) // BIAS_SLICES
     num_tasks = BIAS_SLICES
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        s = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
         while s < num_tasks:
             acc = partial[s]
             acc[:] = 0.0
             for i in range(s * size, min(num_rows, (s + 1) * size)):
                 for j in range(g.shape[1]):
                     acc[j] += g[i, j]
-            s = next_task(queue)
+            s = next_task(queue, worker)
+    tasks_done(queue)

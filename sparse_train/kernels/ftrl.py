@@ -15,7 +15,7 @@ TF's kernel there). Every operation is float32, in TF's order.
 import numpy as np
 
 from ._jit import (loop_width, next_task, njit_inline, njit_parallel, prange, row_buffer,
-                   task_queue, workers)
+                   task_queue, tasks_done, workers)
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 
@@ -67,10 +67,10 @@ def ftrl_apply(weight, accum, linear, plan, lr, power, l1, l2, l2_shrinkage, dim
     rows = plan.rows
     num_rows = rows.shape[0]
     num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        c = next_task(queue)
+        c = next_task(queue, worker)
         while c < num_tasks:
             for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
                 ahead = rows[min(u + AHEAD, num_rows - 1)]
@@ -81,4 +81,5 @@ def ftrl_apply(weight, accum, linear, plan, lr, power, l1, l2, l2_shrinkage, dim
                 r = rows[u]
                 ftrl_row(weight[r], accum[r], linear[r], g, lr, power, l1, l2,
                          l2_shrinkage, dim)
-            c = next_task(queue)
+            c = next_task(queue, worker)
+    tasks_done(queue)

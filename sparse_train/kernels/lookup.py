@@ -7,7 +7,7 @@ an empty array when ``has_weights`` is False.
 import numpy as np
 
 from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer_or,
-                   task_queue, workers)
+                   task_queue, tasks_done, workers)
 from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
@@ -52,9 +52,9 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
     last = values.shape[0] - 1
     num_items = out.shape[0]
     num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        task = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
         while task < num_tasks:
             for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
                 row = out[b]
@@ -81,7 +81,8 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
                     if combiner != SUM:
                         row_divide(acc, divisor, dim)
                 row_store(out, b * dim, acc, dim)
-            task = next_task(queue)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -93,9 +94,9 @@ def _bag_coefficients(bag_of, coef, dropped, values, offsets, weights, has_weigh
     Parallel over bags."""
     num_items = offsets.shape[0] - 1
     num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        task = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
         while task < num_tasks:
             for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
                 start, end = offsets[b], offsets[b + 1]
@@ -107,7 +108,8 @@ def _bag_coefficients(bag_of, coef, dropped, values, offsets, weights, has_weigh
                     coef[i] = w if combiner == SUM else w / divisor
                     if divisor == 0.0 or values[i] == padding_idx:
                         dropped[b] += 1
-            task = next_task(queue)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -115,14 +117,15 @@ def _gather_plan(src_index, src_coef, order, bag_of, coef):
     """In place: src_index[k] = bag_of[order[k]], src_coef[k] = coef[order[k]]."""
     num_items = order.shape[0]
     num_tasks = (num_items + ID_TASK - 1) // ID_TASK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        task = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
         while task < num_tasks:
             for k in range(task * ID_TASK, min(num_items, (task + 1) * ID_TASK)):
                 src_index[k] = bag_of[order[k]]
                 src_coef[k] = coef[order[k]]
-            task = next_task(queue)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -174,14 +177,15 @@ def _bag_tagged_keys(keys, values, offsets, tag_bits):
     position i of bag b."""
     num_items = offsets.shape[0] - 1
     num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        task = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
         while task < num_tasks:
             for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
                 for i in range(offsets[b], offsets[b + 1]):
                     keys[i] = (values[i] << tag_bits) | b
-            task = next_task(queue)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -232,9 +236,9 @@ def fuse_bags(values, bag_starts, weights, combiners, row_offsets):
     divisors = np.empty(num_bags * num_features, np.float32)
     num_items = num_bags
     num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        task = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
         while task < num_tasks:
             for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
                 for f in range(num_features):
@@ -242,15 +246,16 @@ def fuse_bags(values, bag_starts, weights, combiners, row_offsets):
                     divisor = bag_divisor(values, weights, True, start, end, combiners[f], -1)
                     divisors[b * num_features + f] = divisor
                     lengths[b * num_features + f + 1] = end - start if divisor != 0.0 else 0
-            task = next_task(queue)
+            task = next_task(queue, worker)
+    tasks_done(queue)
     out_offsets = np.cumsum(lengths)
     out_values = np.empty(out_offsets[-1], np.int64)
     out_weights = np.empty(out_offsets[-1], np.float32)
     num_items = num_bags
     num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
-    queue = task_queue()
-    for _ in prange(workers(num_tasks)):
-        task = next_task(queue)
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
         while task < num_tasks:
             for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
                 for f in range(num_features):
@@ -261,5 +266,6 @@ def fuse_bags(values, bag_starts, weights, combiners, row_offsets):
                         out_values[at + i] = values[start + i] + row_offsets[f]
                         w = weights[start + i]
                         out_weights[at + i] = w if combiners[f] == SUM else w / divisor
-            task = next_task(queue)
+            task = next_task(queue, worker)
+    tasks_done(queue)
     return out_values, out_offsets, out_weights
