@@ -239,7 +239,7 @@ def task_queue(num_tasks):
     raise NotImplementedError("task_queue runs in compiled kernels only")
 
 
-@overload(task_queue, inline="always")
+@overload(task_queue)
 def _task_queue(num_tasks):
     def impl(num_tasks):
         queue = np.empty(6, np.int64)  # filled by hand: never a parallel region
@@ -284,7 +284,7 @@ def tasks_done(queue):
     raise NotImplementedError("tasks_done runs in compiled kernels only")
 
 
-@overload(tasks_done, inline="always")
+@overload(tasks_done)
 def _tasks_done(queue):
     def impl(queue):
         threads = queue[2]
