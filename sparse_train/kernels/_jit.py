@@ -6,15 +6,18 @@ lets Python threads overlap kernels. No ``fastmath``: the update rules must
 match the float64 reference of SPEC.md and give the same bits for any thread
 count, so the compiler may not reassociate or contract (FMA) float ops.
 """
+import ctypes
 import hashlib
 import os
 from pathlib import Path
 
 import numba
 import numpy as np
+from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.cpu_options import ParallelOptions
 from numba.extending import intrinsic, overload, typeof_impl
 
 _KERNELS = Path(__file__).resolve().parent
@@ -51,10 +54,20 @@ if not os.environ.get("NUMBA_CACHE_DIR"):
 
 #: Serial kernel.
 njit = numba.njit(cache=True, nogil=True)
-#: Parallel kernel: ``numba.prange`` loops run over threads. Used only where
-#: each iteration owns its output (one bag, or one unique row), so the result
-#: does not depend on the thread count.
-njit_parallel = numba.njit(cache=True, nogil=True, parallel=True)
+#: Parallel kernel: its ``numba.prange`` loops, and nothing else, run over
+#: threads. Used only where each iteration owns its output (one bag, or one
+#: unique row), so the result does not depend on the thread count. Numba
+#: would also turn array expressions, ``np.zeros`` and the like into
+#: parallel regions of their own; each region wakes the thread team (0.3-1
+#: ms when the host is loaded, against microseconds of work for a counter
+#: array) and costs a compiled gufunc, so only explicit ``prange`` loops are.
+#: (An options object, not a dict: Numba empties a dict as it reads it, so
+#: a dict shared by all kernels would give every kernel but the first
+#: Numba's defaults.)
+PARALLEL_OPTIONS = ParallelOptions({
+    "prange": True, "comprehension": False, "reduction": False, "inplace_binop": False,
+    "setitem": False, "numpy": False, "stencil": False, "fusion": False})
+njit_parallel = numba.njit(cache=True, nogil=True, parallel=PARALLEL_OPTIONS)
 #: A per-row helper, inlined into its callers at Numba IR level: a call that
 #: LLVM does not inline costs 2-3x on the update loops (measured on W1).
 njit_inline = numba.njit(cache=True, nogil=True, inline="always")
@@ -70,6 +83,238 @@ prange = numba.prange
 # so the pool is started here whatever the version does. The first-call case
 # is tested in tests/kernels/test_coalesce.py.
 numba.get_num_threads()
+
+
+
+# ------------------------------------------------------------ scheduling
+#: Work of a parallel loop is cut into tasks, and threads claim the next
+#: task when they finish one (a ``task_queue``), instead of ``prange``'s
+#: equal shares fixed in advance (Numba's OpenMP layer hands each thread one
+#: contiguous block of the iterations; ``numba.set_parallel_chunksize`` only
+#: cuts the blocks finer, still split evenly ahead of time). So when another
+#: process holds a core, the thread that runs takes the work of the one
+#: that waits for its core. Tasks are independent: each writes its own
+#: outputs and sums inside itself in a fixed order, so results do not depend
+#: on which thread runs a task, nor on how many threads there are.
+#:
+#: A parallel region still ends only when every thread of its team has
+#: arrived, so a helper thread that is not running when the region starts
+#: (its core taken by another process) holds the region until the scheduler
+#: gives it its turn: milliseconds on a loaded host, for each region. A
+#: region in which the calling thread, out of tasks, waited for the helpers
+#: over half as long as it worked (and over ``LATE_MIN_CYCLES``) says so;
+#: the next regions then run on the calling thread alone (no team, nothing
+#: to wait for): ``SOLO_REGIONS`` regions after the first such region, twice
+#: as many after each further one (up to ``SOLO_REGIONS_MAX``), half as many
+#: after each team region that goes well (a wait under 1/8 of the work). On
+#: a quiet machine the helpers are there in time and every region runs with
+#: the full team; under contention most regions run alone, and a step takes
+#: about the one-thread time instead of several times it
+#: (``scripts/bench_contention.py``).
+LATE_MIN_CYCLES = 100_000  # about 40 us
+SOLO_REGIONS = 16
+SOLO_REGIONS_MAX = 4096
+
+#: Process-wide state of the team choice, shared by every kernel (cached
+#: ones too: compiled code finds it by symbol name, as it finds Numba's
+#: ``get_num_threads``): [0] regions left to run alone, [1] the current
+#: solo period. Read and written without locks: a race only changes when a
+#: region runs alone, never a result.
+_TEAM_STATE = (ctypes.c_int64 * 2)(0, SOLO_REGIONS)
+_TEAM_SYMBOL = "sparse_train_team_state"
+llvm_binding.add_symbol(_TEAM_SYMBOL, ctypes.addressof(_TEAM_STATE))
+
+
+def _team_state_pointer(builder, index):
+    """Pointer to ``_TEAM_STATE[index]`` in compiled code."""
+    module = builder.module
+    state = module.globals.get(_TEAM_SYMBOL)
+    if state is None:
+        state = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(64), 2), _TEAM_SYMBOL)
+    zero = ir.Constant(ir.IntType(32), 0)
+    return builder.gep(state, [zero, ir.Constant(ir.IntType(32), index)])
+
+
+@intrinsic
+def _team_state_add(typingctx, index, value):
+    """``_TEAM_STATE[index] += value`` (atomic); returns the old value.
+    ``index`` a literal."""
+    if not isinstance(index, types.IntegerLiteral) or not isinstance(value, types.Integer):
+        return None
+    position = index.literal_value
+
+    def codegen(context, builder, signature, args):
+        step = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", _team_state_pointer(builder, position), step,
+                                  "monotonic")
+    return types.int64(index, value), codegen
+
+
+@intrinsic
+def _team_state_set(typingctx, index, value):
+    """``_TEAM_STATE[index] = value``; ``index`` a literal."""
+    if not isinstance(index, types.IntegerLiteral) or not isinstance(value, types.Integer):
+        return None
+    position = index.literal_value
+
+    def codegen(context, builder, signature, args):
+        new = context.cast(builder, args[1], signature.args[1], types.int64)
+        builder.store(new, _team_state_pointer(builder, position))
+        return context.get_dummy_value()
+    return types.none(index, value), codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, counter, index, value):
+    """Atomically ``old = counter[index]; counter[index] += value; return
+    old`` (counter a 1-d int64 array)."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64
+            and isinstance(index, types.Integer) and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        at = context.cast(builder, args[1], signature.args[1], types.intp)
+        step = context.cast(builder, args[2], signature.args[2], types.int64)
+        pointer = builder.gep(array.data, [at])
+        return builder.atomic_rmw("add", pointer, step, "monotonic")
+    return types.int64(counter, index, value), codegen
+
+
+@intrinsic
+def _num_threads(typingctx):
+    """``numba.get_num_threads()`` in a kernel that can be cached (Numba's
+    own goes through a ctypes pointer, which keeps a kernel out of the
+    cache): the threading layer's ``get_num_threads``, as parfors call it."""
+    def codegen(context, builder, signature, args):
+        # declared exactly as Numba's parfor lowering declares it (the
+        # same module may hold both declarations)
+        fnty = ir.FunctionType(ir.IntType(types.intp.bitwidth), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "get_num_threads")
+        return builder.call(fn, [])
+    return types.intp(), codegen
+
+
+@intrinsic
+def _set_num_threads(typingctx, count):
+    """``numba.set_num_threads(count)`` for the calling thread, cacheable
+    (see ``_num_threads``); no checks."""
+    if not isinstance(count, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(32)])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "set_num_threads")
+        builder.call(fn, [builder.trunc(context.cast(builder, args[0], signature.args[0],
+                                                     types.int64), ir.IntType(32))])
+        return context.get_dummy_value()
+    return types.none(count), codegen
+
+
+@intrinsic
+def _cycles(typingctx):
+    """The CPU's cycle counter (``rdtsc`` on x86; 0 where there is none)."""
+    def codegen(context, builder, signature, args):
+        fnty = ir.FunctionType(ir.IntType(64), [])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.readcyclecounter")
+        return builder.call(fn, [])
+    return types.int64(), codegen
+
+
+def task_queue(num_tasks):
+    """The task counter of one parallel loop of ``num_tasks`` tasks, with the
+    team choice made for it: [0] the next task number, [1] ``num_tasks``,
+    [2] the caller's thread count (``tasks_done`` restores it), [3] cycle
+    count at the start, [4] when the calling thread found the work all
+    claimed, [5] the team size (``workers``). Use as::
+
+        queue = task_queue(num_tasks)
+        for worker in prange(workers(queue)):
+            task = next_task(queue, worker)
+            while task < num_tasks:
+                ...  # task's own outputs only
+                task = next_task(queue, worker)
+        tasks_done(queue)
+    """
+    raise NotImplementedError("task_queue runs in compiled kernels only")
+
+
+@overload(task_queue)
+def _task_queue(num_tasks):
+    def impl(num_tasks):
+        queue = np.empty(6, np.int64)  # filled by hand: never a parallel region
+        threads = _num_threads()
+        queue[0] = 0
+        queue[1] = num_tasks
+        queue[2] = threads
+        queue[4] = 0
+        queue[5] = max(1, min(threads, num_tasks))
+        if threads > 1:
+            if _team_state_add(0, -1) > 0:
+                _set_num_threads(1)  # alone: no team to wait for
+                queue[5] = 1
+            else:
+                _team_state_set(0, 0)
+        queue[3] = _cycles()
+        return queue
+    return impl
+
+
+def next_task(queue, worker):
+    """The next unclaimed task number of ``queue`` (thread-safe), claimed by
+    ``prange`` iteration ``worker`` (0: the calling thread); numbers past
+    the last task mean the loop's work is all claimed."""
+    raise NotImplementedError("next_task runs in compiled kernels only")
+
+
+@overload(next_task)
+def _next_task(queue, worker):
+    def impl(queue, worker):  # not inlined: the caller's loop index is ``worker``
+        task = _fetch_add(queue, 0, 1)
+        if worker == 0 and task >= queue[1]:
+            queue[4] = _cycles()
+        return task
+    return impl
+
+
+def tasks_done(queue):
+    """After a ``task_queue`` loop: restore the thread count; when the
+    calling thread waited for the helpers over half as long as it worked
+    (and over ``LATE_MIN_CYCLES``), run the next regions alone (see above)."""
+    raise NotImplementedError("tasks_done runs in compiled kernels only")
+
+
+@overload(tasks_done)
+def _tasks_done(queue):
+    def impl(queue):
+        threads = queue[2]
+        if threads > 1:
+            if _num_threads() != threads:
+                _set_num_threads(threads)
+            else:
+                waited = _cycles() - queue[4]
+                worked = queue[4] - queue[3]
+                period = _team_state_add(1, 0)
+                if waited > LATE_MIN_CYCLES and 2 * waited > worked:
+                    _team_state_set(0, period)  # the helpers were late: go alone
+                    _team_state_set(1, min(2 * period, SOLO_REGIONS_MAX))
+                elif period > SOLO_REGIONS and 8 * waited < worked:
+                    _team_state_set(1, max(SOLO_REGIONS, period // 2))
+    return impl
+
+
+def workers(queue):
+    """Iterations of the ``prange`` loop of a ``task_queue``: one per thread
+    of the team chosen for it (each then claims tasks), at most one per
+    task. Read from the queue, so that it is computed after the choice."""
+    raise NotImplementedError("workers runs in compiled kernels only")
+
+
+@overload(workers)
+def _workers(queue):
+    def impl(queue):
+        return queue[5]
+    return impl
 
 
 # ------------------------------------------------------------ row widths

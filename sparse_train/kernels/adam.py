@@ -10,7 +10,8 @@ rows with g = 0 (TF decays m and v of all rows for a sparse gradient).
 """
 import numpy as np
 
-from ._jit import loop_width, njit_inline, njit_parallel, prange, row_buffer
+from ._jit import (loop_width, next_task, njit_inline, njit_parallel, prange, row_buffer,
+                   task_queue, tasks_done, workers)
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 from .rows import row_fill
@@ -33,16 +34,22 @@ def lazy_adam_apply(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim):
     lr_t, beta1, beta2, epsilon float32; dim = D (``_jit.row_dim``)."""
     rows = plan.rows
     num_rows = rows.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead, dim)
-            prefetch_row(m, ahead, dim)
-            prefetch_row(v, ahead, dim)
-            summed_grad_row(g, plan, u, dim)
-            r = rows[u]
-            adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                ahead = rows[min(u + AHEAD, num_rows - 1)]
+                prefetch_row(weight, ahead, dim)
+                prefetch_row(m, ahead, dim)
+                prefetch_row(v, ahead, dim)
+                summed_grad_row(g, plan, u, dim)
+                r = rows[u]
+                adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -56,13 +63,19 @@ def adam_apply(weight, m, v, row_slot, plan, lr_t, beta1, beta2, epsilon, dim):
     for u in prange(rows.shape[0]):
         row_slot[rows[u]] = u
     num_rows = weight.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        for r in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            if row_slot[r] >= 0:
-                summed_grad_row(g, plan, row_slot[r], dim)
-            else:
-                row_fill(g, np.float32(0.0), dim)
-            adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for r in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                if row_slot[r] >= 0:
+                    summed_grad_row(g, plan, row_slot[r], dim)
+                else:
+                    row_fill(g, np.float32(0.0), dim)
+                adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)
     for u in prange(rows.shape[0]):
         row_slot[rows[u]] = -1

@@ -8,7 +8,7 @@ thread count.
 """
 import numpy as np
 
-from ._jit import njit, njit_parallel, prange
+from ._jit import next_task, njit, njit_parallel, prange, task_queue, tasks_done, workers
 
 #: Values per partial sum of a dense gradient's squared norm.
 NORM_CHUNK = 1 << 14
@@ -24,12 +24,18 @@ def dense_sq_norm(values):
     n = values.shape[0]
     num_chunks = (n + NORM_CHUNK - 1) // NORM_CHUNK
     partial = np.zeros(num_chunks, np.float64)
-    for c in prange(num_chunks):
-        total = 0.0
-        for i in range(c * NORM_CHUNK, min(n, (c + 1) * NORM_CHUNK)):
-            x = np.float64(values[i])
-            total += x * x
-        partial[c] = total
+    num_tasks = num_chunks
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            total = 0.0
+            for i in range(c * NORM_CHUNK, min(n, (c + 1) * NORM_CHUNK)):
+                x = np.float64(values[i])
+                total += x * x
+            partial[c] = total
+            c = next_task(queue, worker)
+    tasks_done(queue)
     return ordered_sum(partial)
 
 

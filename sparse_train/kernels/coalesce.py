@@ -27,7 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._jit import njit, njit_inline, njit_parallel, prange, row_buffer
+from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer, task_queue,
+                   tasks_done, workers)
 from .rows import row_axpy, row_fill, row_scale
 
 class GradPlan(NamedTuple):
@@ -81,10 +82,16 @@ def _pack(packed, ids, pos_bits, parallel):
     """In place: packed [n] int64 = (ids[i] << pos_bits) | i."""
     n = ids.shape[0]
     slices = _num_slices(parallel)
-    for s in prange(slices):
-        lo, hi = _slice_bounds(n, slices, s)
-        for i in range(lo, hi):
-            packed[i] = (ids[i] << pos_bits) | i
+    num_tasks = slices
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
+        while s < num_tasks:
+            lo, hi = _slice_bounds(n, slices, s)
+            for i in range(lo, hi):
+                packed[i] = (ids[i] << pos_bits) | i
+            s = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -95,25 +102,37 @@ def _radix_pass(out, keys, shift, mask, parallel):
     n = keys.shape[0]
     slices = _num_slices(parallel)
     counts = np.zeros((slices, mask + 1), np.int64)
-    for s in prange(slices):
-        lo, hi = _slice_bounds(n, slices, s)
-        slice_counts = counts[s]
-        for i in range(lo, hi):
-            slice_counts[(keys[i] >> shift) & mask] += 1
+    num_tasks = slices
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
+        while s < num_tasks:
+            lo, hi = _slice_bounds(n, slices, s)
+            slice_counts = counts[s]
+            for i in range(lo, hi):
+                slice_counts[(keys[i] >> shift) & mask] += 1
+            s = next_task(queue, worker)
+    tasks_done(queue)
     total = 0
     for d in range(mask + 1):
         for s in range(slices):
             count = counts[s, d]
             counts[s, d] = total
             total += count
-    for s in prange(slices):
-        lo, hi = _slice_bounds(n, slices, s)
-        slice_counts = counts[s]
-        for i in range(lo, hi):
-            key = keys[i]
-            d = (key >> shift) & mask
-            out[slice_counts[d]] = key
-            slice_counts[d] += 1
+    num_tasks = slices
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
+        while s < num_tasks:
+            lo, hi = _slice_bounds(n, slices, s)
+            slice_counts = counts[s]
+            for i in range(lo, hi):
+                key = keys[i]
+                d = (key >> shift) & mask
+                out[slice_counts[d]] = key
+                slice_counts[d] += 1
+            s = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -122,13 +141,19 @@ def _unpack_runs(packed, tag_bits, parallel):
     n = packed.shape[0]
     slices = _num_slices(parallel)
     firsts = np.zeros(slices + 1, np.int64)
-    for s in prange(slices):
-        lo, hi = _slice_bounds(n, slices, s)
-        count = 0
-        for i in range(lo, hi):
-            if i == 0 or (packed[i] >> tag_bits) != (packed[i - 1] >> tag_bits):
-                count += 1
-        firsts[s + 1] = count
+    num_tasks = slices
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
+        while s < num_tasks:
+            lo, hi = _slice_bounds(n, slices, s)
+            count = 0
+            for i in range(lo, hi):
+                if i == 0 or (packed[i] >> tag_bits) != (packed[i - 1] >> tag_bits):
+                    count += 1
+            firsts[s + 1] = count
+            s = next_task(queue, worker)
+    tasks_done(queue)
     for s in range(slices):
         firsts[s + 1] += firsts[s]
     num_rows = firsts[slices]
@@ -137,16 +162,22 @@ def _unpack_runs(packed, tag_bits, parallel):
     starts[num_rows] = n
     tags = np.empty(n, np.int64)
     tag_mask = (np.int64(1) << tag_bits) - 1
-    for s in prange(slices):
-        lo, hi = _slice_bounds(n, slices, s)
-        u = firsts[s]
-        for i in range(lo, hi):
-            key = packed[i]
-            tags[i] = key & tag_mask
-            if i == 0 or (key >> tag_bits) != (packed[i - 1] >> tag_bits):
-                rows[u] = key >> tag_bits
-                starts[u] = i
-                u += 1
+    num_tasks = slices
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
+        while s < num_tasks:
+            lo, hi = _slice_bounds(n, slices, s)
+            u = firsts[s]
+            for i in range(lo, hi):
+                key = packed[i]
+                tags[i] = key & tag_mask
+                if i == 0 or (key >> tag_bits) != (packed[i - 1] >> tag_bits):
+                    rows[u] = key >> tag_bits
+                    starts[u] = i
+                    u += 1
+            s = next_task(queue, worker)
+    tasks_done(queue)
     return rows, starts, tags
 
 
@@ -213,8 +244,16 @@ def summed_grad_row(out, plan, u, dim):
 @njit_parallel
 def summed_grad_rows(out, plan, dim):
     """In place: out [U, dim] float32, row u = summed gradient of plan row u."""
-    for u in prange(out.shape[0]):
-        summed_grad_row(out[u], plan, u, dim)
+    num_items = out.shape[0]
+    num_tasks = (num_items + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            for u in range(task * ROW_CHUNK, min(num_items, (task + 1) * ROW_CHUNK)):
+                summed_grad_row(out[u], plan, u, dim)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -225,11 +264,17 @@ def summed_grad_sq_norms(out, plan, dim):
     then added in a fixed order by the caller.
     """
     num_rows = out.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            summed_grad_row(g, plan, u, dim)
-            total = 0.0
-            for j in range(dim):
-                total += np.float64(g[j]) * np.float64(g[j])
-            out[u] = total
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                summed_grad_row(g, plan, u, dim)
+                total = 0.0
+                for j in range(dim):
+                    total += np.float64(g[j]) * np.float64(g[j])
+                out[u] = total
+            c = next_task(queue, worker)
+    tasks_done(queue)

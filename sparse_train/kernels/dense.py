@@ -6,11 +6,13 @@
 """
 import numpy as np
 
-from ._jit import njit_parallel, prange
+from ._jit import next_task, njit_parallel, prange, task_queue, tasks_done, workers
 
 #: Row slices of the bias-gradient sum: a fixed number, so the sum's order
 #: (and its bits) does not depend on the thread count.
 BIAS_SLICES = 16
+#: Rows of [B, N] a parallel task handles (``_jit.task_queue``).
+ROW_TASK = 32
 
 
 @njit_parallel
@@ -18,11 +20,19 @@ def bias_relu(out, bias):
     """In place: out [B, N] float32 = relu(out + bias). bias [N] float32.
 
     NaN propagates (as ``np.maximum``); -0.0 and 0 stay as they are."""
-    for i in prange(out.shape[0]):
-        row = out[i]
-        for j in range(row.shape[0]):
-            v = row[j] + bias[j]
-            row[j] = v if not v < 0 else np.float32(0.0)
+    num_items = out.shape[0]
+    num_tasks = (num_items + ROW_TASK - 1) // ROW_TASK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            for i in range(task * ROW_TASK, min(num_items, (task + 1) * ROW_TASK)):
+                row = out[i]
+                for j in range(row.shape[0]):
+                    v = row[j] + bias[j]
+                    row[j] = v if not v < 0 else np.float32(0.0)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -33,14 +43,20 @@ def relu_grad_and_bias_sums(dpre, partial, g, out):
     gradient). g, out [B, N] float32."""
     num_rows = g.shape[0]
     size = (num_rows + BIAS_SLICES - 1) // BIAS_SLICES
-    for s in prange(BIAS_SLICES):
-        acc = partial[s]
-        acc[:] = 0.0
-        for i in range(s * size, min(num_rows, (s + 1) * size)):
-            for j in range(g.shape[1]):
-                v = g[i, j] if out[i, j] > 0 else np.float32(0.0)
-                dpre[i, j] = v
-                acc[j] += v
+    num_tasks = BIAS_SLICES
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
+        while s < num_tasks:
+            acc = partial[s]
+            acc[:] = 0.0
+            for i in range(s * size, min(num_rows, (s + 1) * size)):
+                for j in range(g.shape[1]):
+                    v = g[i, j] if out[i, j] > 0 else np.float32(0.0)
+                    dpre[i, j] = v
+                    acc[j] += v
+            s = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -49,9 +65,15 @@ def bias_sums(partial, g):
     over each slice of rows (no activation)."""
     num_rows = g.shape[0]
     size = (num_rows + BIAS_SLICES - 1) // BIAS_SLICES
-    for s in prange(BIAS_SLICES):
-        acc = partial[s]
-        acc[:] = 0.0
-        for i in range(s * size, min(num_rows, (s + 1) * size)):
-            for j in range(g.shape[1]):
-                acc[j] += g[i, j]
+    num_tasks = BIAS_SLICES
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
+        while s < num_tasks:
+            acc = partial[s]
+            acc[:] = 0.0
+            for i in range(s * size, min(num_rows, (s + 1) * size)):
+                for j in range(g.shape[1]):
+                    acc[j] += g[i, j]
+            s = next_task(queue, worker)
+    tasks_done(queue)

@@ -6,12 +6,17 @@ an empty array when ``has_weights`` is False.
 """
 import numpy as np
 
-from ._jit import njit, njit_inline, njit_parallel, prange, row_buffer_or
+from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer_or,
+                   task_queue, tasks_done, workers)
 from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
 SUM, MEAN, SQRTN = 0, 1, 2
+
+#: Bags, and ids, a parallel task handles (``_jit.task_queue``).
+BAG_TASK = 32
+ID_TASK = 4096
 
 
 @njit_inline
@@ -45,31 +50,39 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
     bits as ``1 * e_i``), then divides by its divisor (vector code: ``rows``).
     """
     last = values.shape[0] - 1
-    for b in prange(out.shape[0]):
-        row = out[b]
-        acc = row_buffer_or(row, dim)
-        row_fill(acc, np.float32(0.0), dim)
-        start, end = offsets[b], offsets[b + 1]
-        divisor = bag_divisor(values, weights, has_weights, start, end,
-                              combiner, padding_idx)
-        if divisor != 0.0:
-            if has_weights or padding_idx >= 0:
-                for i in range(start, end):
-                    prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
-                    index = values[i]
-                    if index == padding_idx:
-                        continue
-                    if has_weights:
-                        row_axpy(acc, weight, index * dim, weights[i], dim)
-                    else:
-                        row_add(acc, weight, index * dim, dim)
-            else:  # the common case, in its own tight loop
-                for i in range(start, end):
-                    prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
-                    row_add(acc, weight, values[i] * dim, dim)
-            if combiner != SUM:
-                row_divide(acc, divisor, dim)
-        row_store(out, b * dim, acc, dim)
+    num_items = out.shape[0]
+    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
+                row = out[b]
+                acc = row_buffer_or(row, dim)
+                row_fill(acc, np.float32(0.0), dim)
+                start, end = offsets[b], offsets[b + 1]
+                divisor = bag_divisor(values, weights, has_weights, start, end,
+                                      combiner, padding_idx)
+                if divisor != 0.0:
+                    if has_weights or padding_idx >= 0:
+                        for i in range(start, end):
+                            prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
+                            index = values[i]
+                            if index == padding_idx:
+                                continue
+                            if has_weights:
+                                row_axpy(acc, weight, index * dim, weights[i], dim)
+                            else:
+                                row_add(acc, weight, index * dim, dim)
+                    else:  # the common case, in its own tight loop
+                        for i in range(start, end):
+                            prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
+                            row_add(acc, weight, values[i] * dim, dim)
+                    if combiner != SUM:
+                        row_divide(acc, divisor, dim)
+                row_store(out, b * dim, acc, dim)
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -79,24 +92,40 @@ def _bag_coefficients(bag_of, coef, dropped, values, offsets, weights, has_weigh
     w_i / divisor_b (w_i for sum); dropped[b] = positions of bag b that
     contribute nothing (padding ids; every id of a zero-divisor bag).
     Parallel over bags."""
-    for b in prange(offsets.shape[0] - 1):
-        start, end = offsets[b], offsets[b + 1]
-        divisor = bag_divisor(values, weights, has_weights, start, end,
-                              combiner, padding_idx)
-        for i in range(start, end):
-            bag_of[i] = b
-            w = weights[i] if has_weights else np.float32(1.0)
-            coef[i] = w if combiner == SUM else w / divisor
-            if divisor == 0.0 or values[i] == padding_idx:
-                dropped[b] += 1
+    num_items = offsets.shape[0] - 1
+    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
+                start, end = offsets[b], offsets[b + 1]
+                divisor = bag_divisor(values, weights, has_weights, start, end,
+                                      combiner, padding_idx)
+                for i in range(start, end):
+                    bag_of[i] = b
+                    w = weights[i] if has_weights else np.float32(1.0)
+                    coef[i] = w if combiner == SUM else w / divisor
+                    if divisor == 0.0 or values[i] == padding_idx:
+                        dropped[b] += 1
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
 def _gather_plan(src_index, src_coef, order, bag_of, coef):
     """In place: src_index[k] = bag_of[order[k]], src_coef[k] = coef[order[k]]."""
-    for k in prange(order.shape[0]):
-        src_index[k] = bag_of[order[k]]
-        src_coef[k] = coef[order[k]]
+    num_items = order.shape[0]
+    num_tasks = (num_items + ID_TASK - 1) // ID_TASK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            for k in range(task * ID_TASK, min(num_items, (task + 1) * ID_TASK)):
+                src_index[k] = bag_of[order[k]]
+                src_coef[k] = coef[order[k]]
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -146,9 +175,17 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
 def _bag_tagged_keys(keys, values, offsets, tag_bits):
     """In place: keys [n] int64 = ``values[i] << tag_bits | b`` for each
     position i of bag b."""
-    for b in prange(offsets.shape[0] - 1):
-        for i in range(offsets[b], offsets[b + 1]):
-            keys[i] = (values[i] << tag_bits) | b
+    num_items = offsets.shape[0] - 1
+    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
+                for i in range(offsets[b], offsets[b + 1]):
+                    keys[i] = (values[i] << tag_bits) | b
+            task = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -197,22 +234,38 @@ def fuse_bags(values, bag_starts, weights, combiners, row_offsets):
     num_bags = bag_starts.shape[1] - 1
     lengths = np.zeros(num_bags * num_features + 1, np.int64)
     divisors = np.empty(num_bags * num_features, np.float32)
-    for b in prange(num_bags):
-        for f in range(num_features):
-            start, end = bag_starts[f, b], bag_starts[f, b + 1]
-            divisor = bag_divisor(values, weights, True, start, end, combiners[f], -1)
-            divisors[b * num_features + f] = divisor
-            lengths[b * num_features + f + 1] = end - start if divisor != 0.0 else 0
+    num_items = num_bags
+    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
+                for f in range(num_features):
+                    start, end = bag_starts[f, b], bag_starts[f, b + 1]
+                    divisor = bag_divisor(values, weights, True, start, end, combiners[f], -1)
+                    divisors[b * num_features + f] = divisor
+                    lengths[b * num_features + f + 1] = end - start if divisor != 0.0 else 0
+            task = next_task(queue, worker)
+    tasks_done(queue)
     out_offsets = np.cumsum(lengths)
     out_values = np.empty(out_offsets[-1], np.int64)
     out_weights = np.empty(out_offsets[-1], np.float32)
-    for b in prange(num_bags):
-        for f in range(num_features):
-            k = b * num_features + f
-            start, at = bag_starts[f, b], out_offsets[k]
-            divisor = divisors[k]
-            for i in range(out_offsets[k + 1] - at):
-                out_values[at + i] = values[start + i] + row_offsets[f]
-                w = weights[start + i]
-                out_weights[at + i] = w if combiners[f] == SUM else w / divisor
+    num_items = num_bags
+    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
+                for f in range(num_features):
+                    k = b * num_features + f
+                    start, at = bag_starts[f, b], out_offsets[k]
+                    divisor = divisors[k]
+                    for i in range(out_offsets[k + 1] - at):
+                        out_values[at + i] = values[start + i] + row_offsets[f]
+                        w = weights[start + i]
+                        out_weights[at + i] = w if combiners[f] == SUM else w / divisor
+            task = next_task(queue, worker)
+    tasks_done(queue)
     return out_values, out_offsets, out_weights

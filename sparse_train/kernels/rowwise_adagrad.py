@@ -5,7 +5,8 @@
 """
 import numpy as np
 
-from ._jit import loop_width, njit_inline, njit_parallel, prange, row_buffer
+from ._jit import (loop_width, next_task, njit_inline, njit_parallel, prange, row_buffer,
+                   task_queue, tasks_done, workers)
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch, prefetch_row
 
@@ -29,12 +30,18 @@ def rowwise_adagrad_apply(weight, accumulator, plan, lr, epsilon, dim):
     lr, epsilon float32; dim = D (``_jit.row_dim``)."""
     rows = plan.rows
     num_rows = rows.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead, dim)
-            prefetch(accumulator, ahead)
-            summed_grad_row(g, plan, u, dim)
-            rowwise_adagrad_row(weight[rows[u]], accumulator, rows[u], g, lr,
-                                epsilon, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                ahead = rows[min(u + AHEAD, num_rows - 1)]
+                prefetch_row(weight, ahead, dim)
+                prefetch(accumulator, ahead)
+                summed_grad_row(g, plan, u, dim)
+                rowwise_adagrad_row(weight[rows[u]], accumulator, rows[u], g, lr,
+                                    epsilon, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)

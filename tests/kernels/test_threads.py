@@ -1,0 +1,127 @@
+"""The scheduling of parallel kernels (``kernels._jit``: task queues and the
+team choice) changes who runs a task, never a result.
+
+Checked against independent references: every task claimed exactly once
+(a count per task), a pooled lookup and its gradient against float64 NumPy,
+and the same bits with one thread, two threads, and two threads forced to
+run every region alone (as under contention), after which the caller's
+thread count is back.
+"""
+import numba
+import numpy as np
+import pytest
+
+import sparse_train as st
+from sparse_train import functional as F
+from sparse_train.kernels import _jit
+from sparse_train.kernels import adagrad, clip, coalesce, dense, lookup, sgd
+from sparse_train.kernels._jit import (next_task, njit_parallel, prange, task_queue, tasks_done,
+                                       workers)
+
+TWO_THREADS = numba.config.NUMBA_NUM_THREADS >= 2
+
+
+@njit_parallel
+def _claim_counts(counts):
+    """counts[t] += 1 for each task t claimed (tasks: len(counts))."""
+    num_tasks = counts.shape[0]
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
+        task = next_task(queue, worker)
+        while task < num_tasks:
+            counts[task] += 1
+            task = next_task(queue, worker)
+    tasks_done(queue)
+
+
+class _Solo:
+    """Every region runs on the calling thread alone while inside."""
+
+    def __enter__(self):
+        self.saved = _jit._TEAM_STATE[0]
+        _jit._TEAM_STATE[0] = 1 << 40
+
+    def __exit__(self, *exc):
+        _jit._TEAM_STATE[0] = self.saved
+
+
+def _w1_step(num_rows, dim, seed):
+    """Forward, gradient plan and an Adagrad update through the public API
+    (every parallel kernel of a training step): (pooled, weight, accumulator)."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, num_rows, 40_000).astype(np.int64)  # above PARALLEL_MIN_IDS
+    offsets = np.arange(0, 40_001, 20, dtype=np.int64)
+    table = st.EmbeddingTable(num_rows, dim, "t", initializer="uniform", seed=seed)
+    out = F.embedding_bag(table.weight, values, offsets)
+    d_out = rng.standard_normal(out.shape).astype(np.float32)
+    grad = F.embedding_bag_grad(d_out, values, offsets, num_rows)
+    optimizer = st.optim.Adagrad(0.1, initial_accumulator_value=0.1)
+    optimizer.apply_gradients([(grad, table.weight)])
+    accumulator = optimizer.get_slot(table.weight, "accumulator")
+    return values, offsets, d_out, out, table.weight.value.copy(), np.array(accumulator)
+
+
+@pytest.mark.parametrize("num_tasks", [0, 1, 7, 1000])
+def test_every_task_is_claimed_once(num_tasks):
+    for threads in ([1, 2] if TWO_THREADS else [1]):
+        numba.set_num_threads(threads)
+        try:
+            counts = np.zeros(num_tasks, np.int64)
+            _claim_counts(counts)
+            np.testing.assert_array_equal(counts, np.ones(num_tasks, np.int64))
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+@pytest.mark.skipif(not TWO_THREADS, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_solo_regions_restore_the_thread_count_and_count_down():
+    numba.set_num_threads(2)
+    with _Solo():
+        counts = np.zeros(50, np.int64)
+        _claim_counts(counts)
+        assert numba.get_num_threads() == 2
+        assert _jit._TEAM_STATE[0] == (1 << 40) - 1
+    np.testing.assert_array_equal(counts, 1)
+
+
+def test_step_matches_float64_numpy_and_is_the_same_bits_alone_or_in_a_team():
+    runs = {}
+    modes = [(1, False)] + ([(2, False), (2, True)] if TWO_THREADS else [])
+    for threads, solo in modes:
+        numba.set_num_threads(threads)
+        try:
+            if solo:
+                with _Solo():
+                    runs[(threads, solo)] = _w1_step(5000, 16, seed=3)
+            else:
+                runs[(threads, solo)] = _w1_step(5000, 16, seed=3)
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    values, offsets, d_out, out, weight, accumulator = runs[(1, False)]
+    initial = st.EmbeddingTable(5000, 16, "t", initializer="uniform", seed=3).weight.value
+    initial = initial.astype(np.float64)
+    want_out = initial[values].reshape(-1, 20, 16).sum(axis=1)
+    np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-5)
+    g = np.zeros_like(initial)
+    np.add.at(g, values, np.repeat(d_out.astype(np.float64), 20, axis=0))
+    touched = np.unique(values)
+    want_acc = 0.1 + g[touched] ** 2
+    np.testing.assert_allclose(accumulator[touched], want_acc, rtol=1e-4)
+    want_w = initial[touched] - 0.1 * g[touched] / np.sqrt(want_acc)
+    np.testing.assert_allclose(weight[touched], want_w, rtol=1e-4, atol=1e-5)
+    for mode, run in runs.items():
+        for name, a, b in zip(("values", "offsets", "d_out", "out", "weight", "accumulator"),
+                              run, runs[(1, False)]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}, threads/solo {mode}")
+
+
+def test_parallel_kernels_run_only_their_prange_loops_in_parallel():
+    """Numba empties a dict of parallel options as it reads it: every
+    kernel must still see array expressions and np.zeros kept serial (each
+    would be a region of its own, waking the team)."""
+    kernels = [lookup.embedding_bag_forward, lookup.fuse_bags, coalesce._radix_pass,
+               coalesce.summed_grad_rows, sgd.sgd_apply, adagrad.adagrad_apply,
+               dense.bias_relu, clip.dense_sq_norm]
+    for kernel in kernels:
+        options = kernel.targetoptions["parallel"]
+        assert options.prange and not options.numpy and not options.setitem, kernel
