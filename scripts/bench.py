@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import sparse_train  # noqa: F401  first: sets the thread pools' spin limits before numpy loads
 import numpy as np
@@ -627,8 +628,11 @@ def thread_list(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workloads", type=csv(("w1", "w2", "start")), default=["w1", "w2", "start"],
-                   help="comma list of w1, w2, start (default all)")
+    p.add_argument("--workloads", type=csv(("w1", "w2", "start", "contention", "dynamic")),
+                   default=["w1", "w2", "start"],
+                   help="comma list of w1, w2, start (the default), contention (our step "
+                        "beside a busy process: scripts/bench_contention.py) and dynamic "
+                        "(a dynamic table's W1 step / the static one: scripts/bench_dynamic.py)")
     p.add_argument("--tables", type=csv(tuple(w1.TABLES)), default=list(w1.TABLES))
     p.add_argument("--ids", type=csv(w1.DISTRIBUTIONS), default=list(w1.DISTRIBUTIONS))
     p.add_argument("--optimizers", type=csv(w1.OPTIMIZERS), default=list(w1.OPTIMIZERS))
@@ -725,6 +729,15 @@ def meta(argv, no_torch=False, no_fbgemm=False, load_before=None):
             "command": " ".join(["python", "scripts/bench.py"] + list(argv))}
 
 
+def _script(name):
+    """The module ``scripts/{name}.py`` (bench.py may be imported from elsewhere)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -748,6 +761,11 @@ def main(argv=None):
     if "w2" in args.workloads:
         result["w2"] = run_w2(args)
         save_partial(result, args, argv, load_before)
+    for name in ("contention", "dynamic"):
+        if name in args.workloads:
+            log(f"{name} (scripts/bench_{name}.py, its default configs)")
+            result[name] = _script(f"bench_{name}").main([])
+            save_partial(result, args, argv, load_before)
     if "start" in args.workloads:
         try:  # a subprocess: its failure must not lose the figures above
             log("warm-cache start (subprocess)")
