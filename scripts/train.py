@@ -66,7 +66,8 @@ DEFAULTS = {
 #: data.libsvm.MAX_FIELDS / MAX_BAG_LENGTH / MAX_INDEX; None keeps them):
 #: flag -> (default shown in --help, what it bounds).
 DATA_LIMITS = {
-    "max_vocabulary_size": (1 << 27, "ids in one feature's vocabulary"),
+    "max_vocabulary_size": (1 << 27, "ids in one feature's vocabulary (--ids dynamic: keys "
+                            "admitted to one table, its capacity)"),
     "max_line_bytes": (64 << 20, "bytes in one line of a text file"),
     "max_fields": (1000, "libffm: field numbers (largest + 1)"),
     "max_bag_length": (1 << 20, "libsvm / libffm: pairs in one row"),
@@ -371,7 +372,10 @@ _APPLIES = (
     *((key, lambda a: a.ids == "dynamic", "with --ids dynamic")
       for key in ("filter_freq", "steps_to_live", "l2_weight_threshold", "evict_every_steps")),
     ("on_bad_line", lambda a: a.format != "synthetic", "with a file --format"),
-    *((key, lambda a: a.format != "synthetic", "with a file --format") for key in DATA_LIMITS),
+    *((key, lambda a, key=key: a.format != "synthetic" or (key == "max_vocabulary_size"
+                                                           and a.ids == "dynamic"),
+       "with a file --format" + (" or --ids dynamic" if key == "max_vocabulary_size" else ""))
+      for key in DATA_LIMITS),
     ("valid_fraction", lambda a: not a.valid, "without --valid"),
     ("accumulator_decay_step", lambda a: a.sparse_optimizer == "adagrad_decay",
      "with --sparse-optimizer adagrad_decay"),
@@ -747,9 +751,12 @@ def build(args, spec, train_data=None):
 def dynamic_options(args):
     """--filter-freq, --steps-to-live, --l2-weight-threshold as the
     ``DynamicEmbeddingTable`` options of every table (``build_model(...,
-    dynamic=)``)."""
+    dynamic=)``), and --max-vocabulary-size as each table's ``capacity``:
+    a stream of ever new keys stops with an error naming the table instead
+    of growing until the host runs out of memory."""
+    capacity = args.max_vocabulary_size or DATA_LIMITS["max_vocabulary_size"][0]
     return {"filter_freq": args.filter_freq, "steps_to_live": args.steps_to_live,
-            "l2_weight_threshold": args.l2_weight_threshold}
+            "l2_weight_threshold": args.l2_weight_threshold, "capacity": capacity}
 
 
 def dynamic_fit_options(args, model, global_step):

@@ -57,3 +57,14 @@ def test_flags_that_do_not_fit_dynamic_ids(tmp_path, capsys, flags, message):
         flags = [*flags[:-1], str(tmp_path / flags[-1])]
     assert train_script.main([*SMALL, *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_max_vocabulary_size_caps_each_dynamic_table(capsys):
+    """--max-vocabulary-size is each dynamic table's capacity (default 2**27):
+    a stream of more keys stops with an error naming the table, not a host
+    out of memory."""
+    args = train_script.parse_args(["--ids", "dynamic"])
+    assert train_script.dynamic_options(args)["capacity"] == 1 << 27
+    assert train_script.main([*SMALL, "--ids", "dynamic", "--max-vocabulary-size", "20"]) != 0
+    err = capsys.readouterr().err
+    assert "exceed its capacity of 20" in err and "(feature 'c0')" in err
