@@ -103,6 +103,7 @@ import time
 import warnings
 import weakref
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -110,7 +111,7 @@ from .optim.base import Optimizer
 from .variable import GlobalStep, Variable
 
 __all__ = ["Checkpoint", "CheckpointManager", "CheckpointReader", "load_checkpoint",
-           "apply_table_delta",
+           "apply_table_delta", "TableSnapshot",
            "CheckpointError", "CorruptCheckpointError", "optimizer_state_dict",
            "load_optimizer_state_dict", "FORMAT_VERSION", "DirectoryLock",
            "DirectoryLockedError"]
@@ -137,6 +138,15 @@ class CorruptCheckpointError(CheckpointError):
 
 class DirectoryLockedError(CheckpointError):
     """Another live process holds a directory's ``DirectoryLock``."""
+
+
+class TableSnapshot(NamedTuple):
+    """One consistent copy of a ``Checkpoint``'s dynamic tables
+    (``Checkpoint.snapshot``): {table: {field: array}}, {table: sorted row
+    fields}, and whether the states are deltas."""
+    states: dict
+    fields: dict
+    delta: bool
 
 
 # --------------------------------------------------------------- Checkpoint
@@ -191,27 +201,51 @@ class Checkpoint:
         whole tables, as a new chain's full save.
 
         Returns ({table: sorted row fields}, the chain written)."""
+        snapshot = self.snapshot(delta_fields)
+        if delta_fields is not None and not snapshot.delta:
+            chain = new_chain()
+        self.write(path, snapshot, metadata, chain)
+        return snapshot.fields, chain
+
+    def snapshot(self, delta_fields=None):
+        """Evict every dynamic table at the global step, then take one
+        consistent copy of each (a manager's save, in two steps so that
+        ranks can agree on the kind before writing; ``write`` writes it).
+
+        Args:
+            delta_fields: None for whole tables; else {table: sorted row
+                fields of the chain's full save}: each table's
+                ``delta_state_dict()``, unless a table's row fields differ
+                from these (an optimizer attached since), then whole tables.
+
+        Returns:
+            a ``TableSnapshot`` (``delta`` False when the tables are whole).
+        """
         step = 0 if self.global_step is None else int(self.global_step)
         for table in self.tables.values():
             table.evict(step)
-        delta = delta_fields is not None
-        states = {name: _table_state(table, delta) for name, table in self.tables.items()}
-        fields = {name: sorted(_row_fields(state)) for name, state in states.items()}
-        if delta and fields != delta_fields:
-            delta, chain = False, new_chain()
-            states = {name: _table_state(table, False) for name, table in self.tables.items()}
+        for delta in ((True, False) if delta_fields is not None else (False,)):
+            states = {name: _table_state(table, delta) for name, table in self.tables.items()}
             fields = {name: sorted(_row_fields(state)) for name, state in states.items()}
-        entries = self._entries(states)
+            if not delta or fields == delta_fields:
+                break
+        return TableSnapshot(states, fields, delta)
+
+    def write(self, path, snapshot, metadata=None, chain=None):
+        """Write ``path`` atomically from ``snapshot`` (of ``snapshot()``)
+        with the header ``"chain"`` ``chain`` (dict: id, files, index, or
+        None); returns ``path``."""
+        entries = self._entries(snapshot.states)
         header = self._header(entries, metadata)
         if self.tables:
-            header["dynamic"] = {name: {"kind": "delta" if delta else "full",
+            header["dynamic"] = {name: {"kind": "delta" if snapshot.delta else "full",
                                         "embedding_dim": int(self.tables[name].embedding_dim),
                                         "fields": sorted(state)}
-                                 for name, state in states.items()}
+                                 for name, state in snapshot.states.items()}
         if chain is not None:
             header["chain"] = chain
         _atomic_write(path, lambda f: _write_checkpoint(f, header, entries))
-        return fields, chain
+        return path
 
     def restore(self, path, strict=True):
         """Read ``path`` into these objects; returns the file's header (dict).
@@ -345,15 +379,11 @@ class Checkpoint:
 
     def _read_tables(self, ckpt):
         """{variable: full state} of every dynamic table, read from ``ckpt``
-        and, for a delta, its chain (``_read_chain``); checked against the
-        tables. Nothing is mutated."""
+        and, for a delta, its chain (``_table_states``); checked against
+        the tables. Nothing is mutated."""
         if not self.tables:
             return {}
-        dynamic = ckpt.header["dynamic"]
-        if all(dynamic[name]["kind"] == "full" for name in self.tables):
-            states = {name: _read_fields(ckpt, name, dynamic[name]) for name in self.tables}
-        else:
-            states = _read_chain(ckpt, list(self.tables))
+        states = _table_states(ckpt, list(self.tables))
         problems = [p for name, state in states.items()
                     for p in _table_state_problems(self.tables[name], name, state)]
         if problems:
@@ -572,6 +602,57 @@ def new_chain():
     return {"id": os.urandom(8).hex(), "files": [], "index": 0}
 
 
+def check_incremental_every(value):
+    """``incremental_every`` as an int >= 1 or None; ValueError naming it."""
+    if value is not None and (isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, np.integer, float)) or int(value) != value or value < 1):
+        raise ValueError(f"incremental_every must be an integer >= 1 or None, got {value!r}")
+    return None if value is None else int(value)
+
+
+def next_link(chain, tables, incremental_every, latest, name):
+    """The header ``"chain"`` of a manager's next save, named ``name``.
+
+    A delta continues ``chain`` (the manager's, from ``chain_after_save`` or
+    ``restored_chain``) when that is safe: deltas asked for
+    (``incremental_every`` > 1), the chain has fewer than
+    ``incremental_every`` files, no table was restored by anyone since, and
+    ``latest`` (the pointer's newest name) is the chain's last file. Else a
+    new chain's full save; None without ``incremental_every`` or tables."""
+    if not incremental_every or not tables:
+        return None
+    if (incremental_every > 1 and chain is not None
+            and chain["restores"] is not None
+            and chain["restores"] == _restore_counts(tables)
+            and len(chain["files"]) < incremental_every
+            and chain["files"][-1] == latest and name not in chain["files"]):
+        return {"id": chain["id"], "files": list(chain["files"]),
+                "index": len(chain["files"])}
+    return new_chain()
+
+
+def chain_after_save(link, name, fields, tables):
+    """A manager's chain once the save ``name`` (header chain ``link``, row
+    fields ``fields``) has committed: the tables are marked saved (their
+    next delta starts here). None when ``link`` is None."""
+    for table in tables.values():
+        table.mark_saved()
+    if link is None:
+        return None
+    return {"id": link["id"], "files": list(link["files"]) + [name], "fields": fields,
+            "restores": _restore_counts(tables)}
+
+
+def restored_chain(header, files, tables):
+    """A manager's chain after restoring a save whose header (a file's, or
+    a rank's shard's) is ``header``: ``files`` the chain's names through the
+    restored one; the row fields from the header. Mark the tables saved first."""
+    return {"id": header["chain"]["id"], "files": list(files),
+            "fields": {t: sorted(f for f in header["dynamic"][t]["fields"]
+                                 if f not in _KEY_FIELDS) for t in tables},
+            "restores": _restore_counts(tables)}
+
+
 def _table_of(var):
     """The dynamic table owning ``var`` (a ``DynamicVariable``), else None."""
     table = getattr(var, "table", None)
@@ -716,6 +797,27 @@ def _table_state_problems(table, name, state):
         problems.append(f"{where}: {state['keys'].shape[0]} admitted keys in the checkpoint, "
                         f"capacity {capacity} in the model")
     return problems
+
+
+def read_table_states(path, names):
+    """{table: full state} of the dynamic tables ``names`` saved in the
+    checkpoint file ``path``: as saved for a full save, else its delta
+    chain's full save and deltas merged in order; every CRC is checked, no
+    table is touched. A broken chain raises ``CorruptCheckpointError``
+    whose ``bad_file`` names the first file that breaks it."""
+    with _CheckpointFile(path) as ckpt:
+        return _table_states(ckpt, names)
+
+
+def _table_states(ckpt, names):
+    """``read_table_states`` of an open checkpoint file."""
+    dynamic = ckpt.header.get("dynamic", {})
+    missing = [name for name in names if name not in dynamic]
+    if missing:
+        raise CheckpointError(f"checkpoint {ckpt.path} holds no dynamic table {missing}")
+    if all(dynamic[name]["kind"] == "full" for name in names):
+        return {name: _read_fields(ckpt, name, dynamic[name]) for name in names}
+    return _read_chain(ckpt, names)
 
 
 def _read_fields(ckpt, name, saved):
@@ -1118,12 +1220,7 @@ class CheckpointManager:
             raise TypeError(f"checkpoint must be a Checkpoint, got {type(checkpoint).__name__}")
         if max_to_keep is not None and (int(max_to_keep) != max_to_keep or max_to_keep < 1):
             raise ValueError(f"max_to_keep must be an integer >= 1 or None, got {max_to_keep!r}")
-        if incremental_every is not None and (
-                isinstance(incremental_every, bool) or int(incremental_every) != incremental_every
-                or incremental_every < 1):
-            raise ValueError(f"incremental_every must be an integer >= 1 or None, "
-                             f"got {incremental_every!r}")
-        self.incremental_every = None if incremental_every is None else int(incremental_every)
+        self.incremental_every = check_incremental_every(incremental_every)
         self._chain = None  # the delta chain the tables' marks belong to (_continue_chain)
         if not re.fullmatch(r"[\w.-]+", checkpoint_name):
             raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
@@ -1184,31 +1281,13 @@ class CheckpointManager:
 
     # ------------------------------------------------- incremental saves
     def _next_link(self, names, name):
-        """The header ``"chain"`` of the save ``name``: a delta's when one is
-        safe (see the class docstring), else a new chain's full save; None
-        when this manager saves no deltas."""
-        if not self.incremental_every or not self.checkpoint.tables:
-            return None
-        chain, latest = self._chain, names[-1] if names else None
-        if (self.incremental_every > 1 and chain is not None
-                and chain["restores"] is not None
-                and chain["restores"] == _restore_counts(self.checkpoint.tables)
-                and len(chain["files"]) < self.incremental_every
-                and chain["files"][-1] == latest and name not in chain["files"]):
-            return {"id": chain["id"], "files": list(chain["files"]),
-                    "index": len(chain["files"])}
-        return new_chain()
+        """The header ``"chain"`` of the save ``name`` (``next_link``)."""
+        return next_link(self._chain, self.checkpoint.tables, self.incremental_every,
+                         names[-1] if names else None, name)
 
     def _committed(self, chain, name, fields):
         """After a save is committed: the tables' changes are saved."""
-        for table in self.checkpoint.tables.values():
-            table.mark_saved()
-        if chain is None:
-            self._chain = None
-            return
-        self._chain = {"id": chain["id"], "files": list(chain["files"]) + [name],
-                       "fields": fields,
-                       "restores": _restore_counts(self.checkpoint.tables)}
+        self._chain = chain_after_save(chain, name, fields, self.checkpoint.tables)
 
     def _chain_files(self, name):
         """The files the kept checkpoint ``name`` needs to restore (its delta
@@ -1255,14 +1334,9 @@ class CheckpointManager:
         for table in self.checkpoint.tables.values():
             table.mark_saved()
         chain = header.get("chain")
-        if not self.incremental_every or not isinstance(chain, dict) or not self.checkpoint.tables:
-            self._chain = None
-            return
-        self._chain = {"id": chain["id"], "files": list(chain["files"]) + [name],
-                       "fields": {t: sorted(f for f in header["dynamic"][t]["fields"]
-                                            if f not in _KEY_FIELDS)
-                                  for t in self.checkpoint.tables},
-                       "restores": _restore_counts(self.checkpoint.tables)}
+        self._chain = (restored_chain(header, list(chain["files"]) + [name],
+                                      self.checkpoint.tables)
+                       if self.incremental_every and isinstance(chain, dict) else None)
 
     def _candidates(self):
         """Existing checkpoint paths, newest first: the pointer's; when it

@@ -18,7 +18,15 @@ arrays (one array in memory at a time) and keeps the rows it now owns
 keys it owns, with their slots and counts); on another world size every
 rank concatenates the old shards' states and keeps the keys
 ``dynamic.key_owner`` gives it. A plain single-process
-checkpoint file restores the same way, as a world of one. The directory
+checkpoint file restores the same way, as a world of one.
+
+Incremental saves (``DistributedCheckpointManager(incremental_every=K)``):
+a delta's shard r holds rank r's tables' ``delta_state_dict()`` and names,
+in its header's ``"chain"``, shard r of the chain's full save and earlier
+deltas (``sparse_train.checkpoint``'s delta chain, one per rank); the
+manifest's ``"chain"`` names their manifests. On the same world size each
+rank restores its own chain; on another, each rank merges every old rank's
+chain (``checkpoint.read_table_states``) before keeping its keys. The directory
 must be visible to every rank at the same path (a shared file system on
 several hosts).
 
@@ -42,7 +50,9 @@ import numpy as np
 from ..checkpoint import (MAGIC, Checkpoint, CheckpointError, CheckpointReader, read_pointer,
                           CorruptCheckpointError, _atomic_write, _dumps, entry_path,
                           load_optimizer_state_dict, remove_own_file, remove_stale_temporaries,
-                          _field_array, _table_of, _table_state_problems)
+                          _table_of, _table_state_problems, _count_restore, _plain_name,
+                          chain_after_save, check_incremental_every, new_chain, next_link,
+                          read_table_states, restored_chain)
 from .dynamic import reshard_table_states
 from .faults import DistributedError
 from .sharding import owned_ids, shard_size
@@ -79,12 +89,39 @@ def save_sharded(directory, prefix, dist, optimizers, global_step=None, metadata
     Also checks that the dense replicas are still identical on every rank
     (CRC-32 of each dense variable), raising ``DistributedError`` if not.
     """
+    return _save_shards(directory, prefix, dist, optimizers, global_step, metadata)[0]
+
+
+def _save_shards(directory, prefix, dist, optimizers, global_step, metadata, link=None,
+                 delta_fields=None):
+    """``save_sharded`` as a link of a delta chain (``DistributedCheckpointManager``).
+
+    ``link`` is the manifest's ``"chain"`` (``{"id", "files", "index"}``,
+    files: the manifests of the chain's full save and deltas before this
+    one) or None; each rank's shard gets the same chain over its own shard
+    files. With ``delta_fields`` (this rank's {table: row fields of the
+    chain's full save}) every rank writes its tables' deltas, unless one
+    cannot (fields changed): then every rank writes whole tables, as a new
+    chain's full save. Returns (manifest path, this rank's {table: row
+    fields}, the manifest's chain)."""
     comm = dist.comm
     _check_replicas(dist)
     os.makedirs(directory, exist_ok=True)
     name = shard_file(prefix, comm.rank, comm.size)
-    _collective(comm, "save", lambda: Checkpoint(dist.variables(), optimizers, global_step).save(
-        os.path.join(directory, name), metadata))
+    checkpoint = _collective(comm, "save", lambda: Checkpoint(dist.variables(), optimizers,
+                                                              global_step))
+    snapshot = _collective(comm, "save", lambda: checkpoint.snapshot(delta_fields))
+    if delta_fields is not None and not all(comm.allgather(snapshot.delta)):
+        if snapshot.delta:  # another rank's fields changed: all save whole tables
+            snapshot = _collective(comm, "save", checkpoint.snapshot)
+        else:
+            _collective(comm, "save", lambda: None)
+        link = comm.bcast(new_chain() if comm.rank == 0 else None)
+    shard_link = None if link is None else {
+        "id": link["id"], "index": link["index"],
+        "files": [shard_file(_prefix_of(n), comm.rank, comm.size) for n in link["files"]]}
+    _collective(comm, "save", lambda: checkpoint.write(os.path.join(directory, name), snapshot,
+                                                       metadata, shard_link))
     manifest = {
         "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION,
         "world_size": comm.size, "sharding": "row id mod world_size",
@@ -95,10 +132,16 @@ def save_sharded(directory, prefix, dist, optimizers, global_step=None, metadata
         "global_step": None if global_step is None else int(global_step),
         "metadata": {} if metadata is None else metadata,
     }
+    if link is not None:
+        manifest["chain"] = link
     path = os.path.join(directory, manifest_file(prefix))
     _collective(comm, "save", lambda: comm.rank == 0 and _atomic_write(
         path, lambda f: f.write(_dumps(manifest))))
-    return path
+    return path, snapshot.fields, link
+
+
+def _prefix_of(manifest_name):
+    return manifest_name[:-len(".manifest.json")]
 
 
 def restore_sharded(path, dist, optimizers, global_step=None):
@@ -110,19 +153,38 @@ def restore_sharded(path, dist, optimizers, global_step=None):
     Same world size: each rank restores its own shard file (strict, every
     CRC checked first). Another world size: resharded (module docstring).
     """
+    return _restore_shards(path, dist, optimizers, global_step)[0]
+
+
+def _restore_shards(path, dist, optimizers, global_step, fallback=False):
+    """``restore_sharded``; returns (manifest, this rank's shard header when
+    each rank restored its own shard of the same world size, else None).
+    With ``fallback`` (``restore_latest``) a missing shard is reported as
+    corrupt (``CorruptCheckpointError`` naming it), so an older save is tried."""
     comm = dist.comm
     manifest = _collective(comm, "restore", lambda: _read_manifest(path) if comm.rank == 0
                            else None, root_result=True)
     _check_tables(manifest, dist, path)
     directory = os.path.dirname(os.path.abspath(path))
     shards = [entry_path(directory, name, os.path.basename(path)) for name in manifest["shards"]]
+    present = _present if fallback else (lambda shard: shard)
     if manifest["world_size"] == comm.size:
-        _collective(comm, "restore", lambda: Checkpoint(
-            dist.variables(), optimizers, global_step).restore(shards[comm.rank]))
-    else:
-        _collective(comm, "restore", lambda: _reshard(shards, manifest, dist, optimizers,
-                                                      global_step))
-    return manifest
+        header = _collective(comm, "restore", lambda: Checkpoint(
+            dist.variables(), optimizers, global_step).restore(present(shards[comm.rank])))
+        return manifest, header
+    _collective(comm, "restore", lambda: _reshard([present(s) for s in shards], manifest, dist,
+                                                  optimizers, global_step))
+    return manifest, None
+
+
+def _present(path):
+    """``path``, or ``CorruptCheckpointError`` naming it when a shard of a
+    complete save (its manifest written) is gone."""
+    if not os.path.exists(path):
+        error = CorruptCheckpointError(f"checkpoint shard {path} is missing")
+        error.bad_file = os.path.basename(path)
+        raise error
+    return path
 
 
 class DistributedCheckpointManager:
@@ -134,17 +196,42 @@ class DistributedCheckpointManager:
     (JSON: the latest manifest and the kept ones, oldest first) is replaced
     atomically by rank 0 after the manifest, then older checkpoints' files
     are deleted. ``restore_latest`` falls back to older checkpoints when a
-    file is corrupt, on every rank together.
+    file is corrupt or missing, on every rank together.
+
+    Incremental checkpoints (``incremental_every=K``, as
+    ``CheckpointManager``'s): every K-th save is full; the saves between
+    write, on each rank, only its dynamic tables' changed rows and
+    tombstones (``delta_state_dict``), the rest whole. The manifest's
+    ``"chain"`` (``{"id", "files", "index"}``) names the manifests of the
+    chain's full save and the deltas before it; shard r's header names the
+    same saves' shard r files. A save is full whenever a delta is not safe
+    (see ``CheckpointManager``; the ranks agree on it). Restore on the same
+    world size merges each rank's own chain (``Checkpoint.restore``); on
+    another one (or in one process) every rank merges each old rank's chain,
+    then keeps the keys it owns. A missing, out-of-order or corrupt file is
+    named in a warning and the newest consistent point before it restored.
+    Pruning keeps every file a kept delta needs.
+
+    Args:
+        dist: the ``DistributedModel`` (or an object with its ``comm``,
+            ``variables()``, ``dense_variables()`` and ``tables``).
+        optimizers, global_step: saved and restored with it.
+        directory: shared by every rank (created if missing).
+        max_to_keep: >= 1, or None to keep every checkpoint.
+        checkpoint_name: file name prefix.
+        incremental_every: K >= 1, or None (every save full).
     """
 
     POINTER = "latest"
 
     def __init__(self, dist, optimizers, global_step, directory, max_to_keep=5,
-                 checkpoint_name="ckpt"):
+                 checkpoint_name="ckpt", incremental_every=None):
         if max_to_keep is not None and (int(max_to_keep) != max_to_keep or max_to_keep < 1):
             raise ValueError(f"max_to_keep must be an integer >= 1 or None, got {max_to_keep!r}")
         if not re.fullmatch(r"[\w.-]+", checkpoint_name):
             raise ValueError(f"checkpoint_name must be a plain file name, got {checkpoint_name!r}")
+        self.incremental_every = check_incremental_every(incremental_every)
+        self._chain = None  # the delta chain the tables' marks belong to (next_link)
         self.dist, self.optimizers, self.global_step = dist, list(optimizers), global_step
         self.directory = os.fspath(directory)
         self.max_to_keep = max_to_keep
@@ -157,38 +244,84 @@ class DistributedCheckpointManager:
     def comm(self):
         return self.dist.comm
 
+    @property
+    def _tables(self):
+        """{variable name: dynamic table} of this rank."""
+        return {v.name: _table_of(v) for v in self.dist.variables() if _table_of(v) is not None}
+
     def save(self, checkpoint_number=None, metadata=None):
-        """Write a new sharded checkpoint, update ``latest``, drop the oldest;
-        returns the manifest's path."""
+        """Write a new sharded checkpoint (a delta with ``incremental_every``
+        when safe), update ``latest``, drop the oldest; returns the
+        manifest's path."""
         names = self.comm.bcast(self._read_pointer()[1] if self.comm.rank == 0 else None)
         if checkpoint_number is None:
             checkpoint_number = int(self.global_step) if self.global_step is not None else 1 + max(
                 [self._number(n) for n in names] + [0])
         prefix = f"{self.checkpoint_name}-{int(checkpoint_number)}"
-        path = save_sharded(self.directory, prefix, self.dist, self.optimizers,
-                            self.global_step, metadata)
+        link = self._next_link(names, manifest_file(prefix))
+        delta = link is not None and link["index"] > 0
+        path, fields, link = _save_shards(self.directory, prefix, self.dist, self.optimizers,
+                                          self.global_step, metadata, link,
+                                          self._chain["fields"] if delta else None)
         name = os.path.basename(path)
         names = [n for n in names if n != name] + [name]
-        kept = names if self.max_to_keep is None else names[-self.max_to_keep:]
         _collective(self.comm, "save", lambda: self.comm.rank == 0 and self._update_pointer(
-            name, kept, names[:len(names) - len(kept)]))
+            name, names))
+        if self.incremental_every:
+            self._chain = chain_after_save(link, name, fields, self._tables)
         return path
+
+    def _next_link(self, names, name):
+        """The manifest ``"chain"`` of the save ``name`` (``next_link``),
+        the same on every rank: a delta only if every rank may continue."""
+        link = next_link(self._chain, self._tables, self.incremental_every,
+                         names[-1] if names else None, name)
+        if link is None:
+            return None
+        if all(self.comm.allgather(link["index"] > 0)):
+            return link
+        return self.comm.bcast(new_chain() if self.comm.rank == 0 else None)
 
     def restore_latest(self):
         """Restore the newest complete checkpoint (older ones if it is
-        corrupt); returns its manifest path, or None if there is none."""
+        corrupt or a file it needs is missing: a warning names the file);
+        returns its manifest path, or None if there is none."""
         candidates = self.comm.bcast(self._candidates() if self.comm.rank == 0 else None)
-        error = None
+        error, bad = None, set()
         for path in candidates:
+            name = os.path.basename(path)
+            needs = self.comm.bcast(self._chain_files(name) if self.comm.rank == 0 else None)
+            if bad.intersection(needs + [name]):
+                continue  # needs a file already reported
             try:
-                restore_sharded(path, self.dist, self.optimizers, self.global_step)
-                return path
+                manifest, header = _restore_shards(path, self.dist, self.optimizers,
+                                                   self.global_step, fallback=True)
             except CorruptCheckpointError as exc:
-                warnings.warn(f"{exc}; trying an older checkpoint", stacklevel=2)
+                broken = {self._entry_of(f) for f in getattr(exc, "bad_files", ())} or {name}
+                if broken - bad:
+                    warnings.warn(f"{exc}; trying an older checkpoint", stacklevel=2)
+                bad |= broken
                 error = exc
+                continue
+            self._restored(manifest, header, name)
+            return path
         if error is not None:
             raise error
         return None
+
+    def _restored(self, manifest, header, name):
+        """After restoring ``name``: its chain continues with the next save
+        when each rank restored its own shard (same world size)."""
+        self._chain = None
+        if not self.incremental_every:
+            return
+        tables = self._tables
+        for table in tables.values():
+            table.mark_saved()
+        if header is not None and isinstance(manifest.get("chain"), dict) \
+                and isinstance(header.get("chain"), dict):
+            self._chain = restored_chain(header, list(manifest["chain"]["files"]) + [name],
+                                         tables)
 
     def latest_step(self):
         """The number (global step) of the newest checkpoint, or None (every rank)."""
@@ -228,12 +361,35 @@ class DistributedCheckpointManager:
                 or re.fullmatch(re.escape(self.checkpoint_name) + r"-\d+\.shard-\d+-of-\d+\.ckpt",
                                 file_name) is not None)
 
-    def _update_pointer(self, latest, kept, dropped):
+    def _entry_of(self, file_name):
+        """The pointer entry (manifest) a shard file belongs to."""
+        found = re.fullmatch(r"([\w.-]+)\.shard-\d+-of-\d+\.ckpt", file_name or "")
+        return manifest_file(found.group(1)) if found else file_name
+
+    def _chain_files(self, name):
+        """The pointer entries the kept checkpoint ``name`` needs (its delta
+        chain's manifests), from its manifest; [] when it is unreadable."""
+        if not name.endswith(".manifest.json"):
+            return []
+        try:
+            files = (_read_manifest(self._path(name)).get("chain") or {}).get("files", [])
+        except (OSError, CheckpointError, AttributeError):
+            return []
+        return [f for f in files if _plain_name(f) and self._number(f) is not None]
+
+    def _update_pointer(self, latest, names):
+        """Point ``latest`` at the newest save, keep the last ``max_to_keep``
+        and every save their chains need; delete the others' files."""
+        kept = names if self.max_to_keep is None else names[-self.max_to_keep:]
+        needed = set(kept).union(*(self._chain_files(n) for n in kept))
+        kept = [n for n in names if n in needed]
         pointer = _dumps({"latest": latest, "checkpoints": kept})
         _atomic_write(os.path.join(self.directory, self.POINTER), lambda f: f.write(pointer))
-        for name in dropped:
-            for file in self._files_of(name):
-                remove_own_file(self.directory, file, MAGIC if file.endswith(".ckpt") else b"{")
+        for name in names:
+            if name not in needed:
+                for file in self._files_of(name):
+                    remove_own_file(self.directory, file,
+                                    MAGIC if file.endswith(".ckpt") else b"{")
         return True
 
     def _files_of(self, name):
@@ -261,19 +417,23 @@ class DistributedCheckpointManager:
 def _collective(comm, what, action, root_result=False):
     """Run ``action`` on every rank; if it raised anywhere, raise on every
     rank (``CorruptCheckpointError`` if every failure was one, else
-    ``CheckpointError``) naming the failed ranks. Returns the action's
-    result (rank 0's when ``root_result``)."""
+    ``CheckpointError``) naming the failed ranks, its ``bad_files`` the
+    files their errors named as broken. Returns the action's result (rank
+    0's when ``root_result``)."""
     result, failure = None, None
     try:
         result = action()
     except (OSError, ValueError, KeyError) as exc:  # CheckpointError is a ValueError
-        failure = (isinstance(exc, CorruptCheckpointError), f"{type(exc).__name__}: {exc}")
+        failure = (isinstance(exc, CorruptCheckpointError), f"{type(exc).__name__}: {exc}",
+                   getattr(exc, "bad_file", None))
     failures = comm.allgather(failure)
     bad = [(rank, f) for rank, f in enumerate(failures) if f is not None]
     if bad:
         kind = CorruptCheckpointError if all(f[0] for _, f in bad) else CheckpointError
-        raise kind(f"checkpoint {what} failed on "
-                   + "; ".join(f"rank {rank}: {f[1]}" for rank, f in bad))
+        error = kind(f"checkpoint {what} failed on "
+                     + "; ".join(f"rank {rank}: {f[1]}" for rank, f in bad))
+        error.bad_files = sorted({f[2] for _, f in bad if f[2]})  # the files that broke
+        raise error
     return comm.bcast(result) if root_result else result
 
 
@@ -353,7 +513,7 @@ def _reshard(shards, manifest, dist, optimizers, global_step):
         if var.name not in first["variables"]:
             raise CheckpointError(f"checkpoint {shards[0]} has no variable {var.name!r}")
         if _table_of(var) is not None:
-            dynamic[var.name] = _reshard_table(readers, var, comm.rank, comm.size)
+            dynamic[var.name] = _reshard_table(shards, var, comm.rank, comm.size)
             continue
         values[var.name] = fetch(var.name, var.name)
         if values[var.name].shape != var.shape:
@@ -383,27 +543,22 @@ def _reshard(shards, manifest, dist, optimizers, global_step):
     for var in dist.variables():
         if var.name in dynamic:
             var.table.load_state_dict(dynamic[var.name])
+            _count_restore(var.table)
         else:
             var.assign(values[var.name])
     if global_step is not None:
         global_step.assign(step["value"])
 
 
-def _reshard_table(readers, var, rank, size):
+def _reshard_table(shards, var, rank, size):
     """This rank's state of the dynamic table ``var`` from every old shard's
-    full state (keys owned by ``key_owner``), checked against the table."""
-    parts = []
-    for reader in readers:
-        saved = reader.header.get("dynamic", {}).get(var.name)
-        if saved is None or saved["kind"] != "full":
-            raise CheckpointError(f"{reader.path}: {var.name!r} is not a full dynamic table "
-                                  f"save (a sharded checkpoint holds whole tables)")
-        parts.append({field: reader.get_tensor(_field_array(var.name, field))
-                      for field in saved["fields"]})
+    state (a full save, or a delta merged with its chain: ``read_table_states``),
+    keeping the keys ``key_owner`` gives it; checked against the table."""
+    parts = [read_table_states(path, [var.name])[var.name] for path in shards]
     state = reshard_table_states(parts, rank, size)
     problems = _table_state_problems(var.table, var.name, state)
     if problems:
-        raise CheckpointError(f"{readers[0].path}: " + "; ".join(problems))
+        raise CheckpointError(f"{shards[0]}: " + "; ".join(problems))
     return state
 
 

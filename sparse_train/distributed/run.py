@@ -12,6 +12,7 @@ Every rank reads and parses the whole data stream and keeps its slices
 (simple, and the global batches are exactly those of one process); with
 large files that reading is repeated on every rank.
 """
+from ..checkpoint import check_incremental_every
 from ..training.loop import check_resume, fit, resume_point
 from ..training.schedule import CheckpointState, EarlyStopping, MemoryState, ReduceLROnPlateau
 from .checkpoint import DistributedCheckpointManager, restore_sharded, save_sharded
@@ -29,7 +30,8 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
                       comm=None, l2_embedding=0.0, l2_dense=0.0, eval_every_steps=0,
                       early_stopping_patience=0, early_stopping_metric="auc",
                       early_stopping_min_delta=0.0, lr_decay_factor=None, lr_decay_patience=0,
-                      min_learning_rate=0.0, early_stopping_patience_steps=0):
+                      min_learning_rate=0.0, early_stopping_patience_steps=0,
+                      incremental_every=None):
     """Shard ``model`` over ``comm`` (default ``world()``) and train it with
     ``training.fit``; returns ``fit``'s result dict plus ``world_size`` and
     ``communication_seconds`` (the largest over ranks), on every rank.
@@ -45,6 +47,9 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
         clip_norm: clip by the global norm of all ranks' gradients, or None.
         checkpoint_dir: where sharded checkpoints go (None: none saved);
             ``keep_checkpoints`` of them are kept.
+        incremental_every: K: every K-th save is full, the saves between
+            write only each rank's changed rows of its dynamic tables and
+            tombstones (``DistributedCheckpointManager``); None: all full.
         resume: restore the latest checkpoint of ``checkpoint_dir`` first
             (none there: a warning, then a fresh start).
         say, warn: message printers (None: silent); pass printing ones on
@@ -69,6 +74,7 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
     say, warn = say or (lambda *a: None), warn or (lambda *a: None)
     if resume and not checkpoint_dir:
         raise ValueError("resume needs a checkpoint directory")
+    check_incremental_every(incremental_every)
     total_rows = sum(v.value.size for v in model.sparse_variables())
     dist = DistributedModel(model, comm)
     say(f"distributed over {comm.size} ranks: model {model.name}, {total_rows:,} embedding "
@@ -98,7 +104,8 @@ def train_distributed(model, train_data, valid_data, sparse_optimizer, dense_opt
     manager, start = None, {}
     if checkpoint_dir:
         manager = DistributedCheckpointManager(dist, optimizers, global_step, checkpoint_dir,
-                                               max_to_keep=keep_checkpoints)
+                                               max_to_keep=keep_checkpoints,
+                                               incremental_every=incremental_every)
         if resume:
             start = _resume(manager, run, flag, global_step, say, warn, checkpoint_dir,
                             options.get("lr_schedule"))
