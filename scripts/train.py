@@ -397,9 +397,8 @@ _APPLIES = (
     ("min_learning_rate", lambda a: a.lr_decay_factor, "with --lr-decay-factor"),
     ("checkpoint_every", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
     ("keep_checkpoints", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
-    ("incremental_every", lambda a: a.checkpoint_dir and a.ids == "dynamic"
-     and not a.distributed, "with --checkpoint-dir and --ids dynamic, in one process (sharded "
-     "saves are always full)"),
+    ("incremental_every", lambda a: a.checkpoint_dir and a.ids == "dynamic",
+     "with --checkpoint-dir and --ids dynamic"),
     ("resume", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
 )
 
@@ -836,10 +835,11 @@ def schedules(args, optimizers, state_variables, global_step, checkpoint_state=N
 
 def distributed_options(args):
     """The keywords of ``distributed.train_distributed`` for L2, early
-    stopping and plateau decay (the flags of the same names)."""
+    stopping, plateau decay and incremental checkpoints (the flags of the
+    same names)."""
     keys = ("l2_embedding", "l2_dense", "eval_every_steps", "early_stopping_patience",
-            "early_stopping_patience_steps", "early_stopping_metric", "early_stopping_min_delta", "lr_decay_factor",
-            "lr_decay_patience", "min_learning_rate")
+            "early_stopping_patience_steps", "early_stopping_metric", "early_stopping_min_delta",
+            "lr_decay_factor", "lr_decay_patience", "min_learning_rate", "incremental_every")
     return {key: getattr(args, key) for key in keys}
 
 

@@ -48,6 +48,8 @@ def test_dynamic_ids_admit_and_evict(tmp_path):
      "--evict-every-steps does not run with --distributed"),
     (["--ids", "dynamic", "--incremental-every", "2"], "--incremental-every only applies"),
     (["--incremental-every", "2", "--checkpoint-dir", "ck"], "--incremental-every only applies"),
+    (["--distributed", "--incremental-every", "2", "--checkpoint-dir", "ck"],
+     "--incremental-every only applies"),
     (["--ids", "dynamic", "--export-onnx", "m.onnx"], "--export-onnx: an ONNX graph"),
     (["--ids", "dynamic", "--l2-weight-threshold", "0"], "--l2-weight-threshold must be"),
 ])
@@ -68,3 +70,29 @@ def test_max_vocabulary_size_caps_each_dynamic_table(capsys):
     assert train_script.main([*SMALL, "--ids", "dynamic", "--max-vocabulary-size", "20"]) != 0
     err = capsys.readouterr().err
     assert "exceed its capacity of 20" in err and "(feature 'c0')" in err
+
+
+def test_distributed_incremental_saves_resume_bit_for_bit(tmp_path):
+    """--distributed --incremental-every 3 (one process: a world of one; more
+    ranks in tests/distributed/test_dynamic_mpi.py): the sharded saves form
+    delta chains, and a run stopped at a delta resumes as the uninterrupted
+    run (which saved, hence evicted, at the same steps)."""
+    flags = [*SMALL, "--ids", "dynamic", "--filter-freq", "2", "--steps-to-live", "8",
+             "--threads", "1", "--distributed", "--checkpoint-every", "4",
+             "--incremental-every", "3", "--keep-checkpoints", "10"]
+
+    def run(name, *more):
+        out = tmp_path / f"{name}.json"
+        assert train_script.main([*flags, *map(str, more), "--metrics-out", str(out)]) == 0
+        return json.loads(out.read_text())
+    straight = run("a", "--checkpoint-dir", tmp_path / "a")
+    ckpt = tmp_path / "b"
+    run("b1", "--checkpoint-dir", ckpt, "--max-steps", "12")
+    chains = {int(p.name.split(".")[0].split("-")[1]): json.loads(p.read_text())["chain"]
+              for p in ckpt.glob("*.manifest.json")}
+    assert {step: chain["index"] for step, chain in chains.items()} == {4: 0, 8: 1, 12: 2}
+    assert chains[12]["files"] == ["ckpt-4.manifest.json", "ckpt-8.manifest.json"]
+    resumed = run("b", "--checkpoint-dir", ckpt, "--resume")
+    assert resumed["global_step"] == straight["global_step"] == 28
+    assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
+    assert resumed["history"][-1] == straight["history"][-1]
