@@ -3,27 +3,36 @@
 Run as a script under ``mpirun -n 3`` it is the worker (``main``): on a
 world of 3 ranks, then of 2 (ranks 0-1), every rank trains its
 ``ShardedDynamicTable``s (Adagrad, AdagradDecay, Adam; admission after 2
-uses, eviction every 3 steps) on its slice of the same global batches (sum
+uses, eviction every 2 steps) on its slice of the same global batches (sum
 and mean bags, weighted and not), writes its pooled outputs and table
-states, and saves a sharded checkpoint; then the 3 ranks restore the 2
-ranks' checkpoint (resharded), train 3 more steps and save again. One
+states, saves incrementally at each eviction (``DistributedCheckpointManager(
+incremental_every=3)``: a full save, then two deltas) and saves a full
+sharded checkpoint at the end. The 2 ranks restore their own chain, and a
+copy of it whose middle delta lost rank 1's shard (a warning, then the full
+save before it). Then the 3 ranks restore the 2 ranks' full checkpoint and
+their delta chain (both resharded), train 3 more steps and save again. One
 launch keeps the test fast. The tests hold the ranks' tables, merged by key,
 against a plain ``DynamicEmbeddingTable`` trained on the global batches
-(independent of the exchange), and restore the 3-rank checkpoint in one
-process.
+(independent of the exchange), and restore the 3-rank checkpoint and the 2-
+and 3-rank chains in one process.
 """
+import json
 import os
+import shutil
 import sys
+import warnings
 
 import numpy as np
 
 from sparse_train import DynamicEmbeddingTable, GlobalStep
-from sparse_train.distributed import (ShardedDynamicTable, SingleProcessComm, key_owner,
-                                      reshard_table_states, restore_sharded, save_sharded)
+from sparse_train.distributed import (DistributedCheckpointManager, ShardedDynamicTable,
+                                      SingleProcessComm, key_owner, reshard_table_states,
+                                      restore_sharded, save_sharded)
 from sparse_train.distributed.sharding import batch_slice
 from sparse_train.optim import Adagrad, AdagradDecay, Adam
 
 D, BAGS, STEPS, MORE = 4, 12, 6, 3
+EVERY = 3  # incremental_every: saves at steps 2 (full), 4 and 6 (deltas)
 OPTIMIZERS = {"adagrad_decay": lambda step: AdagradDecay(0.1, step, accumulator_decay_step=2,
                                                          accumulator_decay_rate=0.5),
               "adagrad": lambda step: Adagrad(0.1),
@@ -49,9 +58,11 @@ def build():
     return step, tables, optimizers
 
 
-def train(step, lookups, optimizers, steps, rank=0, size=1):
+def train(step, lookups, optimizers, steps, rank=0, size=1, save=None):
     """Train ``lookups`` (tables, or their sharded stand-ins) on this rank's
-    slice of global steps ``steps``; returns the pooled outputs."""
+    slice of global steps ``steps``, evicting every 2 steps and then calling
+    ``save()`` (a save evicts too: at the same step, a no-op); returns the
+    pooled outputs."""
     outputs = []
     for s in steps:
         keys, offsets, weights, combiner, d_out = global_batch(s)
@@ -64,9 +75,11 @@ def train(step, lookups, optimizers, steps, rank=0, size=1):
             grad = table.lookup_grad(d_out[start:stop], *bags, combiner=combiner)
             optimizers[name].apply_gradients([(grad, table.weight)],
                                              global_step=step if name == "adam" else None)
-        if s % 3 == 2:
+        if s % 2 == 1:
             for table in lookups.values():
                 getattr(table, "table", table).evict(int(step))
+            if save is not None:
+                save()
     return outputs
 
 
@@ -90,14 +103,45 @@ def dump(path, tables, outputs):
     np.savez(path, **arrays)
 
 
+def manager(comm, directory, step, tables, optimizers):
+    return DistributedCheckpointManager(Tables(comm, tables), list(optimizers.values()), step,
+                                        directory, incremental_every=EVERY)
+
+
 def run_world(comm, out_dir, name, steps):
-    """Train on ``comm`` from scratch; dump and save (sharded) as ``name``."""
+    """Train on ``comm`` from scratch, saving incrementally in ``{name}-inc``;
+    dump and save (sharded, full) as ``name``."""
     step, tables, optimizers = build()
     sharded = {n: ShardedDynamicTable(table, comm) for n, table in tables.items()}
-    outputs = train(step, sharded, optimizers, steps, comm.rank, comm.size)
+    chain = manager(comm, os.path.join(out_dir, f"{name}-inc"), step, tables, optimizers)
+    outputs = train(step, sharded, optimizers, steps, comm.rank, comm.size, chain.save)
     dump(os.path.join(out_dir, f"{name}-{comm.rank}.npz"), tables, outputs)
     save_sharded(os.path.join(out_dir, name), f"ckpt-{int(step)}", Tables(comm, tables),
                  list(optimizers.values()), step)
+
+
+def restore_chain(comm, out_dir, name, stage):
+    """Restore the latest point of the chain in ``name`` (a fresh build on
+    ``comm``); dump its tables as ``stage``, and (rank 0) the restored
+    manifest's name and the warnings as ``stage.json``."""
+    step, tables, optimizers = build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = manager(comm, os.path.join(out_dir, name), step, tables, optimizers).restore_latest()
+    dump(os.path.join(out_dir, f"{stage}-{comm.rank}.npz"), tables, [])
+    if comm.rank == 0:
+        with open(os.path.join(out_dir, f"{stage}.json"), "w") as f:
+            json.dump({"restored": os.path.basename(path), "step": int(step),
+                       "warnings": [str(w.message) for w in caught]}, f)
+
+
+def break_chain(comm, out_dir):
+    """``two-broken``: ``two-inc`` without rank 1's shard of the delta at 4."""
+    if comm.rank == 0:
+        broken = os.path.join(out_dir, "two-broken")
+        shutil.copytree(os.path.join(out_dir, "two-inc"), broken)
+        os.unlink(os.path.join(broken, "ckpt-4.shard-1-of-2.ckpt"))
+    comm.barrier()
 
 
 def model_run(comm=None):
@@ -122,8 +166,9 @@ def model_run(comm=None):
 
 
 def main(out_dir):
-    """On 3 ranks: train on all 3; train on ranks 0-1 (a world of 2); then
-    on all 3 restore the 2 ranks' checkpoint and train on."""
+    """On 3 ranks: train on all 3; train on ranks 0-1 (a world of 2), which
+    restore their delta chain, whole and broken; then on all 3 restore the 2
+    ranks' full checkpoint and their chain, and train on from the chain."""
     from mpi4py import MPI
 
     from sparse_train.distributed import MPIComm
@@ -132,12 +177,21 @@ def main(out_dir):
     np.savez(os.path.join(out_dir, f"model-three-{world.rank}.npz"), **model_run(world))
     pair = MPI.COMM_WORLD.Split(0 if world.rank < 2 else 1, world.rank)
     if world.rank < 2:
-        run_world(MPIComm(pair), out_dir, "two", range(STEPS))
-        np.savez(os.path.join(out_dir, f"model-two-{world.rank}.npz"), **model_run(MPIComm(pair)))
+        two = MPIComm(pair)
+        run_world(two, out_dir, "two", range(STEPS))
+        np.savez(os.path.join(out_dir, f"model-two-{world.rank}.npz"), **model_run(two))
+        restore_chain(two, out_dir, "two-inc", "two-restored")
+        break_chain(two, out_dir)
+        restore_chain(two, out_dir, "two-broken", "two-fallback")
     world.barrier()
     step, tables, optimizers = build()
     restore_sharded(os.path.join(out_dir, "two", f"ckpt-{STEPS}.manifest.json"),
                     Tables(world, tables), list(optimizers.values()), step)
+    dump(os.path.join(out_dir, f"resharded-full-{world.rank}.npz"), tables, [])
+    step, tables, optimizers = build()  # the 2 ranks' delta chain, resharded: trained on
+    restore_sharded(os.path.join(out_dir, "two-inc", f"ckpt-{STEPS}.manifest.json"),
+                    Tables(world, tables), list(optimizers.values()), step)
+    dump(os.path.join(out_dir, f"resharded-inc-{world.rank}.npz"), tables, [])
     sharded = {n: ShardedDynamicTable(table, world) for n, table in tables.items()}
     outputs = train(step, sharded, optimizers, range(STEPS, STEPS + MORE), world.rank, world.size)
     dump(os.path.join(out_dir, f"resumed-{world.rank}.npz"), tables, outputs)
@@ -218,6 +272,7 @@ else:
                         Tables(comm, restored), list(optimizers.values()), step)
         assert int(step) == STEPS + MORE
         for name, table in tables.items():
+            table.evict(STEPS + MORE)  # as the save did
             assert as_bits(restored[name].state_dict()) == as_bits(table.state_dict()), name
 
     @pytest.mark.parametrize("size", [2, 3])
@@ -240,3 +295,44 @@ else:
                                                err_msg=f"{name}:{field}")
                 else:
                     assert got[field].tobytes() == want.tobytes(), f"{name}:{field}"
+
+    def test_delta_chains_are_saved_per_rank_and_restore_on_the_same_ranks(run):
+        """The 2 ranks restore their chain's last delta (each rank its own
+        shard's chain): the tables of the run at that step."""
+        from sparse_train.checkpoint import load_checkpoint
+        for stage, size in (("two-inc", 2), ("three-inc", 3)):
+            for rank in range(size):
+                kinds = [load_checkpoint(run / stage / f"ckpt-{n}.shard-{rank}-of-{size}.ckpt")
+                         .header["dynamic"]["adam"]["kind"] for n in (2, 4, 6)]
+                assert kinds == ["full", "delta", "delta"], (stage, rank)
+            manifest = json.loads((run / stage / "ckpt-6.manifest.json").read_text())
+            assert manifest["chain"]["files"] == ["ckpt-2.manifest.json", "ckpt-4.manifest.json"]
+        assert json.loads((run / "two-restored.json").read_text()) == {
+            "restored": "ckpt-6.manifest.json", "step": STEPS, "warnings": []}
+        tables, _ = reference_run(STEPS)
+        for name, table in tables.items():
+            assert as_bits(merged(run, "two-restored", 2, name)) == as_bits(table.state_dict())
+
+    def test_a_delta_missing_on_one_rank_is_named_and_every_rank_falls_back(run):
+        report = json.loads((run / "two-fallback.json").read_text())
+        assert report["restored"] == "ckpt-2.manifest.json" and report["step"] == 2
+        assert len(report["warnings"]) == 1
+        assert "ckpt-4.shard-1-of-2.ckpt" in report["warnings"][0], report["warnings"]
+        tables, _ = reference_run(2)
+        for name, table in tables.items():
+            assert as_bits(merged(run, "two-fallback", 2, name)) == as_bits(table.state_dict())
+
+    def test_delta_chains_reshard_from_2_to_3_ranks_and_onto_one_process(run):
+        tables, _ = reference_run(STEPS)
+        for name, table in tables.items():
+            for stage in ("resharded-full", "resharded-inc"):
+                assert as_bits(merged(run, stage, 3, name)) == as_bits(table.state_dict()), stage
+        for stage in ("two-inc", "three-inc"):
+            step, restored, optimizers = build()
+            manager = DistributedCheckpointManager(
+                Tables(SingleProcessComm(), restored), list(optimizers.values()), step,
+                run / stage, incremental_every=EVERY)
+            assert manager.restore_latest().endswith("ckpt-6.manifest.json")
+            assert int(step) == STEPS
+            for name, table in tables.items():
+                assert as_bits(restored[name].state_dict()) == as_bits(table.state_dict()), name
