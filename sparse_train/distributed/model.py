@@ -294,7 +294,8 @@ def _check_same_model(dist):
     signature = ([("table", t.name, t.num_embeddings, t.embedding_dim)
                   for t in dist.tables.values()]
                  + [("dynamic", t.name, t.embedding_dim, t.table.seed, t.table.filter_freq,
-                     t.table.steps_to_live, t.table.l2_weight_threshold)
+                     t.table.steps_to_live, t.table.l2_weight_threshold,
+                     getattr(t.table, "init_scale", 1.0))
                     for t in dist.dynamic_tables.values()]
                  + [("dense", v.name, tuple(v.shape), zlib.crc32(v.value.tobytes()))
                     for v in dist.dense_variables()])

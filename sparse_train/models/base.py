@@ -29,7 +29,8 @@ class CTRModel:
         tables: optional ``{feature: table name}`` to share tables.
         initializer: initializer of the embedding tables (``EmbeddingTable``'s;
             default TF's truncated normal, stddev 1/sqrt(D)).
-        embedding_init_scale: multiplies the tables' initial values; default
+        embedding_init_scale: multiplies the tables' initial values (a
+            dynamic table's rows at admission: its ``init_scale``); default
             0.1, i.e. stddev 0.1/sqrt(D). Measured on the synthetic click log
             (2 epochs, Adagrad 0.1 / Adam): TF's full scale makes the initial
             interaction terms O(1) and cost FM 0.027 and DeepFM 0.015
@@ -95,20 +96,8 @@ class CTRModel:
             return None
         return self._track(EmbeddingBagCollection(
             self.spec, embedding_dim or self.embedding_dim, f"{self.scope}/{name}", self.seed,
-            initializer=self._initializer, init_scale=self._table_init_scale(),
+            initializer=self._initializer, init_scale=self._init_scale,
             **self._table_storage, **self._embedding_options))
-
-    def _table_init_scale(self):
-        """``embedding_init_scale``, or 1 for dynamic tables whose class
-        takes no scale (their rows are drawn at admission from (seed, key)
-        with the initializer's own stddev, 1/sqrt(D)); the config records
-        the scale used."""
-        dynamic = self._embedding_options["dynamic"] is not None or any(
-            f.num_embeddings is None for f in self.spec.sparse_features)
-        if dynamic and not _dynamic_tables_take_scale():
-            self._config["embedding_init_scale"] = 1.0
-            return 1.0
-        return self._init_scale
 
     def _feature_linear(self, name="linear"):
         """A ``FeatureLinear``; the first one's bias is the logit bias."""
@@ -243,11 +232,6 @@ class CTRModel:
         return (f"{type(self).__name__}(scope={self.scope!r}, features="
                 f"{len(self.spec.sparse_features)}+{self.spec.num_dense} dense, "
                 f"embedding_dim={self.embedding_dim}, parameters={sizes})")
-
-
-def _dynamic_tables_take_scale():
-    from ..nn.embedding_bag import _dynamic_table_class, _parameters
-    return "init_scale" in _parameters(_dynamic_table_class())
 
 
 def _sparse_of(layer):

@@ -147,6 +147,11 @@ class DynamicEmbeddingTable:
         initializer: as ``EmbeddingTable`` (``"truncated_normal"``, stddev
             1/sqrt(D), ``"normal"``, ``"uniform"``, ``"zeros"``), drawn from a
             counter-based hash of (seed, key, component).
+        init_scale: multiplies the initial rows (> 0, default 1): a key
+            admitted gets ``float32(init_scale) * init(seed, key)``, the
+            product rounded to float32, where ``init(seed, key)`` is the
+            ``init_scale=1`` row; models pass their ``embedding_init_scale``
+            (0.1), as for static tables.
         seed: default CRC-32 of ``name``.
         filter_freq: occurrences before admission (0 or 1: at once).
         steps_to_live: optional int >= 0 (GlobalStepEvict).
@@ -168,7 +173,7 @@ class DynamicEmbeddingTable:
 
     def __init__(self, embedding_dim, name, initializer="truncated_normal", seed=None,
                  filter_freq=0, steps_to_live=None, l2_weight_threshold=None,
-                 default_value=0.0, capacity=None):
+                 default_value=0.0, capacity=None, init_scale=1.0):
         name = _check_name(name)
         if not _is_integer(embedding_dim) or embedding_dim <= 0:
             raise ValueError(f"DynamicEmbeddingTable {name!r}: embedding_dim must be a positive "
@@ -192,6 +197,12 @@ class DynamicEmbeddingTable:
         self.capacity = _optional(name, "capacity", capacity, 0, True)
         self.embedding_dim = int(embedding_dim)
         self.initializer = initializer
+        if isinstance(init_scale, (bool, np.bool_)) or not isinstance(
+                init_scale, (int, float, np.number)) or not (np.isfinite(init_scale)
+                                                             and init_scale > 0):
+            raise ValueError(f"DynamicEmbeddingTable {name!r}: init_scale must be a finite "
+                             f"number > 0, got {init_scale!r}")
+        self.init_scale = float(init_scale)
         self.seed = (zlib.crc32(name.encode()) if seed is None else int(seed)) & (2**63 - 1)
         self._slots = {}        # (optimizer name, slot) -> _Slot
         self._recent = {}       # feature name -> _Recent
@@ -234,6 +245,8 @@ class DynamicEmbeddingTable:
         out = np.empty((keys.shape[0], self.embedding_dim), np.float32)
         K.init_rows(out, np.arange(keys.shape[0], dtype=np.int64), keys, np.int64(self.seed),
                     _INIT_CODES[self.initializer])
+        if self.init_scale != 1.0:
+            out *= np.float32(self.init_scale)
         return out
 
     def memory_bytes(self):
@@ -349,6 +362,8 @@ class DynamicEmbeddingTable:
         """Rows just given to ``keys``: initial values, slots reset."""
         K.init_rows(self.weight.value, rows, keys, np.int64(self.seed),
                     _INIT_CODES[self.initializer])
+        if self.init_scale != 1.0:
+            self.weight.value[rows] *= np.float32(self.init_scale)
         for slot in self._slots.values():
             if slot.variable is not None:
                 slot.variable.value[rows] = slot.initial
