@@ -73,6 +73,10 @@ Restore merges them by key (``apply_table_delta``) and checks the result
 against the table before anything changes; ``load_state_dict`` then puts
 it in. The snapshot is a copy of the table: the price of one consistent
 moment (DeepRec #1023 saved weights and Adam slots at different moments).
+The managers share the chain rules (``next_link``, ``chain_after_save``,
+``restored_chain``) and the two steps of a save (``Checkpoint.snapshot``,
+then ``Checkpoint.write``): ``distributed.DistributedCheckpointManager``
+keeps one such chain per rank, the ranks agreeing on each save's kind.
 
 Optimizer state is reached through ``Optimizer.non_slot_variables``,
 ``slot_variables``, ``slot_shape``, ``create_slots`` and ``remove_slot``.
