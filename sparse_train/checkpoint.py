@@ -115,7 +115,7 @@ from .optim.base import Optimizer
 from .variable import GlobalStep, Variable
 
 __all__ = ["Checkpoint", "CheckpointManager", "CheckpointReader", "load_checkpoint",
-           "apply_table_delta", "TableSnapshot",
+           "apply_table_delta", "TableSnapshot", "PreparedRestore",
            "CheckpointError", "CorruptCheckpointError", "optimizer_state_dict",
            "load_optimizer_state_dict", "FORMAT_VERSION", "DirectoryLock",
            "DirectoryLockedError"]
@@ -267,21 +267,23 @@ class Checkpoint:
         missing, out-of-order or damaged file of the chain raises
         ``CorruptCheckpointError`` naming it (its ``bad_file``).
         """
-        with _CheckpointFile(path) as ckpt:
+        return self.prepare_restore(path, strict).commit()
+
+    def prepare_restore(self, path, strict=True):
+        """The first half of ``restore``: every check and CRC (and a delta's
+        chain read), nothing changed. Returns a ``PreparedRestore`` whose
+        ``commit()`` puts the state in (returns the header) and ``abandon()``
+        closes the file; a sharded restore prepares on every rank before any
+        rank commits."""
+        ckpt = _CheckpointFile(path)
+        try:
             targets, drops = self._match(ckpt.header, strict, ckpt.path)
             ckpt.verify([t.array for t in targets])
             states = self._read_tables(ckpt)
-            for name, state in states.items():  # first: it validates again
-                self.tables[name].load_state_dict(state)
-                _count_restore(self.tables[name])
-            for opt, var_name, slot in drops:
-                opt.remove_slot(var_name, slot)
-            for target in targets:
-                ckpt.read_into(target.array, target.fetch())
-        for name, state in ckpt.header["rng"].items():
-            if name in self.rngs:
-                self.rngs[name].bit_generator.state = _decode(state)
-        return ckpt.header
+        except BaseException:
+            ckpt.close()
+            raise
+        return PreparedRestore(self, ckpt, targets, drops, states)
 
     # ----------------------------------------------------------- saving
     def _entries(self, states):
@@ -409,6 +411,35 @@ class Checkpoint:
         for name, rng in self.rngs.items():
             if name in header["rng"]:
                 _check_rng_state(name, rng, header["rng"][name], match)
+
+
+class PreparedRestore:
+    """A checked restore waiting to be put in (``Checkpoint.prepare_restore``)."""
+
+    def __init__(self, checkpoint, ckpt, targets, drops, states):
+        self._checkpoint, self._ckpt = checkpoint, ckpt
+        self._targets, self._drops, self._states = targets, drops, states
+
+    def commit(self):
+        """Put the state in (the dynamic tables first: ``load_state_dict``
+        validates again); returns the file's header."""
+        checkpoint, ckpt = self._checkpoint, self._ckpt
+        with ckpt:
+            for name, state in self._states.items():
+                checkpoint.tables[name].load_state_dict(state)
+                _count_restore(checkpoint.tables[name])
+            for opt, var_name, slot in self._drops:
+                opt.remove_slot(var_name, slot)
+            for target in self._targets:
+                ckpt.read_into(target.array, target.fetch())
+        for name, state in ckpt.header["rng"].items():
+            if name in checkpoint.rngs:
+                checkpoint.rngs[name].bit_generator.state = _decode(state)
+        return ckpt.header
+
+    def abandon(self):
+        """Close the file; nothing is restored."""
+        self._ckpt.close()
 
 
 def _plain_storage(shapes, name):
@@ -998,6 +1029,9 @@ class _CheckpointFile:
         return self
 
     def __exit__(self, *exc):
+        self._f.close()
+
+    def close(self):
         self._f.close()
 
     def verify(self, names=None):

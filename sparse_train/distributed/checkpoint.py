@@ -168,10 +168,17 @@ def _restore_shards(path, dist, optimizers, global_step, fallback=False):
     directory = os.path.dirname(os.path.abspath(path))
     shards = [entry_path(directory, name, os.path.basename(path)) for name in manifest["shards"]]
     present = _present if fallback else (lambda shard: shard)
-    if manifest["world_size"] == comm.size:
-        header = _collective(comm, "restore", lambda: Checkpoint(
-            dist.variables(), optimizers, global_step).restore(present(shards[comm.rank])))
-        return manifest, header
+    if manifest["world_size"] == comm.size:  # every rank checks before any rank changes
+        prepared = []
+        try:
+            _collective(comm, "restore", lambda: prepared.append(Checkpoint(
+                dist.variables(), optimizers, global_step).prepare_restore(
+                    present(shards[comm.rank]))))
+        except CheckpointError:
+            for restore in prepared:
+                restore.abandon()
+            raise
+        return manifest, _collective(comm, "restore", prepared[0].commit)
     _collective(comm, "restore", lambda: _reshard([present(s) for s in shards], manifest, dist,
                                                   optimizers, global_step))
     return manifest, None
