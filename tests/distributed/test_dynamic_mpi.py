@@ -9,7 +9,8 @@ states, saves incrementally at each eviction (``DistributedCheckpointManager(
 incremental_every=3)``: a full save, then two deltas) and saves a full
 sharded checkpoint at the end. The 2 ranks restore their own chain, and a
 copy of it whose middle delta lost rank 1's shard (a warning, then the full
-save before it). Then the 3 ranks restore the 2 ranks' full checkpoint and
+save before it), and one that lost rank 1's full save (every rank raises,
+none changed). Then the 3 ranks restore the 2 ranks' full checkpoint and
 their delta chain (both resharded), train 3 more steps and save again. One
 launch keeps the test fast. The tests hold the ranks' tables, merged by key,
 against a plain ``DynamicEmbeddingTable`` trained on the global batches
@@ -135,13 +136,35 @@ def restore_chain(comm, out_dir, name, stage):
                        "warnings": [str(w.message) for w in caught]}, f)
 
 
-def break_chain(comm, out_dir):
-    """``two-broken``: ``two-inc`` without rank 1's shard of the delta at 4."""
+def break_chain(comm, out_dir, name, shard):
+    """``name``: a copy of ``two-inc`` without the file ``shard``."""
     if comm.rank == 0:
-        broken = os.path.join(out_dir, "two-broken")
+        broken = os.path.join(out_dir, name)
         shutil.copytree(os.path.join(out_dir, "two-inc"), broken)
-        os.unlink(os.path.join(broken, "ckpt-4.shard-1-of-2.ckpt"))
+        os.unlink(os.path.join(broken, shard))
     comm.barrier()
+
+
+def restore_nothing(comm, out_dir):
+    """``two-unrestorable`` lacks rank 1's shard of the full save every
+    point needs: every rank raises, and rank 0 (whose files are whole)
+    changed nothing. Rank 0 writes what each rank saw."""
+    from sparse_train.checkpoint import CorruptCheckpointError
+    break_chain(comm, out_dir, "two-unrestorable", "ckpt-2.shard-1-of-2.ckpt")
+    step, tables, optimizers = build()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            manager(comm, os.path.join(out_dir, "two-unrestorable"), step, tables,
+                    optimizers).restore_latest()
+        outcome = "restored"
+    except CorruptCheckpointError as error:
+        outcome = type(error).__name__
+    seen = comm.allgather([outcome, sum(len(t) + t.num_pending for t in tables.values()),
+                           int(step)])
+    if comm.rank == 0:
+        with open(os.path.join(out_dir, "two-unrestorable.json"), "w") as f:
+            json.dump(seen, f)
 
 
 def model_run(comm=None):
@@ -181,8 +204,9 @@ def main(out_dir):
         run_world(two, out_dir, "two", range(STEPS))
         np.savez(os.path.join(out_dir, f"model-two-{world.rank}.npz"), **model_run(two))
         restore_chain(two, out_dir, "two-inc", "two-restored")
-        break_chain(two, out_dir)
+        break_chain(two, out_dir, "two-broken", "ckpt-4.shard-1-of-2.ckpt")
         restore_chain(two, out_dir, "two-broken", "two-fallback")
+        restore_nothing(two, out_dir)
     world.barrier()
     step, tables, optimizers = build()
     restore_sharded(os.path.join(out_dir, "two", f"ckpt-{STEPS}.manifest.json"),
@@ -321,6 +345,10 @@ else:
         tables, _ = reference_run(2)
         for name, table in tables.items():
             assert as_bits(merged(run, "two-fallback", 2, name)) == as_bits(table.state_dict())
+
+    def test_a_restore_that_fails_on_one_rank_changes_no_rank(run):
+        seen = json.loads((run / "two-unrestorable.json").read_text())
+        assert seen == [["CorruptCheckpointError", 0, 0]] * 2
 
     def test_delta_chains_reshard_from_2_to_3_ranks_and_onto_one_process(run):
         tables, _ = reference_run(STEPS)
