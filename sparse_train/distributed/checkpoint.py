@@ -150,8 +150,9 @@ def restore_sharded(path, dist, optimizers, global_step=None):
     collective. Returns the manifest (dict; for a plain file, one made up
     with ``world_size`` 1 and the file's metadata).
 
-    Same world size: each rank restores its own shard file (strict, every
-    CRC checked first). Another world size: resharded (module docstring).
+    Same world size: each rank restores its own shard file (strict; every
+    rank checks its file, a delta's chain included, every CRC, before any
+    rank changes anything). Another world size: resharded (module docstring).
     """
     return _restore_shards(path, dist, optimizers, global_step)[0]
 
