@@ -666,6 +666,15 @@ def next_link(chain, tables, incremental_every, latest, name):
     return new_chain()
 
 
+def kept_names(names, max_to_keep, chain_files):
+    """The pointer entries a manager keeps, in save order: the last
+    ``max_to_keep`` of ``names`` (all if None) and every entry their delta
+    chains need (``chain_files(name)``), so pruning never breaks a chain."""
+    kept = names if max_to_keep is None else names[-max_to_keep:]
+    needed = set(kept).union(*(chain_files(n) for n in kept))
+    return [n for n in names if n in needed]
+
+
 def chain_after_save(link, name, fields, tables):
     """A manager's chain once the save ``name`` (header chain ``link``, row
     fields ``fields``) has committed: the tables are marked saved (their
@@ -1306,9 +1315,8 @@ class CheckpointManager:
             self._path(name), metadata, chain,
             self._chain["fields"] if chain is not None and chain["index"] > 0 else None)
         names = [n for n in names if n != name] + [name]
-        kept = names if self.max_to_keep is None else names[-self.max_to_keep:]
-        needed = set(kept).union(*(self._chain_files(n) for n in kept))
-        kept = [n for n in names if n in needed]
+        kept = kept_names(names, self.max_to_keep, self._chain_files)
+        needed = set(kept)
         pointer = _dumps({"latest": name, "checkpoints": kept})
         _atomic_write(os.path.join(self.directory, self.POINTER), lambda f: f.write(pointer))
         self._committed(chain, name, fields)

@@ -51,8 +51,8 @@ from ..checkpoint import (MAGIC, Checkpoint, CheckpointError, CheckpointReader, 
                           CorruptCheckpointError, _atomic_write, _dumps, entry_path,
                           load_optimizer_state_dict, remove_own_file, remove_stale_temporaries,
                           _table_of, _table_state_problems, _count_restore, _plain_name,
-                          chain_after_save, check_incremental_every, new_chain, next_link,
-                          read_table_states, restored_chain)
+                          chain_after_save, check_incremental_every, kept_names, new_chain,
+                          next_link, read_table_states, restored_chain)
 from .dynamic import reshard_table_states
 from .faults import DistributedError
 from .sharding import owned_ids, shard_size
@@ -388,9 +388,8 @@ class DistributedCheckpointManager:
     def _update_pointer(self, latest, names):
         """Point ``latest`` at the newest save, keep the last ``max_to_keep``
         and every save their chains need; delete the others' files."""
-        kept = names if self.max_to_keep is None else names[-self.max_to_keep:]
-        needed = set(kept).union(*(self._chain_files(n) for n in kept))
-        kept = [n for n in names if n in needed]
+        kept = kept_names(names, self.max_to_keep, self._chain_files)
+        needed = set(kept)
         pointer = _dumps({"latest": latest, "checkpoints": kept})
         _atomic_write(os.path.join(self.directory, self.POINTER), lambda f: f.write(pointer))
         for name in names:
