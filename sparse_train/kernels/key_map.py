@@ -2,13 +2,21 @@
 
 Any int64 is a key (negative and huge included). The map is open
 addressing with linear probing over ``M`` slots (a power of two), kept at
-most half full. Everything known about a key is one 32-byte record of its
-slot, so resolving a key costs one cache line:
+most half full, one 32-byte record a slot, so finding a key costs one
+cache line:
 
     slots [M, 4] int64   columns KEY, ROW, COUNT, LAST_SEEN
-        ROW >= 1   the key's row in the row store (admitted)
-        ROW == PENDING  counted, not admitted
+        ROW >= 1   the key's row in the row store (admitted); COUNT and
+                   LAST_SEEN mean nothing: they live in ``stats[ROW]``
+        ROW == PENDING  counted, not admitted (COUNT, LAST_SEEN its own)
         ROW == EMPTY    the slot is empty (the other columns mean nothing)
+    stats [R, 2] int64   columns S_COUNT, S_LAST_SEEN of the key owning row r
+
+An admitted key's count and last_seen are kept by its row, so a training
+lookup of admitted keys only reads the map (``probe_rows``: one prefetched
+probe a position) and counts in row order, beside the rows the update
+touches (``count_plan_rows``); only keys missing or pending take the
+grouped, counting path (``resolve_keys`` ... ``admit_keys``).
 
 Emptiness is a ROW value, never a key value, so no key is reserved.
 Deletion shifts the rest of the probe run back (Knuth's algorithm R), so
@@ -37,6 +45,8 @@ from .prefetch import AHEAD, prefetch
 
 #: Columns of ``slots``.
 KEY, ROW, COUNT, LAST_SEEN = 0, 1, 2, 3
+#: Columns of ``stats``.
+S_COUNT, S_LAST_SEEN = 0, 1
 #: ``ROW`` of a key counted but not admitted.
 PENDING = -1
 #: ``ROW`` of an empty slot.
@@ -59,6 +69,7 @@ class KeyMap(NamedTuple):
     slots: np.ndarray       # [M, 4] int64
     free_rows: np.ndarray   # [R] int64
     sizes: np.ndarray       # [4] int64
+    stats: np.ndarray       # [R, 2] int64: S_COUNT, S_LAST_SEEN of admitted keys
 
 
 #: Columns of ``Resolved.unique``: the key, its slot (-1: not in the map),
@@ -89,7 +100,8 @@ def empty_map(num_slots, num_rows):
     slots[:, ROW] = EMPTY
     sizes = np.zeros(4, np.int64)
     sizes[ROWS_USED] = DEFAULT_ROW + 1
-    return KeyMap(slots, np.zeros(num_rows, np.int64), sizes)
+    return KeyMap(slots, np.zeros(num_rows, np.int64), sizes,
+                  np.zeros((num_rows, 2), np.int64))
 
 
 # ------------------------------------------------------------------ hashing
@@ -135,14 +147,24 @@ def find_slot(slots, key, mask):
 
 
 @njit_parallel
-def lookup_rows(out, slots, values):
+def probe_rows(out, slots, values):
     """In place: out [n] int64 = row of values[i], ``DEFAULT_ROW`` for a key
-    without one. Read-only (evaluation lookups), one probe per position."""
+    without one (missing or pending). Read-only, one probe a position, the
+    home slot of the position ``AHEAD`` on prefetched (the map is far
+    bigger than the caches: probes are cache misses). Returns the number of
+    positions without a row."""
     mask = slots.shape[0] - 1
-    for i in prange(values.shape[0]):
+    n = values.shape[0]
+    missing = 0
+    for i in prange(n):
+        prefetch(slots, home_slot(values[min(i + AHEAD, n - 1)], mask) * 4)
         s = find_slot(slots, values[i], mask)
         r = slots[s, ROW] if s >= 0 else DEFAULT_ROW
-        out[i] = r if r >= 0 else DEFAULT_ROW
+        if r < 1:
+            r = DEFAULT_ROW
+            missing += 1
+        out[i] = r
+    return missing
 
 
 @njit
@@ -161,9 +183,10 @@ def _resolve_groups(pos_unique, unique, groups, values, order, starts, homes, sl
     """In place, for each home group g (positions order[starts[g]:starts[g+1]],
     in position order, home slot homes[g]): ``unique`` rows of its distinct
     keys in first-occurrence order (one probe each, slots prefetched ahead),
-    ``groups[g]``, pos_unique of each position. With ``update``, each key
-    already in the map also takes its occurrences into its count and
-    ``step`` as its last_seen (each slot has one owner: no race)."""
+    ``groups[g]``, pos_unique of each position. With ``update``, each
+    pending key also takes its occurrences into its count and ``step`` as
+    its last_seen (each slot has one owner: no race; admitted keys count in
+    ``stats``, by the caller)."""
     mask = slots.shape[0] - 1
     num_groups = starts.shape[0] - 1
     for g in prange(num_groups):  # distinct keys and their occurrences
@@ -199,7 +222,7 @@ def _resolve_groups(pos_unique, unique, groups, values, order, starts, homes, sl
             row = slots[s, ROW]
             unique[u, U_ROW] = row
             count = slots[s, COUNT] + occurrences
-            if update:
+            if update and row == PENDING:
                 slots[s, COUNT] = count
                 slots[s, LAST_SEEN] = step
             admit += row == PENDING and count >= filter_freq
@@ -231,13 +254,13 @@ def resolve_keys(values, slots, step, filter_freq, update):
 
 @njit_parallel
 def update_counts(slots, unique, starts, groups, step):
-    """In place: slots, for each unique key in the map: count += its
+    """In place: slots, for each unique key pending in the map: count += its
     occurrences, last_seen = step (what ``resolve_keys`` does with
     ``update``, after the caller's capacity check)."""
     for g in prange(groups.shape[0]):
         for u in range(starts[g], starts[g] + groups[g, G_DISTINCT]):
             s = unique[u, U_SLOT]
-            if s >= 0:
+            if s >= 0 and slots[s, ROW] == PENDING:
                 slots[s, COUNT] += unique[u, U_COUNT]
                 slots[s, LAST_SEEN] = step
 
@@ -260,8 +283,11 @@ def admit_keys(new_rows, new_keys, unique, km, starts, groups, step, filter_freq
     order (one thread: the layout never depends on the thread count). Keys
     already in the map were counted by ``resolve_keys`` / ``update_counts``.
 
-    In place: ``unique`` (U_SLOT, U_ROW of the keys touched), the map ``km``;
-    new_rows, new_keys [A] int64: the rows assigned and their keys, in order.
+    In place: ``unique`` (U_SLOT, U_ROW of the keys touched), the map ``km``
+    (an admitted key's row gets ``stats`` = (its count before this lookup,
+    step): the caller's counting pass adds the lookup's occurrences, as for
+    every admitted key); new_rows, new_keys [A] int64: the rows assigned and
+    their keys, in order.
     The caller checked capacity and made room; inserting moves no record,
     so the other unique keys' slots stay valid. Returns the admissions."""
     slots = km.slots
@@ -283,12 +309,40 @@ def admit_keys(new_rows, new_keys, unique, km, starts, groups, step, filter_freq
             if slots[s, ROW] == PENDING and slots[s, COUNT] >= filter_freq:
                 r = _new_row(km)
                 slots[s, ROW] = r
+                km.stats[r, S_COUNT] = slots[s, COUNT] - unique[u, U_COUNT]
+                km.stats[r, S_LAST_SEEN] = step
                 km.sizes[ADMITTED] += 1
                 new_rows[a] = r
                 new_keys[a] = unique[u, U_KEY]
                 a += 1
             unique[u, U_ROW] = slots[s, ROW]
     return a
+
+
+@njit_parallel
+def count_plan_rows(stats, rows, starts, step):
+    """In place: stats [R, 2] int64, for each row rows[u] >= 1 (unique,
+    increasing; positions starts[u]:starts[u+1] of a grouping covering every
+    position): S_COUNT += its positions, S_LAST_SEEN = step. Rows with one
+    owner each: no race."""
+    n = rows.shape[0]
+    for u in prange(n):
+        prefetch(stats, rows[min(u + AHEAD, n - 1)] * 2)
+        r = rows[u]
+        if r > DEFAULT_ROW:
+            stats[r, S_COUNT] += starts[u + 1] - starts[u]
+            stats[r, S_LAST_SEEN] = step
+
+
+@njit
+def count_rows(stats, rows, step):
+    """In place: stats [R, 2] int64, for each position's row rows[i] >= 1:
+    S_COUNT += 1, S_LAST_SEEN = step. One thread (rows repeat)."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r > DEFAULT_ROW:
+            stats[r, S_COUNT] += 1
+            stats[r, S_LAST_SEEN] = step
 
 
 @njit_parallel
@@ -354,7 +408,7 @@ def remove_keys(km, keys):
 
 
 @njit_parallel
-def eviction_candidates(out, weight, slots, step, steps_to_live, l2_threshold):
+def eviction_candidates(out, weight, slots, stats, step, steps_to_live, l2_threshold):
     """In place: out [M] bool = the key of slot s is evicted at global step
     ``step``: a held key (admitted or pending) with ``step - last_seen >
     steps_to_live`` (steps_to_live < 0: never), or an admitted key whose row
@@ -364,7 +418,8 @@ def eviction_candidates(out, weight, slots, step, steps_to_live, l2_threshold):
         r = slots[s, ROW]
         drop = False
         if r != EMPTY:
-            if steps_to_live >= 0 and step - slots[s, LAST_SEEN] > steps_to_live:
+            last_seen = stats[r, S_LAST_SEEN] if r >= 0 else slots[s, LAST_SEEN]
+            if steps_to_live >= 0 and step - last_seen > steps_to_live:
                 drop = True
             elif r >= 0 and l2_threshold > 0.0:
                 total = 0.0
