@@ -43,6 +43,8 @@ _INIT_CODES = {"truncated_normal": K.INIT_TRUNCATED_NORMAL, "normal": K.INIT_NOR
 assert set(_INIT_CODES) == set(INITIALIZERS)
 
 _MIN_SLOTS, _MIN_ROWS = 64, 32
+#: The map keeps at least this many slots a held key (a power of two).
+_SLOTS_PER_KEY = 2
 _BASE_FIELDS = ("keys", "values", "counts", "last_seen",
                 "pending_keys", "pending_counts", "pending_last_seen")
 _TOMBSTONES = ("tombstones", "pending_tombstones")
@@ -434,9 +436,9 @@ class DynamicEmbeddingTable:
         full; True if it was rebuilt (records moved)."""
         km = self._km
         live = int(km.sizes[K.LIVE]) + new_keys
-        if 2 * live <= km.slots.shape[0]:
+        if _SLOTS_PER_KEY * live <= km.slots.shape[0]:
             return False
-        grown = K.empty_map(_pow2_at_least(2 * live), 1).slots
+        grown = K.empty_map(_pow2_at_least(_SLOTS_PER_KEY * live), 1).slots
         K.rebuild(grown, km.slots)
         self._km = km._replace(slots=grown)
         return True
@@ -646,7 +648,8 @@ class DynamicEmbeddingTable:
     def _load(self, arrays):
         n, p = arrays["keys"].shape[0], arrays["pending_keys"].shape[0]
         rows_allocated = _pow2_at_least(max(n + 1, _MIN_ROWS))
-        km = K.empty_map(_pow2_at_least(max(2 * (n + p), _MIN_SLOTS)), rows_allocated)
+        km = K.empty_map(_pow2_at_least(max(_SLOTS_PER_KEY * (n + p), _MIN_SLOTS)),
+                         rows_allocated)
         records = np.empty((n + p, 4), np.int64)
         records[:, K.KEY] = np.concatenate([arrays["keys"], arrays["pending_keys"]])
         records[:n, K.ROW] = np.arange(K.DEFAULT_ROW + 1, n + 1)
