@@ -14,14 +14,21 @@ creates a ``DynamicVariable``'s slots through ``attach_slot``, the table grows
 them with its rows and resets a row's slots to their initial value when the
 row is given to a new key.
 
+Speed. A training lookup finds admitted keys by a read-only, prefetched
+probe a position; their counts and last_seen steps are kept by row
+(``KeyMap.stats``) and counted from the gradient's grouping of the rows,
+which the lookup computes once and ``lookup_grad`` reuses. Only keys
+missing or pending take the grouped path that counts, inserts and admits.
+
 Memory is bounded by: admitted keys <= ``capacity`` (if given), each
-``D * 4`` bytes of values + its slots + its 32-byte map record (64 bytes at
-the map's load of at most 1/2); and pending keys (counted, not admitted: a
-map record each), which
-``steps_to_live`` evicts like admitted keys (a pending key unseen for more
-than ``steps_to_live`` steps is forgotten, count included). Without
-``steps_to_live``, a stream of ever-new keys grows the pending set without
-bound: give a ``steps_to_live`` (or ``filter_freq <= 1``) for such streams.
+``D * 4`` bytes of values + its slots + 16 bytes of count and last_seen +
+its 16-byte map record (64 bytes at the map's load of at most 1/4); and
+pending keys (counted, not admitted: a map record and a 16-byte count
+record each) <= ``max_pending`` (default ``4 * capacity``), which
+``steps_to_live`` also evicts like admitted keys (a pending key unseen for
+more than ``steps_to_live`` steps is forgotten, count included). Without a
+capacity, max_pending or steps_to_live, a stream of ever-new keys grows the
+pending set without bound.
 """
 import zlib
 from typing import NamedTuple
@@ -43,8 +50,9 @@ _INIT_CODES = {"truncated_normal": K.INIT_TRUNCATED_NORMAL, "normal": K.INIT_NOR
 assert set(_INIT_CODES) == set(INITIALIZERS)
 
 _MIN_SLOTS, _MIN_ROWS = 64, 32
-#: The map keeps at least this many slots a held key (a power of two).
-_SLOTS_PER_KEY = 2
+#: The map keeps at least this many slots a held key (a power of two): at
+#: load <= 1/4 most probes end at the home slot (``kernels.key_map``).
+_SLOTS_PER_KEY = 4
 _BASE_FIELDS = ("keys", "values", "counts", "last_seen",
                 "pending_keys", "pending_counts", "pending_last_seen")
 _TOMBSTONES = ("tombstones", "pending_tombstones")
@@ -262,6 +270,7 @@ class DynamicEmbeddingTable:
         slots = sum(s.array.nbytes for s in self._slots.values())
         return {"values": int(self.weight.value.nbytes), "slots": int(slots),
                 "map": int(km.slots.nbytes), "stats": int(km.stats.nbytes),
+                "pending": int(km.pending.nbytes + km.free_pending.nbytes),
                 "free_rows": int(km.free_rows.nbytes)}
 
     # ----------------------------------------------------------- lookups
@@ -384,7 +393,7 @@ class DynamicEmbeddingTable:
         """Count, insert, admit and stamp ``values`` (keys without a row);
         their rows (``DEFAULT_ROW`` while pending)."""
         filter_freq = np.int64(self.filter_freq)
-        res = K.resolve_keys(values, self._km.slots, step, filter_freq, False)
+        res = K.resolve_keys(values, self._km, step, filter_freq, False)
         new_keys, admissions = int(res.new_keys), int(res.admissions)
         if self.capacity is not None and len(self) + admissions > self.capacity:
             raise ValueError(
@@ -397,11 +406,12 @@ class DynamicEmbeddingTable:
                 f"table {self.name!r} (feature {where!r}): {pending} keys would be pending "
                 f"(counted, not admitted), over its max_pending of {self.max_pending}; "
                 f"nothing was changed")
-        K.update_counts(self._km.slots, res.unique, res.starts, res.groups, step)
+        K.update_counts(self._km.pending, res.unique, res.starts, res.groups, step)
         if new_keys or admissions:
             if self._grow_map(new_keys):   # records moved: find them again (read only)
-                res = K.resolve_keys(values, self._km.slots, step, filter_freq, False)
+                res = K.resolve_keys(values, self._km, step, filter_freq, False)
             self._make_rows(admissions)
+            self._km = K.reserve_pending(self._km, new_keys)
             new_rows = np.empty(admissions, np.int64)
             admitted_keys = np.empty(admissions, np.int64)
             done = K.admit_keys(new_rows, admitted_keys, res.unique, self._km, res.starts,
@@ -513,7 +523,7 @@ class DynamicEmbeddingTable:
             return 0
         km = self._km
         drop = np.empty(km.slots.shape[0], np.bool_)
-        K.eviction_candidates(drop, self.weight.value, km.slots, km.stats, np.int64(step),
+        K.eviction_candidates(drop, self.weight.value, km, np.int64(step),
                               np.int64(-1 if self.steps_to_live is None else self.steps_to_live),
                               np.float64(self.l2_weight_threshold or 0.0))
         keys = km.slots[np.flatnonzero(drop), K.KEY]
@@ -527,7 +537,7 @@ class DynamicEmbeddingTable:
         """Slots of the admitted (``kind`` 1) or pending (0) keys, by key."""
         slots = self._km.slots
         rows = slots[:, K.ROW]
-        found = np.flatnonzero(rows >= 0 if kind else rows == K.PENDING)
+        found = np.flatnonzero(rows >= 0 if kind else rows <= K.PENDING)
         return found[np.argsort(slots[found, K.KEY], kind="stable")]
 
     def _admitted_slots(self):
@@ -538,11 +548,12 @@ class DynamicEmbeddingTable:
         ``pending``."""
         slots, stats = self._km.slots, self._km.stats
         rows = slots[admitted, K.ROW]
+        records = self._km.pending[K.PENDING - slots[pending, K.ROW]]
         state = {"keys": slots[admitted, K.KEY], "values": self.weight.value[rows],
-                 "counts": stats[rows, K.S_COUNT], "last_seen": stats[rows, K.S_LAST_SEEN],
+                 "counts": stats[rows, K.C_COUNT], "last_seen": stats[rows, K.C_LAST_SEEN],
                  "pending_keys": slots[pending, K.KEY],
-                 "pending_counts": slots[pending, K.COUNT],
-                 "pending_last_seen": slots[pending, K.LAST_SEEN]}
+                 "pending_counts": records[:, K.C_COUNT],
+                 "pending_last_seen": records[:, K.C_LAST_SEEN]}
         for field, slot in sorted(self._slot_fields().items()):
             state[field] = slot.array[rows]
         return state
@@ -650,17 +661,18 @@ class DynamicEmbeddingTable:
         rows_allocated = _pow2_at_least(max(n + 1, _MIN_ROWS))
         km = K.empty_map(_pow2_at_least(max(_SLOTS_PER_KEY * (n + p), _MIN_SLOTS)),
                          rows_allocated)
-        records = np.empty((n + p, 4), np.int64)
+        records = np.empty((n + p, 2), np.int64)
         records[:, K.KEY] = np.concatenate([arrays["keys"], arrays["pending_keys"]])
         records[:n, K.ROW] = np.arange(K.DEFAULT_ROW + 1, n + 1)
-        records[n:, K.ROW] = K.PENDING
-        records[:n, K.COUNT:] = 0   # admitted keys: by row, in stats
-        records[n:, K.COUNT] = arrays["pending_counts"]
-        records[n:, K.LAST_SEEN] = arrays["pending_last_seen"]
+        records[n:, K.ROW] = K.PENDING - np.arange(p)
         K.rebuild(km.slots, records)
-        km.stats[1:n + 1, K.S_COUNT] = arrays["counts"]
-        km.stats[1:n + 1, K.S_LAST_SEEN] = arrays["last_seen"]
+        km = K.reserve_pending(km, p)
+        km.stats[1:n + 1, K.C_COUNT] = arrays["counts"]
+        km.stats[1:n + 1, K.C_LAST_SEEN] = arrays["last_seen"]
+        km.pending[:p, K.C_COUNT] = arrays["pending_counts"]
+        km.pending[:p, K.C_LAST_SEEN] = arrays["pending_last_seen"]
         km.sizes[K.ROWS_USED], km.sizes[K.LIVE], km.sizes[K.ADMITTED] = n + 1, n + p, n
+        km.sizes[K.PENDING_USED] = p
         value = self._new_rows_array(rows_allocated)
         value[1:n + 1] = arrays["values"]
         slots = {}
@@ -699,10 +711,13 @@ class DynamicEmbeddingTable:
         held = held[np.argsort(slots[held, K.KEY], kind="stable")]
         records = slots[held]
         kinds = (records[:, K.ROW] >= 0).astype(np.int64)
-        admitted = np.flatnonzero(kinds)   # counts and last_seen by row
-        records[admitted, K.COUNT:] = self._km.stats[records[admitted, K.ROW]]
-        scalars = np.stack([records[:, K.KEY], kinds, records[:, K.COUNT],
-                            records[:, K.LAST_SEEN]], axis=1)
+        admitted = np.flatnonzero(kinds)
+        pending = np.flatnonzero(kinds == 0)
+        counts = np.empty((held.shape[0], 2), np.int64)   # count, last_seen
+        counts[admitted] = self._km.stats[records[admitted, K.ROW]]
+        counts[pending] = self._km.pending[K.PENDING - records[pending, K.ROW]]
+        scalars = np.stack([records[:, K.KEY], kinds, counts[:, K.C_COUNT],
+                            counts[:, K.C_LAST_SEEN]], axis=1)
         out = np.zeros(held.shape[0], np.uint64)
         K.mix_rows(out, np.ascontiguousarray(scalars).view(np.uint32),
                    np.arange(held.shape[0], dtype=np.int64))

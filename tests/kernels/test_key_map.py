@@ -20,14 +20,16 @@ def _home(key, mask):
 
 
 def _insert_pending(km, keys, step):
-    """A training pass that never admits (filter_freq huge): keys counted."""
-    res = K.resolve_keys(keys, km.slots, np.int64(step), I64.max, True)
+    """A training pass that never admits (filter_freq huge): keys counted.
+    Returns (keys inserted, the map with room for them)."""
+    res = K.resolve_keys(keys, km, np.int64(step), I64.max, True)
     new, admissions = res.new_keys, res.admissions
     assert (new, admissions) == tuple(res.groups[:, K.G_NEW:].sum(axis=0))
     assert admissions == 0
+    km = K.reserve_pending(km, new)
     K.admit_keys(np.empty(0, np.int64), np.empty(0, np.int64), res.unique, km, res.starts,
                  res.groups, np.int64(step), I64.max)
-    return new
+    return new, km
 
 
 def _check(km, model):
@@ -39,7 +41,12 @@ def _check(km, model):
     K.find_slots(found, slots, keys)
     assert (found >= 0).all()
     assert slots[found, K.KEY].tolist() == keys.tolist()
-    assert slots[found, K.COUNT].tolist() == [model[k] for k in keys.tolist()]
+    assert (slots[found, K.ROW] <= K.PENDING).all()
+    records = km.pending[K.PENDING - slots[found, K.ROW]]
+    assert records[:, K.C_COUNT].tolist() == [model[k] for k in keys.tolist()]
+    used = K.PENDING - slots[found, K.ROW]          # pending records: one a key
+    assert np.unique(used).shape[0] == used.shape[0]
+    assert km.sizes[K.PENDING_USED] - km.sizes[K.FREE_PENDING] == len(model)
     occupied = slots[:, K.ROW] != K.EMPTY
     assert occupied.sum() == len(model) == km.sizes[K.LIVE]
     mask = slots.shape[0] - 1
@@ -65,7 +72,7 @@ def test_insert_find_delete_against_a_dict():
         candidates = [k for k in rng.permutation(pool).tolist()][:max(room, 0)]
         batch = np.array(rng.choice(candidates, rng.integers(1, 8)) if candidates else [],
                          np.int64)
-        new = _insert_pending(km, batch, step)
+        new, km = _insert_pending(km, batch, step)
         assert new == len(set(batch.tolist()) - set(model))
         for key in batch.tolist():
             model[key] = model.get(key, 0) + 1
@@ -81,7 +88,7 @@ def test_insert_find_delete_against_a_dict():
 def test_rebuild_keeps_every_key():
     km = K.empty_map(16, 1)
     keys = np.array([5, -5, I64.max, I64.min, 17, 2**50], np.int64)
-    _insert_pending(km, keys, 3)
+    _, km = _insert_pending(km, keys, 3)
     bigger = km._replace(slots=K.empty_map(256, 1).slots)
     K.rebuild(bigger.slots, km.slots)
     _check(bigger, {k: 1 for k in keys.tolist()})
@@ -91,7 +98,7 @@ def test_resolve_groups_once_per_unique_key():
     rng = np.random.default_rng(1)
     values = rng.choice(np.array([3, -3, 2**62, I64.min, 9, 9, 9], np.int64), 500)
     km = K.empty_map(16, 1)
-    res = K.resolve_keys(values, km.slots, np.int64(0), np.int64(2), True)
+    res = K.resolve_keys(values, km, np.int64(0), np.int64(2), True)
     uniques = {}
     for g in range(res.groups.shape[0]):
         for u in range(res.starts[g], res.starts[g] + res.groups[g, K.G_DISTINCT]):
