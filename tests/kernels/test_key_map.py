@@ -4,6 +4,7 @@ wrap around; resolve_keys groups a batch once per unique key."""
 import numpy as np
 
 from sparse_train.kernels import key_map as K
+from sparse_train.kernels.coalesce import group_rows
 
 I64 = np.iinfo(np.int64)
 
@@ -110,3 +111,43 @@ def test_resolve_groups_once_per_unique_key():
     assert (res.unique[res.pos_unique, K.U_SLOT] == -1).all()    # empty map
     assert res.groups[:, K.G_NEW].sum() == 5 and res.groups[:, K.G_ADMIT].sum() == 5
     assert (km.slots[:, K.ROW] == K.EMPTY).all()                  # resolving inserts nothing
+
+
+def test_probe_rows_against_a_full_scan():
+    """probe_rows finds admitted keys' rows; pending and missing keys read
+    DEFAULT_ROW and are counted. Reference: a scan of every slot."""
+    rng = np.random.default_rng(2)
+    pool = rng.integers(I64.min, I64.max, 40, dtype=np.int64)
+    km = K.reserve_pending(K.empty_map(256, 64), 40)
+    batch = np.concatenate([pool[:20], pool[:10], pool[20:30]])   # 10 keys seen twice
+    res = K.resolve_keys(batch, km, np.int64(0), np.int64(2), True)
+    admitted = K.admit_keys(np.empty(res.admissions, np.int64), np.empty(res.admissions, np.int64),
+                            res.unique, km, res.starts, res.groups, np.int64(0), np.int64(2))
+    assert admitted == 10
+    values = rng.choice(pool, 300)                  # admitted, pending and missing (30:40)
+    rows = np.empty(values.shape[0], np.int64)
+    missing = K.probe_rows(rows, km.slots, values)
+    held = {int(k): int(r) for k, r in km.slots[km.slots[:, K.ROW] != K.EMPTY].tolist()}
+    expected = [max(held.get(k, K.DEFAULT_ROW), K.DEFAULT_ROW) for k in values.tolist()]
+    assert rows.tolist() == expected
+    assert missing == sum(r == K.DEFAULT_ROW for r in expected) > 0
+    assert sorted(set(expected) - {K.DEFAULT_ROW}) == list(range(1, 11))
+
+
+def test_count_plan_rows_equals_counting_by_position():
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 20, 500).astype(np.int64)        # row 0: no key, not counted
+    unique, starts, _ = group_rows(rows)
+    by_plan = np.zeros((20, 2), np.int64)
+    by_plan[:, K.C_LAST_SEEN] = -1
+    by_position = by_plan.copy()
+    K.count_plan_rows(by_plan, unique, starts, np.int64(7))
+    K.count_rows(by_position, rows, np.int64(7))
+    expected = np.zeros((20, 2), np.int64)
+    expected[:, K.C_LAST_SEEN] = -1
+    for r in rows.tolist():
+        if r:
+            expected[r] += [1, 0]
+            expected[r, K.C_LAST_SEEN] = 7
+    np.testing.assert_array_equal(by_plan, expected)
+    np.testing.assert_array_equal(by_position, expected)
