@@ -19,7 +19,9 @@ counting path (``resolve_keys`` ... ``admit_keys``). Records of 16 bytes
 at load 1/4 take the bytes of 32-byte records at load 1/2 and make probes
 cheaper: fewer probe runs past the home slot (mispredicted branches), and
 4 records a cache line (measured on W1, 1M keys, 1 thread: probes of
-Zipf / uniform ids 1.4 / 2.7 ms -> see ``PROBE_AHEAD``).
+Zipf / uniform ids 1.4 / 2.6 ms -> 1.2 / 2.2 ms from the smaller records
+alone; the load factor measured with all records in cache: 0.76 ms at
+1/2, 0.41 at 1/4).
 
 Emptiness is a ROW value, never a key value, so no key is reserved.
 Deletion shifts the rest of the probe run back (Knuth's algorithm R), so
@@ -45,7 +47,7 @@ import numpy as np
 
 from ._jit import njit, njit_inline, njit_parallel, prange
 from .coalesce import group_rows
-from .prefetch import AHEAD, prefetch
+from .prefetch import AHEAD, prefetch, prefetch_read
 
 #: Columns of ``slots``.
 KEY, ROW = 0, 1
@@ -66,10 +68,12 @@ ADMITTED = 3       # admitted keys
 PENDING_USED = 4   # pending records ever handed out
 FREE_PENDING = 5   # pending records on their free stack
 
-#: Positions a probe prefetches ahead (measured on W1 1M keys, 1 thread, with
-#: the caches thrashed between batches: 8 -> 32 took Zipf / uniform probes
-#: from 2.1 / 3.3 ms to 1.4 / 2.7 ms, hashing first included).
-PROBE_AHEAD = 32
+#: Positions a probe prefetches ahead (for reading, into L2). Measured on W1
+#: (1M keys at load 1/4, 1 thread, the static step run between probes, a
+#: loaded host): Zipf / uniform ids 0.86 / 1.38 ms at 32 ahead, 0.64 / 1.23
+#: at 64, 0.55 / 1.17 at 128, 0.55 / 1.16 at 256; prefetching for writing
+#: instead was 5-15% slower on uniform ids.
+PROBE_AHEAD = 128
 
 #: Initializer codes of ``init_rows``.
 INIT_TRUNCATED_NORMAL, INIT_NORMAL, INIT_UNIFORM, INIT_ZEROS = 0, 1, 2, 3
@@ -182,7 +186,8 @@ def probe_rows(out, slots, values):
     without one (missing or pending). Read-only, one probe a position. The
     map is far bigger than the caches, so probes are cache misses: the home
     slots are hashed first (a vectorised loop), then each probe prefetches
-    the home slot ``PROBE_AHEAD`` positions on. Returns the number of
+    the home slot ``PROBE_AHEAD`` positions on (the probe loop is ~5 ns a
+    position, a miss hundreds). Returns the number of
     positions without a row."""
     mask = slots.shape[0] - 1
     n = values.shape[0]
@@ -191,7 +196,7 @@ def probe_rows(out, slots, values):
         homes[i] = home_slot(values[i], mask)
     missing = 0
     for i in prange(n):
-        prefetch(slots, homes[min(i + PROBE_AHEAD, n - 1)] * 2)
+        prefetch_read(slots, homes[min(i + PROBE_AHEAD, n - 1)] * 2)
         key = values[i]
         s = homes[i]
         while True:  # as find_slot, from the home slot already hashed
@@ -331,7 +336,7 @@ def admit_keys(new_rows, new_keys, unique, km, starts, groups, step, filter_freq
     every admitted key; its pending record is freed); new_rows, new_keys
     [A] int64: the rows assigned and their keys, in order. The caller
     checked capacity and made room (rows, and ``reserve_pending`` for the
-    new keys); inserting moves no record, so the other unique keys' slots
+    new keys that stay pending); inserting moves no record, so the other unique keys' slots
     stay valid. Returns the admissions."""
     slots, pending, sizes = km.slots, km.pending, km.sizes
     mask = slots.shape[0] - 1
@@ -342,29 +347,39 @@ def admit_keys(new_rows, new_keys, unique, km, starts, groups, step, filter_freq
         for u in range(starts[g], starts[g] + groups[g, G_DISTINCT]):
             s = unique[u, U_SLOT]
             occurrences = unique[u, U_COUNT]
-            if s < 0:
+            if s < 0:  # a new key: pending, or admitted at once
                 s = -1 - find_slot(slots, unique[u, U_KEY], mask)
-                p = _pop(km.free_pending, sizes, PENDING_USED, FREE_PENDING)
                 slots[s, KEY] = unique[u, U_KEY]
-                slots[s, ROW] = PENDING - p
-                pending[p, C_COUNT] = occurrences
-                pending[p, C_LAST_SEEN] = step
                 sizes[LIVE] += 1
                 unique[u, U_SLOT] = s
-            row = slots[s, ROW]
-            if row <= PENDING and pending[PENDING - row, C_COUNT] >= filter_freq:
-                p = PENDING - row
-                r = _pop(km.free_rows, sizes, ROWS_USED, FREE_ROWS)
-                slots[s, ROW] = r
-                km.stats[r, C_COUNT] = pending[p, C_COUNT] - occurrences
-                km.stats[r, C_LAST_SEEN] = step
-                km.free_pending[sizes[FREE_PENDING]] = p
+                record = -1
+                count = occurrences
+            elif slots[s, ROW] <= PENDING:
+                record = PENDING - slots[s, ROW]
+                count = pending[record, C_COUNT]
+            else:      # admitted before this lookup
+                unique[u, U_ROW] = slots[s, ROW]
+                continue
+            if count < filter_freq:
+                if record < 0:
+                    record = _pop(km.free_pending, sizes, PENDING_USED, FREE_PENDING)
+                    slots[s, ROW] = PENDING - record
+                    pending[record, C_COUNT] = count
+                    pending[record, C_LAST_SEEN] = step
+                unique[u, U_ROW] = slots[s, ROW]
+                continue
+            if record >= 0:  # admitted: its pending record is freed
+                km.free_pending[sizes[FREE_PENDING]] = record
                 sizes[FREE_PENDING] += 1
-                sizes[ADMITTED] += 1
-                new_rows[a] = r
-                new_keys[a] = unique[u, U_KEY]
-                a += 1
-            unique[u, U_ROW] = slots[s, ROW]
+            r = _pop(km.free_rows, sizes, ROWS_USED, FREE_ROWS)
+            slots[s, ROW] = r
+            km.stats[r, C_COUNT] = count - occurrences
+            km.stats[r, C_LAST_SEEN] = step
+            sizes[ADMITTED] += 1
+            new_rows[a] = r
+            new_keys[a] = unique[u, U_KEY]
+            a += 1
+            unique[u, U_ROW] = r
     return a
 
 

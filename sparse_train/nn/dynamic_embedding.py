@@ -411,7 +411,8 @@ class DynamicEmbeddingTable:
             if self._grow_map(new_keys):   # records moved: find them again (read only)
                 res = K.resolve_keys(values, self._km, step, filter_freq, False)
             self._make_rows(admissions)
-            self._km = K.reserve_pending(self._km, new_keys)
+            # new keys that stay pending: at most new_keys and the pending after
+            self._km = K.reserve_pending(self._km, min(new_keys, pending))
             new_rows = np.empty(admissions, np.int64)
             admitted_keys = np.empty(admissions, np.int64)
             done = K.admit_keys(new_rows, admitted_keys, res.unique, self._km, res.starts,
