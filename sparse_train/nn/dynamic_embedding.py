@@ -98,16 +98,14 @@ class _Slot:
 
 
 class _Recent(NamedTuple):
-    """A training lookup's bags and the rows its keys read, for
-    ``lookup_grad``: ``plan`` is the gradient's grouping of ``rows`` (the
-    ``GradPlan`` without its source), computed by the lookup to count the
-    keys (sum of unit weights), else None."""
+    """A training lookup's keys and the rows they read, for ``lookup_grad``;
+    for a sum without weights also its offsets and ``plan``, the gradient's
+    grouping of ``rows`` (the ``GradPlan`` without its source), which the
+    lookup computed to count the keys (else None)."""
     generation: int
     values: np.ndarray
-    offsets: np.ndarray
-    weights: object         # [n] float32 or None
-    combiner: str
     rows: np.ndarray
+    offsets: np.ndarray
     plan: object            # (rows, starts, src_index, src_coef) or None
 
 
@@ -179,7 +177,7 @@ class DynamicEmbeddingTable:
             stream of ever new keys cannot exhaust memory.
 
     Memory: see the module docstring (capacity bounds admitted keys,
-    steps_to_live bounds pending ones).
+    max_pending and steps_to_live pending ones).
 
     >>> t = DynamicEmbeddingTable(4, "user", filter_freq=2)
     >>> out = t.lookup([7, -3, 7], [0, 2, 3], global_step=0)
@@ -263,9 +261,10 @@ class DynamicEmbeddingTable:
         return out
 
     def memory_bytes(self):
-        """Bytes held: {"values", "slots", "map", "stats", "free_rows"}
-        (allocated arrays, including free room; ``stats``: the counts and
-        last_seen steps of admitted keys, by row)."""
+        """Bytes held: {"values", "slots", "map", "stats", "pending",
+        "free_rows"} (allocated arrays, including free room; ``stats``: the
+        counts and last_seen steps of admitted keys, by row; ``pending``:
+        those of pending keys)."""
         km = self._km
         slots = sum(s.array.nbytes for s in self._slots.values())
         return {"values": int(self.weight.value.nbytes), "slots": int(slots),
@@ -308,9 +307,8 @@ class DynamicEmbeddingTable:
             step = np.int64(self._check_step(global_step))
             rows = self._rows_training(values, step, where)
             plan = self._count(rows, bags, step)
-            self._recent[where] = _Recent(self._generation, values.copy(), bags.offsets.copy(),
-                                          None if weights is None else bags.weights.copy(),
-                                          combiner, rows, plan)
+            self._recent[where] = _Recent(self._generation, values.copy(), rows,
+                                          None if plan is None else bags.offsets.copy(), plan)
         else:
             rows = self._rows_readonly(values)
         return F.pool_checked(self.weight.value, bags._replace(values=rows))
@@ -341,7 +339,8 @@ class DynamicEmbeddingTable:
         if recent is not None and recent.generation == self._generation \
                 and np.array_equal(recent.values, values):
             rows = recent.rows
-            if recent.plan is not None and self._same_bags(recent, offsets, weights, combiner):
+            if recent.plan is not None and _same_sum_bags(recent.offsets, offsets, weights,
+                                                          combiner):
                 grad = _grad_of_plan(recent.plan, d_out, recent.offsets.shape[0] - 1,
                                      (self.rows_allocated, self.embedding_dim), where)
                 return F.drop_grad_rows_below(grad, K.DEFAULT_ROW + 1)
@@ -350,14 +349,6 @@ class DynamicEmbeddingTable:
         grad = F.embedding_bag_grad(d_out, rows, offsets, self.rows_allocated, weights,
                                     combiner, None, where)
         return F.drop_grad_rows_below(grad, K.DEFAULT_ROW + 1)
-
-    @staticmethod
-    def _same_bags(recent, offsets, weights, combiner):
-        """``offsets``, ``weights`` and ``combiner`` are those of ``recent``."""
-        if weights is not None or recent.weights is not None or combiner != recent.combiner:
-            return False
-        offsets = np.asarray(offsets)
-        return offsets.shape == recent.offsets.shape and np.array_equal(offsets, recent.offsets)
 
     def _check_step(self, global_step):
         if global_step is None:
@@ -802,6 +793,16 @@ class DynamicEmbeddingTable:
                              f"the table but not both, and its initial value is unknown")
         fill = np.full((rows,) + present.shape[1:], slot.initial if slot else 0, present.dtype)
         return (fill, new) if old is None else (old, fill)
+
+
+def _same_sum_bags(planned, offsets, weights, combiner):
+    """The bags ``offsets``, ``weights``, ``combiner`` are a sum without
+    weights over the ``planned`` offsets."""
+    if weights is not None or combiner != "sum":
+        return False
+    offsets = np.asarray(offsets)   # other dtypes: checked by the general path
+    return (offsets.dtype.kind in "iu" and offsets.shape == planned.shape
+            and np.array_equal(offsets, planned))
 
 
 def _grad_of_plan(plan, d_out, num_bags, dense_shape, where):
