@@ -192,7 +192,7 @@ def probe_rows(out, slots, values):
     mask = slots.shape[0] - 1
     n = values.shape[0]
     homes = np.empty(n, np.int64)
-    for i in prange(n):
+    for i in range(n):  # one thread, vector code: faster than a parallel loop
         homes[i] = home_slot(values[i], mask)
     missing = 0
     for i in prange(n):
