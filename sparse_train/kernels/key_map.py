@@ -31,8 +31,9 @@ move between slots only then (``remove_keys``) and when the map is rebuilt.
 Rows are handed out from a stack of freed rows (``free_rows`` [R] int64)
 first, then fresh ones, and pending records likewise (``free_pending`` [P]);
 ``sizes`` [6] int64 holds ROWS_USED, FREE_ROWS, LIVE, ADMITTED,
-PENDING_USED, FREE_PENDING. Row 0 of the row store is never given to a key: it holds the
-table's default value, read by every key without a row (``DEFAULT_ROW``).
+PENDING_USED, FREE_PENDING. Row 0 of the row store is never given to a
+key: it holds the table's default value, read by every key without a row
+(``DEFAULT_ROW``).
 
 The grouped path resolves its keys once per unique key: positions are
 grouped by their home slot (``hash & (M - 1)``) with ``coalesce.group_rows``,
