@@ -10,9 +10,10 @@ shared: CPU time is what the step itself costs; target: dynamic within
 1.3x of static), the phases of each step, the key map's lookups per CPU
 second (``resolve(training=False)``, one read-only probe per id), bytes
 per admitted key (values + slots + map, allocated and compulsory), and the
-load average. ``main(argv)`` returns {distribution: wall-time ratio}.
+load average. One thread by default (issue 13's bar). ``main(argv)``
+returns {distribution: wall-time ratio}.
 
-    python scripts/bench_dynamic.py [--rows 1000000] [--dim 64] [--rounds 7]
+    python scripts/bench_dynamic.py [--rows 1000000] [--dim 64] [--rounds 7] [--threads 1]
 """
 import argparse
 import os
@@ -113,7 +114,7 @@ def run(distribution, args):
     uniques_per_s, positions_per_s = map_rates(table, keys)
     total, parts = bytes_per_key(table)
     slot_row = table.memory_bytes()["slots"] // table.rows_allocated
-    compulsory = 4 * args.dim + slot_row + 2 * 32
+    compulsory = 4 * args.dim + slot_row + 16 + 4 * 16
     static, dynamic = results["static"], results["dynamic"]
     print(f"W1 {args.rows}x{args.dim} {distribution} {args.optimizer} "
           f"({work.unique_rows:.0f} unique ids a step), {args.rounds} rounds x {args.steps} steps:")
@@ -131,7 +132,7 @@ def run(distribution, args):
     print(f"  bytes per admitted key: {total:.0f} allocated ("
           + ", ".join(f"{k} {v:.0f}" for k, v in parts.items())
           + f"); compulsory {compulsory} (values {4 * args.dim} + slots {slot_row} "
-          f"+ a 32-byte map record at load 1/2)")
+          f"+ count and last_seen 16 + a 16-byte map record at load 1/4)")
     print(f"  others' load during the rounds: {results['others_cores']:.2f} cores; "
           f"load average {os.getloadavg()}")
     return float(np.median(ratios))
@@ -147,7 +148,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     set_threads(args.threads)
     log(f"load average at start: {os.getloadavg()}")

@@ -14,14 +14,21 @@ creates a ``DynamicVariable``'s slots through ``attach_slot``, the table grows
 them with its rows and resets a row's slots to their initial value when the
 row is given to a new key.
 
+Speed. A training lookup finds admitted keys by a read-only, prefetched
+probe a position; their counts and last_seen steps are kept by row
+(``KeyMap.stats``) and counted from the gradient's grouping of the rows,
+which the lookup computes once and ``lookup_grad`` reuses. Only keys
+missing or pending take the grouped path that counts, inserts and admits.
+
 Memory is bounded by: admitted keys <= ``capacity`` (if given), each
-``D * 4`` bytes of values + its slots + its 32-byte map record (64 bytes at
-the map's load of at most 1/2); and pending keys (counted, not admitted: a
-map record each), which
-``steps_to_live`` evicts like admitted keys (a pending key unseen for more
-than ``steps_to_live`` steps is forgotten, count included). Without
-``steps_to_live``, a stream of ever-new keys grows the pending set without
-bound: give a ``steps_to_live`` (or ``filter_freq <= 1``) for such streams.
+``D * 4`` bytes of values + its slots + 16 bytes of count and last_seen +
+its 16-byte map record (64 bytes at the map's load of at most 1/4); and
+pending keys (counted, not admitted: a map record and a 16-byte count
+record each) <= ``max_pending`` (default ``4 * capacity``), which
+``steps_to_live`` also evicts like admitted keys (a pending key unseen for
+more than ``steps_to_live`` steps is forgotten, count included). Without a
+capacity, max_pending or steps_to_live, a stream of ever-new keys grows the
+pending set without bound.
 """
 import zlib
 from typing import NamedTuple
@@ -31,6 +38,8 @@ import numpy as np
 from .. import functional as F
 from .._aligned import aligned_empty, aligned_full
 from ..kernels import key_map as K
+from ..kernels import lookup as _lookup
+from ..sparse import GradPlan, RowSparseGrad
 from ..variable import Variable
 from .embedding import INITIALIZERS, _is_integer
 
@@ -41,6 +50,9 @@ _INIT_CODES = {"truncated_normal": K.INIT_TRUNCATED_NORMAL, "normal": K.INIT_NOR
 assert set(_INIT_CODES) == set(INITIALIZERS)
 
 _MIN_SLOTS, _MIN_ROWS = 64, 32
+#: The map keeps at least this many slots a held key (a power of two): at
+#: load <= 1/4 most probes end at the home slot (``kernels.key_map``).
+_SLOTS_PER_KEY = 4
 _BASE_FIELDS = ("keys", "values", "counts", "last_seen",
                 "pending_keys", "pending_counts", "pending_last_seen")
 _TOMBSTONES = ("tombstones", "pending_tombstones")
@@ -86,10 +98,15 @@ class _Slot:
 
 
 class _Recent(NamedTuple):
-    """A training lookup's keys and the rows they read, for ``lookup_grad``."""
+    """A training lookup's keys and the rows they read, for ``lookup_grad``;
+    for a sum without weights also its offsets and ``plan``, the gradient's
+    grouping of ``rows`` (the ``GradPlan`` without its source), which the
+    lookup computed to count the keys (else None)."""
     generation: int
     values: np.ndarray
     rows: np.ndarray
+    offsets: np.ndarray
+    plan: object            # (rows, starts, src_index, src_coef) or None
 
 
 class _Mark(NamedTuple):
@@ -159,9 +176,13 @@ class DynamicEmbeddingTable:
         default_value: what a key without a row reads (float).
         capacity: optional cap on admitted keys: a lookup that would admit
             one more raises ValueError and changes nothing.
+        max_pending: optional cap on keys counted but not admitted (default
+            ``4 * capacity`` with a capacity, else none): a lookup that
+            would hold one more raises ValueError and changes nothing, so a
+            stream of ever new keys cannot exhaust memory.
 
     Memory: see the module docstring (capacity bounds admitted keys,
-    steps_to_live bounds pending ones).
+    max_pending and steps_to_live pending ones).
 
     >>> t = DynamicEmbeddingTable(4, "user", filter_freq=2)
     >>> out = t.lookup([7, -3, 7], [0, 2, 3], global_step=0)
@@ -173,7 +194,7 @@ class DynamicEmbeddingTable:
 
     def __init__(self, embedding_dim, name, initializer="truncated_normal", seed=None,
                  filter_freq=0, steps_to_live=None, l2_weight_threshold=None,
-                 default_value=0.0, capacity=None, init_scale=1.0):
+                 default_value=0.0, capacity=None, max_pending=None, init_scale=1.0):
         name = _check_name(name)
         if not _is_integer(embedding_dim) or embedding_dim <= 0:
             raise ValueError(f"DynamicEmbeddingTable {name!r}: embedding_dim must be a positive "
@@ -195,6 +216,9 @@ class DynamicEmbeddingTable:
                              f"number, got {default_value!r}")
         self.default_value = default
         self.capacity = _optional(name, "capacity", capacity, 0, True)
+        self.max_pending = _optional(name, "max_pending", max_pending, 0, True)
+        if self.max_pending is None and self.capacity is not None:
+            self.max_pending = 4 * self.capacity
         self.embedding_dim = int(embedding_dim)
         self.initializer = initializer
         if isinstance(init_scale, (bool, np.bool_)) or not isinstance(
@@ -236,7 +260,7 @@ class DynamicEmbeddingTable:
         return (f"DynamicEmbeddingTable(name={self.name!r}, embedding_dim={self.embedding_dim}, "
                 f"admitted={len(self)}, pending={self.num_pending}, "
                 f"filter_freq={self.filter_freq}, steps_to_live={self.steps_to_live}, "
-                f"capacity={self.capacity})")
+                f"capacity={self.capacity}, max_pending={self.max_pending})")
 
     def initial_rows(self, keys):
         """[k, D] float32: the rows ``keys`` get when admitted (a function of
@@ -250,12 +274,16 @@ class DynamicEmbeddingTable:
         return out
 
     def memory_bytes(self):
-        """Bytes held: {"values", "slots", "map", "free_rows"} (allocated
-        arrays, including free room)."""
+        """Bytes held: {"values", "slots", "map", "stats", "pending",
+        "free_rows"} (allocated arrays, including free room; ``stats``: the
+        counts and last_seen steps of admitted keys, by row; ``pending``:
+        those of pending keys)."""
         km = self._km
         slots = sum(s.array.nbytes for s in self._slots.values())
         return {"values": int(self.weight.value.nbytes), "slots": int(slots),
-                "map": int(km.slots.nbytes), "free_rows": int(km.free_rows.nbytes)}
+                "map": int(km.slots.nbytes), "stats": int(km.stats.nbytes),
+                "pending": int(km.pending.nbytes + km.free_pending.nbytes),
+                "free_rows": int(km.free_rows.nbytes)}
 
     # ----------------------------------------------------------- lookups
     def resolve(self, values, training=True, global_step=None, name=None):
@@ -267,7 +295,9 @@ class DynamicEmbeddingTable:
         if not training:
             return self._rows_readonly(values)
         step = self._check_step(global_step)
-        return self._rows_training(values, step, where)
+        rows = self._rows_training(values, step, where)
+        K.count_rows(self._km.stats, rows, np.int64(step))
+        return rows
 
     def lookup(self, values, offsets, weights=None, combiner="sum", training=True,
                global_step=None, name=None):
@@ -287,11 +317,29 @@ class DynamicEmbeddingTable:
         bags = F.check_bags(np.zeros(values.shape[0], np.int64), offsets, weights, 1,
                             combiner, None, where)
         if training:
-            rows = self._rows_training(values, self._check_step(global_step), where)
-            self._recent[where] = _Recent(self._generation, values.copy(), rows)
+            step = np.int64(self._check_step(global_step))
+            rows = self._rows_training(values, step, where)
+            plan = self._count(rows, bags, step)
+            self._recent[where] = _Recent(self._generation, values.copy(), rows,
+                                          None if plan is None else bags.offsets.copy(), plan)
         else:
             rows = self._rows_readonly(values)
         return F.pool_checked(self.weight.value, bags._replace(values=rows))
+
+    def _count(self, rows, bags, step):
+        """Count the positions of admitted keys (``rows`` >= 1) into their
+        rows' stats and stamp them with ``step``. A sum lookup without
+        weights counts from its gradient's grouping (the plan
+        ``functional.grad_checked`` makes: every position, rows increasing),
+        which is returned for ``lookup_grad``; other lookups count by
+        position (None)."""
+        if (bags.combiner == _lookup.SUM and not bags.has_weights and rows.shape[0]):
+            plan = _lookup.unit_grad_plan(rows, bags.offsets)
+            if plan[0].shape[0]:
+                K.count_plan_rows(self._km.stats, plan[0], plan[1], step)
+                return plan
+        K.count_rows(self._km.stats, rows, step)
+        return None
 
     def lookup_grad(self, d_out, values, offsets, weights=None, combiner="sum", name=None):
         """Gradient of ``lookup`` with respect to ``table.weight``: a
@@ -301,9 +349,14 @@ class DynamicEmbeddingTable:
         where = name or self.name
         values = F.as_ids(values, "values", where)
         recent = self._recent.get(where)
-        if (recent is not None and recent.generation == self._generation
-                and np.array_equal(recent.values, values)):
+        if recent is not None and recent.generation == self._generation \
+                and np.array_equal(recent.values, values):
             rows = recent.rows
+            if recent.plan is not None and _same_sum_bags(recent.offsets, offsets, weights,
+                                                          combiner):
+                grad = _grad_of_plan(recent.plan, d_out, recent.offsets.shape[0] - 1,
+                                     (self.rows_allocated, self.embedding_dim), where)
+                return F.drop_grad_rows_below(grad, K.DEFAULT_ROW + 1)
         else:
             rows = self._rows_readonly(values)
         grad = F.embedding_bag_grad(d_out, rows, offsets, self.rows_allocated, weights,
@@ -325,28 +378,45 @@ class DynamicEmbeddingTable:
 
     def _rows_readonly(self, values):
         rows = np.empty(values.shape[0], np.int64)
-        K.lookup_rows(rows, self._km.slots, values)
+        K.probe_rows(rows, self._km.slots, values)
         return rows
 
     def _rows_training(self, values, step, where):
-        """Count, insert, admit and stamp ``values``; their rows. With a
-        capacity the counts change only after the check, else in the same
-        pass that resolves the keys."""
-        check = self.capacity is not None
-        step, filter_freq = np.int64(step), np.int64(self.filter_freq)
-        res = K.resolve_keys(values, self._km.slots, step, filter_freq, not check)
+        """The rows of ``values`` after counting, inserting and admitting
+        the keys without a row (the caller counts the admitted ones, by
+        row: ``_count``). Admitted keys are found by a read-only probe; the
+        others take the grouped path, which checks capacity and max_pending
+        before anything changes."""
+        rows = np.empty(values.shape[0], np.int64)
+        if K.probe_rows(rows, self._km.slots, values):
+            at = np.flatnonzero(rows == K.DEFAULT_ROW)
+            rows[at] = self._admit(values[at], np.int64(step), where)
+        return rows
+
+    def _admit(self, values, step, where):
+        """Count, insert, admit and stamp ``values`` (keys without a row);
+        their rows (``DEFAULT_ROW`` while pending)."""
+        filter_freq = np.int64(self.filter_freq)
+        res = K.resolve_keys(values, self._km, step, filter_freq, False)
         new_keys, admissions = int(res.new_keys), int(res.admissions)
-        if check:
-            if len(self) + admissions > self.capacity:
-                raise ValueError(
-                    f"table {self.name!r} (feature {where!r}): admitting {admissions} more "
-                    f"keys would exceed its capacity of {self.capacity} ({len(self)} "
-                    f"admitted); nothing was changed")
-            K.update_counts(self._km.slots, res.unique, res.starts, res.groups, step)
+        if self.capacity is not None and len(self) + admissions > self.capacity:
+            raise ValueError(
+                f"table {self.name!r} (feature {where!r}): admitting {admissions} more "
+                f"keys would exceed its capacity of {self.capacity} ({len(self)} "
+                f"admitted); nothing was changed")
+        pending = self.num_pending + new_keys - admissions
+        if self.max_pending is not None and pending > self.max_pending:
+            raise ValueError(
+                f"table {self.name!r} (feature {where!r}): {pending} keys would be pending "
+                f"(counted, not admitted), over its max_pending of {self.max_pending}; "
+                f"nothing was changed")
+        K.update_counts(self._km.pending, res.unique, res.starts, res.groups, step)
         if new_keys or admissions:
             if self._grow_map(new_keys):   # records moved: find them again (read only)
-                res = K.resolve_keys(values, self._km.slots, step, filter_freq, False)
+                res = K.resolve_keys(values, self._km, step, filter_freq, False)
             self._make_rows(admissions)
+            # new keys that stay pending: at most new_keys and the pending after
+            self._km = K.reserve_pending(self._km, min(new_keys, pending))
             new_rows = np.empty(admissions, np.int64)
             admitted_keys = np.empty(admissions, np.int64)
             done = K.admit_keys(new_rows, admitted_keys, res.unique, self._km, res.starts,
@@ -383,9 +453,9 @@ class DynamicEmbeddingTable:
         full; True if it was rebuilt (records moved)."""
         km = self._km
         live = int(km.sizes[K.LIVE]) + new_keys
-        if 2 * live <= km.slots.shape[0]:
+        if _SLOTS_PER_KEY * live <= km.slots.shape[0]:
             return False
-        grown = K.empty_map(_pow2_at_least(2 * live), 1).slots
+        grown = K.empty_map(_pow2_at_least(_SLOTS_PER_KEY * live), 1).slots
         K.rebuild(grown, km.slots)
         self._km = km._replace(slots=grown)
         return True
@@ -397,7 +467,8 @@ class DynamicEmbeddingTable:
         rows_free = self.rows_allocated - int(sizes[K.ROWS_USED]) + int(sizes[K.FREE_ROWS])
         if admissions > rows_free:
             self._grow_rows(_pow2_at_least(int(sizes[K.ROWS_USED]) + admissions))
-            self._km = km._replace(free_rows=_grown(km.free_rows, self.rows_allocated, 0))
+            self._km = km._replace(free_rows=_grown(km.free_rows, self.rows_allocated, 0),
+                                   stats=_grown(km.stats, self.rows_allocated, 0))
 
     def _grow_rows(self, rows):
         """Row store (and every slot) to ``rows`` rows, existing rows kept."""
@@ -459,7 +530,7 @@ class DynamicEmbeddingTable:
             return 0
         km = self._km
         drop = np.empty(km.slots.shape[0], np.bool_)
-        K.eviction_candidates(drop, self.weight.value, km.slots, np.int64(step),
+        K.eviction_candidates(drop, self.weight.value, km, np.int64(step),
                               np.int64(-1 if self.steps_to_live is None else self.steps_to_live),
                               np.float64(self.l2_weight_threshold or 0.0))
         keys = km.slots[np.flatnonzero(drop), K.KEY]
@@ -473,7 +544,7 @@ class DynamicEmbeddingTable:
         """Slots of the admitted (``kind`` 1) or pending (0) keys, by key."""
         slots = self._km.slots
         rows = slots[:, K.ROW]
-        found = np.flatnonzero(rows >= 0 if kind else rows == K.PENDING)
+        found = np.flatnonzero(rows >= 0 if kind else rows <= K.PENDING)
         return found[np.argsort(slots[found, K.KEY], kind="stable")]
 
     def _admitted_slots(self):
@@ -482,13 +553,14 @@ class DynamicEmbeddingTable:
     def _rows_state(self, admitted, pending):
         """State fields (copies) of the keys in map slots ``admitted`` and
         ``pending``."""
-        slots = self._km.slots
+        slots, stats = self._km.slots, self._km.stats
         rows = slots[admitted, K.ROW]
+        records = self._km.pending[K.PENDING - slots[pending, K.ROW]]
         state = {"keys": slots[admitted, K.KEY], "values": self.weight.value[rows],
-                 "counts": slots[admitted, K.COUNT], "last_seen": slots[admitted, K.LAST_SEEN],
+                 "counts": stats[rows, K.C_COUNT], "last_seen": stats[rows, K.C_LAST_SEEN],
                  "pending_keys": slots[pending, K.KEY],
-                 "pending_counts": slots[pending, K.COUNT],
-                 "pending_last_seen": slots[pending, K.LAST_SEEN]}
+                 "pending_counts": records[:, K.C_COUNT],
+                 "pending_last_seen": records[:, K.C_LAST_SEEN]}
         for field, slot in sorted(self._slot_fields().items()):
             state[field] = slot.array[rows]
         return state
@@ -571,10 +643,13 @@ class DynamicEmbeddingTable:
                 raise ValueError(f"{where}: state field {field!r} has dtype {array.dtype}")
         return arrays
 
-    def _check_capacity(self, admitted):
+    def _check_capacity(self, admitted, pending):
         if self.capacity is not None and admitted > self.capacity:
             raise ValueError(f"table {self.name!r}: the state holds {admitted} admitted keys, "
                              f"over its capacity of {self.capacity}")
+        if self.max_pending is not None and pending > self.max_pending:
+            raise ValueError(f"table {self.name!r}: the state holds {pending} pending keys, "
+                             f"over its max_pending of {self.max_pending}")
 
     def load_state_dict(self, state):
         """Replace the whole table by ``state`` (as ``state_dict`` gives it).
@@ -585,22 +660,26 @@ class DynamicEmbeddingTable:
         are restored (missing ones: their initial value); slots of others
         are held until the optimizer attaches."""
         arrays = self._check_state(state, delta=False)
-        self._check_capacity(arrays["keys"].shape[0])
+        self._check_capacity(arrays["keys"].shape[0], arrays["pending_keys"].shape[0])
         self._load(arrays)
 
     def _load(self, arrays):
         n, p = arrays["keys"].shape[0], arrays["pending_keys"].shape[0]
         rows_allocated = _pow2_at_least(max(n + 1, _MIN_ROWS))
-        km = K.empty_map(_pow2_at_least(max(2 * (n + p), _MIN_SLOTS)), rows_allocated)
-        records = np.empty((n + p, 4), np.int64)
+        km = K.empty_map(_pow2_at_least(max(_SLOTS_PER_KEY * (n + p), _MIN_SLOTS)),
+                         rows_allocated)
+        records = np.empty((n + p, 2), np.int64)
         records[:, K.KEY] = np.concatenate([arrays["keys"], arrays["pending_keys"]])
         records[:n, K.ROW] = np.arange(K.DEFAULT_ROW + 1, n + 1)
-        records[n:, K.ROW] = K.PENDING
-        records[:, K.COUNT] = np.concatenate([arrays["counts"], arrays["pending_counts"]])
-        records[:, K.LAST_SEEN] = np.concatenate([arrays["last_seen"],
-                                                  arrays["pending_last_seen"]])
+        records[n:, K.ROW] = K.PENDING - np.arange(p)
         K.rebuild(km.slots, records)
+        km = K.reserve_pending(km, p)
+        km.stats[1:n + 1, K.C_COUNT] = arrays["counts"]
+        km.stats[1:n + 1, K.C_LAST_SEEN] = arrays["last_seen"]
+        km.pending[:p, K.C_COUNT] = arrays["pending_counts"]
+        km.pending[:p, K.C_LAST_SEEN] = arrays["pending_last_seen"]
         km.sizes[K.ROWS_USED], km.sizes[K.LIVE], km.sizes[K.ADMITTED] = n + 1, n + p, n
+        km.sizes[K.PENDING_USED] = p
         value = self._new_rows_array(rows_allocated)
         value[1:n + 1] = arrays["values"]
         slots = {}
@@ -639,8 +718,13 @@ class DynamicEmbeddingTable:
         held = held[np.argsort(slots[held, K.KEY], kind="stable")]
         records = slots[held]
         kinds = (records[:, K.ROW] >= 0).astype(np.int64)
-        scalars = np.stack([records[:, K.KEY], kinds, records[:, K.COUNT],
-                            records[:, K.LAST_SEEN]], axis=1)
+        admitted = np.flatnonzero(kinds)
+        pending = np.flatnonzero(kinds == 0)
+        counts = np.empty((held.shape[0], 2), np.int64)   # count, last_seen
+        counts[admitted] = self._km.stats[records[admitted, K.ROW]]
+        counts[pending] = self._km.pending[K.PENDING - records[pending, K.ROW]]
+        scalars = np.stack([records[:, K.KEY], kinds, counts[:, K.C_COUNT],
+                            counts[:, K.C_LAST_SEEN]], axis=1)
         out = np.zeros(held.shape[0], np.uint64)
         K.mix_rows(out, np.ascontiguousarray(scalars).view(np.uint32),
                    np.arange(held.shape[0], dtype=np.int64))
@@ -710,7 +794,7 @@ class DynamicEmbeddingTable:
         for field in ("pending_keys", "pending_counts", "pending_last_seen"):
             merged[field] = np.concatenate([current[field][pkeep], arrays[field]])[porder]
         merged = self._check_state(merged, delta=False)
-        self._check_capacity(merged["keys"].shape[0])
+        self._check_capacity(merged["keys"].shape[0], merged["pending_keys"].shape[0])
         self._load(merged)
 
     def _fill_missing_slot(self, field, old, new, kept, upserts):
@@ -724,6 +808,30 @@ class DynamicEmbeddingTable:
                              f"the table but not both, and its initial value is unknown")
         fill = np.full((rows,) + present.shape[1:], slot.initial if slot else 0, present.dtype)
         return (fill, new) if old is None else (old, fill)
+
+
+def _same_sum_bags(planned, offsets, weights, combiner):
+    """The bags ``offsets``, ``weights``, ``combiner`` are a sum without
+    weights over the ``planned`` offsets."""
+    if weights is not None or combiner != "sum":
+        return False
+    offsets = np.asarray(offsets)   # other dtypes: checked by the general path
+    return (offsets.dtype.kind in "iu" and offsets.shape == planned.shape
+            and np.array_equal(offsets, planned))
+
+
+def _grad_of_plan(plan, d_out, num_bags, dense_shape, where):
+    """The ``RowSparseGrad`` of a lookup's gradient plan (rows, starts,
+    src_index, src_coef) for ``d_out`` [num_bags, D] (checked and copied as
+    ``functional.embedding_bag_grad`` does)."""
+    d_out = np.asarray(d_out)
+    if d_out.dtype.kind not in "fiu":
+        raise ValueError(f"feature {where!r}: d_out must be a real array, got dtype {d_out.dtype}")
+    if d_out.ndim != 2 or d_out.shape != (num_bags, dense_shape[1]):
+        raise ValueError(f"feature {where!r}: d_out must have shape [{num_bags}, "
+                         f"{dense_shape[1]}] (one row per bag), got {d_out.shape}")
+    d_out = np.array(d_out, dtype=np.float32, copy=True, order="C")
+    return RowSparseGrad._from_plan(GradPlan(*plan, d_out, np.float32(1.0)), dense_shape)
 
 
 def _grown(array, size, fill):

@@ -33,7 +33,7 @@ _TRAINING_STEP = contextvars.ContextVar("sparse_train_training_step", default=No
 #: What ``dynamic=`` may set of each ``DynamicEmbeddingTable`` (its keyword
 #: arguments; DeepRec's EmbeddingVariable options).
 DYNAMIC_OPTIONS = ("filter_freq", "steps_to_live", "l2_weight_threshold", "default_value",
-                   "capacity")
+                   "capacity", "max_pending")
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ wrap around; resolve_keys groups a batch once per unique key."""
 import numpy as np
 
 from sparse_train.kernels import key_map as K
+from sparse_train.kernels.coalesce import group_rows
 
 I64 = np.iinfo(np.int64)
 
@@ -20,14 +21,16 @@ def _home(key, mask):
 
 
 def _insert_pending(km, keys, step):
-    """A training pass that never admits (filter_freq huge): keys counted."""
-    res = K.resolve_keys(keys, km.slots, np.int64(step), I64.max, True)
+    """A training pass that never admits (filter_freq huge): keys counted.
+    Returns (keys inserted, the map with room for them)."""
+    res = K.resolve_keys(keys, km, np.int64(step), I64.max, True)
     new, admissions = res.new_keys, res.admissions
     assert (new, admissions) == tuple(res.groups[:, K.G_NEW:].sum(axis=0))
     assert admissions == 0
+    km = K.reserve_pending(km, new)
     K.admit_keys(np.empty(0, np.int64), np.empty(0, np.int64), res.unique, km, res.starts,
                  res.groups, np.int64(step), I64.max)
-    return new
+    return new, km
 
 
 def _check(km, model):
@@ -39,7 +42,12 @@ def _check(km, model):
     K.find_slots(found, slots, keys)
     assert (found >= 0).all()
     assert slots[found, K.KEY].tolist() == keys.tolist()
-    assert slots[found, K.COUNT].tolist() == [model[k] for k in keys.tolist()]
+    assert (slots[found, K.ROW] <= K.PENDING).all()
+    records = km.pending[K.PENDING - slots[found, K.ROW]]
+    assert records[:, K.C_COUNT].tolist() == [model[k] for k in keys.tolist()]
+    used = K.PENDING - slots[found, K.ROW]          # pending records: one a key
+    assert np.unique(used).shape[0] == used.shape[0]
+    assert km.sizes[K.PENDING_USED] - km.sizes[K.FREE_PENDING] == len(model)
     occupied = slots[:, K.ROW] != K.EMPTY
     assert occupied.sum() == len(model) == km.sizes[K.LIVE]
     mask = slots.shape[0] - 1
@@ -65,7 +73,7 @@ def test_insert_find_delete_against_a_dict():
         candidates = [k for k in rng.permutation(pool).tolist()][:max(room, 0)]
         batch = np.array(rng.choice(candidates, rng.integers(1, 8)) if candidates else [],
                          np.int64)
-        new = _insert_pending(km, batch, step)
+        new, km = _insert_pending(km, batch, step)
         assert new == len(set(batch.tolist()) - set(model))
         for key in batch.tolist():
             model[key] = model.get(key, 0) + 1
@@ -81,7 +89,7 @@ def test_insert_find_delete_against_a_dict():
 def test_rebuild_keeps_every_key():
     km = K.empty_map(16, 1)
     keys = np.array([5, -5, I64.max, I64.min, 17, 2**50], np.int64)
-    _insert_pending(km, keys, 3)
+    _, km = _insert_pending(km, keys, 3)
     bigger = km._replace(slots=K.empty_map(256, 1).slots)
     K.rebuild(bigger.slots, km.slots)
     _check(bigger, {k: 1 for k in keys.tolist()})
@@ -91,7 +99,7 @@ def test_resolve_groups_once_per_unique_key():
     rng = np.random.default_rng(1)
     values = rng.choice(np.array([3, -3, 2**62, I64.min, 9, 9, 9], np.int64), 500)
     km = K.empty_map(16, 1)
-    res = K.resolve_keys(values, km.slots, np.int64(0), np.int64(2), True)
+    res = K.resolve_keys(values, km, np.int64(0), np.int64(2), True)
     uniques = {}
     for g in range(res.groups.shape[0]):
         for u in range(res.starts[g], res.starts[g] + res.groups[g, K.G_DISTINCT]):
@@ -103,3 +111,43 @@ def test_resolve_groups_once_per_unique_key():
     assert (res.unique[res.pos_unique, K.U_SLOT] == -1).all()    # empty map
     assert res.groups[:, K.G_NEW].sum() == 5 and res.groups[:, K.G_ADMIT].sum() == 5
     assert (km.slots[:, K.ROW] == K.EMPTY).all()                  # resolving inserts nothing
+
+
+def test_probe_rows_against_a_full_scan():
+    """probe_rows finds admitted keys' rows; pending and missing keys read
+    DEFAULT_ROW and are counted. Reference: a scan of every slot."""
+    rng = np.random.default_rng(2)
+    pool = rng.integers(I64.min, I64.max, 40, dtype=np.int64)
+    km = K.reserve_pending(K.empty_map(256, 64), 40)
+    batch = np.concatenate([pool[:20], pool[:10], pool[20:30]])   # 10 keys seen twice
+    res = K.resolve_keys(batch, km, np.int64(0), np.int64(2), True)
+    admitted = K.admit_keys(np.empty(res.admissions, np.int64), np.empty(res.admissions, np.int64),
+                            res.unique, km, res.starts, res.groups, np.int64(0), np.int64(2))
+    assert admitted == 10
+    values = rng.choice(pool, 300)                  # admitted, pending and missing (30:40)
+    rows = np.empty(values.shape[0], np.int64)
+    missing = K.probe_rows(rows, km.slots, values)
+    held = {int(k): int(r) for k, r in km.slots[km.slots[:, K.ROW] != K.EMPTY].tolist()}
+    expected = [max(held.get(k, K.DEFAULT_ROW), K.DEFAULT_ROW) for k in values.tolist()]
+    assert rows.tolist() == expected
+    assert missing == sum(r == K.DEFAULT_ROW for r in expected) > 0
+    assert sorted(set(expected) - {K.DEFAULT_ROW}) == list(range(1, 11))
+
+
+def test_count_plan_rows_equals_counting_by_position():
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 20, 500).astype(np.int64)        # row 0: no key, not counted
+    unique, starts, _ = group_rows(rows)
+    by_plan = np.zeros((20, 2), np.int64)
+    by_plan[:, K.C_LAST_SEEN] = -1
+    by_position = by_plan.copy()
+    K.count_plan_rows(by_plan, unique, starts, np.int64(7))
+    K.count_rows(by_position, rows, np.int64(7))
+    expected = np.zeros((20, 2), np.int64)
+    expected[:, K.C_LAST_SEEN] = -1
+    for r in rows.tolist():
+        if r:
+            expected[r] += [1, 0]
+            expected[r, K.C_LAST_SEEN] = 7
+    np.testing.assert_array_equal(by_plan, expected)
+    np.testing.assert_array_equal(by_position, expected)

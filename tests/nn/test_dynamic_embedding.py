@@ -44,7 +44,7 @@ class DictTable:
         self.default, self.lr, self.initial = default, lr, initial
         self.admitted, self.pending = {}, {}
 
-    def lookup(self, values, offsets, step):
+    def lookup(self, values, offsets, step, weights=None, combiner="sum"):
         for key in values.tolist():  # each occurrence counts, in order
             if key in self.admitted:
                 self.admitted[key][1] += 1
@@ -61,10 +61,11 @@ class DictTable:
         rows = {k: v[0] for k, v in self.admitted.items()}
         table = np.array([rows.get(k, np.full(D, self.default)) for k in values.tolist()]
                          ).reshape(-1, D)
-        return ref.embedding_bag(table, np.arange(values.shape[0]), offsets)
+        return ref.embedding_bag(table, np.arange(values.shape[0]), offsets, weights, combiner)
 
-    def apply(self, d_out, values, offsets):
-        ids, rows = ref.embedding_bag_grad(d_out, np.arange(values.shape[0]), offsets)
+    def apply(self, d_out, values, offsets, weights=None, combiner="sum"):
+        ids, rows = ref.embedding_bag_grad(d_out, np.arange(values.shape[0]), offsets, weights,
+                                           combiner)
         sums = {}
         for i, g in zip(ids.tolist(), rows):
             key = int(values[i])
@@ -102,13 +103,16 @@ def _assert_matches(table, model, opt):
             ref.assert_close(acc, [model.admitted[k][3] for k in keys])
 
 
-@pytest.mark.parametrize("seed,filter_freq,steps_to_live,l2,default", [
-    (0, 3, 2, None, 0.0),
-    (1, 2, None, 0.13, 0.5),
-    (2, 1, 1, None, -0.25),
-    (3, 4, 3, 0.05, 0.0),
+@pytest.mark.parametrize("seed,filter_freq,steps_to_live,l2,default,combiner,weighted", [
+    (0, 3, 2, None, 0.0, "sum", False),
+    (1, 2, None, 0.13, 0.5, "sum", False),
+    (2, 1, 1, None, -0.25, "sum", False),
+    (3, 4, 3, 0.05, 0.0, "sum", False),
+    (4, 2, 2, None, 0.0, "mean", True),     # counted by position, gradient planned apart
+    (5, 0, None, None, 0.0, "sqrtn", False),
 ])
-def test_matches_dict_reference(seed, filter_freq, steps_to_live, l2, default):
+def test_matches_dict_reference(seed, filter_freq, steps_to_live, l2, default, combiner,
+                                weighted):
     rng = np.random.default_rng(seed)
     table = st.DynamicEmbeddingTable(D, f"t{seed}", seed=seed, filter_freq=filter_freq,
                                      steps_to_live=steps_to_live, l2_weight_threshold=l2,
@@ -118,13 +122,14 @@ def test_matches_dict_reference(seed, filter_freq, steps_to_live, l2, default):
     pool = np.concatenate([POOL, rng.integers(I64.min, I64.max, 8, dtype=np.int64)])
     for step in range(14):
         values, offsets = _batch(rng, pool)
-        out = table.lookup(values, offsets, global_step=step)
-        ref.assert_close(out, model.lookup(values, offsets, step))
+        weights = rng.uniform(0.5, 2.0, values.shape[0]).astype(np.float32) if weighted else None
+        out = table.lookup(values, offsets, weights, combiner, global_step=step)
+        ref.assert_close(out, model.lookup(values, offsets, step, weights, combiner))
         d_out = rng.standard_normal((offsets.shape[0] - 1, D)).astype(np.float32)
-        grad = table.lookup_grad(d_out, values, offsets)
+        grad = table.lookup_grad(d_out, values, offsets, weights, combiner)
         if grad.nnz:
             opt.apply_gradients([(grad, table.weight)])
-        model.apply(d_out, values, offsets)
+        model.apply(d_out, values, offsets, weights, combiner)
         if step % 3 == 2:
             table.evict(step)
             model.evict(step)
@@ -208,6 +213,49 @@ def test_capacity_error_changes_nothing():
         np.testing.assert_array_equal(before[field], after[field])
     table.lookup([4, 5], [0, 2], global_step=1)    # counted, none admitted: fine
     assert len(table) == 2 and table.num_pending == 3
+
+
+def test_max_pending_error_changes_nothing():
+    table = st.DynamicEmbeddingTable(D, "flood", filter_freq=3, max_pending=3)
+    table.lookup([1, 1, 2, 3], [0, 4], global_step=0)            # 3 pending
+    table.lookup([1, 4], [0, 2], global_step=1)     # 1 admitted, 4 new: still 3 pending
+    before = table.state_dict()
+    assert before["keys"].tolist() == [1] and before["pending_keys"].tolist() == [2, 3, 4]
+    with pytest.raises(ValueError, match="'flood'.*5 keys would be pending.*max_pending of 3"):
+        table.lookup([5, 2, 6], [0, 3], global_step=2)
+    after = table.state_dict()
+    for field in before:
+        np.testing.assert_array_equal(before[field], after[field])
+    table.lookup([2, 2, 5], [0, 3], global_step=2)   # 2 admitted, 5 pending: 3 pending
+    assert len(table) == 2 and table.num_pending == 3
+    assert st.DynamicEmbeddingTable(D, "c", capacity=3).max_pending == 12
+    assert st.DynamicEmbeddingTable(D, "u").max_pending is None
+    with pytest.raises(ValueError, match="'small'.*3 pending keys.*max_pending of 2"):
+        st.DynamicEmbeddingTable(D, "small", max_pending=2).load_state_dict(before)
+
+
+def test_lookup_grad_after_a_lookup_of_other_bags():
+    """The gradient planned by a training lookup is reused only for the same
+    bags: other offsets, weights or combiner get their own (float64 reference
+    over the rows the keys read)."""
+    table = st.DynamicEmbeddingTable(D, "replan")
+    values = np.array([5, -5, 5, 9, 9, 5], np.int64)
+    table.lookup(values, [0, 2, 6], global_step=0)
+    rows = table.resolve(values, training=False)
+    d_out = np.arange(3 * D, dtype=np.float32).reshape(3, D)
+    for offsets, weights, combiner in (([0, 1, 4, 6], None, "sum"),
+                                       ([0, 2, 6], np.arange(1, 7, dtype=np.float32), "sum"),
+                                       ([0, 2, 6], None, "mean")):
+        bags = len(offsets) - 1
+        grad = table.lookup_grad(d_out[:bags], values, offsets, weights, combiner)
+        ids, parts = ref.embedding_bag_grad(d_out[:bags], rows, offsets, weights, combiner)
+        dense = np.zeros((table.rows_allocated, D))
+        np.add.at(dense, ids, parts)
+        ref.assert_close(grad.to_dense(), dense)
+    grad = table.lookup_grad(d_out[:2], values, [0, 2, 6])
+    assert grad.indices.tolist() == sorted(set(rows.tolist()))   # increasing: coalesced
+    with pytest.raises(ValueError, match="d_out must have shape"):
+        table.lookup_grad(d_out, values, [0, 2, 6])
 
 
 # ------------------------------------------------------- static equivalence
@@ -377,6 +425,7 @@ def test_load_state_dict_validates_before_changing_anything():
 
 def test_bad_arguments_are_refused():
     for kwargs in (dict(filter_freq=-1), dict(steps_to_live=1.5), dict(capacity=-2),
+                   dict(max_pending=-1), dict(max_pending=2.5),
                    dict(l2_weight_threshold=float("nan")), dict(initializer="ones")):
         with pytest.raises(ValueError, match="'bad'"):
             st.DynamicEmbeddingTable(D, "bad", **kwargs)

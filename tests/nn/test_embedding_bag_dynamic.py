@@ -161,5 +161,7 @@ def test_dynamic_collection_surface_and_errors():
         EmbeddingBagCollection(raw, 3, "shared", tables={"a": "t", "b": "t"})
     with pytest.raises(ValueError, match="unknown option"):
         EmbeddingBagCollection(raw, 3, "typo", dynamic={"filter_frequency": 2})
+    capped = EmbeddingBagCollection(raw, 3, "capped", dynamic={"max_pending": 5})
+    assert {t.max_pending for t in capped.tables.values()} == {5}
     with pytest.raises(ValueError, match="no stacked weight"):
         ebc.weight
