@@ -8,7 +8,8 @@ import numpy as np
 
 from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer_or,
                    task_queue, tasks_done, workers)
-from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows
+from .coalesce import (_bit_length, _slice_bounds, clear_counts, count_digits, digit_counts,
+                       group_packed, group_rows, use_threads)
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
@@ -171,21 +172,54 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
     return rows, starts, src_index, src_coef
 
 
+@njit_inline
+def _tag_bags(keys, counts, values, offsets, b, lo, hi, slice_index, tag_bits, digit_bits,
+              passes):
+    """In place: keys[i] = ``values[i] << tag_bits | bag of i`` for i in
+    lo:hi (position lo in bag b), counted (``coalesce.count_digits``) in
+    slice ``slice_index``."""
+    i = lo
+    while i < hi:
+        end = min(hi, offsets[b + 1])
+        for j in range(i, end):
+            key = (values[j] << tag_bits) | b
+            keys[j] = key
+            count_digits(counts, slice_index, key, tag_bits, digit_bits, passes)
+        i = end
+        b += 1
+
+
 @njit_parallel
-def _bag_tagged_keys(keys, values, offsets, tag_bits):
+def _bag_tagged_keys(keys, counts, values, offsets, tag_bits, digit_bits):
     """In place: keys [n] int64 = ``values[i] << tag_bits | b`` for each
-    position i of bag b."""
-    num_items = offsets.shape[0] - 1
-    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
-    queue = task_queue(num_tasks)
+    position i of bag b, and counts (``coalesce.digit_counts``, parallel)
+    the pass-0 histogram of each of its equal slices of positions (the
+    slices of the sort's passes, whatever the bags' lengths)."""
+    n = values.shape[0]
+    slices = counts.shape[1]
+    queue = task_queue(slices)
     for worker in prange(workers(queue)):
-        task = next_task(queue, worker)
-        while task < num_tasks:
-            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
-                for i in range(offsets[b], offsets[b + 1]):
-                    keys[i] = (values[i] << tag_bits) | b
-            task = next_task(queue, worker)
+        s = next_task(queue, worker)
+        while s < slices:
+            lo, hi = _slice_bounds(n, slices, s)
+            clear_counts(counts, s, 1)
+            b = np.searchsorted(offsets, lo, side="right") - 1  # the bag of position lo
+            _tag_bags(keys, counts, values, offsets, b, lo, hi, s, tag_bits, digit_bits, 1)
+            s = next_task(queue, worker)
     tasks_done(queue)
+
+
+@njit
+def _bag_tagged_keys_serial(keys, counts, values, offsets, tag_bits, digit_bits):
+    """``_bag_tagged_keys`` on the calling thread, counting every pass's
+    digits (the common two passes unrolled)."""
+    n, passes = values.shape[0], counts.shape[0]
+    clear_counts(counts, 0, passes)
+    b = np.searchsorted(offsets, 0, side="right") - 1  # empty bags may come first
+    if passes == 2:
+        _tag_bags(keys, counts, values, offsets, b, 0, n, 0, tag_bits, digit_bits, 2)
+    else:
+        _tag_bags(keys, counts, values, offsets, b, 0, n, 0, tag_bits, digit_bits, passes)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -193,10 +227,11 @@ def unit_grad_plan(values, offsets):
     """``embedding_bag_grad_plan`` when every id contributes ``1 * d_out[b]``
     (sum, no weights, no padding; the caller checks): each position is
     tagged with its bag, so the grouping hands back ``src_index`` directly
-    (no position -> bag map, no gathers). Returns an empty plan (no rows)
-    when ids and bags are too wide to pack in an int64 (the caller then
-    takes the general plan). A kernel of its own, so that a model that never
-    needs it never compiles it."""
+    (no position -> bag map, no gathers); building the tagged keys also
+    counts the sort's digits (one read of the ids fewer). Returns an empty
+    plan (no rows) when ids and bags are too wide to pack in an int64 (the
+    caller then takes the general plan). A kernel of its own, so that a
+    model that never needs it never compiles it."""
     n = values.shape[0]
     num_bags = offsets.shape[0] - 1
     if n == 0:
@@ -207,9 +242,14 @@ def unit_grad_plan(values, offsets):
     if key_bits + tag_bits > 63:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.float32))
+    parallel = use_threads(n)
+    counts, digit_bits = digit_counts(key_bits, parallel)
     keys = np.empty(n, np.int64)
-    _bag_tagged_keys(keys, values, offsets, tag_bits)
-    rows, starts, src_index = group_packed(keys, key_bits, tag_bits, n >= PARALLEL_MIN_IDS)
+    if parallel:
+        _bag_tagged_keys(keys, counts, values, offsets, tag_bits, digit_bits)
+    else:
+        _bag_tagged_keys_serial(keys, counts, values, offsets, tag_bits, digit_bits)
+    rows, starts, src_index = group_packed(keys, counts, digit_bits, tag_bits, parallel)
     return rows, starts, src_index, np.ones(n, np.float32)
 
 
