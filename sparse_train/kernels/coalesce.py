@@ -85,33 +85,65 @@ def use_threads(n):
     return n >= PARALLEL_MIN_IDS and _num_threads() > 1
 
 
-@njit
-def digit_counts(key_bits, parallel):
-    """Histograms of the id sort, [passes, slices, 2**digit_bits] int64
-    (uninitialised), and digit_bits: the fewest passes of at most
-    ``_MAX_DIGIT_BITS`` bits over ``key_bits`` id bits, digits as equal as
-    possible (20-bit ids: 2 x 10; 24-bit: 2 x 12)."""
-    passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
-    digit_bits = (key_bits + passes - 1) // passes
-    return np.empty((passes, _num_slices(parallel), 1 << digit_bits), np.int64), digit_bits
-
-
 @njit_inline
-def count_digits(counts, slice_index, key, shift, digit_bits, passes):
-    """In place: counts [passes, slices, digits]: add ``key``'s digits of
-    the first ``passes`` passes to slice ``slice_index`` (a constant
+def _count_ids(counts, ids, lo, hi, slice_index, digit_bits, passes):
+    """In place: counts [passes, slices, digits] int64, slice
+    ``slice_index`` of the first ``passes`` passes = histograms of the
+    digits of ids[lo:hi] (pass p: bits p * digit_bits up; a constant
     ``passes`` unrolls the loop)."""
     mask = (1 << digit_bits) - 1
     for p in range(passes):
-        counts[p, slice_index, (key >> (shift + p * digit_bits)) & mask] += 1
-
-
-@njit_inline
-def clear_counts(counts, slice_index, passes):
-    """In place: zero slice ``slice_index`` of counts' first ``passes``
-    passes, before a builder counts into it."""
-    for p in range(passes):
         counts[p, slice_index, :] = 0
+    for i in range(lo, hi):
+        row = ids[i]
+        for p in range(passes):
+            counts[p, slice_index, (row >> (p * digit_bits)) & mask] += 1
+
+
+@njit_parallel
+def _count_slices(counts, ids, digit_bits):
+    """In place: counts [passes, slices, digits] int64, pass 0 = histogram
+    of each slice of ids."""
+    n = ids.shape[0]
+    slices = counts.shape[1]
+    queue = task_queue(slices)
+    for worker in prange(workers(queue)):
+        s = next_task(queue, worker)
+        while s < slices:
+            lo, hi = _slice_bounds(n, slices, s)
+            _count_ids(counts, ids, lo, hi, s, digit_bits, 1)
+            s = next_task(queue, worker)
+    tasks_done(queue)
+
+
+@njit
+def _count_serial(counts, ids, digit_bits):
+    """In place: counts [passes, 1, digits] int64 = every pass's histogram
+    of ids, in one read (the common two passes unrolled)."""
+    n, passes = ids.shape[0], counts.shape[0]
+    if passes == 2:
+        _count_ids(counts, ids, 0, n, 0, digit_bits, 2)
+    else:
+        _count_ids(counts, ids, 0, n, 0, digit_bits, passes)
+
+
+@njit  # sequences parallel kernels (the pool is started in _jit)
+def count_id_digits(ids, key_bits, parallel):
+    """The digits of the id sort and their histograms: (counts [passes,
+    slices, 2**digit_bits] int64, digit_bits). The fewest passes of at
+    most ``_MAX_DIGIT_BITS`` bits over ``key_bits`` id bits, digits as
+    equal as possible (20-bit ids: 2 x 10; 24-bit: 2 x 12). Serial, every
+    pass's histogram of all ids, from one read of them; parallel, pass 0's
+    histogram of each of the ``_SLICES`` equal slices of positions (later
+    passes count their input themselves)."""
+    passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
+    digit_bits = (key_bits + passes - 1) // passes
+    counts = np.empty((passes, _num_slices(parallel), 1 << digit_bits), np.int64)
+    if parallel:
+        _count_slices(counts, ids, digit_bits)
+    else:
+        _count_serial(counts, ids, digit_bits)
+    return counts, digit_bits
 
 
 @njit
@@ -133,18 +165,21 @@ def _digit_starts(counts, n):
 
 
 @njit_inline
-def _scatter_digits(out, keys, lo, hi, next_pos, shift, mask):
-    """In place: out [n], next_pos [digits] int64: keys[lo:hi] each to
-    ``out[next_pos[digit]]``, in order, advancing next_pos. A run of keys of
-    one digit (a hot id's keys lie together after the first pass) keeps its
-    position in a register: re-reading the counter just stored would chain
-    every key of the run on a store-to-load round trip."""
+def scatter_digits(out, keys, lo, hi, next_pos, shift, mask, tag_bits, tag, step):
+    """In place: out [n], next_pos [digits] int64: the keys ``keys[i] <<
+    tag_bits | (tag + (i - lo) * step)`` of i in lo:hi (so keys[lo:hi]
+    themselves with zeros; tagged ids in a first pass), each to
+    ``out[next_pos[digit]]``, digit ``(key >> shift) & mask``, in order,
+    advancing next_pos. A run of keys of one digit (a hot id's keys lie
+    together after the first pass) keeps its position in a register:
+    re-reading the counter just stored would chain every key of the run on
+    a store-to-load round trip."""
     if hi <= lo:
         return
-    digit = (keys[lo] >> shift) & mask
+    digit = ((keys[lo] << tag_bits) >> shift) & mask
     pos = next_pos[digit]
     for i in range(lo, hi):
-        key = keys[i]
+        key = (keys[i] << tag_bits) | (tag + (i - lo) * step)
         d = (key >> shift) & mask
         if d != digit:
             next_pos[digit] = pos
@@ -153,6 +188,14 @@ def _scatter_digits(out, keys, lo, hi, next_pos, shift, mask):
         out[pos] = key
         pos += 1
     next_pos[digit] = pos
+
+
+@njit_inline
+def tag_ids(out, ids, lo, hi, tag_bits, tag, step):
+    """In place: out[i] = ``ids[i] << tag_bits | (tag + (i - lo) * step)``
+    for i in lo:hi (a first pass that would leave every key in place)."""
+    for i in range(lo, hi):
+        out[i] = (ids[i] << tag_bits) | (tag + (i - lo) * step)
 
 
 @njit_parallel
@@ -186,7 +229,7 @@ def _scatter_pass(out, keys, next_pos, shift, mask):
         s = next_task(queue, worker)
         while s < slices:
             lo, hi = _slice_bounds(n, slices, s)
-            _scatter_digits(out, keys, lo, hi, next_pos[s], shift, mask)
+            scatter_digits(out, keys, lo, hi, next_pos[s], shift, mask, 0, 0, 0)
             s = next_task(queue, worker)
     tasks_done(queue)
 
@@ -206,18 +249,27 @@ def _count_runs(keys, lo, hi, tag_bits):
 @njit_inline
 def _write_runs(rows, starts, tags, keys, lo, hi, u, tag_bits):
     """In place: tags[lo:hi] = the tags of keys[lo:hi]; each key whose id
-    differs from the key before starts row u, u + 1, ..."""
+    differs from the key before starts row u, u + 1, ... Without a branch
+    per key (a new row is a coin toss on skewed ids): every key writes row
+    u, which only a new row advances, up to this slice's last new row,
+    written on its own (a later write could land on another slice's row)."""
     tag_mask = (np.int64(1) << tag_bits) - 1
-    previous = keys[lo - 1] >> tag_bits if lo > 0 else -1
     for i in range(lo, hi):
-        key = keys[i]
-        row = key >> tag_bits
-        tags[i] = key & tag_mask
-        if row != previous:
-            rows[u] = row
-            starts[u] = i
-            u += 1
+        tags[i] = keys[i] & tag_mask
+    last = hi - 1  # the last key of keys[lo:hi] that starts a row, if any
+    while last >= lo and last > 0 and (keys[last] >> tag_bits) == (keys[last - 1] >> tag_bits):
+        last -= 1
+    if last < lo:
+        return
+    previous = keys[lo - 1] >> tag_bits if lo > 0 else -1
+    for i in range(lo, last):
+        row = keys[i] >> tag_bits
+        rows[u] = row
+        starts[u] = i
+        u += row != previous
         previous = row
+    rows[u] = keys[last] >> tag_bits
+    starts[u] = last
 
 
 @njit_parallel
@@ -265,78 +317,66 @@ def _unpack_runs_serial(keys, tag_bits):
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
-def group_packed(keys, counts, digit_bits, tag_bits, parallel):
-    """Group tagged ids: keys [n] int64 = ``id << tag_bits | tag`` in
-    position order (ids >= 0; the id bits and digits from ``digit_counts``);
-    consumed. counts: the ``digit_counts`` array the keys' builder filled
-    with ``count_digits``: every pass's histogram of its one slice (serial),
-    or the pass-0 histogram of each of the ``_SLICES`` equal slices of
-    positions (``parallel``). Returns (rows [U], starts [U+1], tags [n]):
-    unique ids in increasing order, and the tags of each id's positions in
-    position order.
+def group_packed(keys, spare, counts, digit_bits, tag_bits, parallel):
+    """Group tagged ids: keys [n] int64 = ``id << tag_bits | tag`` (ids >= 0,
+    tags in position order), already through the sort's first pass (the
+    builder's: stably by digit 0); spare [n] int64 scratch; both consumed.
+    counts, digit_bits: from ``count_id_digits``. Returns (rows [U], starts
+    [U+1], tags [n]): unique ids in increasing order, and the tags of each
+    id's positions in position order.
 
     A stable LSD radix sort on the id bits: a pass scatters the keys by one
     digit, keeping their order within a digit; a pass whose digit is the
-    same for every key is skipped. Serial, the builder counted every pass's
-    digits in its one read of the ids; in parallel, each pass after the
-    first counts its slices first (a slice's share of each digit depends on
-    the order the previous pass left)."""
+    same for every key is skipped. Serial, ``count_id_digits`` counted every
+    pass's digits in its one read of the ids; in parallel, each pass after
+    the first counts its slices first (a slice's share of each digit
+    depends on the order the previous pass left)."""
     n = keys.shape[0]
     mask = (1 << digit_bits) - 1
-    spare = np.empty(n, np.int64)
-    for p in range(counts.shape[0]):
+    for p in range(1, counts.shape[0]):
         shift = tag_bits + p * digit_bits
-        if parallel and p > 0:
+        if parallel:
             _histogram_pass(counts[p], keys, shift, mask)
         if _digit_starts(counts[p], n):
             continue
         if parallel:
             _scatter_pass(spare, keys, counts[p], shift, mask)
         else:
-            _scatter_digits(spare, keys, 0, n, counts[p, 0], shift, mask)
+            scatter_digits(spare, keys, 0, n, counts[p, 0], shift, mask, 0, 0, 0)
         keys, spare = spare, keys
     if parallel:
         return _unpack_runs(keys, tag_bits, _SLICES)
     return _unpack_runs_serial(keys, tag_bits)
 
 
-@njit_inline
-def _pack_range(keys, counts, ids, lo, hi, slice_index, pos_bits, digit_bits, passes):
-    """In place: keys[i] = ``ids[i] << pos_bits | i`` for i in lo:hi,
-    counted (``count_digits``) in slice ``slice_index``."""
-    for i in range(lo, hi):
-        key = (ids[i] << pos_bits) | i
-        keys[i] = key
-        count_digits(counts, slice_index, key, pos_bits, digit_bits, passes)
-
-
 @njit_parallel
-def _pack(keys, counts, ids, pos_bits, digit_bits):
-    """In place: keys [n] int64 = ``ids[i] << pos_bits | i``, and counts
-    (``digit_counts``, parallel) the pass-0 histogram of each slice."""
+def _pack(keys, next_pos, ids, pos_bits, mask, scatter):
+    """In place: keys [n] int64 = ``ids[i] << pos_bits | i`` in the order of
+    the sort's first pass (``scatter``: next_pos [slices, digits] int64 from
+    ``_digit_starts``, advanced), else in position order."""
     n = ids.shape[0]
-    slices = counts.shape[1]
+    slices = next_pos.shape[0]
     queue = task_queue(slices)
     for worker in prange(workers(queue)):
         s = next_task(queue, worker)
         while s < slices:
             lo, hi = _slice_bounds(n, slices, s)
-            clear_counts(counts, s, 1)
-            _pack_range(keys, counts, ids, lo, hi, s, pos_bits, digit_bits, 1)
+            if scatter:
+                scatter_digits(keys, ids, lo, hi, next_pos[s], pos_bits, mask, pos_bits, lo, 1)
+            else:
+                tag_ids(keys, ids, lo, hi, pos_bits, lo, 1)
             s = next_task(queue, worker)
     tasks_done(queue)
 
 
 @njit
-def _pack_serial(keys, counts, ids, pos_bits, digit_bits):
-    """``_pack`` on the calling thread, counting every pass's digits (the
-    common two passes unrolled)."""
-    n, passes = ids.shape[0], counts.shape[0]
-    clear_counts(counts, 0, passes)
-    if passes == 2:
-        _pack_range(keys, counts, ids, 0, n, 0, pos_bits, digit_bits, 2)
+def _pack_serial(keys, next_pos, ids, pos_bits, mask, scatter):
+    """``_pack`` on the calling thread (next_pos [1, digits])."""
+    n = ids.shape[0]
+    if scatter:
+        scatter_digits(keys, ids, 0, n, next_pos[0], pos_bits, mask, pos_bits, 0, 1)
     else:
-        _pack_range(keys, counts, ids, 0, n, 0, pos_bits, digit_bits, passes)
+        tag_ids(keys, ids, 0, n, pos_bits, 0, 1)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -362,13 +402,15 @@ def group_rows(ids):
         raise ValueError("group_rows: ids must be below 2**(63 - bits(len(ids))), "
                          "about 5e11 rows for 16M ids")
     parallel = use_threads(n)
-    counts, digit_bits = digit_counts(key_bits, parallel)
+    counts, digit_bits = count_id_digits(ids, key_bits, parallel)
+    scatter = not _digit_starts(counts[0], n)
+    mask = (1 << digit_bits) - 1
     keys = np.empty(n, np.int64)
     if parallel:
-        _pack(keys, counts, ids, pos_bits, digit_bits)
+        _pack(keys, counts[0], ids, pos_bits, mask, scatter)
     else:
-        _pack_serial(keys, counts, ids, pos_bits, digit_bits)
-    return group_packed(keys, counts, digit_bits, pos_bits, parallel)
+        _pack_serial(keys, counts[0], ids, pos_bits, mask, scatter)
+    return group_packed(keys, np.empty(n, np.int64), counts, digit_bits, pos_bits, parallel)
 
 
 @njit_inline

@@ -8,8 +8,8 @@ import numpy as np
 
 from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer_or,
                    task_queue, tasks_done, workers)
-from .coalesce import (_bit_length, _slice_bounds, clear_counts, count_digits, digit_counts,
-                       group_packed, group_rows, use_threads)
+from .coalesce import (_bit_length, _digit_starts, _slice_bounds, count_id_digits, group_packed,
+                       group_rows, use_threads)
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
@@ -173,53 +173,62 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
 
 
 @njit_inline
-def _tag_bags(keys, counts, values, offsets, b, lo, hi, slice_index, tag_bits, digit_bits,
-              passes):
-    """In place: keys[i] = ``values[i] << tag_bits | bag of i`` for i in
-    lo:hi (position lo in bag b), counted (``coalesce.count_digits``) in
-    slice ``slice_index``."""
-    i = lo
-    while i < hi:
-        end = min(hi, offsets[b + 1])
-        for j in range(i, end):
-            key = (values[j] << tag_bits) | b
-            keys[j] = key
-            count_digits(counts, slice_index, key, tag_bits, digit_bits, passes)
-        i = end
-        b += 1
+def _tag_bags(keys, next_pos, values, offsets, b, lo, hi, tag_bits, mask, scatter):
+    """In place: keys of positions lo:hi (position lo in bag b), ``values[i]
+    << tag_bits | bag of i``: scattered by digit 0 as in
+    ``coalesce.scatter_digits`` (``scatter``, next_pos [digits] advanced),
+    else at position i. One loop over the positions, the bag advanced as
+    it ends (a loop per bag would restart the scatter's run every 26 ids)."""
+    if hi <= lo:
+        return
+    end = offsets[b + 1]
+    digit = values[lo] & mask
+    pos = next_pos[digit]
+    for i in range(lo, hi):
+        while i == end:  # (a loop: empty bags)
+            b += 1
+            end = offsets[b + 1]
+        row = values[i]
+        key = (row << tag_bits) | b
+        if scatter:
+            d = row & mask
+            if d != digit:
+                next_pos[digit] = pos
+                digit = d
+                pos = next_pos[d]
+            keys[pos] = key
+            pos += 1
+        else:
+            keys[i] = key
+    next_pos[digit] = pos
 
 
 @njit_parallel
-def _bag_tagged_keys(keys, counts, values, offsets, tag_bits, digit_bits):
+def _bag_tagged_keys(keys, next_pos, values, offsets, tag_bits, mask, scatter):
     """In place: keys [n] int64 = ``values[i] << tag_bits | b`` for each
-    position i of bag b, and counts (``coalesce.digit_counts``, parallel)
-    the pass-0 histogram of each of its equal slices of positions (the
-    slices of the sort's passes, whatever the bags' lengths)."""
+    position i of bag b, in the order of the sort's first pass
+    (``scatter``: next_pos [slices, digits] int64 from
+    ``coalesce._digit_starts`` over equal slices of positions, whatever
+    the bags' lengths; advanced), else in position order."""
     n = values.shape[0]
-    slices = counts.shape[1]
+    slices = next_pos.shape[0]
     queue = task_queue(slices)
     for worker in prange(workers(queue)):
         s = next_task(queue, worker)
         while s < slices:
             lo, hi = _slice_bounds(n, slices, s)
-            clear_counts(counts, s, 1)
             b = np.searchsorted(offsets, lo, side="right") - 1  # the bag of position lo
-            _tag_bags(keys, counts, values, offsets, b, lo, hi, s, tag_bits, digit_bits, 1)
+            _tag_bags(keys, next_pos[s], values, offsets, b, lo, hi, tag_bits, mask, scatter)
             s = next_task(queue, worker)
     tasks_done(queue)
 
 
 @njit
-def _bag_tagged_keys_serial(keys, counts, values, offsets, tag_bits, digit_bits):
-    """``_bag_tagged_keys`` on the calling thread, counting every pass's
-    digits (the common two passes unrolled)."""
-    n, passes = values.shape[0], counts.shape[0]
-    clear_counts(counts, 0, passes)
+def _bag_tagged_keys_serial(keys, next_pos, values, offsets, tag_bits, mask, scatter):
+    """``_bag_tagged_keys`` on the calling thread (next_pos [1, digits])."""
     b = np.searchsorted(offsets, 0, side="right") - 1  # empty bags may come first
-    if passes == 2:
-        _tag_bags(keys, counts, values, offsets, b, 0, n, 0, tag_bits, digit_bits, 2)
-    else:
-        _tag_bags(keys, counts, values, offsets, b, 0, n, 0, tag_bits, digit_bits, passes)
+    _tag_bags(keys, next_pos[0], values, offsets, b, 0, values.shape[0], tag_bits, mask,
+              scatter)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -227,8 +236,8 @@ def unit_grad_plan(values, offsets):
     """``embedding_bag_grad_plan`` when every id contributes ``1 * d_out[b]``
     (sum, no weights, no padding; the caller checks): each position is
     tagged with its bag, so the grouping hands back ``src_index`` directly
-    (no position -> bag map, no gathers); building the tagged keys also
-    counts the sort's digits (one read of the ids fewer). Returns an empty
+    (no position -> bag map, no gathers); the tagged keys are built by the
+    sort's first pass (one write and read of them fewer). Returns an empty
     plan (no rows) when ids and bags are too wide to pack in an int64 (the
     caller then takes the general plan). A kernel of its own, so that a
     model that never needs it never compiles it."""
@@ -243,13 +252,16 @@ def unit_grad_plan(values, offsets):
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.float32))
     parallel = use_threads(n)
-    counts, digit_bits = digit_counts(key_bits, parallel)
+    counts, digit_bits = count_id_digits(values, key_bits, parallel)
+    scatter = not _digit_starts(counts[0], n)
+    mask = (1 << digit_bits) - 1
     keys = np.empty(n, np.int64)
     if parallel:
-        _bag_tagged_keys(keys, counts, values, offsets, tag_bits, digit_bits)
+        _bag_tagged_keys(keys, counts[0], values, offsets, tag_bits, mask, scatter)
     else:
-        _bag_tagged_keys_serial(keys, counts, values, offsets, tag_bits, digit_bits)
-    rows, starts, src_index = group_packed(keys, counts, digit_bits, tag_bits, parallel)
+        _bag_tagged_keys_serial(keys, counts[0], values, offsets, tag_bits, mask, scatter)
+    rows, starts, src_index = group_packed(keys, np.empty(n, np.int64), counts, digit_bits,
+                                           tag_bits, parallel)
     return rows, starts, src_index, np.ones(n, np.float32)
 
 
