@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._jit import (_num_threads, njit, njit_inline, njit_parallel, next_task, prange, row_buffer,
-                   task_queue, tasks_done, workers)
+from ._jit import (_num_threads, _team_state_add, njit, njit_inline, njit_parallel, next_task,
+                   prange, row_buffer, task_queue, tasks_done, workers)
 from .rows import row_axpy, row_fill, row_scale
 
 class GradPlan(NamedTuple):
@@ -80,9 +80,12 @@ def _bit_length(x):
 
 @njit
 def use_threads(n):
-    """Whether grouping ``n`` ids runs its parallel kernels: many ids, and
-    more than one thread. Either way the result is the same."""
-    return n >= PARALLEL_MIN_IDS and _num_threads() > 1
+    """Whether grouping ``n`` ids runs its parallel kernels: many ids, more
+    than one thread, and parallel regions not running alone for now (the
+    helpers were late: another process holds a core, ``_jit.task_queue``);
+    alone, the serial sort does less work (it counts every pass's digits
+    in one read). Either way the result is the same."""
+    return n >= PARALLEL_MIN_IDS and _num_threads() > 1 and _team_state_add(0, 0) <= 0
 
 
 @njit_inline

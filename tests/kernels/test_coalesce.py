@@ -16,6 +16,7 @@ import numba
 import numpy as np
 import pytest
 
+from sparse_train.kernels import _jit
 from sparse_train.kernels.coalesce import PARALLEL_MIN_IDS, group_rows, use_threads
 
 
@@ -49,6 +50,7 @@ def numpy_groups(ids):
 
 
 def assert_groups(ids, reference=brute_force_groups):
+    _jit._TEAM_STATE[0] = 0  # regions not running alone: 2 threads take the parallel sort
     got = group_rows(np.asarray(ids, np.int64))
     want = reference(np.asarray(ids, np.int64))
     for name, g, w in zip(("rows", "starts", "order"), got, want):
@@ -65,8 +67,20 @@ BIG = PARALLEL_MIN_IDS + 1234
 
 
 def test_big_inputs_take_the_parallel_sort_on_two_threads_only(threads):
-    assert use_threads(BIG) == (threads > 1)
-    assert not use_threads(PARALLEL_MIN_IDS - 1)
+    saved = _jit._TEAM_STATE[0]
+    try:
+        _jit._TEAM_STATE[0] = 0
+        assert use_threads(BIG) == (threads > 1)
+        assert not use_threads(PARALLEL_MIN_IDS - 1)
+        # regions running alone (another process holds a core): the serial sort
+        _jit._TEAM_STATE[0] = 1 << 40
+        assert not use_threads(BIG)
+        ids = np.random.default_rng(9).integers(0, 1 << 22, BIG)
+        got, want = group_rows(ids), numpy_groups(ids)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    finally:
+        _jit._TEAM_STATE[0] = saved
 
 
 @pytest.mark.parametrize("num_rows", [2, 1000, 1 << 21, 10_000_000, 1 << 33])
