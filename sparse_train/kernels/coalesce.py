@@ -250,42 +250,46 @@ def _count_runs(keys, lo, hi, tag_bits):
 
 
 @njit_inline
-def _write_runs(rows, starts, tags, keys, lo, hi, u, tag_bits):
-    """In place: tags[lo:hi] = the tags of keys[lo:hi]; each key whose id
-    differs from the key before starts row u, u + 1, ... Without a branch
-    per key (a new row is a coin toss on skewed ids): every key writes row
-    u, which only a new row advances, up to this slice's last new row,
-    written on its own (a later write could land on another slice's row)."""
+def _write_runs(rows, starts, keys, lo, hi, u, previous, tag_bits):
+    """In place: keys[lo:hi] = their tags; each key whose id differs from
+    the key before (id ``previous`` before lo; -1: none) starts row u, u +
+    1, ... Without a branch per key (a new row is a coin toss on skewed
+    ids): every key writes row u, which only a new row advances, up to
+    this slice's last new row, written on its own (a later write could land
+    on another slice's row)."""
     tag_mask = (np.int64(1) << tag_bits) - 1
-    for i in range(lo, hi):
-        tags[i] = keys[i] & tag_mask
     last = hi - 1  # the last key of keys[lo:hi] that starts a row, if any
-    while last >= lo and last > 0 and (keys[last] >> tag_bits) == (keys[last - 1] >> tag_bits):
+    while last > lo and (keys[last] >> tag_bits) == (keys[last - 1] >> tag_bits):
         last -= 1
-    if last < lo:
-        return
-    previous = keys[lo - 1] >> tag_bits if lo > 0 else -1
-    for i in range(lo, last):
-        row = keys[i] >> tag_bits
-        rows[u] = row
-        starts[u] = i
-        u += row != previous
-        previous = row
-    rows[u] = keys[last] >> tag_bits
-    starts[u] = last
+    if hi > lo and (last > lo or (keys[lo] >> tag_bits) != previous):
+        for i in range(lo, last):
+            key = keys[i]
+            row = key >> tag_bits
+            keys[i] = key & tag_mask
+            rows[u] = row
+            starts[u] = i
+            u += row != previous
+            previous = row
+        rows[u] = keys[last] >> tag_bits
+        starts[u] = last
+    for i in range(max(lo, last), hi):
+        keys[i] &= tag_mask
 
 
 @njit_parallel
 def _unpack_runs(keys, tag_bits, slices):
-    """(rows [U], starts [U+1], tags [n]) of packed keys sorted by id."""
+    """(rows [U], starts [U+1], tags [n]) of packed keys sorted by id; the
+    tags replace the keys (the array is returned as tags)."""
     n = keys.shape[0]
     firsts = np.zeros(slices + 1, np.int64)
+    before = np.empty(slices, np.int64)  # the id before each slice
     queue = task_queue(slices)
     for worker in prange(workers(queue)):
         s = next_task(queue, worker)
         while s < slices:
             lo, hi = _slice_bounds(n, slices, s)
             firsts[s + 1] = _count_runs(keys, lo, hi, tag_bits)
+            before[s] = keys[lo - 1] >> tag_bits if 0 < lo <= n else -1
             s = next_task(queue, worker)
     tasks_done(queue)
     for s in range(slices):
@@ -294,16 +298,15 @@ def _unpack_runs(keys, tag_bits, slices):
     rows = np.empty(num_rows, np.int64)
     starts = np.empty(num_rows + 1, np.int64)
     starts[num_rows] = n
-    tags = np.empty(n, np.int64)
     queue = task_queue(slices)
     for worker in prange(workers(queue)):
         s = next_task(queue, worker)
         while s < slices:
             lo, hi = _slice_bounds(n, slices, s)
-            _write_runs(rows, starts, tags, keys, lo, hi, firsts[s], tag_bits)
+            _write_runs(rows, starts, keys, lo, hi, firsts[s], before[s], tag_bits)
             s = next_task(queue, worker)
     tasks_done(queue)
-    return rows, starts, tags
+    return rows, starts, keys
 
 
 @njit
@@ -314,9 +317,8 @@ def _unpack_runs_serial(keys, tag_bits):
     rows = np.empty(num_rows, np.int64)
     starts = np.empty(num_rows + 1, np.int64)
     starts[num_rows] = n
-    tags = np.empty(n, np.int64)
-    _write_runs(rows, starts, tags, keys, 0, n, 0, tag_bits)
-    return rows, starts, tags
+    _write_runs(rows, starts, keys, 0, n, 0, -1, tag_bits)
+    return rows, starts, keys
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
