@@ -29,6 +29,7 @@ import numpy as np
 
 from ._jit import (_num_threads, _team_state_add, njit, njit_inline, njit_parallel, next_task,
                    prange, row_buffer, task_queue, tasks_done, workers)
+from .prefetch import prefetch
 from .rows import row_axpy, row_fill, row_scale
 
 class GradPlan(NamedTuple):
@@ -52,6 +53,14 @@ _MAX_DIGIT_BITS = 12
 #: without a parallel region (starting one costs tens of microseconds).
 PARALLEL_MIN_IDS = 1 << 15
 
+
+#: A scatter pass prefetches (for writing) the key this many places after
+#: the one it writes in the same digit: in a training step the table rows
+#: have evicted the sort's arrays, and a write to a line not in cache
+#: stalls. Measured on W1 after a lookup and update, 1 thread: 1M x 64
+#: uniform 1.44 -> 1.17 ms, 10M x 16 about the same; 5-10% slower when the
+#: arrays are still in cache. (A prefetch past the array's end is a no-op.)
+SCATTER_AHEAD = 16
 
 #: Slices of the id sort's passes, run in parallel. The sort is stable, so
 #: its result depends on neither this number nor the thread count.
@@ -176,7 +185,8 @@ def scatter_digits(out, keys, lo, hi, next_pos, shift, mask, tag_bits, tag, step
     advancing next_pos. A run of keys of one digit (a hot id's keys lie
     together after the first pass) keeps its position in a register:
     re-reading the counter just stored would chain every key of the run on
-    a store-to-load round trip."""
+    a store-to-load round trip. Writes are prefetched ``SCATTER_AHEAD``
+    keys ahead."""
     if hi <= lo:
         return
     digit = ((keys[lo] << tag_bits) >> shift) & mask
@@ -188,6 +198,7 @@ def scatter_digits(out, keys, lo, hi, next_pos, shift, mask, tag_bits, tag, step
             next_pos[digit] = pos
             digit = d
             pos = next_pos[d]
+        prefetch(out, pos + SCATTER_AHEAD)
         out[pos] = key
         pos += 1
     next_pos[digit] = pos

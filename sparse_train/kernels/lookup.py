@@ -8,9 +8,9 @@ import numpy as np
 
 from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer_or,
                    task_queue, tasks_done, workers)
-from .coalesce import (_bit_length, _digit_starts, _slice_bounds, count_id_digits, group_packed,
-                       group_rows, use_threads)
-from .prefetch import LOOKUP_AHEAD, prefetch_row_read
+from .coalesce import (SCATTER_AHEAD, _bit_length, _digit_starts, _slice_bounds, count_id_digits,
+                       group_packed, group_rows, use_threads)
+from .prefetch import LOOKUP_AHEAD, prefetch, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
 SUM, MEAN, SQRTN = 0, 1, 2
@@ -196,6 +196,7 @@ def _tag_bags(keys, next_pos, values, offsets, b, lo, hi, tag_bits, mask, scatte
                 next_pos[digit] = pos
                 digit = d
                 pos = next_pos[d]
+            prefetch(keys, pos + SCATTER_AHEAD)
             keys[pos] = key
             pos += 1
         else:
