@@ -81,6 +81,14 @@ def _slice_bounds(n, slices, s):
 
 
 @njit
+def _int(x):
+    """``x`` as a plain int64 argument: a constant argument of a call from
+    one kernel to another is typed as a literal, and would compile the
+    callee once more for it."""
+    return np.int64(x)
+
+
+@njit
 def _bit_length(x):
     """Bits needed for x >= 0 (at least 1)."""
     bits = 1
@@ -100,45 +108,25 @@ def use_threads(n):
 
 
 @njit_inline
-def _count_ids(counts, ids, lo, hi, slice_index, digit_bits, passes):
+def _count_digits(counts, ids, lo, hi, slice_index, first, shift, digit_bits, passes):
     """In place: counts [passes, slices, digits] int64, slice
-    ``slice_index`` of the first ``passes`` passes = histograms of the
-    digits of ids[lo:hi] (pass p: bits p * digit_bits up; a constant
-    ``passes`` unrolls the loop)."""
+    ``slice_index`` of passes first:first + passes = histograms of the
+    digits of ``ids[lo:hi] >> shift`` (pass first + p: bits p * digit_bits
+    up), in one read; the common two passes unrolled."""
     mask = (1 << digit_bits) - 1
-    for p in range(passes):
+    for p in range(first, first + passes):
         counts[p, slice_index, :] = 0
-    for i in range(lo, hi):
-        row = ids[i]
-        for p in range(passes):
-            counts[p, slice_index, (row >> (p * digit_bits)) & mask] += 1
-
-
-@njit_parallel
-def _count_slices(counts, ids, digit_bits):
-    """In place: counts [passes, slices, digits] int64, pass 0 = histogram
-    of each slice of ids."""
-    n = ids.shape[0]
-    slices = counts.shape[1]
-    queue = task_queue(slices)
-    for worker in prange(workers(queue)):
-        s = next_task(queue, worker)
-        while s < slices:
-            lo, hi = _slice_bounds(n, slices, s)
-            _count_ids(counts, ids, lo, hi, s, digit_bits, 1)
-            s = next_task(queue, worker)
-    tasks_done(queue)
-
-
-@njit
-def _count_serial(counts, ids, digit_bits):
-    """In place: counts [passes, 1, digits] int64 = every pass's histogram
-    of ids, in one read (the common two passes unrolled)."""
-    n, passes = ids.shape[0], counts.shape[0]
     if passes == 2:
-        _count_ids(counts, ids, 0, n, 0, digit_bits, 2)
-    else:
-        _count_ids(counts, ids, 0, n, 0, digit_bits, passes)
+        low, high = counts[first, slice_index], counts[first + 1, slice_index]
+        for i in range(lo, hi):
+            row = ids[i] >> shift
+            low[row & mask] += 1
+            high[(row >> digit_bits) & mask] += 1
+        return
+    for i in range(lo, hi):
+        row = ids[i] >> shift
+        for p in range(passes):
+            counts[first + p, slice_index, (row >> (p * digit_bits)) & mask] += 1
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -146,17 +134,23 @@ def count_id_digits(ids, key_bits, parallel):
     """The digits of the id sort and their histograms: (counts [passes,
     slices, 2**digit_bits] int64, digit_bits). The fewest passes of at
     most ``_MAX_DIGIT_BITS`` bits over ``key_bits`` id bits, digits as
-    equal as possible (20-bit ids: 2 x 10; 24-bit: 2 x 12). Serial, every
-    pass's histogram of all ids, from one read of them; parallel, pass 0's
-    histogram of each of the ``_SLICES`` equal slices of positions (later
-    passes count their input themselves)."""
+    equal as possible (20-bit ids: 2 x 10; 24-bit: 2 x 12). counts[0] is
+    where each of the ``_SLICES`` equal slices of positions (parallel;
+    else one) writes its first key of each digit in the first pass
+    (``_digit_starts``). Serial, counts[1:] are the histograms of the
+    later passes, counted in the same read of the ids; in parallel, later
+    passes count their own input (a slice's share of each digit depends
+    on the order the pass before left)."""
     passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
     digit_bits = (key_bits + passes - 1) // passes
     counts = np.empty((passes, _num_slices(parallel), 1 << digit_bits), np.int64)
+    zero = _int(0)
     if parallel:
-        _count_slices(counts, ids, digit_bits)
+        unused = np.empty(0, np.int64)  # (no scatter)
+        _radix_pass(unused, ids, counts, zero, zero, digit_bits, zero, zero, _int(1), zero)
     else:
-        _count_serial(counts, ids, digit_bits)
+        _count_digits(counts, ids, zero, ids.shape[0], zero, zero, zero, digit_bits, passes)
+        _digit_starts(counts[0], ids.shape[0])
     return counts, digit_bits
 
 
@@ -206,48 +200,61 @@ def scatter_digits(out, keys, lo, hi, next_pos, shift, mask, tag_bits, tag, step
     next_pos[digit] = pos
 
 
-@njit_inline
-def tag_ids(out, ids, lo, hi, tag_bits, tag, step):
-    """In place: out[i] = ``ids[i] << tag_bits | (tag + (i - lo) * step)``
-    for i in lo:hi (a first pass that would leave every key in place)."""
-    for i in range(lo, hi):
-        out[i] = (ids[i] << tag_bits) | (tag + (i - lo) * step)
+@njit
+def scatter_keys(out, keys, lo, hi, next_pos, shift, mask):
+    """``scatter_digits`` of keys[lo:hi] themselves (a pass after the first)."""
+    scatter_digits(out, keys, lo, hi, next_pos, shift, mask, 0, 0, 0)
+
+
+@njit
+def scatter_positions(out, ids, lo, hi, next_pos, shift, mask, tag_bits):
+    """``scatter_digits`` of the keys ``ids[i] << tag_bits | i`` (a first
+    pass tagging ids with their position)."""
+    scatter_digits(out, ids, lo, hi, next_pos, shift, mask, tag_bits, lo, 1)
 
 
 @njit_parallel
-def _histogram_pass(counts, keys, shift, mask):
-    """In place: counts [slices, digits] int64 = histogram of the digit
-    ``(key >> shift) & mask`` over each slice of keys."""
+def _radix_pass(out, keys, counts, pass_index, shift, digit_bits, tag_bits, step, count,
+                scatter):
+    """One pass of the parallel id sort, over ``_SLICES`` equal slices of
+    keys [n] int64: with ``count``, counts[pass_index] [slices, digits]
+    int64 = each slice's histogram of the digit ``(key >> shift) & (2**
+    digit_bits - 1)``, made into ``_digit_starts``; with ``scatter``, out
+    [n] int64 = the keys themselves (``step`` 0), or ids tagged with their
+    position, ``keys[i] << tag_bits | i`` (``step`` 1, a first pass),
+    stably sorted by that digit (``scatter_digits``; counts[pass_index]
+    advanced), unless a later pass's digit is the same for every key.
+    Returns whether out was written. (The digit of a tagged key is counted
+    on the id: bits ``shift - tag_bits`` up.)"""
     n = keys.shape[0]
-    slices = counts.shape[0]
+    slices = counts.shape[1]
+    mask = (1 << digit_bits) - 1
+    if count:
+        queue = task_queue(slices)
+        for worker in prange(workers(queue)):
+            s = next_task(queue, worker)
+            while s < slices:
+                lo, hi = _slice_bounds(n, slices, s)
+                _count_digits(counts, keys, lo, hi, s, pass_index, shift - tag_bits, digit_bits,
+                              _int(1))
+                s = next_task(queue, worker)
+        tasks_done(queue)
+        if _digit_starts(counts[pass_index], n) and step == 0:
+            return False
+    if not scatter:
+        return False
     queue = task_queue(slices)
     for worker in prange(workers(queue)):
         s = next_task(queue, worker)
         while s < slices:
             lo, hi = _slice_bounds(n, slices, s)
-            slice_counts = counts[s]
-            slice_counts[:] = 0
-            for i in range(lo, hi):
-                slice_counts[(keys[i] >> shift) & mask] += 1
+            if step:
+                scatter_positions(out, keys, lo, hi, counts[pass_index, s], shift, mask, tag_bits)
+            else:
+                scatter_keys(out, keys, lo, hi, counts[pass_index, s], shift, mask)
             s = next_task(queue, worker)
     tasks_done(queue)
-
-
-@njit_parallel
-def _scatter_pass(out, keys, next_pos, shift, mask):
-    """In place: out [n] int64 = keys stably sorted by the digit ``(key >>
-    shift) & mask``; next_pos [slices, digits] int64 from ``_digit_starts``
-    (advanced)."""
-    n = keys.shape[0]
-    slices = next_pos.shape[0]
-    queue = task_queue(slices)
-    for worker in prange(workers(queue)):
-        s = next_task(queue, worker)
-        while s < slices:
-            lo, hi = _slice_bounds(n, slices, s)
-            scatter_digits(out, keys, lo, hi, next_pos[s], shift, mask, 0, 0, 0)
-            s = next_task(queue, worker)
-    tasks_done(queue)
+    return True
 
 
 @njit_inline
@@ -326,11 +333,11 @@ def _unpack_runs(keys, tag_bits, slices):
 def _unpack_runs_serial(keys, tag_bits):
     """``_unpack_runs`` on the calling thread."""
     n = keys.shape[0]
-    num_rows = _count_runs(keys, 0, n, tag_bits)
+    num_rows = _count_runs(keys, _int(0), n, tag_bits)
     rows = np.empty(num_rows, np.int64)
     starts = np.empty(num_rows + 1, np.int64)
     starts[num_rows] = n
-    _write_runs(rows, starts, keys, 0, n, 0, -1, tag_bits)
+    _write_runs(rows, starts, keys, _int(0), n, _int(0), _int(-1), tag_bits)
     return rows, starts, keys
 
 
@@ -351,50 +358,21 @@ def group_packed(keys, spare, counts, digit_bits, tag_bits, parallel):
     depends on the order the previous pass left)."""
     n = keys.shape[0]
     mask = (1 << digit_bits) - 1
+    zero, one = _int(0), _int(1)
     for p in range(1, counts.shape[0]):
         shift = tag_bits + p * digit_bits
         if parallel:
-            _histogram_pass(counts[p], keys, shift, mask)
-        if _digit_starts(counts[p], n):
+            if not _radix_pass(spare, keys, counts, _int(p), shift, digit_bits, zero, zero, one,
+                               one):
+                continue
+        elif _digit_starts(counts[p], n):
             continue
-        if parallel:
-            _scatter_pass(spare, keys, counts[p], shift, mask)
         else:
-            scatter_digits(spare, keys, 0, n, counts[p, 0], shift, mask, 0, 0, 0)
+            scatter_keys(spare, keys, zero, n, counts[p, 0], shift, mask)
         keys, spare = spare, keys
     if parallel:
         return _unpack_runs(keys, tag_bits, _SLICES)
     return _unpack_runs_serial(keys, tag_bits)
-
-
-@njit_parallel
-def _pack(keys, next_pos, ids, pos_bits, mask, scatter):
-    """In place: keys [n] int64 = ``ids[i] << pos_bits | i`` in the order of
-    the sort's first pass (``scatter``: next_pos [slices, digits] int64 from
-    ``_digit_starts``, advanced), else in position order."""
-    n = ids.shape[0]
-    slices = next_pos.shape[0]
-    queue = task_queue(slices)
-    for worker in prange(workers(queue)):
-        s = next_task(queue, worker)
-        while s < slices:
-            lo, hi = _slice_bounds(n, slices, s)
-            if scatter:
-                scatter_digits(keys, ids, lo, hi, next_pos[s], pos_bits, mask, pos_bits, lo, 1)
-            else:
-                tag_ids(keys, ids, lo, hi, pos_bits, lo, 1)
-            s = next_task(queue, worker)
-    tasks_done(queue)
-
-
-@njit
-def _pack_serial(keys, next_pos, ids, pos_bits, mask, scatter):
-    """``_pack`` on the calling thread (next_pos [1, digits])."""
-    n = ids.shape[0]
-    if scatter:
-        scatter_digits(keys, ids, 0, n, next_pos[0], pos_bits, mask, pos_bits, 0, 1)
-    else:
-        tag_ids(keys, ids, 0, n, pos_bits, 0, 1)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -421,13 +399,13 @@ def group_rows(ids):
                          "about 5e11 rows for 16M ids")
     parallel = use_threads(n)
     counts, digit_bits = count_id_digits(ids, key_bits, parallel)
-    scatter = not _digit_starts(counts[0], n)
     mask = (1 << digit_bits) - 1
     keys = np.empty(n, np.int64)
     if parallel:
-        _pack(keys, counts[0], ids, pos_bits, mask, scatter)
+        zero, one = _int(0), _int(1)
+        _radix_pass(keys, ids, counts, zero, pos_bits, digit_bits, pos_bits, one, zero, one)
     else:
-        _pack_serial(keys, counts[0], ids, pos_bits, mask, scatter)
+        scatter_positions(keys, ids, _int(0), n, counts[0, 0], pos_bits, mask, pos_bits)
     return group_packed(keys, np.empty(n, np.int64), counts, digit_bits, pos_bits, parallel)
 
 

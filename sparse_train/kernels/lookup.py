@@ -8,7 +8,7 @@ import numpy as np
 
 from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer_or,
                    task_queue, tasks_done, workers)
-from .coalesce import (SCATTER_AHEAD, _bit_length, _digit_starts, _slice_bounds, count_id_digits,
+from .coalesce import (SCATTER_AHEAD, _bit_length, _int, _slice_bounds, count_id_digits,
                        group_packed, group_rows, use_threads)
 from .prefetch import LOOKUP_AHEAD, prefetch, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
@@ -173,12 +173,12 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
 
 
 @njit_inline
-def _tag_bags(keys, next_pos, values, offsets, b, lo, hi, tag_bits, mask, scatter):
-    """In place: keys of positions lo:hi (position lo in bag b), ``values[i]
-    << tag_bits | bag of i``: scattered by digit 0 as in
-    ``coalesce.scatter_digits`` (``scatter``, next_pos [digits] advanced),
-    else at position i. One loop over the positions, the bag advanced as
-    it ends (a loop per bag would restart the scatter's run every 26 ids)."""
+def _tag_bags(keys, next_pos, values, offsets, b, lo, hi, tag_bits, mask):
+    """In place: the keys of positions lo:hi (position lo in bag b),
+    ``values[i] << tag_bits | bag of i``, scattered by their digit 0 as in
+    ``coalesce.scatter_digits`` (next_pos [digits] advanced). One loop over
+    the positions, the bag advanced as it ends (a loop per bag would
+    restart the scatter's run every 26 ids)."""
     if hi <= lo:
         return
     end = offsets[b + 1]
@@ -189,28 +189,23 @@ def _tag_bags(keys, next_pos, values, offsets, b, lo, hi, tag_bits, mask, scatte
             b += 1
             end = offsets[b + 1]
         row = values[i]
-        key = (row << tag_bits) | b
-        if scatter:
-            d = row & mask
-            if d != digit:
-                next_pos[digit] = pos
-                digit = d
-                pos = next_pos[d]
-            prefetch(keys, pos + SCATTER_AHEAD)
-            keys[pos] = key
-            pos += 1
-        else:
-            keys[i] = key
+        d = row & mask
+        if d != digit:
+            next_pos[digit] = pos
+            digit = d
+            pos = next_pos[d]
+        prefetch(keys, pos + SCATTER_AHEAD)
+        keys[pos] = (row << tag_bits) | b
+        pos += 1
     next_pos[digit] = pos
 
 
 @njit_parallel
-def _bag_tagged_keys(keys, next_pos, values, offsets, tag_bits, mask, scatter):
+def _bag_tagged_keys(keys, next_pos, values, offsets, tag_bits, mask):
     """In place: keys [n] int64 = ``values[i] << tag_bits | b`` for each
-    position i of bag b, in the order of the sort's first pass
-    (``scatter``: next_pos [slices, digits] int64 from
-    ``coalesce._digit_starts`` over equal slices of positions, whatever
-    the bags' lengths; advanced), else in position order."""
+    position i of bag b, in the order of the sort's first pass (next_pos
+    [slices, digits] int64 from ``coalesce._digit_starts`` over equal
+    slices of positions, whatever the bags' lengths; advanced)."""
     n = values.shape[0]
     slices = next_pos.shape[0]
     queue = task_queue(slices)
@@ -219,17 +214,9 @@ def _bag_tagged_keys(keys, next_pos, values, offsets, tag_bits, mask, scatter):
         while s < slices:
             lo, hi = _slice_bounds(n, slices, s)
             b = np.searchsorted(offsets, lo, side="right") - 1  # the bag of position lo
-            _tag_bags(keys, next_pos[s], values, offsets, b, lo, hi, tag_bits, mask, scatter)
+            _tag_bags(keys, next_pos[s], values, offsets, b, lo, hi, tag_bits, mask)
             s = next_task(queue, worker)
     tasks_done(queue)
-
-
-@njit
-def _bag_tagged_keys_serial(keys, next_pos, values, offsets, tag_bits, mask, scatter):
-    """``_bag_tagged_keys`` on the calling thread (next_pos [1, digits])."""
-    b = np.searchsorted(offsets, 0, side="right") - 1  # empty bags may come first
-    _tag_bags(keys, next_pos[0], values, offsets, b, 0, values.shape[0], tag_bits, mask,
-              scatter)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -254,13 +241,13 @@ def unit_grad_plan(values, offsets):
                 np.empty(0, np.float32))
     parallel = use_threads(n)
     counts, digit_bits = count_id_digits(values, key_bits, parallel)
-    scatter = not _digit_starts(counts[0], n)
     mask = (1 << digit_bits) - 1
     keys = np.empty(n, np.int64)
     if parallel:
-        _bag_tagged_keys(keys, counts[0], values, offsets, tag_bits, mask, scatter)
+        _bag_tagged_keys(keys, counts[0], values, offsets, tag_bits, mask)
     else:
-        _bag_tagged_keys_serial(keys, counts[0], values, offsets, tag_bits, mask, scatter)
+        first_bag = np.searchsorted(offsets, 0, side="right") - 1  # empty bags may come first
+        _tag_bags(keys, counts[0, 0], values, offsets, first_bag, _int(0), n, tag_bits, mask)
     rows, starts, src_index = group_packed(keys, np.empty(n, np.int64), counts, digit_bits,
                                            tag_bits, parallel)
     return rows, starts, src_index, np.ones(n, np.float32)

@@ -119,7 +119,7 @@ def test_parallel_kernels_run_only_their_prange_loops_in_parallel():
     """Numba empties a dict of parallel options as it reads it: every
     kernel must still see array expressions and np.zeros kept serial (each
     would be a region of its own, waking the team)."""
-    kernels = [lookup.embedding_bag_forward, lookup.fuse_bags, coalesce._scatter_pass,
+    kernels = [lookup.embedding_bag_forward, lookup.fuse_bags, coalesce._radix_pass,
                coalesce.summed_grad_rows, sgd.sgd_apply, adagrad.adagrad_apply,
                dense.bias_relu, clip.dense_sq_norm]
     for kernel in kernels:
