@@ -8,8 +8,9 @@ import numpy as np
 
 from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer_or,
                    task_queue, tasks_done, workers)
-from .coalesce import PARALLEL_MIN_IDS, _bit_length, group_packed, group_rows
-from .prefetch import LOOKUP_AHEAD, prefetch_row_read
+from .coalesce import (SCATTER_AHEAD, _bit_length, _int, _slice_bounds, count_id_digits,
+                       group_packed, group_rows, use_threads)
+from .prefetch import LOOKUP_AHEAD, prefetch, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
 SUM, MEAN, SQRTN = 0, 1, 2
@@ -171,20 +172,50 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
     return rows, starts, src_index, src_coef
 
 
+@njit_inline
+def _tag_bags(keys, next_pos, values, offsets, b, lo, hi, tag_bits, mask):
+    """In place: the keys of positions lo:hi (position lo in bag b),
+    ``values[i] << tag_bits | bag of i``, scattered by their digit 0 as in
+    ``coalesce.scatter_digits`` (next_pos [digits] advanced). One loop over
+    the positions, the bag advanced as it ends (a loop per bag would
+    restart the scatter's run every 26 ids)."""
+    if hi <= lo:
+        return
+    end = offsets[b + 1]
+    digit = values[lo] & mask
+    pos = next_pos[digit]
+    for i in range(lo, hi):
+        while i == end:  # (a loop: empty bags)
+            b += 1
+            end = offsets[b + 1]
+        row = values[i]
+        d = row & mask
+        if d != digit:
+            next_pos[digit] = pos
+            digit = d
+            pos = next_pos[d]
+        prefetch(keys, pos + SCATTER_AHEAD)
+        keys[pos] = (row << tag_bits) | b
+        pos += 1
+    next_pos[digit] = pos
+
+
 @njit_parallel
-def _bag_tagged_keys(keys, values, offsets, tag_bits):
+def _bag_tagged_keys(keys, next_pos, values, offsets, tag_bits, mask):
     """In place: keys [n] int64 = ``values[i] << tag_bits | b`` for each
-    position i of bag b."""
-    num_items = offsets.shape[0] - 1
-    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
-    queue = task_queue(num_tasks)
+    position i of bag b, in the order of the sort's first pass (next_pos
+    [slices, digits] int64 from ``coalesce._digit_starts`` over equal
+    slices of positions, whatever the bags' lengths; advanced)."""
+    n = values.shape[0]
+    slices = next_pos.shape[0]
+    queue = task_queue(slices)
     for worker in prange(workers(queue)):
-        task = next_task(queue, worker)
-        while task < num_tasks:
-            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
-                for i in range(offsets[b], offsets[b + 1]):
-                    keys[i] = (values[i] << tag_bits) | b
-            task = next_task(queue, worker)
+        s = next_task(queue, worker)
+        while s < slices:
+            lo, hi = _slice_bounds(n, slices, s)
+            b = np.searchsorted(offsets, lo, side="right") - 1  # the bag of position lo
+            _tag_bags(keys, next_pos[s], values, offsets, b, lo, hi, tag_bits, mask)
+            s = next_task(queue, worker)
     tasks_done(queue)
 
 
@@ -193,10 +224,11 @@ def unit_grad_plan(values, offsets):
     """``embedding_bag_grad_plan`` when every id contributes ``1 * d_out[b]``
     (sum, no weights, no padding; the caller checks): each position is
     tagged with its bag, so the grouping hands back ``src_index`` directly
-    (no position -> bag map, no gathers). Returns an empty plan (no rows)
-    when ids and bags are too wide to pack in an int64 (the caller then
-    takes the general plan). A kernel of its own, so that a model that never
-    needs it never compiles it."""
+    (no position -> bag map, no gathers); the tagged keys are built by the
+    sort's first pass (one write and read of them fewer). Returns an empty
+    plan (no rows) when ids and bags are too wide to pack in an int64 (the
+    caller then takes the general plan). A kernel of its own, so that a
+    model that never needs it never compiles it."""
     n = values.shape[0]
     num_bags = offsets.shape[0] - 1
     if n == 0:
@@ -207,9 +239,17 @@ def unit_grad_plan(values, offsets):
     if key_bits + tag_bits > 63:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.float32))
+    parallel = use_threads(n)
+    counts, digit_bits = count_id_digits(values, key_bits, parallel)
+    mask = (1 << digit_bits) - 1
     keys = np.empty(n, np.int64)
-    _bag_tagged_keys(keys, values, offsets, tag_bits)
-    rows, starts, src_index = group_packed(keys, key_bits, tag_bits, n >= PARALLEL_MIN_IDS)
+    if parallel:
+        _bag_tagged_keys(keys, counts[0], values, offsets, tag_bits, mask)
+    else:
+        first_bag = np.searchsorted(offsets, 0, side="right") - 1  # empty bags may come first
+        _tag_bags(keys, counts[0, 0], values, offsets, first_bag, _int(0), n, tag_bits, mask)
+    rows, starts, src_index = group_packed(keys, np.empty(n, np.int64), counts, digit_bits,
+                                           tag_bits, parallel)
     return rows, starts, src_index, np.ones(n, np.float32)
 
 

@@ -2,18 +2,34 @@
 
 The grouping behind every coalesce and every update plan: unique ids in
 increasing order, each id's positions ascending. Covered here on every path
-of the kernel: empty and single-id input, the serial and the parallel radix
-sort (above ``PARALLEL_MIN_IDS``), one to three radix passes, and ids too
-wide to pack with their positions (refused).
+of the kernel: empty and single-id input, the serial radix sort (small
+input, or one thread) and the parallel one (above ``PARALLEL_MIN_IDS`` on
+two threads), one to three radix passes, passes skipped because every id
+has the same digit (all one id, ids clustered high), ids at the packing
+limit, and ids too wide to pack with their positions (refused).
 """
 import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
-from sparse_train.kernels.coalesce import PARALLEL_MIN_IDS, group_rows
+from sparse_train.kernels import _jit
+from sparse_train.kernels.coalesce import PARALLEL_MIN_IDS, group_rows, use_threads
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Run the test on 1 thread (serial sort) and on 2 (parallel sort above
+    ``PARALLEL_MIN_IDS``)."""
+    if request.param > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip("needs 2 threads")
+    before = numba.get_num_threads()
+    numba.set_num_threads(request.param)
+    yield request.param
+    numba.set_num_threads(before)
 
 
 def brute_force_groups(ids):
@@ -27,9 +43,16 @@ def brute_force_groups(ids):
     return np.array(rows, np.int64), starts.astype(np.int64), np.array(order, np.int64)
 
 
-def assert_groups(ids):
+def numpy_groups(ids):
+    """(rows, starts, order) by np.unique and a stable argsort (large inputs)."""
+    rows, counts = np.unique(ids, return_counts=True)
+    return rows, np.concatenate([[0], np.cumsum(counts)]), np.argsort(ids, kind="stable")
+
+
+def assert_groups(ids, reference=brute_force_groups):
+    _jit._TEAM_STATE[0] = 0  # regions not running alone: 2 threads take the parallel sort
     got = group_rows(np.asarray(ids, np.int64))
-    want = brute_force_groups(ids)
+    want = reference(np.asarray(ids, np.int64))
     for name, g, w in zip(("rows", "starts", "order"), got, want):
         assert g.dtype == np.int64, name
         np.testing.assert_array_equal(g, w, err_msg=name)
@@ -40,15 +63,76 @@ def test_small_inputs(ids):
     assert_groups(ids)
 
 
+BIG = PARALLEL_MIN_IDS + 1234
+
+
+def test_big_inputs_take_the_parallel_sort_on_two_threads_only(threads):
+    saved = _jit._TEAM_STATE[0]
+    try:
+        _jit._TEAM_STATE[0] = 0
+        assert use_threads(BIG) == (threads > 1)
+        assert not use_threads(PARALLEL_MIN_IDS - 1)
+        # regions running alone (another process holds a core): the serial sort
+        _jit._TEAM_STATE[0] = 1 << 40
+        assert not use_threads(BIG)
+        ids = np.random.default_rng(9).integers(0, 1 << 22, BIG)
+        got, want = group_rows(ids), numpy_groups(ids)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    finally:
+        _jit._TEAM_STATE[0] = saved
+
+
 @pytest.mark.parametrize("num_rows", [2, 1000, 1 << 21, 10_000_000, 1 << 33])
-@pytest.mark.parametrize("n", [100, PARALLEL_MIN_IDS + 1234])
-def test_random_ids_serial_and_parallel(num_rows, n):
+@pytest.mark.parametrize("n", [100, BIG])
+def test_random_ids_serial_and_parallel(num_rows, n, threads):
     rng = np.random.default_rng(num_rows % 1000 + n)
     # Zipf-like skew: many duplicates of a few ids, plus a uniform spread
     hot = rng.integers(0, num_rows, 5)
     ids = np.where(rng.random(n) < 0.3, hot[rng.integers(0, 5, n)],
                    rng.integers(0, num_rows, n))
-    assert_groups(ids)
+    assert_groups(ids, numpy_groups if n > 1000 else brute_force_groups)
+
+
+def test_zipf_ids(threads):
+    # long runs of a hot id after the first pass (the scatter's run path)
+    rng = np.random.default_rng(5)
+    ids = rng.permutation(1 << 20)[np.minimum(rng.zipf(1.1, BIG), 1 << 20) - 1]
+    assert_groups(ids, numpy_groups)
+
+
+@pytest.mark.parametrize("n", [1, 5, BIG])
+@pytest.mark.parametrize("row", [0, 1, 4095, 4096, (1 << 40) + 3])
+def test_all_one_id(n, row, threads):
+    # every digit constant: every pass skipped
+    assert_groups(np.full(n, row), numpy_groups)
+
+
+@pytest.mark.parametrize("n", [300, BIG])
+def test_ids_clustered_high(n, threads):
+    # high digits constant (skipped), low digits not; ids 2**40 + [0, 5000)
+    rng = np.random.default_rng(n)
+    ids = (np.int64(1) << np.int64(40)) + rng.integers(0, 5000, n)
+    assert_groups(ids, numpy_groups)
+
+
+@pytest.mark.parametrize("n", [1, 2, 100, BIG])
+def test_ids_at_the_packing_limit(n, threads):
+    # the largest id that packs with n positions: id bits + position bits = 63
+    pos_bits = max(1, int(n - 1).bit_length())
+    top = (np.int64(1) << np.int64(63 - pos_bits)) - 1
+    rng = np.random.default_rng(n)
+    ids = np.where(rng.random(n) < 0.5, top, top - rng.integers(0, 1 << 20, n))
+    assert_groups(ids, numpy_groups)
+
+
+def test_ids_near_2_to_the_62(threads):
+    # 62 id bits + 1 position bit: the widest ids that pack at all
+    near = (np.int64(1) << np.int64(62)) - np.array([1, 7], np.int64)
+    assert_groups(near)
+    assert_groups(near[:1])
+    with pytest.raises(ValueError, match="ids must be below"):
+        group_rows(near + 8)
 
 
 def test_ids_too_wide_to_pack_are_refused():
