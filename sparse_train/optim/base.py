@@ -75,9 +75,15 @@ def kernel_dim(weight, dense):
 def row_view(array):
     """The [V, D] view of a variable or slot: ``[V, ...] -> [V, prod(...)]``;
     a scalar is one row of one value."""
-    if array.ndim == 0:
+    shape = array.shape
+    if len(shape) == 2:  # the common case, without np.prod (called ~70 times a step)
+        return array.reshape(shape)
+    if not shape:
         return array.reshape(1, 1)
-    return array.reshape(array.shape[0], int(np.prod(array.shape[1:], dtype=np.int64)))
+    width = 1
+    for size in shape[1:]:
+        width *= int(size)
+    return array.reshape(shape[0], width)
 
 
 class Optimizer:
@@ -167,7 +173,10 @@ class Optimizer:
             raise ValueError(
                 f"{self._name} has no slot {slot!r}; its slots are {self.get_slot_names()}")
         kind, dtype, _ = self._slot_specs[slot]
-        shape = var.shape if kind == "like" else (row_view(var.value).shape[0],)
+        if kind == "like":
+            shape = var.shape
+        else:  # one per row of the [V, D] view (a scalar is one row)
+            shape = (var.shape[0] if len(var.shape) else 1,)
         return tuple(shape), np.dtype(dtype)
 
     def create_slots(self, var_list):
