@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .kernels import lookup as _lookup
-from .kernels._jit import row_dim
+from .kernels._jit import table_dim
 from .kernels.checks import first_decrease, first_id_out_of_range, first_non_finite
 from .sparse import GradPlan, RowSparseGrad
 from .variable import Variable
@@ -73,7 +73,8 @@ def pool_checked(table, bags):
             return _pool_half(table.value, table.storage, bags)
         table = table.value
     out = np.empty((bags.offsets.shape[0] - 1, table.shape[1]), np.float32)
-    _lookup.embedding_bag_forward(out, table, *bags, row_dim(table.shape[1]))
+    _lookup.embedding_bag_forward(out, table, *bags,
+                                  table_dim(table.shape[1], table.shape[0]))
     return out
 
 
@@ -84,7 +85,7 @@ def _pool_half(table, storage, bags):
     out = np.empty((bags.offsets.shape[0] - 1, table.shape[1]), np.float32)
     embedding_bag_forward_half(out, storage_bits(table), *bags,
                                BFLOAT16 if storage == "bfloat16" else FLOAT16,
-                               row_dim(table.shape[1]))
+                               table_dim(table.shape[1], table.shape[0]))
     return out
 
 

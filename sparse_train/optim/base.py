@@ -14,7 +14,7 @@ import numpy as np
 from .._aligned import aligned_full
 from ..kernels.checks import (NON_FINITE_BITS, bits_to_float, first_id_out_of_range,
                               first_non_finite, max_abs_bits)
-from ..kernels._jit import row_dim
+from ..kernels._jit import row_dim, table_dim
 from ..kernels.coalesce import GradPlan, summed_grad_rows
 from ..sparse import RowSparseGrad, identity_plan_parts
 from ..variable import GlobalStep, Variable
@@ -66,10 +66,11 @@ def check_float32_positive(name, value):
 
 def kernel_dim(weight, dense):
     """The ``dim`` argument of an update kernel for the [V, D] ``weight``: a
-    compile-time constant (``kernels._jit.row_dim``) for a table's sparse
-    gradient, a plain int for a dense one (dense layers of every width then
-    share one compiled variant; their rows are contiguous anyway)."""
-    return weight.shape[1] if dense else row_dim(weight.shape[1])
+    compile-time constant (``kernels._jit.table_dim``) for a large table's
+    sparse gradient, a plain int for a dense one or a small table (dense
+    layers of every width then share one compiled variant; their rows are
+    contiguous anyway)."""
+    return weight.shape[1] if dense else table_dim(weight.shape[1], weight.shape[0])
 
 
 def row_view(array):
