@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 
 from sparse_train import functional as F
+from sparse_train.kernels import _jit
 from sparse_train.kernels.coalesce import PARALLEL_MIN_IDS
 
 
 @pytest.mark.parametrize("num_bags,bag_size,num_rows", [
     (3, 2, 5), (7, 4, 1 << 22), (PARALLEL_MIN_IDS // 8 + 3, 9, 50_000)])
-def test_unit_plan_equals_general_plan_and_brute_force(num_bags, bag_size, num_rows):
+def test_unit_plan_equals_general_plan_and_brute_force(num_bags, bag_size, num_rows,
+                                                        monkeypatch):
+    # tables of every size take the short path here (by default a small
+    # table takes the general plan: kernels._jit.STATIC_DIM_MIN_ROWS)
+    monkeypatch.setattr(_jit, "STATIC_DIM_MIN_ROWS", 0)
     rng = np.random.default_rng(num_bags)
     lengths = rng.integers(0, 2 * bag_size, num_bags)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
