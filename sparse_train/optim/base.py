@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._aligned import aligned_full
-from ..kernels.checks import (NON_FINITE_BITS, bits_to_float, first_id_out_of_range,
+from ..kernels.checks import (NON_FINITE_BITS, first_id_out_of_range,
                               first_non_finite, max_abs_bits)
 from ..kernels._jit import row_dim, table_dim
 from ..kernels.coalesce import GradPlan, summed_grad_rows
@@ -396,7 +396,7 @@ def _plan_for(grad, var):
             _check_finite(plan.src_coef.reshape(-1, 1), var, "gradient coefficient")
         if not np.isfinite(plan.scale):
             raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan.scale}")
-        _check_summed_finite(plan, var, bits_to_float(src_bits), bits_to_float(coef_bits))
+        _check_summed_finite(plan, var, _bits_to_float(src_bits), _bits_to_float(coef_bits))
         return plan
     dense = np.asarray(grad)
     if dense.dtype.kind not in "fiu" or dense.dtype == np.bool_:
@@ -411,6 +411,12 @@ def _plan_for(grad, var):
     _check_finite(src, var, "gradient")
     rows, starts, src_index, src_coef = identity_plan_parts(rows_of_var)
     return GradPlan(rows, starts, src_index, src_coef, src, np.float32(1.0))
+
+
+def _bits_to_float(bits):
+    """The float32 whose bit pattern is ``bits`` (a uint32), as a float (in
+    numpy: a kernel of its own cost a compile for one conversion)."""
+    return float(np.array(bits, np.uint32).view(np.float32))
 
 
 #: A summed row whose bound stays below this cannot overflow float32, even
