@@ -16,7 +16,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .kernels import lookup as _lookup
-from .kernels._jit import row_dim
+from .kernels import _jit
+from .kernels._jit import table_dim
 from .kernels.checks import first_decrease, first_id_out_of_range, first_non_finite
 from .sparse import GradPlan, RowSparseGrad
 from .variable import Variable
@@ -73,7 +74,8 @@ def pool_checked(table, bags):
             return _pool_half(table.value, table.storage, bags)
         table = table.value
     out = np.empty((bags.offsets.shape[0] - 1, table.shape[1]), np.float32)
-    _lookup.embedding_bag_forward(out, table, *bags, row_dim(table.shape[1]))
+    _lookup.embedding_bag_forward(out, table, *bags,
+                                  table_dim(table.shape[1], table.shape[0]))
     return out
 
 
@@ -84,7 +86,7 @@ def _pool_half(table, storage, bags):
     out = np.empty((bags.offsets.shape[0] - 1, table.shape[1]), np.float32)
     embedding_bag_forward_half(out, storage_bits(table), *bags,
                                BFLOAT16 if storage == "bfloat16" else FLOAT16,
-                               row_dim(table.shape[1]))
+                               table_dim(table.shape[1], table.shape[0]))
     return out
 
 
@@ -135,8 +137,11 @@ def grad_checked(d_out, bags, num_embeddings, name=None):
     values, offsets, has_weights = bags.values, bags.offsets, bags.has_weights
     combiner, padding_idx = bags.combiner, bags.padding_idx
     rows = None
-    if combiner == _lookup.SUM and not has_weights and padding_idx < 0 and values.shape[0]:
-        # the common case, without gathers
+    if (combiner == _lookup.SUM and not has_weights and padding_idx < 0 and values.shape[0]
+            and num_embeddings >= _jit.STATIC_DIM_MIN_ROWS):
+        # the common case of a large table, without gathers (a small table
+        # takes the general plan: the same plan, 20 us slower on the main
+        # job's 7k ids, and one kernel less to compile: see _jit.table_dim)
         rows, starts, src_index, src_coef = _lookup.unit_grad_plan(values, offsets)
     if rows is None or rows.shape[0] == 0:
         rows, starts, src_index, src_coef = _lookup.embedding_bag_grad_plan(*bags)

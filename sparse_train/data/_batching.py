@@ -48,8 +48,35 @@ def take_rows(batch, rows):
     ([7, 8, 5, 6], [0, 2, 4])
     """
     rows = np.asarray(rows, np.int64)
+    unit = _one_id_features(batch)
     return Batch(batch.labels[rows], batch.dense[rows],
-                 {name: _take_ragged(r, rows) for name, r in batch.sparse.items()})
+                 {name: _take_one_id(r, rows) if name in unit else _take_ragged(r, rows)
+                  for name, r in batch.sparse.items()})
+
+
+def _one_id_features(batch):
+    """Names of the features of ``batch`` holding exactly one id a bag
+    (offsets ``0, 1, ..., B``): their rows are taken without the ragged
+    index arithmetic. Found once (an O(B) pass) and kept in
+    ``batch.derived``, keyed by the offsets arrays (a feature replaced by
+    another array is looked at again; arrays changed in place are not)."""
+    key = tuple((name, id(r.offsets)) for name, r in batch.sparse.items())
+    cached = batch.derived.get("one_id_features")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    unit = frozenset(
+        name for name, r in batch.sparse.items()
+        if r.values.shape[0] == r.offsets.shape[0] - 1
+        and np.array_equal(r.offsets, np.arange(r.offsets.shape[0], dtype=np.int64)))
+    # the offsets arrays are held too, so their ids cannot be reused meanwhile
+    batch.derived["one_id_features"] = (key, unit, [r.offsets for r in batch.sparse.values()])
+    return unit
+
+
+def _take_one_id(r, rows):
+    """``_take_ragged`` of a ragged with one id a bag."""
+    weights = None if r.weights is None else r.weights[rows]
+    return Ragged(r.values[rows], np.arange(rows.shape[0] + 1, dtype=np.int64), weights)
 
 
 def _concat_ragged(parts):

@@ -29,12 +29,6 @@ def max_abs_bits(values):
 
 
 @njit
-def bits_to_float(bits):
-    """The float32 whose bit pattern is ``bits`` (uint32), as a float."""
-    return np.float64(np.array([bits], np.uint32).view(np.float32)[0])
-
-
-@njit
 def first_id_out_of_range(ids, num_embeddings):
     """Position of the first id outside [0, num_embeddings), or -1. ids [n]
     int64. Screened by one unsigned max (a negative id reads as a huge

@@ -12,9 +12,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .._aligned import aligned_full
-from ..kernels.checks import (NON_FINITE_BITS, bits_to_float, first_id_out_of_range,
+from ..kernels.checks import (NON_FINITE_BITS, first_id_out_of_range,
                               first_non_finite, max_abs_bits)
-from ..kernels._jit import row_dim
+from ..kernels._jit import row_dim, table_dim
 from ..kernels.coalesce import GradPlan, summed_grad_rows
 from ..sparse import RowSparseGrad, identity_plan_parts
 from ..variable import GlobalStep, Variable
@@ -66,18 +66,25 @@ def check_float32_positive(name, value):
 
 def kernel_dim(weight, dense):
     """The ``dim`` argument of an update kernel for the [V, D] ``weight``: a
-    compile-time constant (``kernels._jit.row_dim``) for a table's sparse
-    gradient, a plain int for a dense one (dense layers of every width then
-    share one compiled variant; their rows are contiguous anyway)."""
-    return weight.shape[1] if dense else row_dim(weight.shape[1])
+    compile-time constant (``kernels._jit.table_dim``) for a large table's
+    sparse gradient, a plain int for a dense one or a small table (dense
+    layers of every width then share one compiled variant; their rows are
+    contiguous anyway)."""
+    return weight.shape[1] if dense else table_dim(weight.shape[1], weight.shape[0])
 
 
 def row_view(array):
     """The [V, D] view of a variable or slot: ``[V, ...] -> [V, prod(...)]``;
     a scalar is one row of one value."""
-    if array.ndim == 0:
+    shape = array.shape
+    if len(shape) == 2:  # the common case, without np.prod (called ~70 times a step)
+        return array.reshape(shape)
+    if not shape:
         return array.reshape(1, 1)
-    return array.reshape(array.shape[0], int(np.prod(array.shape[1:], dtype=np.int64)))
+    width = 1
+    for size in shape[1:]:
+        width *= int(size)
+    return array.reshape(shape[0], width)
 
 
 class Optimizer:
@@ -167,7 +174,10 @@ class Optimizer:
             raise ValueError(
                 f"{self._name} has no slot {slot!r}; its slots are {self.get_slot_names()}")
         kind, dtype, _ = self._slot_specs[slot]
-        shape = var.shape if kind == "like" else (row_view(var.value).shape[0],)
+        if kind == "like":
+            shape = var.shape
+        else:  # one per row of the [V, D] view (a scalar is one row)
+            shape = (var.shape[0] if len(var.shape) else 1,)
         return tuple(shape), np.dtype(dtype)
 
     def create_slots(self, var_list):
@@ -386,7 +396,7 @@ def _plan_for(grad, var):
             _check_finite(plan.src_coef.reshape(-1, 1), var, "gradient coefficient")
         if not np.isfinite(plan.scale):
             raise ValueError(f"gradient for variable {var.name!r} has a non-finite scale {plan.scale}")
-        _check_summed_finite(plan, var, bits_to_float(src_bits), bits_to_float(coef_bits))
+        _check_summed_finite(plan, var, _bits_to_float(src_bits), _bits_to_float(coef_bits))
         return plan
     dense = np.asarray(grad)
     if dense.dtype.kind not in "fiu" or dense.dtype == np.bool_:
@@ -401,6 +411,12 @@ def _plan_for(grad, var):
     _check_finite(src, var, "gradient")
     rows, starts, src_index, src_coef = identity_plan_parts(rows_of_var)
     return GradPlan(rows, starts, src_index, src_coef, src, np.float32(1.0))
+
+
+def _bits_to_float(bits):
+    """The float32 whose bit pattern is ``bits`` (a uint32), as a float (in
+    numpy: a kernel of its own cost a compile for one conversion)."""
+    return float(np.array(bits, np.uint32).view(np.float32))
 
 
 #: A summed row whose bound stays below this cannot overflow float32, even

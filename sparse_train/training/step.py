@@ -211,35 +211,48 @@ def check_finite_state(prepared, global_step=None):
     where = f"after step {step}" if step is not None else "after the update"
     for checked in prepared:
         opt = checked.optimizer
+        slots = opt.get_slot_names()
         for update in checked.updates:
-            arrays = [(update.var.name, update.var)]  # a Variable: 16-bit rows are widened
-            for slot in opt.get_slot_names():
-                slot_var = opt.get_slot(update.var, slot)
+            var = update.var
+            rows = None if update.dense else update.plan.rows
+            _check_rows((var.name,), var, rows, where, step)  # 16-bit rows are widened
+            for slot in slots:
+                slot_var = opt.get_slot(var, slot)
                 if slot_var is not None:
-                    arrays.append((f"{update.var.name} (slot {slot!r} of optimizer "
-                                   f"{opt.name!r})", slot_var.value))
-            for name, array in arrays:
-                rows = None if update.dense else update.plan.rows
-                _check_rows(name, array, rows, where, step)
+                    _check_rows((var.name, "slot", slot, opt.name), slot_var.value, rows,
+                                where, step)
         for key, var in opt.non_slot_variables():
-            _check_rows(f"{var.name} (state {key!r} of optimizer {opt.name!r})", var.value,
-                        None, where, step)
+            _check_rows((var.name, "state", key, opt.name), var.value, None, where, step)
 
 
-def _check_rows(name, array, rows, where, step):
+def _checked_name(parts):
+    """The name of what ``_check_rows`` read, from ``(variable,)`` or
+    ``(variable, "slot" or "state", key, optimizer)`` (built only to
+    report a failure)."""
+    if len(parts) == 1:
+        return parts[0]
+    var_name, kind, key, opt_name = parts
+    return f"{var_name} ({kind} {key!r} of optimizer {opt_name!r})"
+
+
+def _check_rows(name_parts, array, rows, where, step):
     if getattr(array, "is_half", False):  # a 16-bit Variable: widen the rows read
         picked = array.widened(rows)
     else:
         values = np.asarray(getattr(array, "value", array))
+        if values.dtype.kind in "iub":  # integer slots (decay powers): always finite
+            return
         if values.ndim == 0:
             values = values.reshape(1)
         picked = values if rows is None else values[rows]
-    flat = np.ascontiguousarray(picked, np.float32).reshape(-1)
+    flat = picked.reshape(-1) if (picked.dtype == np.float32 and picked.flags.c_contiguous) \
+        else np.ascontiguousarray(picked, np.float32).reshape(-1)
     bad = first_non_finite(flat)
     if bad >= 0:
         width = max(int(np.prod(picked.shape[1:], dtype=np.int64)), 1)
         row = int(bad) // width
         row_id = row if rows is None else int(rows[row])
+        name = _checked_name(name_parts)
         raise NonFiniteError(
             f"{where}: {name} holds {flat[bad]} (row {row_id}): the update overflowed; lower "
             f"the learning rates or clip the gradients. Nothing was saved from this step",

@@ -22,6 +22,7 @@ import sparse_train as st
 from sparse_train import functional as F
 from sparse_train.kernels import _jit
 
+_jit.STATIC_DIM_MIN_ROWS = 0   # these small tables too take the constant widths
 out = {"specialized": np.array(_jit.specialize_dims)}
 rng = np.random.default_rng(0)
 for dim in (8, 64):   # below one cache line, and several lines (each width compiles)
@@ -100,3 +101,12 @@ def test_row_dim_is_constant_only_for_the_listed_widths():
         assert type(row_dim(dim)) is int and row_dim(dim) == dim
     for dim in STATIC_DIMS:
         assert row_dim(dim) == dim
+
+
+def test_small_tables_take_the_generic_variant():
+    from sparse_train.kernels._jit import STATIC_DIM_MIN_ROWS, specialize_dims, table_dim
+    small, large = STATIC_DIM_MIN_ROWS - 1, STATIC_DIM_MIN_ROWS
+    assert type(table_dim(16, small)) is int and table_dim(16, small) == 16
+    assert table_dim(16, large) == 16
+    assert (type(table_dim(16, large)) is not int) == specialize_dims
+    assert type(table_dim(3, large)) is int

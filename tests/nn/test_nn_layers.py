@@ -192,17 +192,54 @@ def test_the_fused_ids_live_on_the_batch_not_the_layer():
                                tables={"user": "shared", "item": "shared"})
     batch = Batch(np.zeros(2, np.float32), None,
                   {"user": Ragged.from_dense([1, 3]), "item": Ragged.from_dense([0, 2])})
+    def fused_entries():
+        return sum(1 for key in batch.derived if key[0] == "fused_ragged")
     fused_a = a.fused_ragged(batch)
-    assert a.fused_ragged(batch) is fused_a and len(batch.derived) == 1
+    assert a.fused_ragged(batch) is fused_a and fused_entries() == 1
     assert not any(isinstance(v, tuple) for v in vars(a).values())  # no cached (key, ids)
     fused_b = b.fused_ragged(batch)
-    assert fused_b is not fused_a and len(batch.derived) == 2
+    assert fused_b is not fused_a and fused_entries() == 2
     # bag b * F + f; a: user rows 0..3, item rows 4..6 of its stacked table;
     # b: one shared table, both features read its rows from 0
     np.testing.assert_array_equal(fused_a.values, [1, 4, 3, 6])
     np.testing.assert_array_equal(fused_b.values, [1, 0, 3, 2])
     assert a.fused_ragged(batch.sparse) is not a.fused_ragged(batch.sparse)
     np.testing.assert_array_equal(a.fused_ragged(batch.sparse).values, fused_a.values)
+
+
+def test_a_feature_checked_for_one_collection_is_checked_again_for_a_smaller_table():
+    # the checks of a batch's features are shared between collections whose
+    # tables have the same size (DeepFM's embeddings and linear term); a
+    # table of another size checks again, and a bad id still names the feature
+    from sparse_train.data import Batch
+    from sparse_train.nn import embedding_bag as eb
+    big = DataSpec((FeatureSpec("user", 6), FeatureSpec("item", 3)))
+    small = DataSpec((FeatureSpec("user", 4), FeatureSpec("item", 3)))
+    a = EmbeddingBagCollection(big, 2, "checked_test/a", seed=1)
+    same = EmbeddingBagCollection(big, 1, "checked_test/same", seed=2)
+    b = EmbeddingBagCollection(small, 2, "checked_test/b", seed=3)
+    batch = Batch(np.zeros(2, np.float32), None,
+                  {"user": Ragged.from_dense([1, 5]), "item": Ragged.from_dense([0, 2])})
+    calls = []
+    real = eb.check_bags
+
+    def counting(*args):
+        calls.append(args[-1])
+        return real(*args)
+    eb.check_bags = counting
+    try:
+        a.fused_ragged(batch)
+        same.fused_ragged(batch)
+        assert calls == ["user", "item"]        # the second collection reused both
+        np.testing.assert_array_equal(same.fused_ragged(batch).values,
+                                      same.fused_ragged(batch.sparse).values)
+        with pytest.raises(ValueError, match=r"feature 'user': id 5 at position 1 is "
+                                             r"outside \[0, 4\)"):
+            b.fused_ragged(batch)
+        # the bare dict is checked afresh; then b's smaller table checks "user" again
+        assert calls[2:] == ["user", "item", "user"]
+    finally:
+        eb.check_bags = real
 
 
 def test_feature_linear_sums_an_unweighted_bag():
