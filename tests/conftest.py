@@ -1,4 +1,5 @@
-"""Fixtures shared by the optimizer tests: build each optimizer, read its state."""
+"""Fixtures shared by the optimizer tests (build each optimizer, read its
+state), and the main job of tests/test_train_script.py, run in the background."""
 import numpy as np
 import pytest
 
@@ -66,3 +67,65 @@ def slots_of():
 @pytest.fixture(scope="session")
 def beta_powers():
     return _beta_powers
+
+
+# ------------------------------------------------ the main job, in the background
+# tests/test_train_script.py's main job (``python scripts/train.py`` with no
+# arguments) trains for the longest of any test: half a minute on 2 cores.
+# It starts once its test is collected, as a process of one Numba thread (the
+# results do not depend on the thread count), so it trains on the core the
+# rest of the suite (mostly one Python thread) leaves idle; its test waits.
+MAIN_JOB_TEST = ("test_train_script.py",
+                 "test_the_main_job_comes_within_001_auc_of_the_planted_model")
+_MAIN_JOB = pytest.StashKey()
+
+
+def _start_main_job():
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = Path(tempfile.mkdtemp(prefix="sparse_train_main_job_"))
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
+    with open(out / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(root / "scripts" / "train.py"), "--quiet",
+             "--metrics-out", str(out / "metrics.json")],
+            cwd=out, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    return process, out
+
+
+def pytest_collection_finish(session):
+    if not session.config.option.collectonly and any(
+            (item.path.name, item.name) == MAIN_JOB_TEST for item in session.items):
+        session.config.stash[_MAIN_JOB] = _start_main_job()
+
+
+def pytest_sessionfinish(session):
+    import shutil
+    started = session.config.stash.get(_MAIN_JOB, None)
+    if started is not None:
+        started[0].kill()
+        started[0].wait()
+        shutil.rmtree(started[1], ignore_errors=True)
+
+
+@pytest.fixture
+def main_job(request):
+    """Waits for the main job (started at collection, else now): (exit code,
+    metrics dict or None, the tail of its stderr)."""
+    import json
+
+    def wait(timeout=1200):
+        if _MAIN_JOB not in request.config.stash:
+            request.config.stash[_MAIN_JOB] = _start_main_job()
+        process, out = request.config.stash[_MAIN_JOB]
+        code = process.wait(timeout=timeout)
+        metrics = out / "metrics.json"
+        return (code, json.loads(metrics.read_text()) if metrics.exists() else None,
+                (out / "stderr.txt").read_text()[-3000:])
+    return wait

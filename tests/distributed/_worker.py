@@ -8,6 +8,7 @@ Replicated state is checked to be identical on every rank on the way.
 """
 import json
 import os
+import shutil
 import signal
 import sys
 
@@ -140,6 +141,15 @@ def ckpt_resume(comm, out_dir):
                                             **{f"resumed/{n}": a for n, a in resumed.items()}})
 
 
+def ckpt_break(comm, out_dir):
+    """A copy of ``ckpt_save``'s directory without shard 1, for ``ckpt_broken``
+    (on 2 ranks, which saved it)."""
+    if comm.rank == 0:
+        shutil.copytree(os.path.join(out_dir, "ckpt"), os.path.join(out_dir, "broken"))
+        os.unlink(os.path.join(out_dir, "broken", "ckpt-3.shard-1-of-2.ckpt"))
+    comm.barrier()
+
+
 def ckpt_broken(comm, out_dir):
     """Restore a checkpoint whose shard 1 is missing: every rank must raise."""
     batches, dist, sparse, dense, step, manager = _checkpoint_setup(comm, out_dir)
@@ -180,7 +190,7 @@ def fault(comm, out_dir, kind):
 
 
 SCENARIOS = {"lookups": lookups, "model": model, "ckpt_save": ckpt_save,
-             "ckpt_resume": ckpt_resume, "ckpt_broken": ckpt_broken}
+             "ckpt_break": ckpt_break, "ckpt_resume": ckpt_resume, "ckpt_broken": ckpt_broken}
 
 
 def main(out_dir, *scenarios):

@@ -1,9 +1,9 @@
 """N ranks under ``mpirun`` against one process on the same global batches.
 
-Each test starts ``mpirun -n 2`` or ``-n 3 --oversubscribe`` in a subprocess
-with a timeout (``_launch``); the worker (``_worker.py``) writes the state
-it assembled from every rank's shard, and the test holds it against the
-one-process reference of ``_scenarios``. Skipped only when mpi4py or mpirun
+The tests start ``mpirun -n 2`` or ``-n 3 --oversubscribe`` in a subprocess
+with a timeout (``_launch``), several scenarios a launch; the worker
+(``_worker.py``) writes the state it assembled from every rank's shard, and
+the test holds it against the one-process reference of ``_scenarios``. Skipped only when mpi4py or mpirun
 is missing (CI installs the ``mpi`` extra, so they run).
 
 What must be bit for bit (docs/DISTRIBUTED.md): pooled lookups, and the
@@ -14,7 +14,6 @@ Allreduce in another order than one process's BLAS), hence later tables.
 import importlib.util
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -69,16 +68,18 @@ def _rel_diff(a, b):
 
 
 @pytest.fixture(scope="module")
-def worker_runs(tmp_path_factory):
-    """ranks -> output directory of one ``lookups model`` launch, run once."""
-    out, done = tmp_path_factory.mktemp("mpi"), set()
-
-    def get(ranks):
-        if ranks not in done:
-            launch.run_worker(ranks, out, "lookups", "model").check()
-            done.add(ranks)
-        return out
-    return get
+def launches(tmp_path_factory):
+    """The output directory of the two launches the tests below read: on 2
+    ranks the lookups, the model, a checkpoint save, its resume and the
+    restore of a copy missing a shard; then on 3 ranks the lookups, the
+    model and that checkpoint resharded. (Each launch costs every rank's
+    start-up, so the scenarios share them.)"""
+    out = tmp_path_factory.mktemp("mpi")
+    launch.run_worker(2, out, "lookups", "model", "ckpt_save", "ckpt_break", "ckpt_resume",
+                      "ckpt_broken", timeout=2 * launch.TIMEOUT).check()
+    launch.run_worker(3, out, "lookups", "model", "ckpt_resume",
+                      timeout=2 * launch.TIMEOUT).check()
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -92,20 +93,20 @@ def model_reference():
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_lookups_tables_and_slots_bit_exact(worker_runs, lookups_reference, ranks):
+def test_lookups_tables_and_slots_bit_exact(launches, lookups_reference, ranks):
     """Every optimizer; sum/mean/sqrtn, weights, empty and zero-weight bags,
     padding, hashed ids, a shared table, a table smaller than the world and
     a batch smaller than the world: outputs, tables, slots equal bit for bit."""
-    got = dict(np.load(worker_runs(ranks) / f"lookups-{ranks}.npz"))
+    got = dict(np.load(launches / f"lookups-{ranks}.npz"))
     assert len(lookups_reference) > 400
     assert _bits_differ(lookups_reference, got) == []
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-def test_model_training_matches_one_process(worker_runs, model_reference, ranks):
+def test_model_training_matches_one_process(launches, model_reference, ranks):
     """DeepFM, AdagradDecay tables and Adam dense layers, 4 steps."""
     expected, model = model_reference
-    got = dict(np.load(worker_runs(ranks) / f"model-{ranks}.npz"))
+    got = dict(np.load(launches / f"model-{ranks}.npz"))
     tables = [v.name for v in model.sparse_variables()]
     assert set(got) == set(expected)
     for key in expected:
@@ -122,15 +123,9 @@ def test_model_training_matches_one_process(worker_runs, model_reference, ranks)
 
 # ------------------------------------------------------------ checkpoints
 @pytest.fixture(scope="module")
-def checkpoint_runs(tmp_path_factory):
-    """Save on 2 ranks; resume on 2 (and try a broken copy), reshard on 3."""
-    out = tmp_path_factory.mktemp("ckpt")
-    launch.run_worker(2, out, "ckpt_save").check()
-    shutil.copytree(out / "ckpt", out / "broken")
-    os.unlink(out / "broken" / "ckpt-3.shard-1-of-2.ckpt")
-    launch.run_worker(2, out, "ckpt_resume", "ckpt_broken").check()
-    launch.run_worker(3, out, "ckpt_resume").check()
-    return out
+def checkpoint_runs(launches):
+    """Saved on 2 ranks; resumed on 2 (and a broken copy tried), resharded on 3."""
+    return launches
 
 
 def _part(arrays, prefix):
