@@ -9,7 +9,8 @@ never calls these kernels.
 """
 import numpy as np
 
-from ._jit import njit_parallel, prange, row_buffer
+from ._jit import (next_task, njit_parallel, prange, row_buffer, task_queue, tasks_done,
+                   workers)
 from .adagrad import adagrad_row
 from .adagrad_decay import adagrad_decay_row
 from .adam import adam_row
@@ -27,16 +28,22 @@ def sgd_apply_half(weight, plan, lr, narrowing, dim):
     """In place: weight [V, D] uint16, plan's rows only. w -= lr * g."""
     rows = plan.rows
     num_rows = rows.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
         w = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            prefetch_row(weight, rows[min(u + AHEAD, num_rows - 1)], dim)
-            summed_grad_row(g, plan, u, dim)
-            r = rows[u]
-            widen_row(w, weight[r], narrowing.fmt, dim)
-            sgd_row(w, g, lr, dim)
-            narrow_row(weight[r], w, narrowing, r, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                prefetch_row(weight, rows[min(u + AHEAD, num_rows - 1)], dim)
+                summed_grad_row(g, plan, u, dim)
+                r = rows[u]
+                widen_row(w, weight[r], narrowing.fmt, dim)
+                sgd_row(w, g, lr, dim)
+                narrow_row(weight[r], w, narrowing, r, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -45,18 +52,24 @@ def adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing, dim):
     rows only (``adagrad.adagrad_row`` on the widened row)."""
     rows = plan.rows
     num_rows = rows.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
         w = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead, dim)
-            prefetch_row(accumulator, ahead, dim)
-            summed_grad_row(g, plan, u, dim)
-            r = rows[u]
-            widen_row(w, weight[r], narrowing.fmt, dim)
-            adagrad_row(w, accumulator[r], g, lr, epsilon, dim)
-            narrow_row(weight[r], w, narrowing, r, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                ahead = rows[min(u + AHEAD, num_rows - 1)]
+                prefetch_row(weight, ahead, dim)
+                prefetch_row(accumulator, ahead, dim)
+                summed_grad_row(g, plan, u, dim)
+                r = rows[u]
+                widen_row(w, weight[r], narrowing.fmt, dim)
+                adagrad_row(w, accumulator[r], g, lr, epsilon, dim)
+                narrow_row(weight[r], w, narrowing, r, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -66,20 +79,26 @@ def adagrad_decay_apply_half(weight, accumulator, power, plan, lr, initial, rate
     int64, plan's rows only (``adagrad_decay.adagrad_decay_row``)."""
     rows = plan.rows
     num_rows = rows.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
         w = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead, dim)
-            prefetch_row(accumulator, ahead, dim)
-            prefetch(power, ahead)
-            summed_grad_row(g, plan, u, dim)
-            r = rows[u]
-            widen_row(w, weight[r], narrowing.fmt, dim)
-            adagrad_decay_row(w, accumulator[r], power, r, g, lr, initial, rate, step,
-                              decay_step, dim)
-            narrow_row(weight[r], w, narrowing, r, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                ahead = rows[min(u + AHEAD, num_rows - 1)]
+                prefetch_row(weight, ahead, dim)
+                prefetch_row(accumulator, ahead, dim)
+                prefetch(power, ahead)
+                summed_grad_row(g, plan, u, dim)
+                r = rows[u]
+                widen_row(w, weight[r], narrowing.fmt, dim)
+                adagrad_decay_row(w, accumulator[r], power, r, g, lr, initial, rate, step,
+                                  decay_step, dim)
+                narrow_row(weight[r], w, narrowing, r, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -88,19 +107,25 @@ def lazy_adam_apply_half(weight, m, v, plan, lr_t, beta1, beta2, epsilon, narrow
     (``adam.adam_row``)."""
     rows = plan.rows
     num_rows = rows.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
         w = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead, dim)
-            prefetch_row(m, ahead, dim)
-            prefetch_row(v, ahead, dim)
-            summed_grad_row(g, plan, u, dim)
-            r = rows[u]
-            widen_row(w, weight[r], narrowing.fmt, dim)
-            adam_row(w, m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
-            narrow_row(weight[r], w, narrowing, r, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                ahead = rows[min(u + AHEAD, num_rows - 1)]
+                prefetch_row(weight, ahead, dim)
+                prefetch_row(m, ahead, dim)
+                prefetch_row(v, ahead, dim)
+                summed_grad_row(g, plan, u, dim)
+                r = rows[u]
+                widen_row(w, weight[r], narrowing.fmt, dim)
+                adam_row(w, m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+                narrow_row(weight[r], w, narrowing, r, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -134,18 +159,24 @@ def rowwise_adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing
     only (``rowwise_adagrad.rowwise_adagrad_row``)."""
     rows = plan.rows
     num_rows = rows.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
         w = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead, dim)
-            prefetch(accumulator, ahead)
-            summed_grad_row(g, plan, u, dim)
-            r = rows[u]
-            widen_row(w, weight[r], narrowing.fmt, dim)
-            rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon, dim)
-            narrow_row(weight[r], w, narrowing, r, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                ahead = rows[min(u + AHEAD, num_rows - 1)]
+                prefetch_row(weight, ahead, dim)
+                prefetch(accumulator, ahead)
+                summed_grad_row(g, plan, u, dim)
+                r = rows[u]
+                widen_row(w, weight[r], narrowing.fmt, dim)
+                rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon, dim)
+                narrow_row(weight[r], w, narrowing, r, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)
 
 
 @njit_parallel
@@ -155,16 +186,22 @@ def ftrl_apply_half(weight, accum, linear, plan, lr, power, l1, l2, l2_shrinkage
     rows only (``ftrl.ftrl_row``; l2 holds beta, as there)."""
     rows = plan.rows
     num_rows = rows.shape[0]
-    for c in prange((num_rows + ROW_CHUNK - 1) // ROW_CHUNK):
+    num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
+    queue = task_queue(num_tasks)
+    for worker in prange(workers(queue)):
         g = row_buffer(dim)
         w = row_buffer(dim)
-        for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-            ahead = rows[min(u + AHEAD, num_rows - 1)]
-            prefetch_row(weight, ahead, dim)
-            prefetch_row(accum, ahead, dim)
-            prefetch_row(linear, ahead, dim)
-            summed_grad_row(g, plan, u, dim)
-            r = rows[u]
-            widen_row(w, weight[r], narrowing.fmt, dim)
-            ftrl_row(w, accum[r], linear[r], g, lr, power, l1, l2, l2_shrinkage, dim)
-            narrow_row(weight[r], w, narrowing, r, dim)
+        c = next_task(queue, worker)
+        while c < num_tasks:
+            for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
+                ahead = rows[min(u + AHEAD, num_rows - 1)]
+                prefetch_row(weight, ahead, dim)
+                prefetch_row(accum, ahead, dim)
+                prefetch_row(linear, ahead, dim)
+                summed_grad_row(g, plan, u, dim)
+                r = rows[u]
+                widen_row(w, weight[r], narrowing.fmt, dim)
+                ftrl_row(w, accum[r], linear[r], g, lr, power, l1, l2, l2_shrinkage, dim)
+                narrow_row(weight[r], w, narrowing, r, dim)
+            c = next_task(queue, worker)
+    tasks_done(queue)
