@@ -38,8 +38,9 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import (loop_width, njit_inline, njit_parallel, prange, row_buffer_or)
-from .half_rows import (narrow_row_bfloat16, narrow_row_bfloat16_stochastic,
+from ._jit import (njit_inline, njit_parallel, prange, row_buffer_or)
+from .half_rows import (add_widened_bfloat16, add_widened_float16, axpy_widened_bfloat16,
+                        axpy_widened_float16, narrow_row_bfloat16, narrow_row_bfloat16_stochastic,
                         narrow_row_float16, narrow_row_float16_stochastic,
                         widen_row_bfloat16, widen_row_float16)
 from .lookup import bag_divisor
@@ -243,22 +244,17 @@ def narrow_rows(bits, values, rows, narrowing):
 @njit_inline
 def _add_widened(acc, bits, coef, scaled, fmt, dim):
     """In place: acc [dim] float32 += coef * widen(bits) (``scaled``) or
-    += widen(bits): the float32 lookup's operations, in its order."""
-    width = loop_width(acc, dim)
+    += widen(bits): the float32 lookup's operations, in its order (vector
+    code: ``half_rows``)."""
     if fmt == BFLOAT16:
         if scaled:
-            for j in range(width):
-                acc[j] += coef * float_from_bits(np.int64(bits[j]) << 16)
+            axpy_widened_bfloat16(acc, bits, coef, dim)
         else:
-            for j in range(width):
-                acc[j] += float_from_bits(np.int64(bits[j]) << 16)
+            add_widened_bfloat16(acc, bits, coef, dim)
+    elif scaled:
+        axpy_widened_float16(acc, bits, coef, dim)
     else:
-        if scaled:
-            for j in range(width):
-                acc[j] += coef * widen(bits[j], FLOAT16)
-        else:
-            for j in range(width):
-                acc[j] += widen(bits[j], FLOAT16)
+        add_widened_float16(acc, bits, coef, dim)
 
 
 @njit_parallel

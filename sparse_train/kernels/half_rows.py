@@ -239,3 +239,43 @@ narrow_row_bfloat16_stochastic = _narrow_intrinsic(_narrow_bfloat16, True,
 #: As ``narrow_row_float16``, stochastic.
 narrow_row_float16_stochastic = _narrow_intrinsic(_narrow_float16, True,
                                                   "narrow_row_float16_stochastic")
+
+
+def _accumulate_intrinsic(bfloat16, scaled, name):
+    @intrinsic
+    def accumulate_op(typingctx, acc, bits, coef, dim):
+        if not (_is_array(acc, types.float32) and _is_array(bits, types.uint16)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            acc_ptr = _pointer(context, builder, signature.args[0], args[0])
+            bits_ptr = _pointer(context, builder, signature.args[1], args[1])
+            coef = context.cast(builder, args[2], signature.args[2], types.float32)
+
+            def step(offset, lanes):
+                ops = _Ops(builder, lanes)
+                value = _widen(ops, _load(builder, bits_ptr, offset, _I16, lanes), bfloat16)
+                if scaled:  # a multiply, then an add: the float32 lookup's operations
+                    splat = coef
+                    if lanes > 1:
+                        splat = _const(_F32, 0.0, lanes)
+                        for k in range(lanes):
+                            splat = builder.insert_element(splat, coef, ir.Constant(_I32, k))
+                    value = builder.fmul(splat, value)
+                total = builder.fadd(_load(builder, acc_ptr, offset, _F32, lanes), value)
+                _store(builder, total, acc_ptr, offset, _F32, lanes)
+            _emit(builder, signature.args[3], args[3], step)
+            return context.get_dummy_value()
+        return types.void(acc, bits, types.float32, dim), codegen
+    accumulate_op.__name__ = name
+    return accumulate_op
+
+
+#: In place: acc[0:dim] float32 += widened bfloat16 bits[0:dim] (``coef`` unused).
+add_widened_bfloat16 = _accumulate_intrinsic(True, False, "add_widened_bfloat16")
+#: In place: acc[0:dim] float32 += widened float16 bits[0:dim] (``coef`` unused).
+add_widened_float16 = _accumulate_intrinsic(False, False, "add_widened_float16")
+#: In place: acc[0:dim] float32 += coef * widened bfloat16 bits[0:dim].
+axpy_widened_bfloat16 = _accumulate_intrinsic(True, True, "axpy_widened_bfloat16")
+#: In place: acc[0:dim] float32 += coef * widened float16 bits[0:dim].
+axpy_widened_float16 = _accumulate_intrinsic(False, True, "axpy_widened_float16")

@@ -112,3 +112,21 @@ def test_stochastic_noise_is_splitmix_of_seed_step_row_column():
     got = _vector_narrow(values, Narrowing(BFLOAT16, 1, seed, step, stride, offset), rows,
                          row_dim(64))
     np.testing.assert_array_equal(got, expected.astype(np.uint16))
+
+
+@pytest.mark.parametrize("dim", [13, 64])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_lookup_of_16_bit_table_equals_float32_lookup_of_widened_table(dim, dtype):
+    """Vector widen-and-accumulate (weighted and not): the bits of the
+    float32 lookup of the widened table (same float32 operations, same order)."""
+    from sparse_train import EmbeddingTable
+    from sparse_train import functional as F
+    rng = np.random.default_rng(dim)
+    table = EmbeddingTable(50, dim, f"rows_{dtype}_{dim}", initializer="normal", dtype=dtype)
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(0, 7, 11))])
+    values = rng.integers(0, 50, offsets[-1])
+    widened = np.asarray(table.weight)
+    for weights in (None, rng.random(offsets[-1]).astype(np.float32)):
+        got = table.lookup(values, offsets, weights, "sum")
+        want = F.embedding_bag(widened, values, offsets, weights, "sum")
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
