@@ -3,6 +3,12 @@ widen the row to float32, apply the float32 rule of its own kernel module
 (the same row function, so the same operations in the same order as on a
 float32 table), narrow it back (``half.narrow_row``).
 
+Scheduled as the float32 kernels are: threads claim chunks of
+``ROW_CHUNK`` rows from a ``task_queue``; widening and narrowing are vector
+code (``half_rows``); rows are prefetched ``AHEAD`` rows early. Measured on
+W1 (1M x 64, uniform ids, 1 thread, CPU time, ``scripts/bench_half.py``):
+the bfloat16 SGD step went from 1.16x to 1.53x the float32 step's speed.
+
 weight [V, D] uint16 holds bit patterns of ``narrowing.fmt``; slots stay
 float32. Compiled only when a 16-bit table is updated: a float32 model
 never calls these kernels.
