@@ -279,3 +279,41 @@ add_widened_float16 = _accumulate_intrinsic(False, False, "add_widened_float16")
 axpy_widened_bfloat16 = _accumulate_intrinsic(True, True, "axpy_widened_bfloat16")
 #: In place: acc[0:dim] float32 += coef * widened float16 bits[0:dim].
 axpy_widened_float16 = _accumulate_intrinsic(False, True, "axpy_widened_float16")
+
+
+#: Rows whose sums ``squared_sums`` computes at once (one lane each).
+SUM_LANES = 16
+
+
+@intrinsic
+def squared_sums(typingctx, totals, block, dim):
+    """In place: totals[k] = sum_j block.flat[k * dim + j]^2 for k <
+    ``SUM_LANES`` (float32; each row's sum in column order j = 0, 1, ...:
+    a multiply, then an add, as the plain loop). ``block`` holds
+    ``SUM_LANES`` rows of ``dim`` float32; one vector lane a row, so the
+    rows' dependent chains of adds run side by side."""
+    if not (_is_array(totals, types.float32) and _is_array(block, types.float32)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+        totals_ptr = _pointer(context, builder, signature.args[0], args[0])
+        block_ptr = _pointer(context, builder, signature.args[1], args[1])
+        dim_type = signature.args[2]
+        if isinstance(dim_type, types.IntegerLiteral):
+            width = ir.Constant(_I64, dim_type.literal_value)
+        else:
+            width = context.cast(builder, args[2], dim_type, types.int64)
+        vector_type = ir.VectorType(_F32, SUM_LANES)
+        total = cgutils.alloca_once(builder, vector_type)
+        builder.store(_const(_F32, 0.0, SUM_LANES), total)
+        with cgutils.for_range(builder, width) as loop:
+            column = ir.Constant(vector_type, ir.Undefined)
+            for k in range(SUM_LANES):
+                at = builder.add(builder.mul(ir.Constant(_I64, k), width), loop.index)
+                column = builder.insert_element(column, builder.load(builder.gep(block_ptr, [at])),
+                                                ir.Constant(_I32, k))
+            builder.store(builder.fadd(builder.load(total), builder.fmul(column, column)), total)
+        _store(builder, builder.load(total), totals_ptr, ir.Constant(_I64, 0), _F32, SUM_LANES)
+        return context.get_dummy_value()
+    return types.void(totals, block, dim), codegen

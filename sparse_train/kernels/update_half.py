@@ -23,6 +23,7 @@ from .adam import adam_row
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .ftrl import ftrl_row
 from .half import narrow_row, widen_row
+from .half_rows import SUM_LANES, squared_sums
 from .prefetch import AHEAD, prefetch, prefetch_row
 from .rows import row_fill
 from .sgd import sgd_row
@@ -158,23 +159,12 @@ def adam_apply_half(weight, m, v, row_slot, plan, lr_t, beta1, beta2, epsilon,
         row_slot[rows[u]] = -1
 
 
-#: Rows whose squared-gradient sums row-wise Adagrad runs side by side.
-#: Each row's sum is a chain of ``dim`` dependent float32 adds in column
-#: order (the rule's order, kept for the bits): one row at a time the
-#: update waits on that chain (64 adds of 4 cycles for D = 64, longer than
-#: the row's memory traffic); 8 rows give 8 independent chains.
-ROWWISE_BLOCK = 8
-
-
-@njit_inline
-def _squared_sums(totals, block, count, dim):
-    """In place: totals[k] = sum_j block[k, j]^2 (float32, j in order) for
-    k < count; block [ROWWISE_BLOCK, dim] float32."""
-    for k in range(ROWWISE_BLOCK):
-        totals[k] = np.float32(0.0)
-    for j in range(dim):
-        for k in range(count):
-            totals[k] += block[k, j] * block[k, j]
+#: Rows whose squared-gradient sums row-wise Adagrad runs side by side
+#: (``half_rows.squared_sums``). Each row's sum is a chain of ``dim``
+#: dependent float32 adds in column order (the rule's order, kept for the
+#: bits): one row at a time the update waits on that chain (64 adds of 4
+#: cycles for D = 64, longer than the row's memory traffic).
+ROWWISE_BLOCK = SUM_LANES
 
 
 @njit_inline
@@ -197,7 +187,7 @@ def rowwise_adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing
     num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
     queue = task_queue(num_tasks)
     for worker in prange(workers(queue)):
-        block = np.empty((ROWWISE_BLOCK, weight.shape[1]), np.float32)
+        block = np.zeros((ROWWISE_BLOCK, weight.shape[1]), np.float32)
         totals = np.empty(ROWWISE_BLOCK, np.float32)
         w = row_buffer(dim)
         c = next_task(queue, worker)
@@ -207,7 +197,7 @@ def rowwise_adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing
                 count = min(ROWWISE_BLOCK, end - first)
                 for k in range(count):
                     summed_grad_row(block[k], plan, first + k, dim)
-                _squared_sums(totals, block, count, dim)
+                squared_sums(totals, block, dim)  # lanes past count: unused
                 for k in range(count):
                     u = first + k
                     ahead = rows[min(u + AHEAD, num_rows - 1)]

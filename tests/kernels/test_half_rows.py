@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sparse_train.kernels._jit import row_dim
+from sparse_train.kernels.half_rows import SUM_LANES, squared_sums
 from sparse_train.kernels.half import (BFLOAT16, FLOAT16, Narrowing, narrow, narrow_row,
                                        random16, row_key, widen, widen_row)
 
@@ -130,3 +131,23 @@ def test_lookup_of_16_bit_table_equals_float32_lookup_of_widened_table(dim, dtyp
         got = table.lookup(values, offsets, weights, "sum")
         want = F.embedding_bag(widened, values, offsets, weights, "sum")
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@numba.njit
+def _squared_sums_kernel(block, dim):
+    totals = np.empty(SUM_LANES, np.float32)
+    squared_sums(totals, block, dim)
+    return totals
+
+
+@pytest.mark.parametrize("dim", [13, 64])
+def test_squared_sums_in_column_order(dim):
+    """One lane a row: each sum is float32, accumulated in column order."""
+    block = np.random.default_rng(dim).standard_normal((SUM_LANES, dim)).astype(np.float32)
+    expected = np.zeros(SUM_LANES, np.float32)
+    for j in range(dim):  # float32 throughout, in order
+        expected = expected + block[:, j] * block[:, j]
+    for given in (dim, row_dim(dim)):
+        got = _squared_sums_kernel(block, given)
+        np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_allclose(expected, (block.astype(np.float64) ** 2).sum(axis=1), rtol=1e-5)
