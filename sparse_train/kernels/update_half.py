@@ -7,7 +7,8 @@ Scheduled as the float32 kernels are: threads claim chunks of
 ``ROW_CHUNK`` rows from a ``task_queue``; widening and narrowing are vector
 code (``half_rows``); rows are prefetched ``AHEAD`` rows early. Measured on
 W1 (1M x 64, uniform ids, 1 thread, CPU time, ``scripts/bench_half.py``):
-the bfloat16 SGD step went from 1.16x to 1.53x the float32 step's speed.
+the bfloat16 SGD step went from 1.16x to 1.4-1.5x the float32 step's
+speed (host loaded, load average 6-8 on 2 cores).
 
 weight [V, D] uint16 holds bit patterns of ``narrowing.fmt``; slots stay
 float32. Compiled only when a 16-bit table is updated: a float32 model
