@@ -38,7 +38,11 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ._jit import (loop_width, njit_inline, njit_parallel, prange, row_buffer_or)
+from ._jit import (njit_inline, njit_parallel, prange, row_buffer_or)
+from .half_rows import (add_widened_bfloat16, add_widened_float16, axpy_widened_bfloat16,
+                        axpy_widened_float16, narrow_row_bfloat16, narrow_row_bfloat16_stochastic,
+                        narrow_row_float16, narrow_row_float16_stochastic,
+                        widen_row_bfloat16, widen_row_float16)
 from .lookup import bag_divisor
 from .prefetch import LOOKUP_AHEAD, prefetch_row_read
 from .rows import row_divide, row_fill, row_store
@@ -192,33 +196,31 @@ def random16(key, column):
 
 @njit_inline
 def widen_row(out, bits, fmt, dim):
-    """In place: out [dim] float32 = widened bits [dim] uint16."""
-    width = loop_width(out, dim)
+    """In place: out [dim] float32 = widened bits [dim] uint16 (vector code:
+    ``half_rows``, the bits of ``widen``)."""
     if fmt == BFLOAT16:
-        for j in range(width):
-            out[j] = float_from_bits(np.int64(bits[j]) << 16)
+        widen_row_bfloat16(out, bits, dim)
     else:
-        for j in range(width):
-            out[j] = widen(bits[j], FLOAT16)
+        widen_row_float16(out, bits, dim)
 
 
 @njit_inline
 def narrow_row(bits, values, narrowing, row, dim):
     """In place: bits [dim] uint16 = ``values`` [dim] float32 narrowed as
-    ``narrowing`` says; ``row`` is the table row (for stochastic rounding)."""
-    width = loop_width(values, dim)
-    fmt = narrowing.fmt
+    ``narrowing`` says; ``row`` is the table row (for stochastic rounding).
+    Vector code (``half_rows``), the bits of ``narrow`` with
+    ``random16(row_key(seed, step, global row), j)`` for column j."""
     if narrowing.stochastic:
         key = row_key(narrowing.seed, narrowing.step,
                       row * narrowing.row_stride + narrowing.row_offset)
-        for j in range(width):
-            bits[j] = narrow(values[j], fmt, random16(key, j), True)
-    elif fmt == BFLOAT16:
-        for j in range(width):
-            bits[j] = _bfloat16_bits(float_bits(values[j]), 0, False)
+        if narrowing.fmt == BFLOAT16:
+            narrow_row_bfloat16_stochastic(bits, values, key, dim)
+        else:
+            narrow_row_float16_stochastic(bits, values, key, dim)
+    elif narrowing.fmt == BFLOAT16:
+        narrow_row_bfloat16(bits, values, np.uint64(0), dim)
     else:
-        for j in range(width):
-            bits[j] = _float16_bits(float_bits(values[j]), 0, False)
+        narrow_row_float16(bits, values, np.uint64(0), dim)
 
 
 @njit_parallel
@@ -242,22 +244,17 @@ def narrow_rows(bits, values, rows, narrowing):
 @njit_inline
 def _add_widened(acc, bits, coef, scaled, fmt, dim):
     """In place: acc [dim] float32 += coef * widen(bits) (``scaled``) or
-    += widen(bits): the float32 lookup's operations, in its order."""
-    width = loop_width(acc, dim)
+    += widen(bits): the float32 lookup's operations, in its order (vector
+    code: ``half_rows``)."""
     if fmt == BFLOAT16:
         if scaled:
-            for j in range(width):
-                acc[j] += coef * float_from_bits(np.int64(bits[j]) << 16)
+            axpy_widened_bfloat16(acc, bits, coef, dim)
         else:
-            for j in range(width):
-                acc[j] += float_from_bits(np.int64(bits[j]) << 16)
+            add_widened_bfloat16(acc, bits, coef, dim)
+    elif scaled:
+        axpy_widened_float16(acc, bits, coef, dim)
     else:
-        if scaled:
-            for j in range(width):
-                acc[j] += coef * widen(bits[j], FLOAT16)
-        else:
-            for j in range(width):
-                acc[j] += widen(bits[j], FLOAT16)
+        add_widened_float16(acc, bits, coef, dim)
 
 
 @njit_parallel

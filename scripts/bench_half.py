@@ -1,0 +1,120 @@
+"""W1 step on a 16-bit table against the float32 step (issue 15, item 3).
+
+One table of W1 (default 1M x 64, uniform ids, 4096 bags x 26), the same
+batches and upstream gradient for every contender; one step is the public
+path: ``embedding_bag`` -> ``embedding_bag_grad`` -> ``apply_gradients``.
+Contenders (float32, bfloat16, float16, each with nearest or stochastic
+rounding as asked) run in alternating rounds (A B C A B C ...); a round is
+``--steps`` steps, timed in wall time and in process CPU time
+(``time.process_time``, every thread of the process). Figures are medians
+over rounds, per step; the ratios float32 / 16-bit come from the same run.
+The load average is printed before and after: compare ratios only.
+
+    PYTHONPATH=. python scripts/bench_half.py --optimizers sgd adagrad rowwise_adagrad
+"""
+import argparse
+import os
+import sys
+import time
+
+import numba
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import sparse_train as st  # noqa: E402
+from sparse_train import functional as F  # noqa: E402
+
+from bench_w1 import BAG_SIZE, NUM_BAGS, make_optimizer  # noqa: E402
+
+
+def make_batches(num_rows, dim, num_batches, seed=0):
+    rng = np.random.default_rng(seed)
+    offsets = np.arange(0, NUM_BAGS * BAG_SIZE + 1, BAG_SIZE, dtype=np.int64)
+    batches = [(rng.integers(0, num_rows, NUM_BAGS * BAG_SIZE, dtype=np.int64), offsets)
+               for _ in range(num_batches)]
+    d_out = (0.1 * rng.standard_normal((NUM_BAGS, dim))).astype(np.float32)
+    return batches, d_out
+
+
+class Contender:
+    """One table (dtype, rounding) and its optimizer, stepping through the batches."""
+
+    def __init__(self, dtype, rounding, optimizer, num_rows, dim, batches, d_out):
+        self.name = dtype if dtype == "float32" else f"{dtype}/{rounding}"
+        table = st.EmbeddingTable(num_rows, dim, f"t_{dtype}_{rounding}", initializer="uniform",
+                                  seed=0, dtype=dtype, rounding=rounding)
+        self.weight = table.weight
+        self.global_step = st.GlobalStep()
+        self.optimizer = make_optimizer(optimizer, self.global_step)
+        self.batches, self.d_out = batches, d_out
+        self.calls = 0
+        self.wall, self.cpu = [], []
+
+    def step(self):
+        values, offsets = self.batches[self.calls % len(self.batches)]
+        self.calls += 1
+        F.embedding_bag(self.weight, values, offsets, combiner="sum")
+        grad = F.embedding_bag_grad(self.d_out, values, offsets, self.weight.shape[0])
+        self.optimizer.apply_gradients([(grad, self.weight)], global_step=self.global_step)
+
+    def run(self, steps):
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(steps):
+            self.step()
+        self.wall.append((time.perf_counter() - wall) / steps)
+        self.cpu.append((time.process_time() - cpu) / steps)
+
+
+def load():
+    return "load average %.2f %.2f %.2f" % os.getloadavg()
+
+
+def run(optimizer, threads, args, batches, d_out):
+    numba.set_num_threads(threads)
+    contenders = [Contender("float32", "nearest", optimizer, args.rows, args.dim,
+                            batches, d_out)]
+    for dtype in args.dtypes:
+        for rounding in args.roundings:
+            contenders.append(Contender(dtype, rounding, optimizer, args.rows, args.dim,
+                                        batches, d_out))
+    for c in contenders:
+        for _ in range(args.warmup):
+            c.step()
+    for _ in range(args.rounds):
+        for c in contenders:
+            time.sleep(0.02)
+            c.run(args.steps)
+    base = contenders[0]
+    base_wall, base_cpu = np.median(base.wall), np.median(base.cpu)
+    print(f"{optimizer} {threads} thread(s), {load()}")
+    for c in contenders:
+        wall, cpu = np.median(c.wall), np.median(c.cpu)
+        print(f"  {c.name:22s} wall {1e3 * wall:7.2f} ms  cpu {1e3 * cpu:7.2f} ms   "
+              f"float32/this: wall {base_wall / wall:5.2f}x  cpu {base_cpu / cpu:5.2f}x")
+    sys.stdout.flush()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--optimizers", nargs="+", default=["sgd", "adagrad", "rowwise_adagrad"])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float16"])
+    parser.add_argument("--roundings", nargs="+", default=["nearest", "stochastic"])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=8)
+    args = parser.parse_args()
+    print(load())
+    batches, d_out = make_batches(args.rows, args.dim, args.batches)
+    for optimizer in args.optimizers:
+        for threads in args.threads:
+            run(optimizer, threads, args, batches, d_out)
+    print(load())
+
+
+if __name__ == "__main__":
+    main()
