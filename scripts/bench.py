@@ -546,12 +546,43 @@ def markdown(result):
              "torch samples/s", "ours / torch"],
             [[r["model"], fmt(r["ours_samples_per_s"], ",.0f"), fmt(r["torch_samples_per_s"], ",.0f"),
               xfmt(r["speedup_vs_torch"])] for r in result["w2"]])]
+    out += markdown_scripts(result)
     start = [("warm-cache start (import + first step)", result.get("start")),
              ("cold compile of the W1 step (empty Numba cache)", result.get("cold_compile"))]
     start = [(k, v) for k, v in start if v]
     if start:
         out += ["", md_table(["start-up", "s"], [[k, fmt(v["wall_s"])] for k, v in start])]
     return "\n".join(out) + "\n"
+
+
+def markdown_scripts(result):
+    """Tables of the workloads run by their own scripts (contention, dynamic,
+    half), when the run has them."""
+    out = []
+    contention = result.get("contention")
+    if contention and contention.get("rows"):
+        out += ["", md_table(
+            ["beside a busy process", "optimizer", "quiet ms 1 thr", "quiet ms 2 thr",
+             "busy ms 1 thr", "busy ms 2 thr", "busy 2 thr / busy 1 thr (<= 1)",
+             "busy 2 thr / quiet 2 thr (<= 1.5)"],
+            [[f"{r['table'].replace('x', ' x ')} {r['ids']}", r["optimizer"],
+              fmt(r["quiet1_ms"]), fmt(r["quiet2_ms"]), fmt(r["busy1_ms"]), fmt(r["busy2_ms"]),
+              xfmt(r["busy2/busy1"]), xfmt(r["busy2/quiet2"])] for r in contention["rows"]])]
+    dynamic = result.get("dynamic")
+    if dynamic:
+        out += ["", md_table(["dynamic table, W1 1M x 64 Adagrad, 1 thr", "dynamic / static"],
+                             [[ids, xfmt(ratio)] for ids, ratio in dynamic.items()
+                              if isinstance(ratio, (int, float))])]
+    half = result.get("half")
+    if half and half.get("rows"):
+        table_name = half.get("meta", {}).get("table", "1Mx64").replace("x", " x ")
+        out += ["", md_table(
+            [f"16-bit table, W1 {table_name} uniform", "thr", "ms", "float32 / this (wall)",
+             "float32 / this (CPU)"],
+            [[f"{r['optimizer']} {r['table']}", r["threads"], fmt(r["wall_ms"]),
+              xfmt(r["float32/this wall"]), xfmt(r["float32/this cpu"])]
+             for r in half["rows"]])]
+    return out
 
 
 def plot(result, path):
@@ -628,11 +659,13 @@ def thread_list(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workloads", type=csv(("w1", "w2", "start", "contention", "dynamic")),
+    p.add_argument("--workloads", type=csv(("w1", "w2", "start", "contention", "dynamic",
+                                             "half")),
                    default=["w1", "w2", "start"],
                    help="comma list of w1, w2, start (the default), contention (our step "
-                        "beside a busy process: scripts/bench_contention.py) and dynamic "
-                        "(a dynamic table's W1 step / the static one: scripts/bench_dynamic.py)")
+                        "beside a busy process: scripts/bench_contention.py), dynamic "
+                        "(a dynamic table's W1 step / the static one: scripts/bench_dynamic.py) "
+                        "and half (16-bit tables' W1 step / float32: scripts/bench_half.py)")
     p.add_argument("--tables", type=csv(tuple(w1.TABLES)), default=list(w1.TABLES))
     p.add_argument("--ids", type=csv(w1.DISTRIBUTIONS), default=list(w1.DISTRIBUTIONS))
     p.add_argument("--optimizers", type=csv(w1.OPTIMIZERS), default=list(w1.OPTIMIZERS))
@@ -761,7 +794,7 @@ def main(argv=None):
     if "w2" in args.workloads:
         result["w2"] = run_w2(args)
         save_partial(result, args, argv, load_before)
-    for name in ("contention", "dynamic"):
+    for name in ("contention", "dynamic", "half"):
         if name in args.workloads:
             log(f"{name} (scripts/bench_{name}.py, its default configs)")
             result[name] = _script(f"bench_{name}").main([])

@@ -88,14 +88,21 @@ def run(optimizer, threads, args, batches, d_out):
     base = contenders[0]
     base_wall, base_cpu = np.median(base.wall), np.median(base.cpu)
     print(f"{optimizer} {threads} thread(s), {load()}")
+    rows = []
     for c in contenders:
         wall, cpu = np.median(c.wall), np.median(c.cpu)
         print(f"  {c.name:22s} wall {1e3 * wall:7.2f} ms  cpu {1e3 * cpu:7.2f} ms   "
               f"float32/this: wall {base_wall / wall:5.2f}x  cpu {base_cpu / cpu:5.2f}x")
+        rows.append({"optimizer": optimizer, "threads": threads, "table": c.name,
+                     "wall_ms": 1e3 * wall, "cpu_ms": 1e3 * cpu,
+                     "float32/this wall": base_wall / wall, "float32/this cpu": base_cpu / cpu})
     sys.stdout.flush()
+    return rows
 
 
-def main():
+def main(argv=None):
+    """Run the contenders; returns ``{"meta": {...}, "rows": [...]}`` (one row
+    per optimizer, thread count and table format, with the float32 ratios)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=64)
@@ -107,13 +114,21 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batches", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     print(load())
     batches, d_out = make_batches(args.rows, args.dim, args.batches)
+    rows = []
     for optimizer in args.optimizers:
         for threads in args.threads:
-            run(optimizer, threads, args, batches, d_out)
+            rows += run(optimizer, threads, args, batches, d_out)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     print(load())
+    return {"meta": {"load_before": load_before, "load_after": os.getloadavg(),
+                     "table": f"{args.rows // 1_000_000}Mx{args.dim}" if args.rows % 1_000_000 == 0
+                     else f"{args.rows}x{args.dim}", "ids": "uniform",
+                     "command": "python scripts/bench_half.py " + " ".join(argv or [])},
+            "rows": rows}
 
 
 if __name__ == "__main__":
