@@ -48,7 +48,10 @@ import numpy as np
 
 from ._jit import njit, njit_inline, njit_parallel, prange
 from .coalesce import group_rows
-from .prefetch import AHEAD, prefetch, prefetch_read
+from numba import types
+from numba.extending import intrinsic
+
+from .prefetch import AHEAD, _prefetch_codegen, prefetch, prefetch_read
 
 #: Columns of ``slots``.
 KEY, ROW = 0, 1
@@ -75,6 +78,13 @@ FREE_PENDING = 5   # pending records on their free stack
 #: at 64, 0.55 / 1.17 at 128, 0.55 / 1.16 at 256; prefetching for writing
 #: instead was 5-15% slower on uniform ids.
 PROBE_AHEAD = 128
+
+#: Unique rows ``count_plan_rows`` prefetches ahead. Measured on W1 (1M
+#: keys, 1 thread, a static step between, 25k / 101k unique rows of Zipf /
+#: uniform ids): prefetching the counts for writing (``prefetch``) 0.29 /
+#: 1.08 ms; for reading into L2 (``prefetch_read``) 0.26 / 0.84; for
+#: reading into L1 (``_prefetch_counts``) 0.22 / 0.87 at 32 to 128 ahead.
+COUNT_AHEAD = 64
 
 #: Initializer codes of ``init_rows``.
 INIT_TRUNCATED_NORMAL, INIT_NORMAL, INIT_UNIFORM, INIT_ZEROS = 0, 1, 2, 3
@@ -137,6 +147,17 @@ def reserve_pending(km, more):
     free = np.zeros(new_size, np.int64)
     free[:size] = km.free_pending
     return km._replace(pending=pending, free_pending=free)
+
+
+@intrinsic
+def _prefetch_counts(typingctx, array, index):
+    """Hint the CPU to fetch the cache line of ``array.flat[index]`` for
+    reading, into all cache levels: the count and last_seen a counting pass
+    reads, then writes (asking for ownership ahead, as ``prefetch`` does,
+    was slower: ``COUNT_AHEAD``)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+    return types.void(array, index), _prefetch_codegen(write=False, locality=3)
 
 
 # ------------------------------------------------------------------ hashing
@@ -392,7 +413,7 @@ def count_plan_rows(stats, rows, starts, step):
     owner each: no race."""
     n = rows.shape[0]
     for u in prange(n):
-        prefetch(stats, rows[min(u + PROBE_AHEAD, n - 1)] * 2)
+        _prefetch_counts(stats, rows[min(u + COUNT_AHEAD, n - 1)] * 2)
         r = rows[u]
         if r > DEFAULT_ROW:
             stats[r, C_COUNT] += starts[u + 1] - starts[u]
