@@ -7,7 +7,8 @@ lookup_grad -> apply_gradients) and a ``DynamicEmbeddingTable`` whose keys
 admitted before timing. Reported: median ms/step of each and the median
 of the per-round ratios, in wall time and in CPU time (the machines are
 shared: CPU time is what the step itself costs; target: dynamic within
-1.3x of static), the phases of each step, the key map's lookups per CPU
+1.3x of static), the phases of each step, the dynamic lookup's kernel calls
+(``lookup_parts``), the key map's lookups per CPU
 second (``resolve(training=False)``, one read-only probe per id), bytes
 per admitted key (values + slots + map, allocated and compulsory), and the
 load average. One thread by default (issue 13's bar). ``main(argv)``
@@ -26,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import sparse_train as st  # noqa: E402
 from sparse_train import functional as F  # noqa: E402
+from sparse_train.kernels import key_map as K  # noqa: E402
+from sparse_train.kernels import lookup as L  # noqa: E402
 
 from bench_common import Contender, alternate, log, set_threads  # noqa: E402
 from bench_w1 import make_optimizer, make_workload  # noqa: E402
@@ -71,6 +74,44 @@ def map_rates(table, batches, repeats=3):
     return uniques / best, sum(v.shape[0] for v in batches) / best
 
 
+def lookup_parts(table, keys, offsets, between, steps):
+    """Median ms of the kernel calls a training lookup of ``table`` (all keys
+    admitted, a sum without weights) makes, as ``DynamicEmbeddingTable.lookup``
+    makes them: probe (``probe_rows``), plan (``unit_grad_plan``, the
+    gradient's grouping, reused by ``lookup_grad``), count
+    (``count_plan_rows``), pool (``embedding_bag_forward``); "whole": the
+    public lookup, timed on the other steps; "rest": whole minus the parts
+    (argument checks, copies for ``lookup_grad``, Python). ``between(i)``
+    runs before each step (a static step: the caches as in the rounds).
+    Counts the keys again (a benchmark table)."""
+    times = {"probe": [], "plan": [], "count": [], "pool": [], "whole": []}
+    stats = table._km.stats
+    for i in range(2 * steps):
+        values, bag_offsets = keys[i % len(keys)], offsets[i % len(keys)]
+        between(i)
+        if i % 2:
+            t0 = time.perf_counter()
+            table.lookup(values, bag_offsets, global_step=1)
+            times["whole"].append(time.perf_counter() - t0)
+            continue
+        t0 = time.perf_counter()
+        rows = np.empty(values.shape[0], np.int64)
+        K.probe_rows(rows, table._km.slots, values)
+        t1 = time.perf_counter()
+        plan = L.unit_grad_plan(rows, bag_offsets)
+        t2 = time.perf_counter()
+        K.count_plan_rows(stats, plan[0], plan[1], np.int64(1))
+        t3 = time.perf_counter()
+        F.embedding_bag(table.weight.value, rows, bag_offsets)
+        t4 = time.perf_counter()
+        for name, t in (("probe", t1 - t0), ("plan", t2 - t1), ("count", t3 - t2),
+                        ("pool", t4 - t3)):
+            times[name].append(t)
+    ms = {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+    ms["rest"] = ms["whole"] - sum(ms[k] for k in ("probe", "plan", "count", "pool"))
+    return ms
+
+
 def run(distribution, args):
     work = make_workload("1Mx64", args.rows, args.dim, distribution, args.batches)
     keys = [scrambled(values) for values, _ in work.batches]
@@ -111,6 +152,8 @@ def run(distribution, args):
     ratios = [d / s for s, d in zip(contenders[0].round_ms, contenders[1].round_ms)]
     cpu_ratios = [d / s for s, d in zip(contenders[0].phase_ms["cpu"],
                                         contenders[1].phase_ms["cpu"])]
+    lookup_ms = lookup_parts(table, keys, [offsets for _, offsets in work.batches],
+                         static_step, args.rounds * args.steps)
     uniques_per_s, positions_per_s = map_rates(table, keys)
     total, parts = bytes_per_key(table)
     slot_row = table.memory_bytes()["slots"] // table.rows_allocated
@@ -127,6 +170,8 @@ def run(distribution, args):
     for name, result in (("static", static), ("dynamic", dynamic)):
         print(f"  {name} phases (ms): " + ", ".join(
             f"{k} {v:.2f}" for k, v in result["phases_ms"].items()))
+    print("  dynamic lookup's kernel calls (ms, a static step between): " + ", ".join(
+        f"{k} {v:.2f}" for k, v in lookup_ms.items()))
     print(f"  key map: {uniques_per_s / 1e6:.1f} M unique keys/s, "
           f"{positions_per_s / 1e6:.1f} M ids/s (read-only resolve, per CPU second)")
     print(f"  bytes per admitted key: {total:.0f} allocated ("

@@ -314,16 +314,15 @@ class DynamicEmbeddingTable:
         """
         where = name or self.name
         values = F.as_ids(values, "values", where)
-        bags = F.check_bags(np.zeros(values.shape[0], np.int64), offsets, weights, 1,
-                            combiner, None, where)
+        rows, missing = self._probe(values)   # read-only: the bags are checked first
+        bags = F.check_bags(rows, offsets, weights, self.rows_allocated, combiner, None, where)
         if training:
             step = np.int64(self._check_step(global_step))
-            rows = self._rows_training(values, step, where)
+            if missing:
+                self._admit_missing(rows, values, step, where)
             plan = self._count(rows, bags, step)
             self._recent[where] = _Recent(self._generation, values.copy(), rows,
                                           None if plan is None else bags.offsets.copy(), plan)
-        else:
-            rows = self._rows_readonly(values)
         return F.pool_checked(self.weight.value, bags._replace(values=rows))
 
     def _count(self, rows, bags, step):
@@ -376,22 +375,30 @@ class DynamicEmbeddingTable:
                              f"got {global_step!r}")
         return step
 
-    def _rows_readonly(self, values):
+    def _probe(self, values):
+        """(rows [n] int64 of ``values``, ``DEFAULT_ROW`` for keys without
+        one; how many those are): a read-only probe a position."""
         rows = np.empty(values.shape[0], np.int64)
-        K.probe_rows(rows, self._km.slots, values)
-        return rows
+        return rows, K.probe_rows(rows, self._km.slots, values)
+
+    def _rows_readonly(self, values):
+        return self._probe(values)[0]
 
     def _rows_training(self, values, step, where):
         """The rows of ``values`` after counting, inserting and admitting
         the keys without a row (the caller counts the admitted ones, by
-        row: ``_count``). Admitted keys are found by a read-only probe; the
-        others take the grouped path, which checks capacity and max_pending
-        before anything changes."""
-        rows = np.empty(values.shape[0], np.int64)
-        if K.probe_rows(rows, self._km.slots, values):
-            at = np.flatnonzero(rows == K.DEFAULT_ROW)
-            rows[at] = self._admit(values[at], np.int64(step), where)
+        row: ``_count``)."""
+        rows, missing = self._probe(values)
+        if missing:
+            self._admit_missing(rows, values, step, where)
         return rows
+
+    def _admit_missing(self, rows, values, step, where):
+        """In place: ``rows`` of the keys without a row (``DEFAULT_ROW``),
+        after they are counted, inserted and admitted by the grouped path,
+        which checks capacity and max_pending before anything changes."""
+        at = np.flatnonzero(rows == K.DEFAULT_ROW)
+        rows[at] = self._admit(values[at], np.int64(step), where)
 
     def _admit(self, values, step, where):
         """Count, insert, admit and stamp ``values`` (keys without a row);

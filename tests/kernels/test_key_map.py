@@ -132,6 +132,12 @@ def test_probe_rows_against_a_full_scan():
     assert rows.tolist() == expected
     assert missing == sum(r == K.DEFAULT_ROW for r in expected) > 0
     assert sorted(set(expected) - {K.DEFAULT_ROW}) == list(range(1, 11))
+    # the parallel path (taken for many ids on several threads), called directly
+    homes = np.empty(values.shape[0], np.int64)
+    K.home_slots(homes, values, km.slots.shape[0] - 1)
+    parallel = np.full(values.shape[0], -7, np.int64)
+    assert K._probe_rows_parallel(parallel, km.slots, homes, values) == missing
+    assert parallel.tolist() == expected
 
 
 def test_count_plan_rows_equals_counting_by_position():
@@ -141,7 +147,9 @@ def test_count_plan_rows_equals_counting_by_position():
     by_plan = np.zeros((20, 2), np.int64)
     by_plan[:, K.C_LAST_SEEN] = -1
     by_position = by_plan.copy()
+    by_parallel = by_plan.copy()
     K.count_plan_rows(by_plan, unique, starts, np.int64(7))
+    K._count_plan_rows_parallel(by_parallel, unique, starts, np.int64(7))   # many rows, threads
     K.count_rows(by_position, rows, np.int64(7))
     expected = np.zeros((20, 2), np.int64)
     expected[:, K.C_LAST_SEEN] = -1
@@ -150,4 +158,5 @@ def test_count_plan_rows_equals_counting_by_position():
             expected[r] += [1, 0]
             expected[r, K.C_LAST_SEEN] = 7
     np.testing.assert_array_equal(by_plan, expected)
+    np.testing.assert_array_equal(by_parallel, expected)
     np.testing.assert_array_equal(by_position, expected)
