@@ -6,7 +6,6 @@ torchrec name), where several features may share one table; or, with
 
 import contextlib
 import contextvars
-import weakref
 
 import numpy as np
 
@@ -417,15 +416,25 @@ class EmbeddingBagCollection:
         # Ragged replaced must not get the previous ids' lookup. (Arrays
         # changed in place are not seen.)
         key = tuple(_arrays_of(sparse[f]) for f in self.bags)
-        # keyed by this layer's id, with a weak reference to tell it from a
-        # later layer that reuses the id (and without keeping the layer alive)
-        owner, cached_key, fused = batch.derived.get(("fused_ragged", id(self)),
-                                                     (None, None, None))
-        if owner is None or owner() is not self or len(cached_key) != len(key) or any(
+        # keyed by what the fused ids depend on (each feature's table size,
+        # hashing, combiner and row offset), not by the layer: a collection
+        # of the same layout reuses them (DeepFM's embeddings and linear
+        # term: one fuse a step fewer), and the key keeps no layer alive
+        layout = ("fused_ragged", self._fused_layout())
+        cached_key, fused = batch.derived.get(layout, (None, None))
+        if cached_key is None or len(cached_key) != len(key) or any(
                 a is not b for old, new in zip(cached_key, key) for a, b in zip(old, new)):
             fused = Ragged(*self._fused_bags(sparse, checked))
-            batch.derived[("fused_ragged", id(self))] = (weakref.ref(self), key, fused)
+            batch.derived[layout] = (key, fused)
         return fused
+
+    def _fused_layout(self):
+        """What ``_fused_bags`` reads of this collection besides the batch:
+        per feature (name, table size, hash_ids, combiner, first row)."""
+        return tuple((feature, bag.table.num_embeddings, bag.table.hash_ids,
+                      bag.combiner if isinstance(bag.combiner, str) else id(bag),
+                      self._feature_row[feature])
+                     for feature, bag in self.bags.items())
 
     def _sparse(self, batch):
         sparse = batch.sparse if isinstance(batch, Batch) else batch
