@@ -124,3 +124,30 @@ def test_bad_ids_name_the_feature():
         ad.embedding_bag(table(), [9], [0, 1], name="user")
     with pytest.raises(TypeError, match="Variable or Tensor"):
         ad.embedding_bag(np.ones((3, 2), np.float32), [0], [0, 1])
+
+
+def test_lookups_of_the_same_ids_in_two_tables_reuse_one_plan_and_stay_exact():
+    # two tables read the same checked ids (as DeepFM's linear term and
+    # embeddings do): the second backward reuses the first's grouping of the
+    # ids; each gradient still equals the float64 brute force, and other
+    # ids (same shapes, new arrays) get their own plan
+    def brute(g, values, offsets, weights):
+        out = np.zeros((V, g.shape[1]))
+        for b in range(len(offsets) - 1):
+            for i in range(offsets[b], offsets[b + 1]):
+                out[values[i]] += weights[i] * g[b].astype(np.float64)
+        return out
+    rng = np.random.default_rng(3)
+    wide, narrow = table(1), Variable(np.ones((V, 1), np.float32), "n")
+    for values in (VALUES, (VALUES + 3) % V):
+        values = values.copy()
+        a = ad.embedding_bag(wide, values, OFFSETS, WEIGHTS)
+        b = ad.embedding_bag(narrow, values, OFFSETS, WEIGHTS)
+        ga = rng.standard_normal(a.shape).astype(np.float32)
+        gb = rng.standard_normal(b.shape).astype(np.float32)
+        grad_a, grad_b = ad.gradients((a * ga).sum() + (b * gb).sum(), [wide, narrow])
+        assert grad_a.plan().rows is grad_b.plan().rows  # one grouping of the ids
+        np.testing.assert_allclose(grad_a.to_dense(), brute(ga, values, OFFSETS, WEIGHTS),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(grad_b.to_dense(), brute(gb, values, OFFSETS, WEIGHTS),
+                                   rtol=1e-5, atol=1e-5)
