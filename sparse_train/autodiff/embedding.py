@@ -66,26 +66,46 @@ def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
     return Tensor.from_op(out, (table,), backward, "embedding_bag")
 
 
-#: The last gradient plan made, with what it was made from: a lookup of the
-#: very same checked ids (DeepFM's linear term and embeddings read one fused
-#: Ragged of the batch) reuses its grouping of the ids and only brings its
-#: own d_out. Plans are never written into (a scale is a ``_replace``).
+#: The last gradient plan made and the checked bags it was made from. DeepFM's
+#: linear term and embeddings look up the same fused ids of a batch (the
+#: embeddings with mean coefficients as weights, the linear term without):
+#: the second backward reuses the first's grouping of the ids (rows,
+#: starts, src_index) and brings its own d_out. Plans are never written
+#: into (a scale is a ``_replace``).
 _last_plan = [None]
 
 
+def _same(a, b):
+    return a is b or (a.shape == b.shape and np.array_equal(a, b))
+
+
 def _table_grad(d_out, bags, num_embeddings, name):
-    """``F.grad_checked(d_out, bags, num_embeddings, name)``, the plan's
-    rows, starts and sources reused from the previous call when it had the
-    same ``bags`` arrays (by identity) and table size."""
-    last = _last_plan[0]
-    if (last is not None and last[0] is bags.values and last[1] is bags.offsets
-            and last[2] is bags.weights and last[3] == (bags[3:], num_embeddings)
-            and d_out.ndim == 2 and d_out.shape[0] == bags.offsets.shape[0] - 1):
-        return RowSparseGrad._from_plan(last[4]._replace(src=d_out),
+    """``F.grad_checked(d_out, bags, num_embeddings, name)``, reusing the
+    previous call's grouping of the ids when both looked up the same ids
+    and offsets (equal arrays) with the sum combiner and no padding: every
+    position then contributes (none is dropped), so the grouping depends on
+    the ids alone. The coefficients are reused for the same weights, and
+    are ones without weights (the plan's ``w_i / 1``); other weights get a
+    fresh plan."""
+    last, _last_plan[0] = _last_plan[0], None
+    plan = None
+    if (last is not None and bags.combiner == F.COMBINERS["sum"] and bags.padding_idx < 0
+            and d_out.ndim == 2 and d_out.shape[0] == bags.offsets.shape[0] - 1
+            and last[2] == num_embeddings and _same(bags.offsets, last[0].offsets)
+            and _same(bags.values, last[0].values)):
+        old, cached = last[0], last[1]
+        if old.has_weights == bags.has_weights and (
+                not bags.has_weights or _same(bags.weights, old.weights)):
+            plan = cached
+        elif not bags.has_weights:
+            plan = cached._replace(src_coef=np.ones(cached.src_coef.shape[0], np.float32))
+    if plan is not None:
+        grad = RowSparseGrad._from_plan(plan._replace(src=d_out),
                                         (num_embeddings, d_out.shape[1]))
-    grad = F.grad_checked(d_out, bags, num_embeddings, name)
-    _last_plan[0] = (bags.values, bags.offsets, bags.weights, (bags[3:], num_embeddings),
-                     grad.plan()._replace(src=None))
+    else:
+        grad = F.grad_checked(d_out, bags, num_embeddings, name)
+    if bags.combiner == F.COMBINERS["sum"] and bags.padding_idx < 0:
+        _last_plan[0] = (bags, grad.plan()._replace(src=None), num_embeddings)
     return grad
 
 

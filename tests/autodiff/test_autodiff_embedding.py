@@ -126,28 +126,37 @@ def test_bad_ids_name_the_feature():
         ad.embedding_bag(np.ones((3, 2), np.float32), [0], [0, 1])
 
 
-def test_lookups_of_the_same_ids_in_two_tables_reuse_one_plan_and_stay_exact():
-    # two tables read the same checked ids (as DeepFM's linear term and
-    # embeddings do): the second backward reuses the first's grouping of the
-    # ids; each gradient still equals the float64 brute force, and other
-    # ids (same shapes, new arrays) get their own plan
-    def brute(g, values, offsets, weights):
+def test_lookups_of_the_same_ids_in_two_tables_reuse_one_grouping_and_stay_exact(
+        monkeypatch):
+    # tables reading the same ids with the sum combiner (as DeepFM's linear
+    # term and embeddings read one fused lookup, weighted or not) share the
+    # grouping of the ids between their backwards; every gradient still
+    # equals the float64 brute force, for equal ids in new arrays, other
+    # ids, and a mean lookup (not shared) in between
+    def brute(g, values, offsets, weights, mean=False):
         out = np.zeros((V, g.shape[1]))
         for b in range(len(offsets) - 1):
+            w = weights[offsets[b]:offsets[b + 1]].astype(np.float64)
+            divisor = w.sum() if mean else 1.0
             for i in range(offsets[b], offsets[b + 1]):
-                out[values[i]] += weights[i] * g[b].astype(np.float64)
+                if divisor:
+                    out[values[i]] += weights[i] / divisor * g[b].astype(np.float64)
         return out
+    planned = []
+    real = F.grad_checked
+    monkeypatch.setattr(F, "grad_checked", lambda *a: planned.append(1) or real(*a))
     rng = np.random.default_rng(3)
-    wide, narrow = table(1), Variable(np.ones((V, 1), np.float32), "n")
-    for values in (VALUES, (VALUES + 3) % V):
-        values = values.copy()
+    ones = np.ones(len(VALUES), np.float32)
+    wide, narrow, third = table(1), Variable(np.ones((V, 1), np.float32), "n"), table(2)
+    for values in (VALUES, VALUES.copy(), (VALUES + 3) % V):
         a = ad.embedding_bag(wide, values, OFFSETS, WEIGHTS)
-        b = ad.embedding_bag(narrow, values, OFFSETS, WEIGHTS)
-        ga = rng.standard_normal(a.shape).astype(np.float32)
-        gb = rng.standard_normal(b.shape).astype(np.float32)
-        grad_a, grad_b = ad.gradients((a * ga).sum() + (b * gb).sum(), [wide, narrow])
-        assert grad_a.plan().rows is grad_b.plan().rows  # one grouping of the ids
-        np.testing.assert_allclose(grad_a.to_dense(), brute(ga, values, OFFSETS, WEIGHTS),
-                                   rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(grad_b.to_dense(), brute(gb, values, OFFSETS, WEIGHTS),
-                                   rtol=1e-5, atol=1e-5)
+        b = ad.embedding_bag(narrow, values.copy(), OFFSETS.copy())
+        c = ad.embedding_bag(third, values, OFFSETS, WEIGHTS, combiner="mean")
+        ga, gb, gc = (rng.standard_normal(t.shape).astype(np.float32) for t in (a, b, c))
+        grads = ad.gradients((c * gc).sum() + (b * gb).sum() + (a * ga).sum(),
+                             [wide, narrow, third])
+        for grad, g, w, mean in zip(grads, (ga, gb, gc), (WEIGHTS, ones, WEIGHTS),
+                                    (False, False, True)):
+            np.testing.assert_allclose(grad.to_dense(), brute(g, values, OFFSETS, w, mean),
+                                       rtol=1e-5, atol=1e-5)
+    assert len(planned) == 6  # a's backward runs first; b reuses its grouping; c does not
