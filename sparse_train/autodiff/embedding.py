@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse
 
 from .. import functional as F
+from ..sparse import RowSparseGrad
 from ..variable import Variable
 from .engine import Tensor
 
@@ -61,8 +62,51 @@ def embedding_bag(weight, values, offsets, weights=None, combiner="sum",
     def backward(g):
         # The engine never writes into g afterwards: no copy needed.
         d_out = np.ascontiguousarray(g, dtype=np.float32)
-        return (F.grad_checked(d_out, bags, num_embeddings, name),)
+        return (_table_grad(d_out, bags, num_embeddings, name),)
     return Tensor.from_op(out, (table,), backward, "embedding_bag")
+
+
+#: The last gradient plan made and the checked bags it was made from. DeepFM's
+#: linear term and embeddings look up the same fused ids of a batch (the
+#: embeddings with mean coefficients as weights, the linear term without):
+#: the second backward reuses the first's grouping of the ids (rows,
+#: starts, src_index) and brings its own d_out. Plans are never written
+#: into (a scale is a ``_replace``).
+_last_plan = [None]
+
+
+def _same(a, b):
+    return a is b or (a.shape == b.shape and np.array_equal(a, b))
+
+
+def _table_grad(d_out, bags, num_embeddings, name):
+    """``F.grad_checked(d_out, bags, num_embeddings, name)``, reusing the
+    previous call's grouping of the ids when both looked up the same ids
+    and offsets (equal arrays) with the sum combiner and no padding: every
+    position then contributes (none is dropped), so the grouping depends on
+    the ids alone. The coefficients are reused for the same weights, and
+    are ones without weights (the plan's ``w_i / 1``); other weights get a
+    fresh plan."""
+    last, _last_plan[0] = _last_plan[0], None
+    plan = None
+    if (last is not None and bags.combiner == F.COMBINERS["sum"] and bags.padding_idx < 0
+            and d_out.ndim == 2 and d_out.shape[0] == bags.offsets.shape[0] - 1
+            and last[2] == num_embeddings and _same(bags.offsets, last[0].offsets)
+            and _same(bags.values, last[0].values)):
+        old, cached = last[0], last[1]
+        if old.has_weights == bags.has_weights and (
+                not bags.has_weights or _same(bags.weights, old.weights)):
+            plan = cached
+        elif not bags.has_weights:
+            plan = cached._replace(src_coef=np.ones(cached.src_coef.shape[0], np.float32))
+    if plan is not None:
+        grad = RowSparseGrad._from_plan(plan._replace(src=d_out),
+                                        (num_embeddings, d_out.shape[1]))
+    else:
+        grad = F.grad_checked(d_out, bags, num_embeddings, name)
+    if bags.combiner == F.COMBINERS["sum"] and bags.padding_idx < 0:
+        _last_plan[0] = (bags, grad.plan()._replace(src=None), num_embeddings)
+    return grad
 
 
 def _bag_matrix(num_embeddings, values, offsets, weights, combiner, padding_idx, name):

@@ -38,7 +38,10 @@ def fm_interaction(x, reduce_sum=True):
 
     def backward(g):
         g = g[:, None, None] if reduce_sum else g[:, None, :]
-        return (g * (total[:, None, :] - x.data),)
+        dx = total[:, None, :] - x.data
+        if dx.dtype == np.result_type(g, dx):  # in place: one [B, F, D] buffer, not two
+            return (np.multiply(dx, g, out=dx),)
+        return (dx * g,)
     return Tensor.from_op(out, (x,), backward, "fm_interaction")
 
 

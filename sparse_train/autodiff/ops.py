@@ -180,7 +180,14 @@ def linear(x, kernel, bias=None, activation=None):
         else:
             p = g * (out > 0) if relu_ else g
             dbias = p.sum(axis=0) if want_bias else None
-        dx = p @ kernel.data.T if x.requires_grad else None
+        if not x.requires_grad:
+            dx = None
+        elif kernel.shape[1] == 1:
+            # one output unit: dx is the outer product p k^T, one product an
+            # entry (the same bits as the matmul, which BLAS does 3x slower)
+            dx = p * kernel.data[:, 0]
+        else:
+            dx = p @ kernel.data.T
         dkernel = x.data.T @ p if kernel.requires_grad else None
         if bias is None:
             return dx, dkernel

@@ -38,10 +38,12 @@ class DeepFM(CTRModel):
 
     def forward(self, batch):
         dense = self.dense_input(batch)
+        # the embeddings' lookup first: the linear term's (all sum) then
+        # reuses its fused ids (``fused_ragged``); the graph is the same
+        stacked = None if self.embedding is None else self.embedding.stacked(batch)
         logit = self.linear(batch, dense)
         deep_in = [dense]
         if self.embedding is not None:
-            stacked = self.embedding.stacked(batch)
             logit = ad.add(logit, ad.fm_interaction(stacked))
             flat = ad.reshape(stacked, (batch.size, self.num_fields * self.embedding_dim))
             deep_in = [flat, dense] if self.spec.num_dense else [flat]

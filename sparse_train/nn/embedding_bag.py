@@ -6,7 +6,6 @@ torchrec name), where several features may share one table; or, with
 
 import contextlib
 import contextvars
-import weakref
 
 import numpy as np
 
@@ -410,22 +409,41 @@ class EmbeddingBagCollection:
                              f"fused lookup (one lookup a feature)")
         sparse = self._sparse(batch)
         if not isinstance(batch, Batch):  # a bare dict: nowhere to keep it
-            return Ragged(*self._fused_bags(sparse))
+            return Ragged(*self._fused_bags(sparse)[:3])
         checked = batch.derived.setdefault("checked_features", {})
         # Built once per batch and kept in ``batch.derived``. The key is every
         # feature's arrays, not the dict: a dict reused with a feature's
         # Ragged replaced must not get the previous ids' lookup. (Arrays
         # changed in place are not seen.)
         key = tuple(_arrays_of(sparse[f]) for f in self.bags)
-        # keyed by this layer's id, with a weak reference to tell it from a
-        # later layer that reuses the id (and without keeping the layer alive)
-        owner, cached_key, fused = batch.derived.get(("fused_ragged", id(self)),
-                                                     (None, None, None))
-        if owner is None or owner() is not self or len(cached_key) != len(key) or any(
-                a is not b for old, new in zip(cached_key, key) for a, b in zip(old, new)):
-            fused = Ragged(*self._fused_bags(sparse, checked))
-            batch.derived[("fused_ragged", id(self))] = (weakref.ref(self), key, fused)
+        # keyed by what the fused ids depend on (each feature's table size,
+        # hashing, combiner and row offset), not by the layer: a collection
+        # of the same layout reuses them (DeepFM's embeddings and linear
+        # term: one fuse a step fewer), and the key keeps no layer alive
+        layout = self._fused_layout()
+        cached_key, fused = batch.derived.get(("fused_ragged", layout), (None, None))
+        if not _same_arrays(cached_key, key):
+            # the ids and offsets alone are shared by collections that differ
+            # only in combiners, when no bag was dropped (a zero divisor):
+            # an unweighted all-sum collection (DeepFM's linear term after
+            # its mean-combined embeddings) then skips its fuse
+            ids_layout = ("fused_ids", tuple(entry[:3] + entry[4:] for entry in layout))
+            ids_key, ids = batch.derived.get(ids_layout, (None, None))
+            values, offsets, weights, complete = self._fused_bags(
+                sparse, checked, ids if _same_arrays(ids_key, key) else None)
+            fused = Ragged(values, offsets, weights)
+            batch.derived[("fused_ragged", layout)] = (key, fused)
+            if complete:
+                batch.derived[ids_layout] = (key, (fused.values, fused.offsets))
         return fused
+
+    def _fused_layout(self):
+        """What ``_fused_bags`` reads of this collection besides the batch:
+        per feature (name, table size, hash_ids, combiner, first row)."""
+        return tuple((feature, bag.table.num_embeddings, bag.table.hash_ids,
+                      bag.combiner if isinstance(bag.combiner, str) else id(bag),
+                      self._feature_row[feature])
+                     for feature, bag in self.bags.items())
 
     def _sparse(self, batch):
         sparse = batch.sparse if isinstance(batch, Batch) else batch
@@ -434,11 +452,14 @@ class EmbeddingBagCollection:
             raise KeyError(f"batch has no sparse feature {missing[0]!r}; it has {sorted(sparse)}")
         return sparse
 
-    def _fused_bags(self, sparse, checked=None):
-        """(values, offsets, weights or None) of one sum lookup in the stacked
-        table pooling every feature (``kernels.lookup.fuse_bags``).
-        ``checked``: a batch's dict of features already checked
-        (``_checked_feature``), or None."""
+    def _fused_bags(self, sparse, checked=None, ids=None):
+        """(values, offsets, weights or None, complete) of one sum lookup in
+        the stacked table pooling every feature (``kernels.lookup.fuse_bags``);
+        complete: no id was left out (no zero-divisor bag). ``checked``: a
+        batch's dict of features already checked (``_checked_feature``), or
+        None. ``ids``: (values, offsets) of a complete fuse of the same
+        features and rows with other combiners, returned as they are (after
+        every check) when this lookup needs no weights."""
         parts, starts, combiners, rows, num_bags, first = [], [], [], [], None, 0
         weighted = False
         for feature, bag in self.bags.items():
@@ -459,13 +480,15 @@ class EmbeddingBagCollection:
             combiners.append(combiner)
             rows.append(self._feature_row[feature])
             weighted |= has_weights or combiner != COMBINERS["sum"]
+        if ids is not None and not weighted:  # ids and offsets: every sum fuse's
+            return ids[0], ids[1], None, True
         values = np.concatenate([v for v, _ in parts]) if parts else np.empty(0, np.int64)
         weights = np.concatenate([np.ones(v.shape[0], np.float32) if w is None else w
                                   for v, w in parts]) if parts else np.empty(0, np.float32)
         values, offsets, weights = fuse_bags(values, np.stack(starts), weights,
                                              np.array(combiners, np.int64),
                                              np.array(rows, np.int64))
-        return values, offsets, (weights if weighted else None)
+        return values, offsets, (weights if weighted else None), values.shape[0] == first
 
     def replace_table(self, table, lookup):
         """Swap the stacked table for ``table`` (e.g. this rank's shard,
@@ -493,6 +516,13 @@ class EmbeddingBagCollection:
         kind = ", dynamic" if self.is_dynamic else ""
         return (f"EmbeddingBagCollection(name={self.name!r}, features={self.num_features}, "
                 f"tables={len(self.tables)}, embedding_dim={self.embedding_dim}{kind})")
+
+
+def _same_arrays(cached_key, key):
+    """Whether a ``fused_ragged`` cache key (per feature: its Ragged and
+    arrays) holds the very same objects as ``key``."""
+    return cached_key is not None and len(cached_key) == len(key) and all(
+        a is b for old, new in zip(cached_key, key) for a, b in zip(old, new))
 
 
 def _checked_feature(feature, bag, ragged, checked):

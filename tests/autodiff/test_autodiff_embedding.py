@@ -124,3 +124,39 @@ def test_bad_ids_name_the_feature():
         ad.embedding_bag(table(), [9], [0, 1], name="user")
     with pytest.raises(TypeError, match="Variable or Tensor"):
         ad.embedding_bag(np.ones((3, 2), np.float32), [0], [0, 1])
+
+
+def test_lookups_of_the_same_ids_in_two_tables_reuse_one_grouping_and_stay_exact(
+        monkeypatch):
+    # tables reading the same ids with the sum combiner (as DeepFM's linear
+    # term and embeddings read one fused lookup, weighted or not) share the
+    # grouping of the ids between their backwards; every gradient still
+    # equals the float64 brute force, for equal ids in new arrays, other
+    # ids, and a mean lookup (not shared) in between
+    def brute(g, values, offsets, weights, mean=False):
+        out = np.zeros((V, g.shape[1]))
+        for b in range(len(offsets) - 1):
+            w = weights[offsets[b]:offsets[b + 1]].astype(np.float64)
+            divisor = w.sum() if mean else 1.0
+            for i in range(offsets[b], offsets[b + 1]):
+                if divisor:
+                    out[values[i]] += weights[i] / divisor * g[b].astype(np.float64)
+        return out
+    planned = []
+    real = F.grad_checked
+    monkeypatch.setattr(F, "grad_checked", lambda *a: planned.append(1) or real(*a))
+    rng = np.random.default_rng(3)
+    ones = np.ones(len(VALUES), np.float32)
+    wide, narrow, third = table(1), Variable(np.ones((V, 1), np.float32), "n"), table(2)
+    for values in (VALUES, VALUES.copy(), (VALUES + 3) % V):
+        a = ad.embedding_bag(wide, values, OFFSETS, WEIGHTS)
+        b = ad.embedding_bag(narrow, values.copy(), OFFSETS.copy())
+        c = ad.embedding_bag(third, values, OFFSETS, WEIGHTS, combiner="mean")
+        ga, gb, gc = (rng.standard_normal(t.shape).astype(np.float32) for t in (a, b, c))
+        grads = ad.gradients((c * gc).sum() + (b * gb).sum() + (a * ga).sum(),
+                             [wide, narrow, third])
+        for grad, g, w, mean in zip(grads, (ga, gb, gc), (WEIGHTS, ones, WEIGHTS),
+                                    (False, False, True)):
+            np.testing.assert_allclose(grad.to_dense(), brute(g, values, OFFSETS, w, mean),
+                                       rtol=1e-5, atol=1e-5)
+    assert len(planned) == 6  # a's backward runs first; b reuses its grouping; c does not

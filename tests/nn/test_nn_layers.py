@@ -255,3 +255,31 @@ def test_feature_linear_sums_an_unweighted_bag():
         lin = FeatureLinear(spec, f"bag_{combiner is None}", combiner=combiner)
         lin.weights.weight.value[:, 0] = w
         np.testing.assert_allclose(lin(batch).data, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_an_all_sum_collection_shares_the_fused_ids_of_another_combiner(weighted):
+    # DeepFM: the mean-combined embeddings fuse first; the linear term (all
+    # sum, same tables) takes their ids and offsets as they are when it
+    # needs no weights (with per-id weights it fuses its own). Either way
+    # its lookup equals a fuse of its own (a bare dict: no sharing).
+    from sparse_train.data import Batch
+    spec = DataSpec((FeatureSpec("user", 4), FeatureSpec("tags", 5, multi_hot=True,
+                                                         weighted=weighted)))
+    mean = EmbeddingBagCollection(spec, 2, "share_test/mean", seed=1,
+                                  combiner={"tags": "mean"})
+    total = EmbeddingBagCollection(spec, 1, "share_test/sum", seed=2,
+                                   combiner={"tags": "sum"})
+    tags = Ragged([1, 4, 2, 0], [0, 2, 2, 4], [1.0, 2.0, 0.5, 1.5] if weighted else None)
+    batch = Batch(np.zeros(3, np.float32), None,
+                  {"user": Ragged.from_dense([1, 3, 0]), "tags": tags})
+    mean.fused_ragged(batch)
+    shared = total.fused_ragged(batch)
+    own = total.fused_ragged(batch.sparse)
+    for got, want in ((shared.values, own.values), (shared.offsets, own.offsets),
+                      (shared.weights, own.weights)):
+        np.testing.assert_array_equal(got, want)
+    assert (shared.values is mean.fused_ragged(batch).values) == (not weighted)
+    # bag b * 2 + f; the ids are the stacked table's rows: user r -> r, tags t -> 4 + t
+    np.testing.assert_array_equal(own.values, [1, 5, 8, 3, 0, 6, 4])
+    np.testing.assert_array_equal(own.offsets, [0, 1, 3, 4, 4, 5, 7])
