@@ -28,6 +28,20 @@ def adam_row(w, m, v, g, lr_t, beta1, beta2, epsilon, dim):
         w[j] -= lr_t * m[j] / (np.sqrt(v[j]) + epsilon)
 
 
+@njit_inline
+def _lazy_adam_plan_row(weight, m, v, g, plan, u, lr_t, beta1, beta2, epsilon, dim):
+    """The plan's u-th row: prefetch the row AHEAD, sum its gradient into g
+    [dim] (scratch), ``adam_row`` in place."""
+    rows = plan.rows
+    ahead = rows[min(u + AHEAD, rows.shape[0] - 1)]
+    prefetch_row(weight, ahead, dim)
+    prefetch_row(m, ahead, dim)
+    prefetch_row(v, ahead, dim)
+    summed_grad_row(g, plan, u, dim)
+    r = rows[u]
+    adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+
+
 @njit_parallel
 def lazy_adam_apply(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim):
     """In place: weight, m, v [V, D] float32, on the plan's rows only.
@@ -41,13 +55,8 @@ def lazy_adam_apply(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim):
         c = next_task(queue, worker)
         while c < num_tasks:
             for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-                ahead = rows[min(u + AHEAD, num_rows - 1)]
-                prefetch_row(weight, ahead, dim)
-                prefetch_row(m, ahead, dim)
-                prefetch_row(v, ahead, dim)
-                summed_grad_row(g, plan, u, dim)
-                r = rows[u]
-                adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+                _lazy_adam_plan_row(weight, m, v, g, plan, u, lr_t, beta1, beta2, epsilon,
+                                    dim)
             c = next_task(queue, worker)
     tasks_done(queue)
 
@@ -58,17 +67,9 @@ def lazy_adam_apply_serial(weight, m, v, plan, lr_t, beta1, beta2, epsilon, dim)
     (rows are independent: the same bits); compiles in a third of the time.
     For dense gradients (``optim.LazyAdam``), whose contiguous rows one
     thread updates as fast as two."""
-    rows = plan.rows
-    num_rows = rows.shape[0]
     g = row_buffer(dim)
-    for u in range(num_rows):
-        ahead = rows[min(u + AHEAD, num_rows - 1)]
-        prefetch_row(weight, ahead, dim)
-        prefetch_row(m, ahead, dim)
-        prefetch_row(v, ahead, dim)
-        summed_grad_row(g, plan, u, dim)
-        r = rows[u]
-        adam_row(weight[r], m[r], v[r], g, lr_t, beta1, beta2, epsilon, dim)
+    for u in range(plan.rows.shape[0]):
+        _lazy_adam_plan_row(weight, m, v, g, plan, u, lr_t, beta1, beta2, epsilon, dim)
 
 
 @njit_parallel

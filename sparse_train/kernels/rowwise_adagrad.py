@@ -13,11 +13,20 @@ from .prefetch import AHEAD, prefetch, prefetch_row
 
 @njit_inline
 def rowwise_adagrad_row(w, accumulator, r, g, lr, epsilon, dim):
-    """In place: w [dim] float32 (row r), accumulator [V] float32."""
+    """In place: w [dim] float32 (row r), accumulator [V] float32. The sum
+    of g^2 is one chain of float32 adds in column order."""
     width = loop_width(w, dim)
     total = np.float32(0.0)
     for j in range(width):
         total += g[j] * g[j]
+    rowwise_adagrad_row_given_sum(w, accumulator, r, g, total, lr, epsilon, dim)
+
+
+@njit_inline
+def rowwise_adagrad_row_given_sum(w, accumulator, r, g, total, lr, epsilon, dim):
+    """The rule's update given ``total = sum_j g_j^2`` (float32):
+    ``a[r] += total / dim; w -= lr * g / (sqrt(a[r]) + epsilon)``, in place."""
+    width = loop_width(w, dim)
     accumulator[r] += total / np.float32(dim)
     denominator = np.sqrt(accumulator[r]) + epsilon
     for j in range(width):

@@ -16,8 +16,8 @@ never calls these kernels.
 """
 import numpy as np
 
-from ._jit import (loop_width, next_task, njit_inline, njit_parallel, prange, row_buffer,
-                   task_queue, tasks_done, workers)
+from ._jit import (next_task, njit_parallel, prange, row_buffer, task_queue, tasks_done,
+                   workers)
 from .adagrad import adagrad_row
 from .adagrad_decay import adagrad_decay_row
 from .adam import adam_row
@@ -27,6 +27,7 @@ from .half import narrow_row, widen_row
 from .half_rows import SUM_LANES, squared_sums
 from .prefetch import AHEAD, prefetch, prefetch_row
 from .rows import row_fill
+from .rowwise_adagrad import rowwise_adagrad_row_given_sum
 from .sgd import sgd_row
 
 
@@ -168,16 +169,6 @@ def adam_apply_half(weight, m, v, row_slot, plan, lr_t, beta1, beta2, epsilon,
 ROWWISE_BLOCK = SUM_LANES
 
 
-@njit_inline
-def _rowwise_adagrad_step(w, accumulator, r, g, total, lr, epsilon, dim):
-    """``rowwise_adagrad.rowwise_adagrad_row`` given its sum ``total`` of g^2."""
-    width = loop_width(w, dim)
-    accumulator[r] += total / np.float32(dim)
-    denominator = np.sqrt(accumulator[r]) + epsilon
-    for j in range(width):
-        w[j] -= lr * g[j] / denominator
-
-
 @njit_parallel
 def rowwise_adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing, dim):
     """In place: weight [V, D] uint16, accumulator [V] float32, plan's rows
@@ -206,8 +197,8 @@ def rowwise_adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing
                     prefetch(accumulator, ahead)
                     r = rows[u]
                     widen_row(w, weight[r], narrowing.fmt, dim)
-                    _rowwise_adagrad_step(w, accumulator, r, block[k], totals[k], lr,
-                                          epsilon, dim)
+                    rowwise_adagrad_row_given_sum(w, accumulator, r, block[k], totals[k],
+                                                  lr, epsilon, dim)
                     narrow_row(weight[r], w, narrowing, r, dim)
             c = next_task(queue, worker)
     tasks_done(queue)

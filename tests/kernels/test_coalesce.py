@@ -12,24 +12,11 @@ import os
 import subprocess
 import sys
 
-import numba
 import numpy as np
 import pytest
 
 from sparse_train.kernels import _jit
 from sparse_train.kernels.coalesce import PARALLEL_MIN_IDS, group_rows, use_threads
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    """Run the test on 1 thread (serial sort) and on 2 (parallel sort above
-    ``PARALLEL_MIN_IDS``)."""
-    if request.param > numba.config.NUMBA_NUM_THREADS:
-        pytest.skip("needs 2 threads")
-    before = numba.get_num_threads()
-    numba.set_num_threads(request.param)
-    yield request.param
-    numba.set_num_threads(before)
 
 
 def brute_force_groups(ids):

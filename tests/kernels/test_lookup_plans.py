@@ -7,23 +7,12 @@ the grouping tags each id with its bag. Weights of one select the general
 enough for the parallel grouping, on 1 thread (serial grouping) and 2, and
 match a brute-force sum.
 """
-import numba
 import numpy as np
 import pytest
 
 from sparse_train import functional as F
 from sparse_train.kernels import _jit
 from sparse_train.kernels.coalesce import PARALLEL_MIN_IDS
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    if request.param > numba.config.NUMBA_NUM_THREADS:
-        pytest.skip("needs 2 threads")
-    before = numba.get_num_threads()
-    numba.set_num_threads(request.param)
-    yield request.param
-    numba.set_num_threads(before)
 
 
 @pytest.mark.parametrize("num_bags,bag_size,num_rows", [
