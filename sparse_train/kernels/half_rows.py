@@ -161,6 +161,32 @@ def _narrow_float16(ops, bits, magnitude, noise):
         overflow = b.and_(ops.ucmp("<", magnitude, 0x7f800000),
                           ops.ucmp("==", b.and_(narrowed, ops.i32(0x7fff)), 0x7c00))
         return b.sub(narrowed, b.zext(overflow, _type(_I32, ops.lanes)))
+    sign = b.lshr(b.and_(bits, ops.i32(0x80000000)), ops.i32(16))
+    if noise is None or ops.lanes == 1:
+        return b.or_(_float16_magnitude(ops, magnitude, noise), sign)
+    # Stochastic, a block of lanes: when every lane is a float16 normal
+    # (magnitude in [2**-14, 65536): nearly every weight), only the normal
+    # lanes' rounding; the subnormal and special lanes' work (four float
+    # conversions) only for a block that holds one.
+    rebiased = b.sub(magnitude, ops.i32(112 << 23))
+    normal = b.lshr(b.add(rebiased, b.lshr(noise, ops.i32(3))), ops.i32(13))
+    fast = ops.select(ops.ucmp(">=", normal, 0x7c00), ops.i32(0x7bff), normal)
+    outside = ops.ucmp(">=", b.sub(magnitude, ops.i32(113 << 23)), (143 - 113) << 23)
+    any_outside = b.icmp_unsigned("!=", b.bitcast(outside, ir.IntType(ops.lanes)),
+                                  ir.Constant(ir.IntType(ops.lanes), 0))
+    entry = b.block
+    with b.if_then(any_outside, likely=False):
+        slow = _float16_magnitude(ops, magnitude, noise)
+        slow_block = b.block
+    rounded = b.phi(fast.type)
+    rounded.add_incoming(fast, entry)
+    rounded.add_incoming(slow, slow_block)
+    return b.or_(rounded, sign)
+
+
+def _float16_magnitude(ops, magnitude, noise):
+    """``_narrow_float16`` of ``magnitude`` (the sign bit clear), every case."""
+    b = ops.b
     nan = b.or_(ops.i32(0x7e00), b.and_(b.lshr(magnitude, ops.i32(13)), ops.i32(0x3ff)))
     big = ops.select(ops.ucmp(">", magnitude, 0x7f800000), nan,
                      ops.select(ops.ucmp("==", magnitude, 0x7f800000), ops.i32(0x7c00),
@@ -182,9 +208,8 @@ def _narrow_float16(ops, bits, magnitude, noise):
         small = b.add(whole, b.lshr(b.add(fraction, noise), ops.i32(16)))
         normal = b.lshr(b.add(rebiased, b.lshr(noise, ops.i32(3))), ops.i32(13))
     normal = ops.select(ops.ucmp(">=", normal, 0x7c00), ops.i32(0x7bff), normal)
-    rounded = ops.select(ops.ucmp(">=", magnitude, 143 << 23), big,
-                         ops.select(is_small, small, normal))
-    return b.or_(rounded, b.lshr(b.and_(bits, ops.i32(0x80000000)), ops.i32(16)))
+    return ops.select(ops.ucmp(">=", magnitude, 143 << 23), big,
+                      ops.select(is_small, small, normal))
 
 
 def _noise(ops, key, offset):
