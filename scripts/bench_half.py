@@ -10,6 +10,13 @@ rounding as asked) run in alternating rounds (A B C A B C ...); a round is
 over rounds, per step; the ratios float32 / 16-bit come from the same run.
 The load average is printed before and after: compare ratios only.
 
+Each step is also split in phases (wall time, medians over rounds): lookup
+(``embedding_bag``), grad (``embedding_bag_grad``), grouping (the optimizer's
+``prepare_gradients``: the summed-gradient plan) and update
+(``apply_prepared``: the kernel), with the bytes each moves per second: the
+lookup reads every id's row, the update reads and writes each touched row of
+the table and of its slots (GB/s = those bytes / phase time).
+
     PYTHONPATH=. python scripts/bench_half.py --optimizers sgd adagrad rowwise_adagrad
 """
 import argparse
@@ -37,6 +44,9 @@ def make_batches(num_rows, dim, num_batches, seed=0):
     return batches, d_out
 
 
+PHASES = ("lookup", "grad", "grouping", "update")
+
+
 class Contender:
     """One table (dtype, rounding) and its optimizer, stepping through the batches."""
 
@@ -50,20 +60,44 @@ class Contender:
         self.batches, self.d_out = batches, d_out
         self.calls = 0
         self.wall, self.cpu = [], []
+        self.phases = {name: [] for name in PHASES}
+        self._sums = dict.fromkeys(PHASES, 0.0)
 
     def step(self):
         values, offsets = self.batches[self.calls % len(self.batches)]
         self.calls += 1
+        t0 = time.perf_counter()
         F.embedding_bag(self.weight, values, offsets, combiner="sum")
+        t1 = time.perf_counter()
         grad = F.embedding_bag_grad(self.d_out, values, offsets, self.weight.shape[0])
-        self.optimizer.apply_gradients([(grad, self.weight)], global_step=self.global_step)
+        t2 = time.perf_counter()
+        prepared = self.optimizer.prepare_gradients([(grad, self.weight)], self.global_step)
+        t3 = time.perf_counter()
+        self.optimizer.apply_prepared(prepared, self.global_step)
+        t4 = time.perf_counter()
+        for name, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            self._sums[name] += seconds
 
     def run(self, steps):
+        self._sums = dict.fromkeys(PHASES, 0.0)
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step()
         self.wall.append((time.perf_counter() - wall) / steps)
         self.cpu.append((time.process_time() - cpu) / steps)
+        for name in PHASES:
+            self.phases[name].append(self._sums[name] / steps)
+
+    def phase_bytes(self):
+        """Bytes per step of the lookup (rows read) and of the update (touched
+        rows of the table and its slots, read and written), averaged over
+        the batches."""
+        row = self.weight.value.itemsize * self.weight.shape[1]
+        slot = sum(self.optimizer.get_slot(self.weight, name).value.nbytes
+                   for name in self.optimizer.get_slot_names()) // self.weight.shape[0]
+        ids = np.mean([values.shape[0] for values, _ in self.batches])
+        touched = np.mean([np.unique(values).shape[0] for values, _ in self.batches])
+        return {"lookup": ids * row, "update": 2 * touched * (row + slot)}
 
 
 def load():
@@ -93,9 +127,15 @@ def run(optimizer, threads, args, batches, d_out):
         wall, cpu = np.median(c.wall), np.median(c.cpu)
         print(f"  {c.name:22s} wall {1e3 * wall:7.2f} ms  cpu {1e3 * cpu:7.2f} ms   "
               f"float32/this: wall {base_wall / wall:5.2f}x  cpu {base_cpu / cpu:5.2f}x")
+        phases = {name: 1e3 * np.median(c.phases[name]) for name in PHASES}
+        rates = {name: nbytes / (1e6 * phases[name]) for name, nbytes in c.phase_bytes().items()}
+        print("  " + " " * 22 + "  ".join(
+            f"{name} {phases[name]:.2f} ms" + (f" ({rates[name]:.1f} GB/s)" if name in rates else "")
+            for name in PHASES))
         rows.append({"optimizer": optimizer, "threads": threads, "table": c.name,
                      "wall_ms": 1e3 * wall, "cpu_ms": 1e3 * cpu,
-                     "float32/this wall": base_wall / wall, "float32/this cpu": base_cpu / cpu})
+                     "float32/this wall": base_wall / wall, "float32/this cpu": base_cpu / cpu,
+                     "phases_ms": phases, "phases_gb_s": rates})
     sys.stdout.flush()
     return rows
 

@@ -14,15 +14,44 @@ a compile-time constant (``_jit.row_dim``), loops otherwise.
 
 Stochastic rounding draws ``random16(key, j)`` for column ``j`` in the
 vector too (splitmix64's finalizer on 64-bit lanes): the same bits.
+
+float16 on a CPU with F16C (``F16C``; Intel since 2012, AMD since 2011):
+widening and nearest-even narrowing are LLVM's ``fpext`` / ``fptrunc``
+between float and half, one ``vcvtph2ps`` / ``vcvtps2ph`` per 8 or 16
+lanes (AVX512-FP16's forms where the CPU has them), plus two fix-ups to
+the bits of ``half.widen`` / ``half.narrow``: a signalling NaN widens
+without its quiet bit set (the instruction sets it), and a finite value
+that rounds past 65504 saturates (the instruction gives inf). Both
+instructions round to nearest-even in the default floating-point
+environment, which Python keeps. W1 float16 SGD step, 1 thread, CPU
+time (medians of 3 interleaved A/B runs, load average 4.3 on 2 cores):
+7.2 -> 6.0 ms (bfloat16's: 6.2).
 """
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types
+from numba.core.registry import cpu_target
 from numba.extending import intrinsic
 
 from .rows import _emit
 
 _I16, _I32, _I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
-_F32 = ir.FloatType()
+_F16, _F32 = ir.HalfType(), ir.FloatType()
+
+
+def _target_features():
+    """The CPU features Numba compiles for (``+f16c,-xop,...``): its target
+    machine's, or the host's when that is not exposed."""
+    features = getattr(cpu_target.target_context.codegen(), "_tm_features", None)
+    if features is None:
+        host = llvm.get_host_cpu_features()
+        features = ",".join(("+" if on else "-") + name for name, on in host.items())
+    return set(features.split(","))
+
+
+#: True when kernels are compiled for a CPU with F16C: float16 rows then
+#: widen and narrow (nearest) with its conversion instructions.
+F16C = "+f16c" in _target_features()
 _ALIGN = {"i16": 2, "float": 4}
 _COLUMN = 0xD1B54A32D192ED03
 _MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -90,6 +119,13 @@ def _widen(ops, half, bfloat16):
     h = b.zext(half, _type(_I32, ops.lanes))
     if bfloat16:
         return ops.to_float(b.shl(h, ops.i32(16)))
+    if F16C:  # vcvtph2ps, and a NaN keeps its bits (the instruction quiets it)
+        wide = ops.to_bits(b.fpext(b.bitcast(half, _type(_F16, ops.lanes)),
+                                   _type(_F32, ops.lanes)))
+        magnitude = b.and_(h, ops.i32(0x7fff))
+        nan = b.or_(b.add(b.shl(magnitude, ops.i32(13)), ops.i32(224 << 23)),
+                    b.shl(b.and_(h, ops.i32(0x8000)), ops.i32(16)))
+        return ops.to_float(ops.select(ops.ucmp(">", magnitude, 0x7c00), nan, wide))
     o = b.shl(b.and_(h, ops.i32(0x7fff)), ops.i32(13))
     exponent = b.and_(o, ops.i32(0x0f800000))
     o = b.add(o, ops.i32(112 << 23))
@@ -119,6 +155,38 @@ def _narrow_bfloat16(ops, bits, magnitude, noise):
 def _narrow_float16(ops, bits, magnitude, noise):
     """``half._float16_bits`` on i32 lanes (noise None: nearest-even)."""
     b = ops.b
+    if noise is None and F16C:  # vcvtps2ph, then finite values saturate
+        narrowed = b.zext(b.bitcast(b.fptrunc(ops.to_float(bits), _type(_F16, ops.lanes)),
+                                    _type(_I16, ops.lanes)), _type(_I32, ops.lanes))
+        overflow = b.and_(ops.ucmp("<", magnitude, 0x7f800000),
+                          ops.ucmp("==", b.and_(narrowed, ops.i32(0x7fff)), 0x7c00))
+        return b.sub(narrowed, b.zext(overflow, _type(_I32, ops.lanes)))
+    sign = b.lshr(b.and_(bits, ops.i32(0x80000000)), ops.i32(16))
+    if noise is None or ops.lanes == 1:
+        return b.or_(_float16_magnitude(ops, magnitude, noise), sign)
+    # Stochastic, a block of lanes: when every lane is a float16 normal
+    # (magnitude in [2**-14, 65536): nearly every weight), only the normal
+    # lanes' rounding; the subnormal and special lanes' work (four float
+    # conversions) only for a block that holds one.
+    rebiased = b.sub(magnitude, ops.i32(112 << 23))
+    normal = b.lshr(b.add(rebiased, b.lshr(noise, ops.i32(3))), ops.i32(13))
+    fast = ops.select(ops.ucmp(">=", normal, 0x7c00), ops.i32(0x7bff), normal)
+    outside = ops.ucmp(">=", b.sub(magnitude, ops.i32(113 << 23)), (143 - 113) << 23)
+    any_outside = b.icmp_unsigned("!=", b.bitcast(outside, ir.IntType(ops.lanes)),
+                                  ir.Constant(ir.IntType(ops.lanes), 0))
+    entry = b.block
+    with b.if_then(any_outside, likely=False):
+        slow = _float16_magnitude(ops, magnitude, noise)
+        slow_block = b.block
+    rounded = b.phi(fast.type)
+    rounded.add_incoming(fast, entry)
+    rounded.add_incoming(slow, slow_block)
+    return b.or_(rounded, sign)
+
+
+def _float16_magnitude(ops, magnitude, noise):
+    """``_narrow_float16`` of ``magnitude`` (the sign bit clear), every case."""
+    b = ops.b
     nan = b.or_(ops.i32(0x7e00), b.and_(b.lshr(magnitude, ops.i32(13)), ops.i32(0x3ff)))
     big = ops.select(ops.ucmp(">", magnitude, 0x7f800000), nan,
                      ops.select(ops.ucmp("==", magnitude, 0x7f800000), ops.i32(0x7c00),
@@ -140,9 +208,8 @@ def _narrow_float16(ops, bits, magnitude, noise):
         small = b.add(whole, b.lshr(b.add(fraction, noise), ops.i32(16)))
         normal = b.lshr(b.add(rebiased, b.lshr(noise, ops.i32(3))), ops.i32(13))
     normal = ops.select(ops.ucmp(">=", normal, 0x7c00), ops.i32(0x7bff), normal)
-    rounded = ops.select(ops.ucmp(">=", magnitude, 143 << 23), big,
-                         ops.select(is_small, small, normal))
-    return b.or_(rounded, b.lshr(b.and_(bits, ops.i32(0x80000000)), ops.i32(16)))
+    return ops.select(ops.ucmp(">=", magnitude, 143 << 23), big,
+                      ops.select(is_small, small, normal))
 
 
 def _noise(ops, key, offset):
@@ -285,13 +352,41 @@ axpy_widened_float16 = _accumulate_intrinsic(False, True, "axpy_widened_float16"
 SUM_LANES = 16
 
 
+def _transpose(builder, vectors):
+    """The SUM_LANES x SUM_LANES transpose of ``vectors`` (one row each):
+    four rounds of two-vector shuffles, each swapping one bit of the row
+    index with that bit of the column index."""
+    n = len(vectors)
+    bit = n // 2
+    while bit:
+        masks = ([j + n - bit if j & bit else j for j in range(n)],
+                 [j + n if j & bit else j + bit for j in range(n)])
+        swapped = list(vectors)
+        for i in range(n):
+            if not i & bit:
+                for row, mask in zip((i, i | bit), masks):
+                    swapped[row] = builder.shuffle_vector(
+                        vectors[i], vectors[i | bit],
+                        ir.Constant(ir.VectorType(_I32, n), [ir.Constant(_I32, k) for k in mask]))
+        vectors, bit = swapped, bit // 2
+    return vectors
+
+
 @intrinsic
 def squared_sums(typingctx, totals, block, dim):
     """In place: totals[k] = sum_j block.flat[k * dim + j]^2 for k <
     ``SUM_LANES`` (float32; each row's sum in column order j = 0, 1, ...:
     a multiply, then an add, as the plain loop). ``block`` holds
     ``SUM_LANES`` rows of ``dim`` float32; one vector lane a row, so the
-    rows' dependent chains of adds run side by side."""
+    rows' dependent chains of adds run side by side.
+
+    Tiled: each ``SUM_LANES``-column tile of the block is loaded as one
+    vector a row and transposed in registers (``_transpose``), so column j
+    of every row is one vector; the columns past the last whole tile are
+    gathered one value at a time. Lane k still adds row k's squares in
+    column order: the same bits. A 16 x 64 block, dim a constant: 277 ->
+    92 ns (best of 5 x 10^5 calls, 1 thread), near the 64 dependent adds'
+    latency; the value-at-a-time gather of every column was most of it."""
     if not (_is_array(totals, types.float32) and _is_array(block, types.float32)):
         return None
 
@@ -307,10 +402,21 @@ def squared_sums(typingctx, totals, block, dim):
         vector_type = ir.VectorType(_F32, SUM_LANES)
         total = cgutils.alloca_once(builder, vector_type)
         builder.store(_const(_F32, 0.0, SUM_LANES), total)
-        with cgutils.for_range(builder, width) as loop:
+        lanes = ir.Constant(_I64, SUM_LANES)
+        tiled = builder.mul(builder.udiv(width, lanes), lanes)
+        with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), tiled, lanes) as (first, _):
+            tile = [_load(builder, block_ptr,
+                          builder.add(builder.mul(ir.Constant(_I64, k), width), first),
+                          _F32, SUM_LANES)
+                    for k in range(SUM_LANES)]
+            running = builder.load(total)
+            for column in _transpose(builder, tile):
+                running = builder.fadd(running, builder.fmul(column, column))
+            builder.store(running, total)
+        with cgutils.for_range_slice(builder, tiled, width, ir.Constant(_I64, 1)) as (j, _):
             column = ir.Constant(vector_type, ir.Undefined)
             for k in range(SUM_LANES):
-                at = builder.add(builder.mul(ir.Constant(_I64, k), width), loop.index)
+                at = builder.add(builder.mul(ir.Constant(_I64, k), width), j)
                 column = builder.insert_element(column, builder.load(builder.gep(block_ptr, [at])),
                                                 ir.Constant(_I32, k))
             builder.store(builder.fadd(builder.load(total), builder.fmul(column, column)), total)

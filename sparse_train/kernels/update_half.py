@@ -5,10 +5,14 @@ float32 table), narrow it back (``half.narrow_row``).
 
 Scheduled as the float32 kernels are: threads claim chunks of
 ``ROW_CHUNK`` rows from a ``task_queue``; widening and narrowing are vector
-code (``half_rows``); rows are prefetched ``AHEAD`` rows early. Measured on
+code (``half_rows``); rows are prefetched ``AHEAD`` rows early (SGD and
+row-wise Adagrad: further, ``SGD_AHEAD``, ``ROWWISE_AHEAD``). Measured on
 W1 (1M x 64, uniform ids, 1 thread, CPU time, ``scripts/bench_half.py``):
 the bfloat16 SGD step went from 1.16x to 1.4-1.5x the float32 step's
-speed (host loaded, load average 6-8 on 2 cores).
+speed (host loaded, load average 6-8 on 2 cores); with ``SGD_AHEAD`` and
+``ROWWISE_AHEAD``, ``half_rows.squared_sums``' tiles and F16C, 1.58x for
+SGD and 1.61x for row-wise Adagrad (bfloat16, nearest; 1.50x and 1.32x
+before, the same interleaved runs, medians of 4, load average 3.4-6.4).
 
 weight [V, D] uint16 holds bit patterns of ``narrowing.fmt``; slots stay
 float32. Compiled only when a 16-bit table is updated: a float32 model
@@ -31,6 +35,17 @@ from .rowwise_adagrad import rowwise_adagrad_row_given_sum
 from .sgd import sgd_row
 
 
+#: Rows prefetched ahead by the SGD and row-wise Adagrad updates: a 16-bit
+#: row is half the cache lines of a float32 one, so more rows fit the same
+#: misses in flight. W1 bfloat16 (1 thread, update phase, medians of 3
+#: interleaved runs, load average 2-4): SGD 8 / 16 / 24 / 32 / 48 / 64
+#: ahead 2.95 / 2.52 / 2.57 / 2.48 / 2.48 / 2.57 ms; row-wise Adagrad (one
+#: float32 a row besides) 8 / 16 / 32 ahead 4.01 / 3.83 / 4.00 ms. Adagrad
+#: (a float32 accumulator row too) keeps ``AHEAD``: 8 / 16 / 32 ahead
+#: 8.3 / 8.5 / 9.1 ms.
+SGD_AHEAD, ROWWISE_AHEAD = 32, 16
+
+
 @njit_parallel
 def sgd_apply_half(weight, plan, lr, narrowing, dim):
     """In place: weight [V, D] uint16, plan's rows only. w -= lr * g."""
@@ -44,7 +59,7 @@ def sgd_apply_half(weight, plan, lr, narrowing, dim):
         c = next_task(queue, worker)
         while c < num_tasks:
             for u in range(c * ROW_CHUNK, min(num_rows, (c + 1) * ROW_CHUNK)):
-                prefetch_row(weight, rows[min(u + AHEAD, num_rows - 1)], dim)
+                prefetch_row(weight, rows[min(u + SGD_AHEAD, num_rows - 1)], dim)
                 summed_grad_row(g, plan, u, dim)
                 r = rows[u]
                 widen_row(w, weight[r], narrowing.fmt, dim)
@@ -192,7 +207,7 @@ def rowwise_adagrad_apply_half(weight, accumulator, plan, lr, epsilon, narrowing
                 squared_sums(totals, block, dim)  # lanes past count: unused
                 for k in range(count):
                     u = first + k
-                    ahead = rows[min(u + AHEAD, num_rows - 1)]
+                    ahead = rows[min(u + ROWWISE_AHEAD, num_rows - 1)]
                     prefetch_row(weight, ahead, dim)
                     prefetch(accumulator, ahead)
                     r = rows[u]

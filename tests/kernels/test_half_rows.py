@@ -140,9 +140,10 @@ def _squared_sums_kernel(block, dim):
     return totals
 
 
-@pytest.mark.parametrize("dim", [13, 64])
+@pytest.mark.parametrize("dim", [13, 40, 64])
 def test_squared_sums_in_column_order(dim):
-    """One lane a row: each sum is float32, accumulated in column order."""
+    """One lane a row: each sum is float32, accumulated in column order
+    (whole 16-column tiles, then the columns past them)."""
     block = np.random.default_rng(dim).standard_normal((SUM_LANES, dim)).astype(np.float32)
     expected = np.zeros(SUM_LANES, np.float32)
     for j in range(dim):  # float32 throughout, in order
@@ -151,3 +152,88 @@ def test_squared_sums_in_column_order(dim):
         got = _squared_sums_kernel(block, given)
         np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
     np.testing.assert_allclose(expected, (block.astype(np.float64) ** 2).sum(axis=1), rtol=1e-5)
+
+
+# ------------------------------------------------ float16 against NumPy
+def _numpy_widen_float16(bits):
+    """NumPy's float16 -> float32, except that a NaN keeps its payload and
+    quiet bit as they are (NumPy may quiet a signalling NaN)."""
+    wide = bits.view(np.float16).astype(np.float32).view(np.uint32)
+    b = bits.astype(np.uint32)
+    nan = ((b & 0x8000) << 16) | 0x7f800000 | ((b & 0x3ff) << 13)
+    return np.where((b & 0x7fff) > 0x7c00, nan, wide).astype(np.uint32)
+
+
+def _numpy_narrow_float16(values):
+    """NumPy's float32 -> float16 (nearest-even), except: a finite value that
+    NumPy rounds to inf saturates to +-65504, a NaN is quiet with the top
+    10 bits of its payload."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        half = values.astype(np.float16).view(np.uint16).astype(np.uint32)
+    bits = values.view(np.uint32)
+    sign = (bits >> 16) & 0x8000
+    magnitude = bits & 0x7fffffff
+    half = np.where((magnitude < 0x7f800000) & ((half & 0x7fff) == 0x7c00), sign | 0x7bff, half)
+    nan = sign | 0x7e00 | ((magnitude >> 13) & 0x3ff)
+    return np.where(magnitude > 0x7f800000, nan, half).astype(np.uint16)
+
+
+def _float16_edges():
+    """float32 values at every float16 boundary: each finite float16, the
+    midpoints between neighbours (the ties) and the float32 values next to
+    them, both signs; and 10^6 random float32 bit patterns."""
+    half = np.arange(0x7c00, dtype=np.uint16).view(np.float16).astype(np.float64)
+    middle = (half[:-1] + half[1:]) / 2  # exact in float32 (12 significant bits)
+    points = np.concatenate([half, middle, [65504.0 + 16.0, 65536.0]]).astype(np.float32)
+    near = np.concatenate([points, np.nextafter(points, np.float32(np.inf)),
+                           np.nextafter(points, np.float32(0))])
+    random = np.random.default_rng(16).integers(0, 2**32, 10**6, dtype=np.uint64)
+    return np.concatenate([near, -near, random.astype(np.uint32).view(np.float32),
+                           np.array([np.inf, -np.inf, np.nan, 3.4e38], np.float32)])
+
+
+def _float16_rows(f16c, monkeypatch):
+    """The vector row functions compiled with ``half_rows.F16C = f16c``."""
+    from sparse_train.kernels import half_rows
+    monkeypatch.setattr(half_rows, "F16C", f16c)
+
+    @numba.njit
+    def widen_rows(bits, dim):
+        out = np.empty(bits.shape, np.float32)
+        for i in range(bits.shape[0]):
+            half_rows.widen_row_float16(out[i], bits[i], dim)
+        return out
+
+    @numba.njit
+    def narrow_rows(values, dim):
+        out = np.empty(values.shape, np.uint16)
+        for i in range(values.shape[0]):
+            half_rows.narrow_row_float16(out[i], values[i], np.uint64(0), dim)
+        return out
+    return widen_rows, narrow_rows
+
+
+@pytest.mark.parametrize("f16c", [True, False])
+def test_float16_rows_match_numpy_exhaustive_widen_and_edges_narrow(f16c, monkeypatch):
+    """Every float16 pattern widened, and float32 at every float16 rounding
+    boundary plus random patterns narrowed (nearest), against NumPy's
+    astype: with the conversion instructions (F16C / AVX512-FP16, where
+    the CPU has them) and with the integer recipe."""
+    from sparse_train.kernels import half_rows
+    if f16c and not half_rows.F16C:
+        pytest.skip("this CPU has no F16C")
+    widen_rows, narrow_rows = _float16_rows(f16c, monkeypatch)
+    bits = np.arange(2**16, dtype=np.uint16)
+    expected = _numpy_widen_float16(bits)
+    for dim in (64, row_dim(64), 13):
+        count = bits.shape[0] // 64 * 64 if dim != 13 else bits.shape[0] // 13 * 13
+        rows = bits[:count].reshape(-1, 64 if dim != 13 else 13)
+        got = widen_rows(rows, dim).view(np.uint32).ravel()
+        np.testing.assert_array_equal(got, expected[:count])
+    values = _float16_edges()
+    expected = _numpy_narrow_float16(values)
+    for dim in (64, row_dim(64), 13):
+        width = 13 if dim == 13 else 64
+        count = values.shape[0] // width * width
+        got = narrow_rows(values[:count].reshape(-1, width), dim).ravel()
+        np.testing.assert_array_equal(got, expected[:count])
