@@ -38,22 +38,3 @@ def adam_apply_dense_multi(weights, ms, vs, grads, lr_t, beta1, beta2, epsilon):
             m[j] = beta1 * m[j] + (one - beta1) * g
             v[j] = beta2 * v[j] + (one - beta2) * (g * g)
             w[j] -= lr_t * m[j] / (np.sqrt(v[j]) + epsilon)
-
-
-@njit_serial_twin
-def first_non_finite_multi(arrays):
-    """Index i of the first of arrays (``MAX_VARIABLES`` flat float32
-    arrays, unused ones empty) that holds a NaN or an infinity, or -1.
-
-    The screen of ``checks.first_non_finite`` (an OR of exponent-all-ones
-    tests over the bits, which vectorises) over several arrays in one call:
-    a step's dense variables and their Adam slots, 26 calls -> 4."""
-    exponent = np.uint32(0x7F800000)
-    for i in range(len(arrays)):
-        bits = arrays[i].view(np.uint32)
-        found = np.uint32(0)
-        for j in range(bits.shape[0]):
-            found |= np.uint32((bits[j] & exponent) == exponent)
-        if found != 0:
-            return i
-    return -1

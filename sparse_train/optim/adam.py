@@ -105,7 +105,8 @@ class Adam(Optimizer):
         """Dense float32 gradients ``MAX_VARIABLES`` to a kernel call
         (``kernels.multi.adam_apply_dense_multi``: the bits of one
         ``lazy_adam_apply_serial`` call each, without its per-call cost:
-        DeepFM's 8 dense variables 0.15 ms -> 0.04 ms a step); any other
+        the main job's 8 dense variables 110 -> 56 us a step, median of
+        2000 applies at load 3.4); any other
         update by ``_apply``. Variables are independent: the order does not
         matter."""
         flats = []

@@ -9,14 +9,10 @@ import numpy as np
 from ..optim.base import row_view
 from ..kernels.checks import first_non_finite
 from ..kernels.coalesce import GradPlan
-from ..kernels.multi import MAX_VARIABLES, first_non_finite_multi
 from ..sparse import RowSparseGrad
 
 __all__ = ["train_step", "apply_groups", "l2_regularize", "check_finite_state",
            "NonFiniteError"]
-
-
-_EMPTY = np.empty(0, np.float32)
 
 
 class NonFiniteError(ValueError):
@@ -214,57 +210,19 @@ def check_finite_state(prepared, global_step=None):
     step = None if global_step is None else int(global_step)
     where = f"after step {step}" if step is not None else "after the update"
     for checked in prepared:
-        # Whole float32 arrays (dense variables, their slots, the shared
-        # state) are screened 8 to a kernel call first; the named checks
-        # below then skip them, unless the screen found a bad one: then
-        # every check runs, in order, and the first bad one raises as ever.
-        items = list(_checked_arrays(checked))
-        flats = [_plain_flat(array) if rows is None else None for _, array, rows in items]
-        if _any_non_finite([flat for flat in flats if flat is not None]):
-            flats = [None] * len(items)
-        for (parts, array, rows), flat in zip(items, flats):
-            if flat is None:
-                _check_rows(parts, array, rows, where, step)
-
-
-def _checked_arrays(checked):
-    """(name parts, array or Variable, rows or None) of everything
-    ``check_finite_state`` reads for one ``Prepared``, in order."""
-    opt = checked.optimizer
-    slots = opt.get_slot_names()
-    for update in checked.updates:
-        var = update.var
-        rows = None if update.dense else update.plan.rows
-        yield (var.name,), var, rows  # 16-bit rows are widened
-        for slot in slots:
-            slot_var = opt.get_slot(var, slot)
-            if slot_var is not None:
-                yield (var.name, "slot", slot, opt.name), slot_var.value, rows
-    for key, var in opt.non_slot_variables():
-        yield (var.name, "state", key, opt.name), var.value, None
-
-
-def _plain_flat(array):
-    """A flat view of a C-contiguous float32 array (or a float32
-    ``Variable``'s value), or None (16-bit, integer, strided)."""
-    if getattr(array, "is_half", False):
-        return None
-    values = getattr(array, "value", array)
-    if (not isinstance(values, np.ndarray) or values.dtype != np.float32
-            or not values.flags.c_contiguous):
-        return None
-    return values.reshape(-1)
-
-
-def _any_non_finite(flats):
-    """Whether any of the flat float32 arrays holds a NaN or an infinity
-    (``kernels.multi.first_non_finite_multi``, 8 arrays a call)."""
-    for start in range(0, len(flats), MAX_VARIABLES):
-        group = flats[start:start + MAX_VARIABLES]
-        group += [_EMPTY] * (MAX_VARIABLES - len(group))
-        if first_non_finite_multi(tuple(group)) >= 0:
-            return True
-    return False
+        opt = checked.optimizer
+        slots = opt.get_slot_names()
+        for update in checked.updates:
+            var = update.var
+            rows = None if update.dense else update.plan.rows
+            _check_rows((var.name,), var, rows, where, step)  # 16-bit rows are widened
+            for slot in slots:
+                slot_var = opt.get_slot(var, slot)
+                if slot_var is not None:
+                    _check_rows((var.name, "slot", slot, opt.name), slot_var.value, rows,
+                                where, step)
+        for key, var in opt.non_slot_variables():
+            _check_rows((var.name, "state", key, opt.name), var.value, None, where, step)
 
 
 def _checked_name(parts):
