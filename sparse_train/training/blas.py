@@ -2,10 +2,12 @@
 ``set_blas_threads``, ``blas_threads`` and ``AutoBlasThreads``.
 
 NumPy's OpenBLAS runs a product on every core. On a host shared with other
-work a second thread often waits for a core, and the dense layers' small
-products (the main job: [512, 164] @ [164, 256] and the like) are then
-faster on one; on an idle host two can win. ``AutoBlasThreads`` times
-training steps at each count and keeps the faster.
+work a second thread often waits for a core (and for Numba's threads), and
+the dense layers' small products (the main job: [512, 164] @ [164, 256] and
+the like) are then much faster on one: the main job at load 2-4 on 2 cores
+took 17.6 ms a step at 2 threads, 4.3 ms at 1 (78.8 s and 20.7 s a run);
+on an idle host two can win. ``AutoBlasThreads`` times training steps at
+each count and keeps the faster (4.4 ms a step on that host).
 
 The thread count does not change the bits: OpenBLAS splits a product over
 the rows and columns of its output, never over the summed dimension, so an
