@@ -47,7 +47,7 @@ DEFAULTS = {
     "max_examples": None, "num_fields": None, "featindex": None,
     "max_steps": None, "checkpoint_dir": None, "checkpoint_every": 0, "resume": False,
     "keep_checkpoints": 3, "incremental_every": None,
-    "seed": 0, "threads": None, "metrics_out": None, "quiet": False,
+    "seed": 0, "threads": None, "blas_threads": "auto", "metrics_out": None, "quiet": False,
     "distributed": False, "label": None, "overwrite": False, "predict_out": None,
     "export_onnx": None, "export_vocabulary": False,
     "early_stopping_patience": 3, "early_stopping_patience_steps": 50,
@@ -182,6 +182,8 @@ def _parser():
     train.add_argument("--max-steps", type=int, help="stop when the global step reaches this")
     train.add_argument("--seed", type=int)
     train.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    train.add_argument("--blas-threads", help="threads of NumPy's BLAS (the dense layers): "
+                       "auto (time steps at 1 and 2, keep the faster; the same results) or N")
     train.add_argument("--distributed", action="store_true",
                        help="under mpirun: shard tables over the ranks (docs/DISTRIBUTED.md)")
     out = p.add_argument_group("output")
@@ -354,6 +356,7 @@ _APPLIES = (
     ("overwrite", lambda a: a.checkpoint_dir, "with --checkpoint-dir"),
     ("export_vocabulary", lambda a: a.export_onnx, "with --export-onnx"),
     ("predict_out", lambda a: not a.distributed, "without --distributed (sharded tables)"),
+    ("blas_threads", lambda a: not a.distributed, "without --distributed (one process)"),
     ("export_onnx", lambda a: not a.distributed, "without --distributed (sharded tables)"),
     ("numeric_transform", lambda a: a.format == "criteo", "with --format criteo (csv: the "
      "schema's transform)"),
@@ -437,11 +440,25 @@ def check_options(args):
     if args.format == "csv" and not args.schema:
         raise UsageError("--format csv needs --schema FILE.toml (datasets/README.md)")
     check_run_options(args)
+    args.blas_threads = blas_threads_setting(args.blas_threads)
     if args.threads is not None:
         import numba
         if args.threads > numba.config.NUMBA_NUM_THREADS:
             raise UsageError(f"--threads must be <= {numba.config.NUMBA_NUM_THREADS} (the cores "
                              f"Numba may use; NUMBA_NUM_THREADS), got {args.threads}")
+
+
+def blas_threads_setting(value):
+    """--blas-threads as ``fit(blas_threads=...)`` takes it: "auto" or an int >= 1."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = 0
+    if isinstance(value, (bool, float)) or count < 1 or str(count) != str(value).strip():
+        raise UsageError(f"--blas-threads must be 'auto' or an integer >= 1, got {value!r}")
+    return count
 
 
 def check_run_options(args):
@@ -955,7 +972,7 @@ def train(args):
         epochs=args.epochs, seed=args.seed, **start, manager=manager,
         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
         run=args.batches, say=say, progress=None if args.quiet else sys.stderr,
-        stop_on_signals=True,
+        stop_on_signals=True, blas_threads=args.blas_threads,
         **schedules(args, optimizers, lambda: model.variables() + [
             v for opt in optimizers for v in opt.variables()], global_step, best),
         **dynamic_fit_options(args, model, global_step))

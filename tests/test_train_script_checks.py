@@ -72,3 +72,15 @@ def test_a_limit_flag_reaches_the_reader(tmp_path, capsys, flag, value, message)
 def test_a_limit_flag_is_refused_with_synthetic_data(capsys):
     assert train_script.main(["--max-fields", "10"]) == 2
     assert "--max-fields only applies with a file --format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("1", 1), ("2", 2)])
+def test_blas_threads_flag_is_auto_or_a_count(value, expected):
+    assert train_script.parse_args(["--blas-threads", value]).blas_threads == expected
+    assert train_script.parse_args([]).blas_threads == "auto"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "two", ""])
+def test_a_bad_blas_threads_flag_is_refused(capsys, value):
+    assert train_script.main(["--blas-threads", value]) == 2
+    assert "--blas-threads must be 'auto' or an integer >= 1" in capsys.readouterr().err

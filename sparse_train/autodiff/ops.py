@@ -254,10 +254,15 @@ def concat(tensors, axis=-1):
     if not tensors:
         raise ValueError("concat needs at least one tensor")
     out = np.concatenate([t.data for t in tensors], axis=axis)
-    bounds = np.cumsum([t.shape[axis] for t in tensors])[:-1]
+    sizes = [t.shape[axis] for t in tensors]
 
     def backward(g):
-        return tuple(np.split(g, bounds, axis=axis))
+        # views of g, as np.split gives (without its 25 us of Python a call)
+        lead, start, parts = (slice(None),) * (axis % g.ndim), 0, []
+        for size in sizes:
+            parts.append(g[lead + (slice(start, start + size),)])
+            start += size
+        return tuple(parts)
     return Tensor.from_op(out, tensors, backward, "concat")
 
 

@@ -15,6 +15,7 @@ from .._aligned import aligned_empty
 from ..collections import get_all_collection_keys, get_collection_ref, register_variable
 from ..data.batch import Batch, DataSpec
 from ..functional import COMBINERS, check_bags
+from ..kernels.bag_checks import bags_look_valid
 from ..kernels.lookup import fuse_bags
 from ..ragged import Ragged
 from ..variable import Variable
@@ -460,6 +461,9 @@ class EmbeddingBagCollection:
         None. ``ids``: (values, offsets) of a complete fuse of the same
         features and rows with other combiners, returned as they are (after
         every check) when this lookup needs no weights."""
+        screened = self._screened_bags(sparse, ids)
+        if screened is not None:
+            return screened
         parts, starts, combiners, rows, num_bags, first = [], [], [], [], None, 0
         weighted = False
         for feature, bag in self.bags.items():
@@ -490,6 +494,52 @@ class EmbeddingBagCollection:
                                              np.array(rows, np.int64))
         return values, offsets, (weights if weighted else None), values.shape[0] == first
 
+    def _screened_bags(self, sparse, ids=None):
+        """``_fused_bags`` of plain features (int64 ids and offsets, float32
+        weights or none, unhashed tables, named combiners) after ONE scan
+        of them all (``kernels.bag_checks.bags_look_valid``), or None: a
+        feature that is not plain, or a scan that finds a problem, is left
+        to the per-feature checks (``check_bags``), which raise naming it."""
+        arrays, num_embeddings, combiners, rows, has_weights = [], [], [], [], []
+        for feature, bag in self.bags.items():
+            ragged, table = sparse[feature], bag.table
+            if (not isinstance(ragged, Ragged) or table.hash_ids
+                    or not isinstance(bag.combiner, str) or bag.combiner not in COMBINERS):
+                return None
+            values, offsets, weights = ragged.values, ragged.offsets, ragged.weights
+            if not (_plain(values, np.int64) and _plain(offsets, np.int64) and (
+                    weights is None or (_plain(weights, np.float32)
+                                        and weights.shape == values.shape))):
+                return None
+            if arrays and offsets.shape[0] != arrays[0][1].shape[0]:
+                return None
+            arrays.append((values, offsets, weights))
+            num_embeddings.append(table.num_embeddings)
+            combiners.append(COMBINERS[bag.combiner])
+            rows.append(self._feature_row[feature])
+            has_weights.append(weights is not None)
+        if not arrays:
+            return None
+        counts = np.array([0] + [v.shape[0] for v, _, _ in arrays], np.int64)
+        value_starts = np.cumsum(counts)
+        values = np.concatenate([v for v, _, _ in arrays])
+        offsets = np.stack([o for _, o, _ in arrays])
+        weights = (np.concatenate([np.ones(v.shape[0], np.float32) if w is None else w
+                                   for v, _, w in arrays]) if any(has_weights)
+                   else np.empty(0, np.float32))
+        if not bags_look_valid(values, value_starts, offsets,
+                               np.array(num_embeddings, np.int64), weights):
+            return None
+        weighted = any(has_weights) or any(c != COMBINERS["sum"] for c in combiners)
+        if ids is not None and not weighted:  # ids and offsets: every sum fuse's
+            return ids[0], ids[1], None, True
+        if not any(has_weights):
+            weights = np.ones(values.shape[0], np.float32)
+        values, offsets, weights = fuse_bags(values, offsets + value_starts[:-1, None],
+                                             weights, np.array(combiners, np.int64),
+                                             np.array(rows, np.int64))
+        return values, offsets, (weights if weighted else None), values.shape[0] == counts.sum()
+
     def replace_table(self, table, lookup):
         """Swap the stacked table for ``table`` (e.g. this rank's shard,
         ``distributed.ShardedTable``) and its one lookup for ``lookup`` (fed
@@ -516,6 +566,12 @@ class EmbeddingBagCollection:
         kind = ", dynamic" if self.is_dynamic else ""
         return (f"EmbeddingBagCollection(name={self.name!r}, features={self.num_features}, "
                 f"tables={len(self.tables)}, embedding_dim={self.embedding_dim}{kind})")
+
+
+def _plain(array, dtype):
+    """Whether ``array`` is a C-contiguous 1-D ndarray of ``dtype``."""
+    return (isinstance(array, np.ndarray) and array.dtype == dtype and array.ndim == 1
+            and array.flags.c_contiguous)
 
 
 def _same_arrays(cached_key, key):

@@ -293,8 +293,7 @@ class Optimizer:
         for update in prepared.updates:
             self._create_slots(update.var)
         self._rounding_step = prepared.step  # read by half_narrowing (16-bit tables)
-        for update in prepared.updates:
-            self._apply(update.var, update.plan, update.dense)
+        self._apply_updates(prepared.updates)
         self._finish()
         if global_step is not None:
             global_step.increment()
@@ -338,6 +337,12 @@ class Optimizer:
         """Update ``var`` from its summed-gradient plan; ``dense`` tells that
         the gradient was a dense array (the plan then touches every row)."""
         raise NotImplementedError
+
+    def _apply_updates(self, updates):
+        """``_apply`` each ``Update`` (variables are independent, so a rule
+        may group several in one kernel call: ``Adam``'s dense ones)."""
+        for update in updates:
+            self._apply(update.var, update.plan, update.dense)
 
     def _finish(self):
         """Work after all variables of one ``apply_gradients`` call."""

@@ -20,6 +20,8 @@ import numpy as np
 
 from ..metrics import AUC, LogLoss
 from ..progress import Progress, progress_interval
+from .blas import AutoBlasThreads, check_blas_threads
+from .blas import blas_threads as threads_set
 from .schedule import CheckpointState
 
 __all__ = ["fit", "evaluate", "report", "resume_point", "check_resume", "Interrupted",
@@ -61,7 +63,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         checkpoint_every=0, run=None,
         max_steps=None, say=None, progress=sys.stderr, stop_on_signals=False,
         on_epoch_end=None, eval_every_steps=0, early_stopping=None, lr_schedule=None,
-        best_state=None, schedules=None, evict=None, status=None):
+        best_state=None, schedules=None, evict=None, status=None, blas_threads=None):
     """Train for at most ``epochs`` epochs; returns the result dict.
 
     Args:
@@ -120,6 +122,12 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
             for eviction; the result's ``evicted_keys`` sums what it returned.
         status: optional ``status() -> str``, appended to each epoch's line
             (e.g. the dynamic tables' admitted keys).
+        blas_threads: the threads of NumPy's BLAS (the dense layers'
+            matmuls) during training: None leaves them as they are, an int
+            sets that count, ``"auto"`` times steps at 1 and 2 threads and
+            keeps the faster (``blas.AutoBlasThreads``). The count does not
+            change the bits (``training.blas``); the count before ``fit``
+            is restored when it returns.
 
     Returns:
         The last evaluation's figures (with early stopping: the best
@@ -129,6 +137,9 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
         ``global_step``, ``history`` (per epoch), and ``planted_auc`` /
         ``skipped_lines`` when the data report them.
     """
+    blas_threads = check_blas_threads(blas_threads)
+    if blas_threads == "auto":
+        step = AutoBlasThreads(step)
     if early_stopping is not None and best_state is None:
         raise ValueError("fit: early_stopping needs a best_state (MemoryState or "
                          "CheckpointState)")
@@ -193,7 +204,7 @@ def fit(train_data, valid_data, step, evaluate, global_step, *, epochs, seed=0,
     figures = None  # the evaluation of the current state, once there is one
     stopping = _SignalFlag() if stop_on_signals else contextlib.nullcontext(None)
     stopped_early = early_stopping is not None and early_stopping.stopped
-    with stopping as signalled:
+    with stopping as signalled, threads_set(blas_threads):
         for epoch in range(start_epoch, epochs):
             if stopped_early:
                 break

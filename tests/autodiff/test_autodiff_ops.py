@@ -230,3 +230,15 @@ def test_non_finite_labels_are_refused_naming_the_position():
         ad.sigmoid_cross_entropy_with_logits(x, [1.0, np.nan, 0.0])
     with pytest.raises(ValueError, match="label inf at flat position 2"):
         ad.sigmoid_cross_entropy_with_logits(x, [1.0, 0.0, np.inf])
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_concat_backward_splits_unequal_parts_as_np_split(axis):
+    parts = [randn(3, 2), randn(3, 1), randn(3, 4)] if axis else [randn(2, 3), randn(1, 3)]
+    tensors = [ad.Tensor(p, requires_grad=True) for p in parts]
+    g = np.arange(np.concatenate(parts, axis=axis).size, dtype=np.float64).reshape(
+        np.concatenate(parts, axis=axis).shape)
+    grads = ad.gradients((ad.concat(tensors, axis=axis) * ad.Tensor(g)).sum(), tensors)
+    bounds = np.cumsum([p.shape[axis] for p in parts])[:-1]
+    for got, want in zip(grads, np.split(g, bounds, axis=axis)):
+        np.testing.assert_array_equal(got, want)

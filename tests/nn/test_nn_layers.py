@@ -208,9 +208,11 @@ def test_the_fused_ids_live_on_the_batch_not_the_layer():
 
 
 def test_a_feature_checked_for_one_collection_is_checked_again_for_a_smaller_table():
-    # the checks of a batch's features are shared between collections whose
-    # tables have the same size (DeepFM's embeddings and linear term); a
-    # table of another size checks again, and a bad id still names the feature
+    # the per-feature checks of a batch's features (run when the one scan of
+    # the batch, ``bags_look_valid``, finds a problem; forced here) are
+    # shared between collections whose tables have the same size (DeepFM's
+    # embeddings and linear term); a table of another size checks again,
+    # and a bad id still names the feature
     from sparse_train.data import Batch
     from sparse_train.nn import embedding_bag as eb
     big = DataSpec((FeatureSpec("user", 6), FeatureSpec("item", 3)))
@@ -218,16 +220,27 @@ def test_a_feature_checked_for_one_collection_is_checked_again_for_a_smaller_tab
     a = EmbeddingBagCollection(big, 2, "checked_test/a", seed=1)
     same = EmbeddingBagCollection(big, 1, "checked_test/same", seed=2)
     b = EmbeddingBagCollection(small, 2, "checked_test/b", seed=3)
-    batch = Batch(np.zeros(2, np.float32), None,
-                  {"user": Ragged.from_dense([1, 5]), "item": Ragged.from_dense([0, 2])})
+
+    def make():
+        return Batch(np.zeros(2, np.float32), None,
+                     {"user": Ragged.from_dense([1, 5]), "item": Ragged.from_dense([0, 2])})
     calls = []
-    real = eb.check_bags
+    real, real_scan = eb.check_bags, eb.bags_look_valid
 
     def counting(*args):
         calls.append(args[-1])
         return real(*args)
     eb.check_bags = counting
     try:
+        a.fused_ragged(make())   # valid: the scan alone, no per-feature check
+        assert calls == []
+        with pytest.raises(ValueError, match=r"feature 'user': id 5 at position 1 is "
+                                             r"outside \[0, 4\)"):
+            b.fused_ragged(make())
+        assert calls == ["user"]
+        calls.clear()
+        eb.bags_look_valid = lambda *args: False
+        batch = make()
         a.fused_ragged(batch)
         same.fused_ragged(batch)
         assert calls == ["user", "item"]        # the second collection reused both
@@ -239,7 +252,7 @@ def test_a_feature_checked_for_one_collection_is_checked_again_for_a_smaller_tab
         # the bare dict is checked afresh; then b's smaller table checks "user" again
         assert calls[2:] == ["user", "item", "user"]
     finally:
-        eb.check_bags = real
+        eb.check_bags, eb.bags_look_valid = real, real_scan
 
 
 def test_feature_linear_sums_an_unweighted_bag():
