@@ -80,6 +80,20 @@ njit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
 prange = numba.prange
 
+#: Work (ids x row width) below which a kernel with a serial twin takes the
+#: twin (``by_work``). A parallel region costs 0.6-1.2 s of compiling per
+#: kernel on a first run; the main job (512 bags, ~6k ids of 16 floats a
+#: step: 2**17 work) then compiles none of them. Set where the parallel
+#: kernel starts to pay on 2 threads: FIXME.
+PARALLEL_MIN_WORK = 1 << 19
+
+
+def by_work(work, parallel_kernel, serial_kernel):
+    """``parallel_kernel`` for ``work`` (ids x row width) from
+    ``PARALLEL_MIN_WORK`` up, else its serial twin (the same bits: each
+    output is computed by one thread, in the same order, either way)."""
+    return parallel_kernel if work >= PARALLEL_MIN_WORK else serial_kernel
+
 # Start Numba's thread pool at import. Some serial kernels only sequence
 # parallel ones (``coalesce.group_rows``, ``lookup.embedding_bag_grad_plan``,
 # ``lookup.unit_grad_plan``: cheaper to compile than one parallel function),
