@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._jit import (_num_threads, _team_state_add, njit, njit_inline, njit_parallel, next_task,
-                   prange, row_buffer, task_queue, tasks_done, workers)
+from ._jit import (_num_threads, _team_state_add, borrowed, njit, njit_inline, njit_parallel,
+                   next_task, prange, row_buffer, task_queue, tasks_done, workers)
 from .prefetch import prefetch
 from .rows import row_axpy, row_fill, row_scale
 
@@ -41,6 +41,14 @@ class GradPlan(NamedTuple):
     src_coef: np.ndarray   # [m] float32
     src: np.ndarray        # [S, D] float32
     scale: np.float32
+
+
+@njit_inline
+def borrowed_plan(plan):
+    """``plan`` with its arrays ``_jit.borrowed`` (for a serial twin's loop;
+    the caller's plan keeps them alive)."""
+    return GradPlan(borrowed(plan.rows), borrowed(plan.starts), borrowed(plan.src_index),
+                    borrowed(plan.src_coef), borrowed(plan.src), plan.scale)
 
 
 #: Rows handled by one parallel task (one gradient buffer per task).
