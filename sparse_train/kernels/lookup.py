@@ -6,7 +6,7 @@ an empty array when ``has_weights`` is False.
 """
 import numpy as np
 
-from ._jit import (njit, njit_inline, njit_parallel, njit_serial_twin, next_task, prange,
+from ._jit import (borrowed, njit, njit_inline, njit_parallel, njit_serial_twin, next_task, prange,
                    row_buffer_or, task_queue, tasks_done, workers)
 from .coalesce import (SCATTER_AHEAD, _bit_length, _int, _max_id, _slice_bounds,
                        count_id_digits, group_packed, group_rows, group_rows_serial, use_threads)
@@ -102,9 +102,10 @@ def embedding_bag_forward_serial(out, weight, values, offsets, weights, has_weig
     """``embedding_bag_forward`` on the calling thread (the same bits: each
     bag is computed alone, in the same order); for small batches
     (``_jit.by_work``), and compiles in a fraction of the parallel kernel's
-    time."""
-    _forward_bags(out, weight, values, offsets, weights, has_weights, combiner, padding_idx,
-                  dim, 0, out.shape[0])
+    time. Arrays ``borrowed``: no reference counts on each bag's row view.
+    """
+    _forward_bags(borrowed(out), borrowed(weight), borrowed(values), borrowed(offsets),
+                  borrowed(weights), has_weights, combiner, padding_idx, dim, 0, out.shape[0])
 
 
 @njit_inline

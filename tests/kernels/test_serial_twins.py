@@ -167,3 +167,46 @@ def test_by_work_threshold():
     assert _jit.by_work(_jit.PARALLEL_MIN_WORK - 1, parallel, serial) is serial
     assert _jit.by_work(_jit.PARALLEL_MIN_WORK, parallel, serial) is parallel
     assert _jit.by_work(0, parallel, serial) is serial
+
+
+@pytest.mark.parametrize("dim", [16, 5])
+def test_adagrad_decay_twin(dim, threads):
+    from sparse_train.kernels.adagrad_decay import (adagrad_decay_apply,
+                                                    adagrad_decay_apply_serial)
+    from sparse_train.kernels.coalesce import GradPlan
+    rng = np.random.default_rng(dim)
+    num_rows, num_bags = 300, 400
+    values, offsets, _ = random_bags(rng, num_bags, num_rows, False, -1)
+    rows, starts, src_index, src_coef = L.embedding_bag_grad_plan_serial(
+        values, offsets, np.empty(0, np.float32), False, L.MEAN, -1)
+    d_out = rng.standard_normal((num_bags, dim)).astype(np.float32)
+    plan = GradPlan(rows, starts, src_index, src_coef, d_out, np.float32(0.75))
+    weight0 = rng.standard_normal((num_rows, dim)).astype(np.float32)
+    accumulator0 = rng.uniform(0.1, 2, (num_rows, dim)).astype(np.float32)
+    power0 = rng.integers(0, 3, num_rows)
+    lr, initial, rate, step, decay_step = (np.float32(0.5), np.float32(0.1), np.float32(0.9),
+                                           np.int64(5), np.int64(2))
+    results = []
+    for kernel, width in ((adagrad_decay_apply, _jit.row_dim(dim)),
+                          (adagrad_decay_apply_serial, dim)):
+        state = weight0.copy(), accumulator0.copy(), power0.copy()
+        kernel(*state, plan, lr, initial, rate, step, decay_step, width)
+        results.append(state)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+    # float64 reference (module docstring of kernels.adagrad_decay)
+    weight, accumulator, power = (weight0.astype(np.float64), accumulator0.astype(np.float64),
+                                  power0.copy())
+    for u, r in enumerate(rows):
+        k = np.arange(starts[u], starts[u + 1])
+        g = 0.75 * (src_coef[k, None] * d_out[src_index[k]].astype(np.float64)).sum(axis=0)
+        if step // decay_step > power[r]:
+            accumulator[r] = np.maximum(accumulator[r] * float(rate), float(initial))
+            power[r] += 1
+        accumulator[r] += g * g
+        weight[r] -= float(lr) * g / np.sqrt(accumulator[r])
+    np.testing.assert_array_equal(results[1][2], power)
+    np.testing.assert_allclose(results[1][1], accumulator, rtol=1e-5)
+    np.testing.assert_allclose(results[1][0], weight, rtol=1e-5, atol=1e-5)
+    untouched = np.setdiff1d(np.arange(num_rows), rows)
+    np.testing.assert_array_equal(results[1][0][untouched], weight0[untouched])
