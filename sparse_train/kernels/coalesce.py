@@ -96,7 +96,7 @@ def _int(x):
     return np.int64(x)
 
 
-@njit
+@njit_inline
 def _bit_length(x):
     """Bits needed for x >= 0 (at least 1)."""
     bits = 1
@@ -146,7 +146,7 @@ def _digit_counts(key_bits, slices):
     return np.empty((passes, slices, 1 << digit_bits), np.int64), digit_bits
 
 
-@njit
+@njit_inline
 def count_id_digits_serial(ids, key_bits):
     """``count_id_digits`` on one slice, in one read of the ids (no
     parallel kernel under it)."""
@@ -179,7 +179,7 @@ def count_id_digits(ids, key_bits, parallel):
     return counts, digit_bits
 
 
-@njit
+@njit_inline
 def _digit_starts(counts, n):
     """In place: counts [slices, digits] int64, a histogram -> where slice s
     writes its first key of each digit (digit-major, then slice order: a
@@ -225,7 +225,7 @@ def scatter_digits(out, keys, lo, hi, next_pos, shift, mask, tag_bits, tag, step
     next_pos[digit] = pos
 
 
-@njit
+@njit_inline
 def scatter_keys(out, keys, lo, hi, next_pos, shift, mask):
     """``scatter_digits`` of keys[lo:hi] themselves (a serial pass after the
     first), without its runs in a register: after the first pass about 55-60% of
@@ -242,7 +242,7 @@ def scatter_keys(out, keys, lo, hi, next_pos, shift, mask):
         out[pos] = key
 
 
-@njit
+@njit_inline
 def scatter_positions(out, ids, lo, hi, next_pos, shift, mask, tag_bits):
     """``scatter_digits`` of the keys ``ids[i] << tag_bits | i`` (a first
     pass tagging ids with their position)."""
@@ -367,7 +367,7 @@ def _unpack_runs(keys, tag_bits, slices):
     return rows, starts, keys
 
 
-@njit
+@njit_inline
 def _unpack_runs_serial(keys, tag_bits):
     """``_unpack_runs`` on the calling thread, in one read of the keys: rows
     and starts are written into arrays of n + 1 (as many rows as keys at
@@ -393,7 +393,7 @@ def _unpack_runs_serial(keys, tag_bits):
     return rows[:u], starts[:u + 1], keys
 
 
-@njit
+@njit_inline
 def group_packed_serial(keys, spare, counts, digit_bits, tag_bits):
     """``group_packed`` on the calling thread (no parallel kernel under it)."""
     n = keys.shape[0]
@@ -432,7 +432,7 @@ def group_packed(keys, spare, counts, digit_bits, tag_bits, parallel):
     return _unpack_runs(keys, tag_bits, _SLICES)
 
 
-@njit
+@njit_inline
 def _max_id(ids):
     """Largest of ids [n] int64 (n > 0); a loop, not ``np.max`` (the same
     value; np.max's implementation compiled 0.2 s more on a first run)."""
@@ -442,7 +442,7 @@ def _max_id(ids):
     return high
 
 
-@njit
+@njit_inline
 def _packing_bits(ids):
     """(key_bits, pos_bits) of ``group_rows``'s keys ``id << pos_bits |
     position`` for ids [n] int64, n > 0; ValueError when they need more

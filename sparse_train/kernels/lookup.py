@@ -331,6 +331,18 @@ def unit_grad_plan(values, offsets):
 
 
 @njit_inline
+def _running_sums(counts):
+    """Running sums of counts [n] int64 (``np.cumsum``, which compiled 0.13 s
+    more on a first run)."""
+    out = np.empty(counts.shape[0], np.int64)
+    total = 0
+    for i in range(counts.shape[0]):
+        total += counts[i]
+        out[i] = total
+    return out
+
+
+@njit_inline
 def _fuse_divisors(lengths, divisors, values, bag_starts, weights, combiners, lo, hi):
     """First pass of ``fuse_bags``, bags lo:hi: each (bag, feature)'s divisor,
     and its length in the output (0 for a zero divisor) at lengths[k + 1]."""
@@ -390,7 +402,7 @@ def fuse_bags(values, bag_starts, weights, combiners, row_offsets):
                            task * BAG_TASK, min(num_bags, (task + 1) * BAG_TASK))
             task = next_task(queue, worker)
     tasks_done(queue)
-    out_offsets = np.cumsum(lengths)
+    out_offsets = _running_sums(lengths)
     out_values = np.empty(out_offsets[-1], np.int64)
     out_weights = np.empty(out_offsets[-1], np.float32)
     queue = task_queue(num_tasks)
@@ -414,7 +426,7 @@ def fuse_bags_serial(values, bag_starts, weights, combiners, row_offsets):
     lengths = np.zeros(num_bags * num_features + 1, np.int64)
     divisors = np.empty(num_bags * num_features, np.float32)
     _fuse_divisors(lengths, divisors, values, bag_starts, weights, combiners, 0, num_bags)
-    out_offsets = np.cumsum(lengths)
+    out_offsets = _running_sums(lengths)
     out_values = np.empty(out_offsets[-1], np.int64)
     out_weights = np.empty(out_offsets[-1], np.float32)
     _fuse_write(out_values, out_weights, out_offsets, divisors, values, bag_starts, weights,
