@@ -81,10 +81,14 @@ njit_inline = numba.njit(cache=True, nogil=True, inline="always")
 prange = numba.prange
 
 #: Work (ids x row width) below which a kernel with a serial twin takes the
-#: twin (``by_work``). A parallel region costs 0.6-1.2 s of compiling per
-#: kernel on a first run; the main job (512 bags, ~6k ids of 16 floats a
-#: step: 2**17 work) then compiles none of them. Set where the parallel
-#: kernel starts to pay on 2 threads: FIXME.
+#: twin (``by_work``): a kernel with a parallel region compiles in about
+#: twice the time of its twin (0.6-1.2 s more each, on a first run), and
+#: the main job (512 bags, ~6k ids of 16 floats a step: 2**17) then
+#: compiles none. ``coalesce.PARALLEL_MIN_IDS`` ids of 16 floats, where
+#: the grouping goes parallel: below it a twin takes under 0.2 ms (forward
+#: and plan at 2**18, measured: 0.11 ms serial, 0.09 ms parallel), which a
+#: second thread cannot save much of; W1's batches (2**20.7 and up) stay
+#: parallel.
 PARALLEL_MIN_WORK = 1 << 19
 
 
