@@ -151,9 +151,7 @@ def count_id_digits_serial(ids, key_bits):
     """``count_id_digits`` on one slice, in one read of the ids (no
     parallel kernel under it)."""
     counts, digit_bits = _digit_counts(key_bits, 1)
-    zero = _int(0)
-    _count_digits(counts, ids, zero, ids.shape[0], zero, zero, zero, digit_bits,
-                  counts.shape[0])
+    _count_digits(counts, ids, 0, ids.shape[0], 0, 0, 0, digit_bits, counts.shape[0])
     _digit_starts(counts[0], ids.shape[0])
     return counts, digit_bits
 
@@ -398,11 +396,10 @@ def group_packed_serial(keys, spare, counts, digit_bits, tag_bits):
     """``group_packed`` on the calling thread (no parallel kernel under it)."""
     n = keys.shape[0]
     mask = (1 << digit_bits) - 1
-    zero = _int(0)
     for p in range(1, counts.shape[0]):
         if _digit_starts(counts[p], n):
             continue
-        scatter_keys(spare, keys, zero, n, counts[p, 0], tag_bits + p * digit_bits, mask)
+        scatter_keys(spare, keys, 0, n, counts[p, 0], tag_bits + p * digit_bits, mask)
         keys, spare = spare, keys
     return _unpack_runs_serial(keys, tag_bits)
 
@@ -455,7 +452,7 @@ def _packing_bits(ids):
     return key_bits, pos_bits
 
 
-@njit
+@njit_inline
 def group_rows_serial(ids):
     """``group_rows`` on the calling thread, with no parallel kernel under
     it (the same result): what ``group_rows`` runs below
@@ -467,7 +464,7 @@ def group_rows_serial(ids):
     key_bits, pos_bits = _packing_bits(ids)
     counts, digit_bits = count_id_digits_serial(ids, key_bits)
     keys = np.empty(n, np.int64)
-    scatter_positions(keys, ids, _int(0), n, counts[0, 0], pos_bits, (1 << digit_bits) - 1,
+    scatter_positions(keys, ids, 0, n, counts[0, 0], pos_bits, (1 << digit_bits) - 1,
                       pos_bits)
     return group_packed_serial(keys, np.empty(n, np.int64), counts, digit_bits, pos_bits)
 
