@@ -74,8 +74,9 @@ def pool_checked(table, bags):
             return _pool_half(table.value, table.storage, bags)
         table = table.value
     out = np.empty((bags.offsets.shape[0] - 1, table.shape[1]), np.float32)
-    _lookup.embedding_bag_forward(out, table, *bags,
-                                  table_dim(table.shape[1], table.shape[0]))
+    forward = _jit.by_work(bags.values.shape[0] * table.shape[1], _lookup.embedding_bag_forward,
+                           _lookup.embedding_bag_forward_serial)
+    forward(out, table, *bags, table_dim(table.shape[1], table.shape[0]))
     return out
 
 
@@ -144,7 +145,10 @@ def grad_checked(d_out, bags, num_embeddings, name=None):
         # job's 7k ids, and one kernel less to compile: see _jit.table_dim)
         rows, starts, src_index, src_coef = _lookup.unit_grad_plan(values, offsets)
     if rows is None or rows.shape[0] == 0:
-        rows, starts, src_index, src_coef = _lookup.embedding_bag_grad_plan(*bags)
+        grad_plan = _jit.by_work(values.shape[0] * d_out.shape[1],
+                                 _lookup.embedding_bag_grad_plan,
+                                 _lookup.embedding_bag_grad_plan_serial)
+        rows, starts, src_index, src_coef = grad_plan(*bags)
     plan = GradPlan(rows, starts, src_index, src_coef, d_out, np.float32(1.0))
     return RowSparseGrad._from_plan(plan, (num_embeddings, d_out.shape[1]))
 

@@ -80,6 +80,24 @@ njit_inline = numba.njit(cache=True, nogil=True, inline="always")
 
 prange = numba.prange
 
+#: Work (ids x row width) below which a kernel with a serial twin takes the
+#: twin (``by_work``): a kernel with a parallel region compiles in about
+#: twice the time of its twin (0.6-1.2 s more each, on a first run), and
+#: the main job (512 bags, ~6k ids of 16 floats a step: 2**17) then
+#: compiles none. ``coalesce.PARALLEL_MIN_IDS`` ids of 16 floats, where
+#: the grouping goes parallel: below it a twin takes under 0.2 ms (forward
+#: and plan at 2**18, measured: 0.11 ms serial, 0.09 ms parallel), which a
+#: second thread cannot save much of; W1's batches (2**20.7 and up) stay
+#: parallel.
+PARALLEL_MIN_WORK = 1 << 19
+
+
+def by_work(work, parallel_kernel, serial_kernel):
+    """``parallel_kernel`` for ``work`` (ids x row width) from
+    ``PARALLEL_MIN_WORK`` up, else its serial twin (the same bits: each
+    output is computed by one thread, in the same order, either way)."""
+    return parallel_kernel if work >= PARALLEL_MIN_WORK else serial_kernel
+
 # Start Numba's thread pool at import. Some serial kernels only sequence
 # parallel ones (``coalesce.group_rows``, ``lookup.embedding_bag_grad_plan``,
 # ``lookup.unit_grad_plan``: cheaper to compile than one parallel function),
@@ -225,6 +243,39 @@ def _cycles(typingctx):
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.readcyclecounter")
         return builder.call(fn, [])
     return types.int64(), codegen
+
+
+@intrinsic
+def borrowed(typingctx, array):
+    """``array`` without its reference count (a null meminfo), as the arrays
+    in a parallel region's body are (Numba's gufunc builds them so): views
+    of it (``a[r]``) and copies of the variable then skip NRT's atomic
+    increments and decrements. A serial twin's loop over rows did several a
+    row, and ran 2x slower than the same loop in a parallel region. The
+    caller keeps ``array`` itself alive (an argument, or see ``keep_alive``)."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source = context.make_array(signature.args[0])(context, builder, args[0])
+        out = context.make_array(signature.return_type)(context, builder)
+        context.populate_array(out, data=source.data, shape=source.shape,
+                               strides=source.strides, itemsize=source.itemsize, meminfo=None)
+        return out._getvalue()
+    return array(array), codegen
+
+
+@intrinsic
+def keep_alive(typingctx, array):
+    """A use of ``array`` that does nothing: Numba frees an array after its
+    last use, so an array that a ``borrowed`` copy still reads needs one
+    after that copy's last use."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return context.get_dummy_value()
+    return types.none(array), codegen
 
 
 def task_queue(num_tasks):

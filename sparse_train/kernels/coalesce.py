@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._jit import (_num_threads, _team_state_add, njit, njit_inline, njit_parallel, next_task,
-                   prange, row_buffer, task_queue, tasks_done, workers)
+from ._jit import (_num_threads, _team_state_add, borrowed, njit, njit_inline, njit_parallel,
+                   next_task, prange, row_buffer, task_queue, tasks_done, workers)
 from .prefetch import prefetch
 from .rows import row_axpy, row_fill, row_scale
 
@@ -41,6 +41,14 @@ class GradPlan(NamedTuple):
     src_coef: np.ndarray   # [m] float32
     src: np.ndarray        # [S, D] float32
     scale: np.float32
+
+
+@njit_inline
+def borrowed_plan(plan):
+    """``plan`` with its arrays ``_jit.borrowed`` (for a serial twin's loop;
+    the caller's plan keeps them alive)."""
+    return GradPlan(borrowed(plan.rows), borrowed(plan.starts), borrowed(plan.src_index),
+                    borrowed(plan.src_coef), borrowed(plan.src), plan.scale)
 
 
 #: Rows handled by one parallel task (one gradient buffer per task).
@@ -88,7 +96,7 @@ def _int(x):
     return np.int64(x)
 
 
-@njit
+@njit_inline
 def _bit_length(x):
     """Bits needed for x >= 0 (at least 1)."""
     bits = 1
@@ -129,6 +137,25 @@ def _count_digits(counts, ids, lo, hi, slice_index, first, shift, digit_bits, pa
             counts[first + p, slice_index, (row >> (p * digit_bits)) & mask] += 1
 
 
+@njit_inline
+def _digit_counts(key_bits, slices):
+    """(counts [passes, slices, 2**digit_bits] int64, uninitialised,
+    digit_bits) of the id sort of ``key_bits`` bits (``count_id_digits``)."""
+    passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
+    digit_bits = (key_bits + passes - 1) // passes
+    return np.empty((passes, slices, 1 << digit_bits), np.int64), digit_bits
+
+
+@njit_inline
+def count_id_digits_serial(ids, key_bits):
+    """``count_id_digits`` on one slice, in one read of the ids (no
+    parallel kernel under it)."""
+    counts, digit_bits = _digit_counts(key_bits, 1)
+    _count_digits(counts, ids, 0, ids.shape[0], 0, 0, 0, digit_bits, counts.shape[0])
+    _digit_starts(counts[0], ids.shape[0])
+    return counts, digit_bits
+
+
 @njit  # sequences parallel kernels (the pool is started in _jit)
 def count_id_digits(ids, key_bits, parallel):
     """The digits of the id sort and their histograms: (counts [passes,
@@ -141,20 +168,16 @@ def count_id_digits(ids, key_bits, parallel):
     later passes, counted in the same read of the ids; in parallel, later
     passes count their own input (a slice's share of each digit depends
     on the order the pass before left)."""
-    passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
-    digit_bits = (key_bits + passes - 1) // passes
-    counts = np.empty((passes, _num_slices(parallel), 1 << digit_bits), np.int64)
+    if not parallel:
+        return count_id_digits_serial(ids, key_bits)
+    counts, digit_bits = _digit_counts(key_bits, _SLICES)
     zero = _int(0)
-    if parallel:
-        unused = np.empty(0, np.int64)  # (no scatter)
-        _radix_pass(unused, ids, counts, zero, zero, digit_bits, zero, zero, _int(1), zero)
-    else:
-        _count_digits(counts, ids, zero, ids.shape[0], zero, zero, zero, digit_bits, passes)
-        _digit_starts(counts[0], ids.shape[0])
+    unused = np.empty(0, np.int64)  # (no scatter)
+    _radix_pass(unused, ids, counts, zero, zero, digit_bits, zero, zero, _int(1), zero)
     return counts, digit_bits
 
 
-@njit
+@njit_inline
 def _digit_starts(counts, n):
     """In place: counts [slices, digits] int64, a histogram -> where slice s
     writes its first key of each digit (digit-major, then slice order: a
@@ -200,7 +223,7 @@ def scatter_digits(out, keys, lo, hi, next_pos, shift, mask, tag_bits, tag, step
     next_pos[digit] = pos
 
 
-@njit
+@njit_inline
 def scatter_keys(out, keys, lo, hi, next_pos, shift, mask):
     """``scatter_digits`` of keys[lo:hi] themselves (a serial pass after the
     first), without its runs in a register: after the first pass about 55-60% of
@@ -217,7 +240,7 @@ def scatter_keys(out, keys, lo, hi, next_pos, shift, mask):
         out[pos] = key
 
 
-@njit
+@njit_inline
 def scatter_positions(out, ids, lo, hi, next_pos, shift, mask, tag_bits):
     """``scatter_digits`` of the keys ``ids[i] << tag_bits | i`` (a first
     pass tagging ids with their position)."""
@@ -342,7 +365,7 @@ def _unpack_runs(keys, tag_bits, slices):
     return rows, starts, keys
 
 
-@njit
+@njit_inline
 def _unpack_runs_serial(keys, tag_bits):
     """``_unpack_runs`` on the calling thread, in one read of the keys: rows
     and starts are written into arrays of n + 1 (as many rows as keys at
@@ -368,6 +391,19 @@ def _unpack_runs_serial(keys, tag_bits):
     return rows[:u], starts[:u + 1], keys
 
 
+@njit_inline
+def group_packed_serial(keys, spare, counts, digit_bits, tag_bits):
+    """``group_packed`` on the calling thread (no parallel kernel under it)."""
+    n = keys.shape[0]
+    mask = (1 << digit_bits) - 1
+    for p in range(1, counts.shape[0]):
+        if _digit_starts(counts[p], n):
+            continue
+        scatter_keys(spare, keys, 0, n, counts[p, 0], tag_bits + p * digit_bits, mask)
+        keys, spare = spare, keys
+    return _unpack_runs_serial(keys, tag_bits)
+
+
 @njit  # sequences parallel kernels (the pool is started in _jit)
 def group_packed(keys, spare, counts, digit_bits, tag_bits, parallel):
     """Group tagged ids: keys [n] int64 = ``id << tag_bits | tag`` (ids >= 0,
@@ -383,23 +419,54 @@ def group_packed(keys, spare, counts, digit_bits, tag_bits, parallel):
     pass's digits in its one read of the ids; in parallel, each pass after
     the first counts its slices first (a slice's share of each digit
     depends on the order the previous pass left)."""
-    n = keys.shape[0]
-    mask = (1 << digit_bits) - 1
+    if not parallel:
+        return group_packed_serial(keys, spare, counts, digit_bits, tag_bits)
     zero, one = _int(0), _int(1)
     for p in range(1, counts.shape[0]):
-        shift = tag_bits + p * digit_bits
-        if parallel:
-            if not _radix_pass(spare, keys, counts, _int(p), shift, digit_bits, zero, zero, one,
-                               one):
-                continue
-        elif _digit_starts(counts[p], n):
-            continue
-        else:
-            scatter_keys(spare, keys, zero, n, counts[p, 0], shift, mask)
-        keys, spare = spare, keys
-    if parallel:
-        return _unpack_runs(keys, tag_bits, _SLICES)
-    return _unpack_runs_serial(keys, tag_bits)
+        if _radix_pass(spare, keys, counts, _int(p), tag_bits + p * digit_bits, digit_bits,
+                       zero, zero, one, one):
+            keys, spare = spare, keys
+    return _unpack_runs(keys, tag_bits, _SLICES)
+
+
+@njit_inline
+def _max_id(ids):
+    """Largest of ids [n] int64 (n > 0); a loop, not ``np.max`` (the same
+    value; np.max's implementation compiled 0.2 s more on a first run)."""
+    high = ids[0]
+    for i in range(1, ids.shape[0]):
+        high = max(high, ids[i])
+    return high
+
+
+@njit_inline
+def _packing_bits(ids):
+    """(key_bits, pos_bits) of ``group_rows``'s keys ``id << pos_bits |
+    position`` for ids [n] int64, n > 0; ValueError when they need more
+    than 63 bits."""
+    key_bits = _bit_length(_max_id(ids))
+    pos_bits = _bit_length(ids.shape[0] - 1)
+    if key_bits + pos_bits > 63:
+        raise ValueError("group_rows: ids must be below 2**(63 - bits(len(ids))), "
+                         "about 5e11 rows for 16M ids")
+    return key_bits, pos_bits
+
+
+@njit_inline
+def group_rows_serial(ids):
+    """``group_rows`` on the calling thread, with no parallel kernel under
+    it (the same result): what ``group_rows`` runs below
+    ``PARALLEL_MIN_IDS``, and what a serial kernel calls (it never
+    compiles the parallel passes)."""
+    n = ids.shape[0]
+    if n == 0:
+        return np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64)
+    key_bits, pos_bits = _packing_bits(ids)
+    counts, digit_bits = count_id_digits_serial(ids, key_bits)
+    keys = np.empty(n, np.int64)
+    scatter_positions(keys, ids, 0, n, counts[0, 0], pos_bits, (1 << digit_bits) - 1,
+                      pos_bits)
+    return group_packed_serial(keys, np.empty(n, np.int64), counts, digit_bits, pos_bits)
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -417,22 +484,14 @@ def group_rows(ids):
     table that fits in memory) raise ValueError.
     """
     n = ids.shape[0]
-    if n == 0:
-        return np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64)
-    key_bits = _bit_length(np.max(ids))
-    pos_bits = _bit_length(n - 1)
-    if key_bits + pos_bits > 63:
-        raise ValueError("group_rows: ids must be below 2**(63 - bits(len(ids))), "
-                         "about 5e11 rows for 16M ids")
     parallel = use_threads(n)
+    if not parallel:
+        return group_rows_serial(ids)
+    key_bits, pos_bits = _packing_bits(ids)
     counts, digit_bits = count_id_digits(ids, key_bits, parallel)
-    mask = (1 << digit_bits) - 1
     keys = np.empty(n, np.int64)
-    if parallel:
-        zero, one = _int(0), _int(1)
-        _radix_pass(keys, ids, counts, zero, pos_bits, digit_bits, pos_bits, one, zero, one)
-    else:
-        scatter_positions(keys, ids, _int(0), n, counts[0, 0], pos_bits, mask, pos_bits)
+    zero, one = _int(0), _int(1)
+    _radix_pass(keys, ids, counts, zero, pos_bits, digit_bits, pos_bits, one, zero, one)
     return group_packed(keys, np.empty(n, np.int64), counts, digit_bits, pos_bits, parallel)
 
 

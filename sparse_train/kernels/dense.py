@@ -42,7 +42,8 @@ def relu_grad_and_bias_sums(dpre, partial, g, out):
     size = (num_rows + BIAS_SLICES - 1) // BIAS_SLICES
     for s in range(BIAS_SLICES):
         acc = partial[s]
-        acc[:] = 0.0
+        for j in range(acc.shape[0]):  # (a loop: a slice assignment compiles longer)
+            acc[j] = 0.0
         for i in range(s * size, min(num_rows, (s + 1) * size)):
             for j in range(g.shape[1]):
                 v = g[i, j] if out[i, j] > 0 else np.float32(0.0)
@@ -58,7 +59,8 @@ def bias_sums(partial, g):
     size = (num_rows + BIAS_SLICES - 1) // BIAS_SLICES
     for s in range(BIAS_SLICES):
         acc = partial[s]
-        acc[:] = 0.0
+        for j in range(acc.shape[0]):  # (a loop: a slice assignment compiles longer)
+            acc[j] = 0.0
         for i in range(s * size, min(num_rows, (s + 1) * size)):
             for j in range(g.shape[1]):
                 acc[j] += g[i, j]

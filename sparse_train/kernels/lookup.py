@@ -6,10 +6,10 @@ an empty array when ``has_weights`` is False.
 """
 import numpy as np
 
-from ._jit import (njit, njit_inline, njit_parallel, next_task, prange, row_buffer_or,
-                   task_queue, tasks_done, workers)
-from .coalesce import (SCATTER_AHEAD, _bit_length, _int, _slice_bounds, count_id_digits,
-                       group_packed, group_rows, use_threads)
+from ._jit import (borrowed, njit, njit_inline, njit_parallel, njit_serial_twin, next_task, prange,
+                   row_buffer_or, task_queue, tasks_done, workers)
+from .coalesce import (SCATTER_AHEAD, _bit_length, _int, _max_id, _slice_bounds,
+                       count_id_digits, group_packed, group_rows, group_rows_serial, use_threads)
 from .prefetch import LOOKUP_AHEAD, prefetch, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
@@ -39,6 +39,39 @@ def bag_divisor(values, weights, has_weights, start, end, combiner, padding_idx)
     return total
 
 
+@njit_inline
+def _forward_bags(out, weight, values, offsets, weights, has_weights, combiner, padding_idx,
+                  dim, lo, hi):
+    """In place: rows lo:hi of out, as ``embedding_bag_forward`` (each bag
+    sums ``w_i * e_i`` in position order, then divides by its divisor)."""
+    last = values.shape[0] - 1
+    for b in range(lo, hi):
+        row = out[b]
+        acc = row_buffer_or(row, dim)
+        row_fill(acc, np.float32(0.0), dim)
+        start, end = offsets[b], offsets[b + 1]
+        divisor = bag_divisor(values, weights, has_weights, start, end,
+                              combiner, padding_idx)
+        if divisor != 0.0:
+            if has_weights or padding_idx >= 0:
+                for i in range(start, end):
+                    prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
+                    index = values[i]
+                    if index == padding_idx:
+                        continue
+                    if has_weights:
+                        row_axpy(acc, weight, index * dim, weights[i], dim)
+                    else:
+                        row_add(acc, weight, index * dim, dim)
+            else:  # the common case, in its own tight loop
+                for i in range(start, end):
+                    prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
+                    row_add(acc, weight, values[i] * dim, dim)
+            if combiner != SUM:
+                row_divide(acc, divisor, dim)
+        row_store(out, b * dim, acc, dim)
+
+
 @njit_parallel
 def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
                           combiner, padding_idx, dim):
@@ -50,40 +83,45 @@ def embedding_bag_forward(out, weight, values, offsets, weights, has_weights,
     sums ``w_i * e_i`` in position order (without weights ``e_i``, the same
     bits as ``1 * e_i``), then divides by its divisor (vector code: ``rows``).
     """
-    last = values.shape[0] - 1
     num_items = out.shape[0]
     num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
     queue = task_queue(num_tasks)
     for worker in prange(workers(queue)):
         task = next_task(queue, worker)
         while task < num_tasks:
-            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
-                row = out[b]
-                acc = row_buffer_or(row, dim)
-                row_fill(acc, np.float32(0.0), dim)
-                start, end = offsets[b], offsets[b + 1]
-                divisor = bag_divisor(values, weights, has_weights, start, end,
-                                      combiner, padding_idx)
-                if divisor != 0.0:
-                    if has_weights or padding_idx >= 0:
-                        for i in range(start, end):
-                            prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
-                            index = values[i]
-                            if index == padding_idx:
-                                continue
-                            if has_weights:
-                                row_axpy(acc, weight, index * dim, weights[i], dim)
-                            else:
-                                row_add(acc, weight, index * dim, dim)
-                    else:  # the common case, in its own tight loop
-                        for i in range(start, end):
-                            prefetch_row_read(weight, values[min(i + LOOKUP_AHEAD, last)], dim)
-                            row_add(acc, weight, values[i] * dim, dim)
-                    if combiner != SUM:
-                        row_divide(acc, divisor, dim)
-                row_store(out, b * dim, acc, dim)
+            _forward_bags(out, weight, values, offsets, weights, has_weights, combiner,
+                          padding_idx, dim, task * BAG_TASK,
+                          min(num_items, (task + 1) * BAG_TASK))
             task = next_task(queue, worker)
     tasks_done(queue)
+
+
+@njit_serial_twin
+def embedding_bag_forward_serial(out, weight, values, offsets, weights, has_weights,
+                                 combiner, padding_idx, dim):
+    """``embedding_bag_forward`` on the calling thread (the same bits: each
+    bag is computed alone, in the same order); for small batches
+    (``_jit.by_work``), and compiles in a fraction of the parallel kernel's
+    time. Arrays ``borrowed``: no reference counts on each bag's row view.
+    """
+    _forward_bags(borrowed(out), borrowed(weight), borrowed(values), borrowed(offsets),
+                  borrowed(weights), has_weights, combiner, padding_idx, dim, 0, out.shape[0])
+
+
+@njit_inline
+def _bag_coefficients_of(bag_of, coef, dropped, values, offsets, weights, has_weights,
+                         combiner, padding_idx, lo, hi):
+    """``_bag_coefficients`` of bags lo:hi."""
+    for b in range(lo, hi):
+        start, end = offsets[b], offsets[b + 1]
+        divisor = bag_divisor(values, weights, has_weights, start, end,
+                              combiner, padding_idx)
+        for i in range(start, end):
+            bag_of[i] = b
+            w = weights[i] if has_weights else np.float32(1.0)
+            coef[i] = w if combiner == SUM else w / divisor
+            if divisor == 0.0 or values[i] == padding_idx:
+                dropped[b] += 1
 
 
 @njit_parallel
@@ -99,18 +137,19 @@ def _bag_coefficients(bag_of, coef, dropped, values, offsets, weights, has_weigh
     for worker in prange(workers(queue)):
         task = next_task(queue, worker)
         while task < num_tasks:
-            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
-                start, end = offsets[b], offsets[b + 1]
-                divisor = bag_divisor(values, weights, has_weights, start, end,
-                                      combiner, padding_idx)
-                for i in range(start, end):
-                    bag_of[i] = b
-                    w = weights[i] if has_weights else np.float32(1.0)
-                    coef[i] = w if combiner == SUM else w / divisor
-                    if divisor == 0.0 or values[i] == padding_idx:
-                        dropped[b] += 1
+            _bag_coefficients_of(bag_of, coef, dropped, values, offsets, weights, has_weights,
+                                 combiner, padding_idx, task * BAG_TASK,
+                                 min(num_items, (task + 1) * BAG_TASK))
             task = next_task(queue, worker)
     tasks_done(queue)
+
+
+@njit_inline
+def _gather_plan_of(src_index, src_coef, order, bag_of, coef, lo, hi):
+    """``_gather_plan`` of positions lo:hi."""
+    for k in range(lo, hi):
+        src_index[k] = bag_of[order[k]]
+        src_coef[k] = coef[order[k]]
 
 
 @njit_parallel
@@ -122,11 +161,46 @@ def _gather_plan(src_index, src_coef, order, bag_of, coef):
     for worker in prange(workers(queue)):
         task = next_task(queue, worker)
         while task < num_tasks:
-            for k in range(task * ID_TASK, min(num_items, (task + 1) * ID_TASK)):
-                src_index[k] = bag_of[order[k]]
-                src_coef[k] = coef[order[k]]
+            _gather_plan_of(src_index, src_coef, order, bag_of, coef, task * ID_TASK,
+                            min(num_items, (task + 1) * ID_TASK))
             task = next_task(queue, worker)
     tasks_done(queue)
+
+
+@njit_inline
+def _kept_ids(values, offsets, dropped, padding_idx):
+    """(ids, kept): the ids of the positions that contribute (``kept``, in
+    position order), or ``values`` itself and an empty ``kept`` when every
+    position does (the common case: no copy)."""
+    n = values.shape[0]
+    num_bags = offsets.shape[0] - 1
+    num_dropped = 0
+    for b in range(num_bags):
+        num_dropped += dropped[b]
+    if num_dropped == 0:
+        return values, np.empty(0, np.int64)
+    kept = np.empty(n - num_dropped, np.int64)
+    m = 0
+    for b in range(num_bags):
+        if dropped[b] == offsets[b + 1] - offsets[b]:
+            continue
+        for i in range(offsets[b], offsets[b + 1]):
+            if values[i] != padding_idx:
+                kept[m] = i
+                m += 1
+    kept_values = np.empty(m, np.int64)
+    for j in range(m):
+        kept_values[j] = values[kept[j]]
+    return kept_values, kept
+
+
+@njit_inline
+def _positions_of_kept(order, kept):
+    """In place: order [m] int64, indices into ``kept`` -> positions (none
+    when ``kept`` is empty: every position was kept)."""
+    if kept.shape[0] > 0:
+        for k in range(order.shape[0]):
+            order[k] = kept[order[k]]
 
 
 @njit  # sequences parallel kernels (the pool is started in _jit)
@@ -141,34 +215,37 @@ def embedding_bag_grad_plan(values, offsets, weights, has_weights, combiner,
     Parallel over bags, then over the grouped contributions.
     """
     n = values.shape[0]
-    num_bags = offsets.shape[0] - 1
     bag_of = np.empty(n, np.int64)
     coef = np.empty(n, np.float32)
-    dropped = np.zeros(num_bags, np.int64)
+    dropped = np.zeros(offsets.shape[0] - 1, np.int64)
     _bag_coefficients(bag_of, coef, dropped, values, offsets, weights, has_weights,
                       combiner, padding_idx)
-    num_dropped = dropped.sum()
-    if num_dropped == 0:
-        rows, starts, order = group_rows(values)
-    else:  # rare: compact the kept positions, then map back
-        kept = np.empty(n - num_dropped, np.int64)
-        m = 0
-        for b in range(num_bags):
-            if dropped[b] == offsets[b + 1] - offsets[b]:
-                continue
-            for i in range(offsets[b], offsets[b + 1]):
-                if values[i] != padding_idx:
-                    kept[m] = i
-                    m += 1
-        kept_values = np.empty(m, np.int64)
-        for j in range(m):
-            kept_values[j] = values[kept[j]]
-        rows, starts, order = group_rows(kept_values)
-        for k in range(m):
-            order[k] = kept[order[k]]
+    ids, kept = _kept_ids(values, offsets, dropped, padding_idx)
+    rows, starts, order = group_rows(ids)
+    _positions_of_kept(order, kept)
     src_index = np.empty(order.shape[0], np.int64)
     src_coef = np.empty(order.shape[0], np.float32)
     _gather_plan(src_index, src_coef, order, bag_of, coef)
+    return rows, starts, src_index, src_coef
+
+
+@njit_serial_twin
+def embedding_bag_grad_plan_serial(values, offsets, weights, has_weights, combiner,
+                                   padding_idx):
+    """``embedding_bag_grad_plan`` on the calling thread, with no parallel
+    kernel under it (the same plan); for small batches (``_jit.by_work``)."""
+    n = values.shape[0]
+    bag_of = np.empty(n, np.int64)
+    coef = np.empty(n, np.float32)
+    dropped = np.zeros(offsets.shape[0] - 1, np.int64)
+    _bag_coefficients_of(bag_of, coef, dropped, values, offsets, weights, has_weights,
+                         combiner, padding_idx, 0, offsets.shape[0] - 1)
+    ids, kept = _kept_ids(values, offsets, dropped, padding_idx)
+    rows, starts, order = group_rows_serial(ids)
+    _positions_of_kept(order, kept)
+    src_index = np.empty(order.shape[0], np.int64)
+    src_coef = np.empty(order.shape[0], np.float32)
+    _gather_plan_of(src_index, src_coef, order, bag_of, coef, 0, order.shape[0])
     return rows, starts, src_index, src_coef
 
 
@@ -234,7 +311,7 @@ def unit_grad_plan(values, offsets):
     if n == 0:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.float32))
-    key_bits = _bit_length(np.max(values))
+    key_bits = _bit_length(_max_id(values))
     tag_bits = _bit_length(max(num_bags - 1, 0))
     if key_bits + tag_bits > 63:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
@@ -251,6 +328,48 @@ def unit_grad_plan(values, offsets):
     rows, starts, src_index = group_packed(keys, np.empty(n, np.int64), counts, digit_bits,
                                            tag_bits, parallel)
     return rows, starts, src_index, np.ones(n, np.float32)
+
+
+@njit_inline
+def _running_sums(counts):
+    """Running sums of counts [n] int64 (``np.cumsum``, which compiled 0.13 s
+    more on a first run)."""
+    out = np.empty(counts.shape[0], np.int64)
+    total = 0
+    for i in range(counts.shape[0]):
+        total += counts[i]
+        out[i] = total
+    return out
+
+
+@njit_inline
+def _fuse_divisors(lengths, divisors, values, bag_starts, weights, combiners, lo, hi):
+    """First pass of ``fuse_bags``, bags lo:hi: each (bag, feature)'s divisor,
+    and its length in the output (0 for a zero divisor) at lengths[k + 1]."""
+    num_features = bag_starts.shape[0]
+    for b in range(lo, hi):
+        for f in range(num_features):
+            start, end = bag_starts[f, b], bag_starts[f, b + 1]
+            divisor = bag_divisor(values, weights, True, start, end, combiners[f], -1)
+            divisors[b * num_features + f] = divisor
+            lengths[b * num_features + f + 1] = end - start if divisor != 0.0 else 0
+
+
+@njit_inline
+def _fuse_write(out_values, out_weights, out_offsets, divisors, values, bag_starts, weights,
+                combiners, row_offsets, lo, hi):
+    """Second pass of ``fuse_bags``, bags lo:hi: the shifted ids and their
+    coefficients, at their bag's place in the output."""
+    num_features = bag_starts.shape[0]
+    for b in range(lo, hi):
+        for f in range(num_features):
+            k = b * num_features + f
+            start, at = bag_starts[f, b], out_offsets[k]
+            divisor = divisors[k]
+            for i in range(out_offsets[k + 1] - at):
+                out_values[at + i] = values[start + i] + row_offsets[f]
+                w = weights[start + i]
+                out_weights[at + i] = w if combiners[f] == SUM else w / divisor
 
 
 @njit_parallel
@@ -274,38 +393,42 @@ def fuse_bags(values, bag_starts, weights, combiners, row_offsets):
     num_bags = bag_starts.shape[1] - 1
     lengths = np.zeros(num_bags * num_features + 1, np.int64)
     divisors = np.empty(num_bags * num_features, np.float32)
-    num_items = num_bags
-    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
+    num_tasks = (num_bags + BAG_TASK - 1) // BAG_TASK
     queue = task_queue(num_tasks)
     for worker in prange(workers(queue)):
         task = next_task(queue, worker)
         while task < num_tasks:
-            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
-                for f in range(num_features):
-                    start, end = bag_starts[f, b], bag_starts[f, b + 1]
-                    divisor = bag_divisor(values, weights, True, start, end, combiners[f], -1)
-                    divisors[b * num_features + f] = divisor
-                    lengths[b * num_features + f + 1] = end - start if divisor != 0.0 else 0
+            _fuse_divisors(lengths, divisors, values, bag_starts, weights, combiners,
+                           task * BAG_TASK, min(num_bags, (task + 1) * BAG_TASK))
             task = next_task(queue, worker)
     tasks_done(queue)
-    out_offsets = np.cumsum(lengths)
+    out_offsets = _running_sums(lengths)
     out_values = np.empty(out_offsets[-1], np.int64)
     out_weights = np.empty(out_offsets[-1], np.float32)
-    num_items = num_bags
-    num_tasks = (num_items + BAG_TASK - 1) // BAG_TASK
     queue = task_queue(num_tasks)
     for worker in prange(workers(queue)):
         task = next_task(queue, worker)
         while task < num_tasks:
-            for b in range(task * BAG_TASK, min(num_items, (task + 1) * BAG_TASK)):
-                for f in range(num_features):
-                    k = b * num_features + f
-                    start, at = bag_starts[f, b], out_offsets[k]
-                    divisor = divisors[k]
-                    for i in range(out_offsets[k + 1] - at):
-                        out_values[at + i] = values[start + i] + row_offsets[f]
-                        w = weights[start + i]
-                        out_weights[at + i] = w if combiners[f] == SUM else w / divisor
+            _fuse_write(out_values, out_weights, out_offsets, divisors, values, bag_starts,
+                        weights, combiners, row_offsets, task * BAG_TASK,
+                        min(num_bags, (task + 1) * BAG_TASK))
             task = next_task(queue, worker)
     tasks_done(queue)
+    return out_values, out_offsets, out_weights
+
+
+@njit_serial_twin
+def fuse_bags_serial(values, bag_starts, weights, combiners, row_offsets):
+    """``fuse_bags`` on the calling thread (the same output); for small
+    batches (``_jit.by_work``)."""
+    num_features = bag_starts.shape[0]
+    num_bags = bag_starts.shape[1] - 1
+    lengths = np.zeros(num_bags * num_features + 1, np.int64)
+    divisors = np.empty(num_bags * num_features, np.float32)
+    _fuse_divisors(lengths, divisors, values, bag_starts, weights, combiners, 0, num_bags)
+    out_offsets = _running_sums(lengths)
+    out_values = np.empty(out_offsets[-1], np.int64)
+    out_weights = np.empty(out_offsets[-1], np.float32)
+    _fuse_write(out_values, out_weights, out_offsets, divisors, values, bag_starts, weights,
+                combiners, row_offsets, 0, num_bags)
     return out_values, out_offsets, out_weights

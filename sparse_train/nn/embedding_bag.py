@@ -15,8 +15,9 @@ from .._aligned import aligned_empty
 from ..collections import get_all_collection_keys, get_collection_ref, register_variable
 from ..data.batch import Batch, DataSpec
 from ..functional import COMBINERS, check_bags
+from ..kernels._jit import by_work
 from ..kernels.bag_checks import bags_look_valid
-from ..kernels.lookup import fuse_bags
+from ..kernels.lookup import fuse_bags, fuse_bags_serial
 from ..ragged import Ragged
 from ..variable import Variable
 from .embedding import EmbeddingTable
@@ -489,9 +490,9 @@ class EmbeddingBagCollection:
         values = np.concatenate([v for v, _ in parts]) if parts else np.empty(0, np.int64)
         weights = np.concatenate([np.ones(v.shape[0], np.float32) if w is None else w
                                   for v, w in parts]) if parts else np.empty(0, np.float32)
-        values, offsets, weights = fuse_bags(values, np.stack(starts), weights,
-                                             np.array(combiners, np.int64),
-                                             np.array(rows, np.int64))
+        fuse = by_work(values.shape[0] * self.embedding_dim, fuse_bags, fuse_bags_serial)
+        values, offsets, weights = fuse(values, np.stack(starts), weights,
+                                        np.array(combiners, np.int64), np.array(rows, np.int64))
         return values, offsets, (weights if weighted else None), values.shape[0] == first
 
     def _screened_bags(self, sparse, ids=None):

@@ -2,7 +2,8 @@
 import numpy as np
 
 from ..half import storage_bits
-from ..kernels.adagrad_decay import adagrad_decay_apply
+from ..kernels._jit import by_work
+from ..kernels.adagrad_decay import adagrad_decay_apply, adagrad_decay_apply_serial
 from ..kernels.update_half import adagrad_decay_apply_half
 from ..variable import GlobalStep
 from .base import (Optimizer, check_float32_positive, check_number, half_narrowing, kernel_dim,
@@ -109,4 +110,6 @@ class AdagradDecay(Optimizer):
             adagrad_decay_apply_half(storage_bits(weight), *slots, plan, *scalars,
                                      half_narrowing(self, var), kernel_dim(weight, dense))
             return
-        adagrad_decay_apply(weight, *slots, plan, *scalars, kernel_dim(weight, dense))
+        apply = by_work(plan.src_index.shape[0] * weight.shape[1], adagrad_decay_apply,
+                        adagrad_decay_apply_serial)
+        apply(weight, *slots, plan, *scalars, kernel_dim(weight, dense))
