@@ -536,9 +536,9 @@ class EmbeddingBagCollection:
             return ids[0], ids[1], None, True
         if not any(has_weights):
             weights = np.ones(values.shape[0], np.float32)
-        values, offsets, weights = fuse_bags(values, offsets + value_starts[:-1, None],
-                                             weights, np.array(combiners, np.int64),
-                                             np.array(rows, np.int64))
+        fuse = by_work(values.shape[0] * self.embedding_dim, fuse_bags, fuse_bags_serial)
+        values, offsets, weights = fuse(values, offsets + value_starts[:-1, None], weights,
+                                        np.array(combiners, np.int64), np.array(rows, np.int64))
         return values, offsets, (weights if weighted else None), values.shape[0] == counts.sum()
 
     def replace_table(self, table, lookup):
