@@ -347,6 +347,13 @@ class Optimizer:
     def _finish(self):
         """Work after all variables of one ``apply_gradients`` call."""
 
+    def verified_finite(self, updates):
+        """ids of the variables of ``updates`` whose update kernel tested
+        every value it stored (weight and slots) and found them finite:
+        ``training.check_finite_state`` does not read them again. None here;
+        ``Adam`` (its dense multi-variable kernel) overrides."""
+        return frozenset()
+
 
 def half_narrowing(optimizer, var):
     """The ``kernels.half.Narrowing`` of the 16-bit ``var`` for the apply
