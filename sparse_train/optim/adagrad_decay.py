@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..half import storage_bits
-from ..kernels.adagrad_decay import adagrad_decay_apply
+from ..kernels.adagrad_decay_finite import FLAG_ROWS, adagrad_decay_apply_finite
 from ..kernels.update_half import adagrad_decay_apply_half
 from ..variable import GlobalStep
 from .base import (Optimizer, check_float32_positive, check_number, half_narrowing, kernel_dim,
@@ -109,4 +109,10 @@ class AdagradDecay(Optimizer):
             adagrad_decay_apply_half(storage_bits(weight), *slots, plan, *scalars,
                                      half_narrowing(self, var), kernel_dim(weight, dense))
             return
-        adagrad_decay_apply(weight, *slots, plan, *scalars, kernel_dim(weight, dense))
+        # the kernel flags a row it left non-finite: the check then need not
+        # gather the touched rows again (kernels.adagrad_decay_finite)
+        flags = np.empty(-(-plan.rows.shape[0] // FLAG_ROWS), np.uint32)
+        adagrad_decay_apply_finite(flags, weight, *slots, plan, *scalars,
+                                   kernel_dim(weight, dense))
+        if not flags.any():
+            self._mark_finite(var)

@@ -130,13 +130,6 @@ class Adam(Optimizer):
         # the kernel saw every value it stored: these need no second read
         self._verified_finite = (updates, finite)
 
-    def verified_finite(self, updates):
-        """ids of the variables of ``updates`` (the last ``_apply_updates``'
-        argument, else none) that the update kernel found finite, weight
-        and slots (``check_finite_state`` skips them)."""
-        verified = getattr(self, "_verified_finite", None)
-        return verified[1] if verified is not None and verified[0] is updates else frozenset()
-
     def _dense_flat(self, update):
         """(weight, m, v, gradient) of a dense float32 update as flat views,
         or None (a sparse or 16-bit update, or an array that is not
