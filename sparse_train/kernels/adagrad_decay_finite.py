@@ -2,20 +2,41 @@
 NaN or an infinity in a row it updated, so the step's finiteness check
 (``training.step.check_finite_state``) need not gather and read the
 touched rows again (the main job: two tables, weight and accumulator, four
-gathers and scans a step). The update of a row is the same
-``adagrad_decay_row``, so the same bits; the test reads the row's exponent
-bits while they are in cache.
+gathers and scans a step). The update of a row has the float ops of
+``adagrad_decay_row``, so the same bits; the test reads the row while it is in
+cache.
 """
 import numpy as np
 
-from ._jit import loop_width, next_task, njit_parallel, prange, row_buffer, task_queue, \
-    tasks_done, workers
-from .adagrad_decay import adagrad_decay_row
+from ._jit import (loop_width, next_task, njit_inline, njit_parallel, prange, row_buffer,
+                   task_queue, tasks_done, workers)
 from .coalesce import ROW_CHUNK, summed_grad_row
 from .prefetch import AHEAD, prefetch, prefetch_row
 
 #: Rows a flag covers (``flags`` has one entry per chunk of the plan's rows).
 FLAG_ROWS = ROW_CHUNK
+
+
+@njit_inline
+def adagrad_decay_row_finite(w, accumulator, power, r, g, lr, initial, rate, step,
+                             decay_step, dim):
+    """``adagrad_decay.adagrad_decay_row`` (the same float ops), returning
+    1 (uint32) if it stored a NaN or an infinity in w or accumulator, else 0.
+    In place: w, accumulator [dim] float32 (row r), power [V] int64."""
+    width = loop_width(w, dim)
+    if step // decay_step > power[r]:
+        for j in range(width):
+            accumulator[j] = max(accumulator[j] * rate, initial)
+        power[r] += 1
+    zero = np.float32(0.0)
+    found = np.uint32(0)
+    for j in range(width):
+        accumulator[j] += g[j] * g[j]
+        w[j] -= lr * g[j] / np.sqrt(accumulator[j])
+        # x - x is 0 for a finite x, NaN for an infinity or a NaN
+        found |= np.uint32((w[j] - w[j]) != zero)
+        found |= np.uint32((accumulator[j] - accumulator[j]) != zero)
+    return found
 
 
 @njit_parallel
@@ -31,7 +52,6 @@ def adagrad_decay_apply_finite(flags, weight, accumulator, power, plan, lr, init
     rows = plan.rows
     num_rows = rows.shape[0]
     num_tasks = (num_rows + ROW_CHUNK - 1) // ROW_CHUNK
-    exponent = np.uint32(0x7F800000)
     queue = task_queue(num_tasks)
     for worker in prange(workers(queue)):
         g = row_buffer(dim)
@@ -45,13 +65,8 @@ def adagrad_decay_apply_finite(flags, weight, accumulator, power, plan, lr, init
                 prefetch(power, ahead)
                 summed_grad_row(g, plan, u, dim)
                 r = rows[u]
-                adagrad_decay_row(weight[r], accumulator[r], power, r, g, lr,
-                                  initial, rate, step, decay_step, dim)
-                w_bits = weight[r].view(np.uint32)
-                a_bits = accumulator[r].view(np.uint32)
-                for j in range(loop_width(weight[r], dim)):
-                    found |= np.uint32((w_bits[j] & exponent) == exponent)
-                    found |= np.uint32((a_bits[j] & exponent) == exponent)
+                found |= adagrad_decay_row_finite(weight[r], accumulator[r], power, r, g, lr,
+                                                  initial, rate, step, decay_step, dim)
             flags[c] = found
             c = next_task(queue, worker)
     tasks_done(queue)
