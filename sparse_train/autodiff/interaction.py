@@ -1,6 +1,7 @@
 """Feature-interaction ops on a [B, F, D] stack of field embeddings."""
 import numpy as np
 
+from ..kernels import fm as _fm
 from .engine import Tensor, as_tensor
 
 __all__ = ["fm_interaction", "dot_interaction"]
@@ -31,12 +32,26 @@ def fm_interaction(x, reduce_sum=True):
     """
     x = as_tensor(x)
     _check_stack(x, "fm_interaction")
-    total = x.data.sum(axis=1)
-    out = 0.5 * (total * total - np.einsum("bfd,bfd->bd", x.data, x.data))
-    if reduce_sum:
-        out = out.sum(axis=1)
+    # one pass each way in a kernel (160 + 90 -> 34 + 15 us a step on the
+    # main job), with NumPy's bits (``kernels.fm``); else NumPy
+    fast = (reduce_sum and x.data.dtype == np.float32 and x.shape[1] >= 1
+            and _fm.MIN_DIM <= x.shape[2] <= _fm.MAX_DIM)
+    if fast:
+        data = np.ascontiguousarray(x.data)
+        out = np.empty(x.shape[0], np.float32)
+        total = np.empty((x.shape[0], x.shape[2]), np.float32)
+        _fm.fm_forward(out, total, data)
+    else:
+        total = x.data.sum(axis=1)
+        out = 0.5 * (total * total - np.einsum("bfd,bfd->bd", x.data, x.data))
+        if reduce_sum:
+            out = out.sum(axis=1)
 
     def backward(g):
+        if fast and g.dtype == np.float32 and g.ndim == 1:
+            dx = np.empty(data.shape, np.float32)
+            _fm.fm_backward(dx, np.ascontiguousarray(g), total, data)
+            return (dx,)
         g = g[:, None, None] if reduce_sum else g[:, None, :]
         dx = total[:, None, :] - x.data
         if dx.dtype == np.result_type(g, dx):  # in place: one [B, F, D] buffer, not two

@@ -5,7 +5,8 @@ import numpy as np
 
 from ..half import storage_bits
 from ..kernels.adam import adam_apply, lazy_adam_apply, lazy_adam_apply_serial
-from ..kernels.multi import MAX_VARIABLES, adam_apply_dense_multi
+from ..kernels.multi import MAX_VARIABLES
+from ..kernels.multi_finite import adam_apply_dense_multi_finite
 from ..kernels.update_half import adam_apply_half, lazy_adam_apply_half
 from ..variable import Variable
 from .base import (Optimizer, check_float32_positive, check_number, half_narrowing, kernel_dim,
@@ -109,18 +110,25 @@ class Adam(Optimizer):
         2000 applies at load 3.4); any other
         update by ``_apply``. Variables are independent: the order does not
         matter."""
-        flats = []
+        flats, flat_vars = [], []
         for update in updates:
             flat = self._dense_flat(update)
             if flat is None:
                 self._apply(update.var, update.plan, update.dense)
             else:
                 flats.append(flat)
+                flat_vars.append(update.var)
         scalars = self._scalars() if flats else None
+        flags = np.zeros(MAX_VARIABLES, np.uint32)
+        finite = set()
         for start in range(0, len(flats), MAX_VARIABLES):
             group = flats[start:start + MAX_VARIABLES]
             group += [(_EMPTY,) * 4] * (MAX_VARIABLES - len(group))
-            adam_apply_dense_multi(*(tuple(f[k] for f in group) for k in range(4)), *scalars)
+            adam_apply_dense_multi_finite(flags, *(tuple(f[k] for f in group) for k in range(4)),
+                                          *scalars)
+            finite.update(id(var) for var, flag in zip(flat_vars[start:], flags) if not flag)
+        # the kernel saw every value it stored: these need no second read
+        self._verified_finite = (updates, finite)
 
     def _dense_flat(self, update):
         """(weight, m, v, gradient) of a dense float32 update as flat views,

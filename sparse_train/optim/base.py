@@ -341,11 +341,26 @@ class Optimizer:
     def _apply_updates(self, updates):
         """``_apply`` each ``Update`` (variables are independent, so a rule
         may group several in one kernel call: ``Adam``'s dense ones)."""
+        self._verified_finite = (updates, set())
         for update in updates:
             self._apply(update.var, update.plan, update.dense)
 
+    def _mark_finite(self, var):
+        """Record that ``_apply`` of ``var`` tested every value it stored
+        (weight and slots) and found them finite (``verified_finite``)."""
+        self._verified_finite[1].add(id(var))
+
     def _finish(self):
         """Work after all variables of one ``apply_gradients`` call."""
+
+    def verified_finite(self, updates):
+        """ids of the variables of ``updates`` whose update kernel tested
+        every value it stored (weight and slots) and found them finite:
+        ``training.check_finite_state`` does not read them again. Set by
+        the last ``_apply_updates`` (``_mark_finite``) if ``updates`` is
+        what it applied, else none."""
+        verified = getattr(self, "_verified_finite", None)
+        return verified[1] if verified is not None and verified[0] is updates else frozenset()
 
 
 def half_narrowing(optimizer, var):

@@ -205,15 +205,24 @@ def check_finite_state(prepared, global_step=None):
     optimizer's shared state (Adam's beta powers). Untouched rows are not
     read (O(touched rows), never O(table)): a finite row that an update
     did not reach stays finite (Adam's decay of every row only shrinks).
-    The message names the variable or slot and the global step.
+    A variable whose update kernel tested every value it stored, weight and
+    slots (``optimizer.verified_finite``: Adam's dense variables) is not
+    read again: those kernels flag a variable they left non-finite, and a
+    flagged one is read here as any other (dense group of the main job:
+    about 100 us -> 7 us a step). The message names the variable or slot and
+    the global step.
     """
     step = None if global_step is None else int(global_step)
     where = f"after step {step}" if step is not None else "after the update"
     for checked in prepared:
         opt = checked.optimizer
         slots = opt.get_slot_names()
+        verified = opt.verified_finite(checked.updates) if hasattr(opt, "verified_finite") \
+            else ()
         for update in checked.updates:
             var = update.var
+            if id(var) in verified:  # its update kernel saw every value stored
+                continue
             rows = None if update.dense else update.plan.rows
             _check_rows((var.name,), var, rows, where, step)  # 16-bit rows are widened
             for slot in slots:
