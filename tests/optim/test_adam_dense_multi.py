@@ -42,9 +42,11 @@ def test_kernel_matches_float64_numpy():
         lr_t = lr * np.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
         grads = [(g * step).reshape(-1) for _, g in start]
         pad = (empty,) * (MAX_VARIABLES - len(shapes))
-        adam_apply_dense_multi(*(tuple(s[k] for s in state) + pad for k in range(3)),
+        flags = np.full(MAX_VARIABLES, 7, np.uint32)
+        adam_apply_dense_multi(flags, *(tuple(s[k] for s in state) + pad for k in range(3)),
                                tuple(grads) + pad, np.float32(lr_t), np.float32(beta1),
                                np.float32(beta2), np.float32(epsilon))
+        assert flags.tolist() == [0] * MAX_VARIABLES  # all finite
         expected = [_numpy_adam(*e, g.astype(np.float64), lr_t, beta1, beta2, epsilon)
                     for e, g in zip(expected, grads)]
     for got, want in zip(state, expected):

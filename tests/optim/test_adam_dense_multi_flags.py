@@ -1,13 +1,12 @@
-"""``kernels.multi_finite.adam_apply_dense_multi_finite``: the bits of
-``multi.adam_apply_dense_multi``, close to the float64 rule, and a flag for
-each variable it leaves non-finite; ``check_finite_state`` then still names
-the first bad variable or slot as it did when it read every dense one."""
+"""``kernels.multi.adam_apply_dense_multi``'s flags: one for each variable
+it leaves non-finite; ``check_finite_state`` then still names the first bad
+variable or slot as it did when it read every dense one. (Its values:
+tests/optim/test_adam_dense_multi.py.)"""
 import numpy as np
 import pytest
 
 from sparse_train import GlobalStep, RowSparseGrad, Variable, optim
 from sparse_train.kernels.multi import MAX_VARIABLES, adam_apply_dense_multi
-from sparse_train.kernels.multi_finite import adam_apply_dense_multi_finite
 from sparse_train.training import NonFiniteError, train_step
 
 SIZES = [35, 5, 0, 33, 16, 1]
@@ -25,29 +24,6 @@ def _call(kernel, state, grads, *flags):
            *SCALARS)
 
 
-def test_same_bits_as_the_plain_kernel_and_close_to_float64():
-    rng = np.random.default_rng(0)
-    plain = _state(rng)
-    checked = [[a.copy() for a in s] for s in plain]
-    ref = [[a.astype(np.float64) for a in s] for s in plain]
-    lr_t, beta1, beta2, epsilon = (float(x) for x in SCALARS)
-    flags = np.full(MAX_VARIABLES, 7, np.uint32)
-    for _ in range(3):
-        grads = [rng.standard_normal(n).astype(np.float32) for n in SIZES]
-        _call(adam_apply_dense_multi, plain, grads)
-        _call(adam_apply_dense_multi_finite, checked, grads, flags)
-        for r, g in zip(ref, grads):
-            g = g.astype(np.float64)
-            r[1] = beta1 * r[1] + (1 - beta1) * g
-            r[2] = beta2 * r[2] + (1 - beta2) * g * g
-            r[0] = r[0] - lr_t * r[1] / (np.sqrt(r[2]) + epsilon)
-    assert flags.tolist() == [0] * MAX_VARIABLES
-    for a, b, r in zip(plain, checked, ref):
-        for x, y, z in zip(a, b, r):
-            assert np.array_equal(x.view(np.uint32), y.view(np.uint32))
-            np.testing.assert_allclose(y, z, rtol=1e-5, atol=1e-6)
-
-
 @pytest.mark.parametrize("where", ["weight", "v", "nan_grad"])
 def test_flags_exactly_the_variables_left_non_finite(where):
     rng = np.random.default_rng(1)
@@ -60,7 +36,7 @@ def test_flags_exactly_the_variables_left_non_finite(where):
     else:
         grads[3][7] = np.nan
     flags = np.zeros(MAX_VARIABLES, np.uint32)
-    _call(adam_apply_dense_multi_finite, state, grads, flags)
+    _call(adam_apply_dense_multi, state, grads, flags)
     assert [bool(f) for f in flags] == [i == 3 for i in range(MAX_VARIABLES)]
     finite = [all(np.isfinite(a).all() for a in s) for s in state]
     assert finite == [i != 3 for i in range(len(SIZES))]
