@@ -4,11 +4,11 @@
 and some 10 us of Python a feature). A batch of valid features, the normal
 case, needs only a yes: this scan answers it for all features at once, and
 only a "no" sends the caller to the per-feature checks, which name the
-feature and the offending value.
+feature and the offending value. The ids and weights are screened by
+``checks``' own kernels (an unsigned max, an exponent OR: both vectorise).
 """
-import numpy as np
-
 from ._jit import njit
+from .checks import first_decrease, first_id_out_of_range, first_non_finite
 
 
 @njit
@@ -25,24 +25,11 @@ def bags_look_valid(values, value_starts, offsets, num_embeddings, weights):
     """
     num_features, width = offsets.shape
     for f in range(num_features):
-        if width < 1 or offsets[f, 0] != 0:
+        if width < 1 or offsets[f, 0] != 0 or first_decrease(offsets[f]) >= 0:
             return False
-        for b in range(1, width):
-            if offsets[f, b] < offsets[f, b - 1]:
-                return False
         start, stop = value_starts[f], value_starts[f + 1]
         if offsets[f, width - 1] != stop - start:
             return False
-        # one unsigned max (a negative id reads as a huge one): vectorises
-        unsigned = values[start:stop].view(np.uint64)
-        high = np.uint64(0)
-        for i in range(unsigned.shape[0]):
-            high = max(high, unsigned[i])
-        if stop > start and high >= np.uint64(num_embeddings[f]):
+        if first_id_out_of_range(values[start:stop], num_embeddings[f]) >= 0:
             return False
-    bits = weights.view(np.uint32)
-    exponent = np.uint32(0x7F800000)
-    found = np.uint32(0)
-    for i in range(bits.shape[0]):
-        found |= np.uint32((bits[i] & exponent) == exponent)
-    return found == 0
+    return first_non_finite(weights) < 0
