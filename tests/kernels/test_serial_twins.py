@@ -59,16 +59,13 @@ def test_forward_twin(has_weights, padding_idx, combiner, dim, threads):
     L.embedding_bag_forward(parallel, *args, _jit.row_dim(dim))
     L.embedding_bag_forward_serial(serial, *args, dim)
     np.testing.assert_array_equal(parallel.view(np.uint32), serial.view(np.uint32))
-    divisors = reference_divisors(values, offsets, weights, has_weights, combiner, padding_idx)
+    # the forward is the plan read the other way: bag b gets coef * table[row]
+    rows, starts, bags, coefs = reference_plan(values, offsets, weights, has_weights,
+                                               combiner, padding_idx)
     expected = np.zeros((300, dim))
-    for b, divisor in enumerate(divisors):
-        if divisor == 0.0:
-            continue
-        for i in range(offsets[b], offsets[b + 1]):
-            if values[i] != padding_idx:
-                w = float(weights[i]) if has_weights else 1.0
-                expected[b] += w * table[values[i]].astype(np.float64)
-        expected[b] /= divisor
+    for u, row in enumerate(rows):
+        for k in range(starts[u], starts[u + 1]):
+            expected[bags[k]] += coefs[k] * table[row].astype(np.float64)
     np.testing.assert_allclose(serial, expected, rtol=1e-5, atol=1e-5)
 
 
