@@ -490,10 +490,18 @@ class EmbeddingBagCollection:
         values = np.concatenate([v for v, _ in parts]) if parts else np.empty(0, np.int64)
         weights = np.concatenate([np.ones(v.shape[0], np.float32) if w is None else w
                                   for v, w in parts]) if parts else np.empty(0, np.float32)
-        fuse = by_work(values.shape[0] * self.embedding_dim, fuse_bags, fuse_bags_serial)
-        values, offsets, weights = fuse(values, np.stack(starts), weights,
-                                        np.array(combiners, np.int64), np.array(rows, np.int64))
+        values, offsets, weights = self._fuse(values, np.stack(starts), weights, combiners, rows)
         return values, offsets, (weights if weighted else None), values.shape[0] == first
+
+    def _fuse(self, values, starts, weights, combiners, rows):
+        """``kernels.lookup.fuse_bags`` (its serial twin for a small batch,
+        ``_jit.by_work``) of the features' concatenated ``values`` and
+        ``weights``, ``starts`` [F, B + 1] their bags' starts in ``values``;
+        ``combiners``, ``rows``: per feature, its combiner code and its row
+        block in the stacked table."""
+        fuse = by_work(values.shape[0] * self.embedding_dim, fuse_bags, fuse_bags_serial)
+        return fuse(values, starts, weights, np.array(combiners, np.int64),
+                    np.array(rows, np.int64))
 
     def _screened_bags(self, sparse, ids=None):
         """``_fused_bags`` of plain features (int64 ids and offsets, float32
@@ -536,9 +544,8 @@ class EmbeddingBagCollection:
             return ids[0], ids[1], None, True
         if not any(has_weights):
             weights = np.ones(values.shape[0], np.float32)
-        fuse = by_work(values.shape[0] * self.embedding_dim, fuse_bags, fuse_bags_serial)
-        values, offsets, weights = fuse(values, offsets + value_starts[:-1, None], weights,
-                                        np.array(combiners, np.int64), np.array(rows, np.int64))
+        values, offsets, weights = self._fuse(values, offsets + value_starts[:-1, None], weights,
+                                              combiners, rows)
         return values, offsets, (weights if weighted else None), values.shape[0] == counts.sum()
 
     def replace_table(self, table, lookup):
