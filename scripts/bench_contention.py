@@ -9,7 +9,12 @@ A "busy" process (``while True: pass``, started and stopped here; pinned to
 the last core with ``--pin``) runs during the contended rounds and is
 stopped (SIGSTOP) during the quiet ones, so both conditions alternate in
 the same rounds: quiet 1 thread, quiet 2 threads, busy 1 thread, busy 2
-threads, then the next round. Figures are medians over rounds and ratios
+threads, then the next round. The parallel kernels learn whether to run a
+region alone (``kernels._jit``: when the second thread comes late); each
+condition learns it in ``--warmup`` untimed steps of its own before the
+rounds and resumes it round after round (``_jit.set_team_state``): the
+steady state of a job that runs in that condition all along, and a quiet
+round is not run alone because the busy round before it was. Figures are medians over rounds and ratios
 taken within this run:
 
 - ``busy2/busy1``: the 2-thread step against the 1-thread step, both under
@@ -38,6 +43,7 @@ if "--torch-first" in sys.argv[1:]:
         torch = None
 
 import sparse_train as st  # noqa: E402  first: sets the thread pools' spin limits
+from sparse_train.kernels import _jit  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -91,25 +97,32 @@ def run_config(table, distribution, optimizer, busy, rounds, steps, warmup, batc
         w1.our_step(weight, opt, global_step, values, offsets, work.d_out)
         calls[0] += 1
 
-    for threads in (1, 2):
-        numba.set_num_threads(threads)
-        for _ in range(warmup):
-            step()
+    # each condition's own team choice (kernels._jit.team_state), learnt in
+    # ``warmup`` untimed steps in that condition and carried from round to
+    # round: as in a job that runs in that condition all along
+    team = {c: (0, _jit.SOLO_REGIONS) for c in CONDITIONS}
     times = {c: [] for c in CONDITIONS}
-    for _ in range(rounds):
+    for round_index in range(-1, rounds):
         for condition in CONDITIONS:
             state, threads = condition
             if state == "busy":
                 busy.resume()
             numba.set_num_threads(threads)
-            step()  # one untimed step: the pool settles after the change
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            times[condition].append(1e3 * (time.perf_counter() - start) / steps)
+            _jit.set_team_state(team[condition])
+            if round_index < 0:
+                for _ in range(warmup):
+                    step()
+            else:
+                step()  # one untimed step: the pool settles after the change
+                start = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                times[condition].append(1e3 * (time.perf_counter() - start) / steps)
+            team[condition] = _jit.team_state()
             if state == "busy":
                 busy.pause()
             time.sleep(0.02)
+    _jit.set_team_state()
     med = {c: float(np.median(v)) for c, v in times.items()}
     row = {"table": table, "ids": distribution, "optimizer": optimizer,
            **{f"{s}{t}_ms": med[(s, t)] for s, t in CONDITIONS},
@@ -137,7 +150,8 @@ def parse_args(argv):
     p.add_argument("--optimizers", default="sgd,adagrad")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=20,
+                   help="untimed steps in each condition before the rounds")
     p.add_argument("--batches", type=int, default=4)
     p.add_argument("--pin", action="store_true", help="pin the busy process to the last core")
     p.add_argument("--torch-first", action="store_true",

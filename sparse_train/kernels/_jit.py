@@ -149,6 +149,35 @@ _TEAM_SYMBOL = "sparse_train_team_state"
 llvm_binding.add_symbol(_TEAM_SYMBOL, ctypes.addressof(_TEAM_STATE))
 
 
+def team_state():
+    """The team choice of the parallel kernels, process-wide: (regions left
+    to run alone, current solo period); a new process has (0,
+    ``SOLO_REGIONS``).
+
+    >>> set_team_state((3, 64)); team_state()
+    (3, 64)
+    >>> set_team_state(); team_state() == (0, SOLO_REGIONS)
+    True
+    """
+    return int(_TEAM_STATE[0]), int(_TEAM_STATE[1])
+
+
+def set_team_state(state=(0, SOLO_REGIONS)):
+    """Set the team choice to ``state`` (a ``team_state()`` pair; default:
+    a new process's, the full team and the shortest solo period). For a
+    benchmark that alternates conditions in one process
+    (``scripts/bench_contention.py``): each condition resumes the choice it
+    had learnt, as a process that ran in it all along would, instead of
+    the one the condition before it left (a quiet 2-thread round right
+    after a contended one would otherwise run alone, at 1-thread speed).
+    Changes who runs a task, never a result."""
+    regions, period = (int(x) for x in state)
+    if regions < 0 or not SOLO_REGIONS <= period <= SOLO_REGIONS_MAX:
+        raise ValueError(f"team state: regions >= 0 and {SOLO_REGIONS} <= period <= "
+                         f"{SOLO_REGIONS_MAX}, got {state!r}")
+    _TEAM_STATE[0], _TEAM_STATE[1] = regions, period
+
+
 def _team_state_pointer(builder, index):
     """Pointer to ``_TEAM_STATE[index]`` in compiled code."""
     module = builder.module
