@@ -431,13 +431,27 @@ class EmbeddingBagCollection:
             # its mean-combined embeddings) then skips its fuse
             ids_layout = ("fused_ids", tuple(entry[:3] + entry[4:] for entry in layout))
             ids_key, ids = batch.derived.get(ids_layout, (None, None))
-            values, offsets, weights, complete = self._fused_bags(
-                sparse, checked, ids if _same_arrays(ids_key, key) else None)
+            if not _same_arrays(ids_key, key):
+                ids = None
+            if ids is not None and self._unweighted_sums(sparse):
+                # the very arrays were checked against the same table sizes
+                # when those ids were fused: no second scan, no second concat
+                fused = Ragged(ids[0], ids[1], None)
+                batch.derived[("fused_ragged", layout)] = (key, fused)
+                return fused
+            values, offsets, weights, complete = self._fused_bags(sparse, checked, ids)
             fused = Ragged(values, offsets, weights)
             batch.derived[("fused_ragged", layout)] = (key, fused)
             if complete:
                 batch.derived[ids_layout] = (key, (fused.values, fused.offsets))
         return fused
+
+    def _unweighted_sums(self, sparse):
+        """Whether every feature is a ``Ragged`` without weights pooled by
+        ``"sum"``: a fuse of ids alone, whatever fused them."""
+        return all(isinstance(bag.combiner, str) and bag.combiner == "sum"
+                   and isinstance(sparse[feature], Ragged) and sparse[feature].weights is None
+                   for feature, bag in self.bags.items())
 
     def _fused_layout(self):
         """What ``_fused_bags`` reads of this collection besides the batch:

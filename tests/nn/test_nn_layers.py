@@ -286,9 +286,22 @@ def test_an_all_sum_collection_shares_the_fused_ids_of_another_combiner(weighted
     tags = Ragged([1, 4, 2, 0], [0, 2, 2, 4], [1.0, 2.0, 0.5, 1.5] if weighted else None)
     batch = Batch(np.zeros(3, np.float32), None,
                   {"user": Ragged.from_dense([1, 3, 0]), "tags": tags})
-    mean.fused_ragged(batch)
-    shared = total.fused_ragged(batch)
-    own = total.fused_ragged(batch.sparse)
+    from sparse_train.nn import embedding_bag as eb
+    scans, real_scan = [], eb.bags_look_valid
+
+    def counting(*args):
+        scans.append(1)
+        return real_scan(*args)
+    eb.bags_look_valid = counting
+    try:
+        mean.fused_ragged(batch)
+        shared = total.fused_ragged(batch)
+        # shared ids: the very arrays were scanned for the mean fuse, not again
+        assert len(scans) == (2 if weighted else 1)
+        own = total.fused_ragged(batch.sparse)
+        assert len(scans) == (3 if weighted else 2)  # a bare dict: scanned afresh
+    finally:
+        eb.bags_look_valid = real_scan
     for got, want in ((shared.values, own.values), (shared.offsets, own.offsets),
                       (shared.weights, own.weights)):
         np.testing.assert_array_equal(got, want)
