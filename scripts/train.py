@@ -3,8 +3,10 @@
 
 With no arguments: DeepFM on a synthetic click log generated in memory
 (the planted model's AUC is printed beside the model's), trained until the
-validation AUC stops improving (early stopping; about 40 s warm on 2 cores). Every flag can also come from ``--config FILE.toml`` with the same
-keys (``batch_size = 4096``); a flag on the command line wins.
+validation AUC stops improving (early stopping; about 20 s on 2 cores once
+the kernels are compiled). Every flag can also come from ``--config
+FILE.toml`` with the same keys (``batch_size = 4096``); a flag on the
+command line wins.
 
 Bad flags and config values fail before any data is read (exit code 2);
 Ctrl-C or SIGTERM stops after the current step, saving a checkpoint when
@@ -13,7 +15,7 @@ from it as if never stopped. One run at a time per --checkpoint-dir (a lock
 file); one already holding checkpoints needs --resume or --overwrite.
 Output paths are checked before any data is read. The samples/s reported
 time the training steps from the run's second step on (the first compiles
-the kernels on a first run, about 25 s; they are cached afterwards).
+the kernels on a first run, about 10 s; they are cached afterwards).
 
 Examples:
     python scripts/train.py
@@ -1045,7 +1047,7 @@ def main(argv=None):
     try:
         args.batches = batches_options(args)
         if not args.quiet and lead and kernel_cache_is_cold():
-            print("compiling kernels, about 25 s on a first run; cached afterwards",
+            print("compiling kernels, about 10 s on a first run; cached afterwards",
                   file=sys.stderr, flush=True)
         if args.distributed:  # every rank runs this; a failing rank ends the whole job
             train_distributed(args)

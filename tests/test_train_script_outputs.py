@@ -222,7 +222,7 @@ def test_first_run_note_and_the_closing_hint(tmp_path, monkeypatch, capsys):
     assert train_script.main(["--examples", "2000", "--batch-size", "500", "--model", "lr",
                               "--epochs", "1"]) == 0
     err = capsys.readouterr().err
-    assert err.count("compiling kernels, about 25 s on a first run; cached afterwards") == 1
+    assert err.count("compiling kernels, about 10 s on a first run; cached afterwards") == 1
     assert err.rstrip().endswith(train_script.KEEP_HINT)
     assert "--checkpoint-dir DIR" in train_script.KEEP_HINT
     assert "--metrics-out FILE" in train_script.KEEP_HINT
