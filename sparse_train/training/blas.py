@@ -180,6 +180,8 @@ class AutoBlasThreads:
         if self._calls <= self._skip:
             return self._step(batch)
         if self.chosen is not None:
+            if self._since == 0 and len(self.candidates) == 1:
+                set_blas_threads(self.chosen)  # nothing to time: the one count, set once
             if not (self._every and self._since >= self._every) or len(self.candidates) == 1:
                 self._since += 1
                 return self._step(batch)

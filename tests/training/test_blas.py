@@ -94,6 +94,24 @@ def test_auto_with_one_candidate_never_times():
 
 
 @needs_blas
+@needs_two
+def test_auto_with_one_candidate_still_sets_it():
+    # a one-core host (candidates (1,)) where OpenBLAS was left at 2 threads
+    # (OPENBLAS_NUM_THREADS, or a container's view of the host's cores): the
+    # steps after the skipped ones run at the one count
+    before = get_blas_threads()
+    try:
+        set_blas_threads(2)
+        seen = []
+        auto = AutoBlasThreads(lambda b: seen.append(get_blas_threads()), candidates=(1,), skip=1)
+        for b in range(4):
+            auto(b)
+        assert seen == [2, 1, 1, 1]
+    finally:
+        set_blas_threads(before)
+
+
+@needs_blas
 def test_fit_sets_the_count_while_training_and_restores_it():
     before, seen = get_blas_threads(), []
     gs = GlobalStep()
