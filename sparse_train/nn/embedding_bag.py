@@ -431,15 +431,13 @@ class EmbeddingBagCollection:
             # its mean-combined embeddings) then skips its fuse
             ids_layout = ("fused_ids", tuple(entry[:3] + entry[4:] for entry in layout))
             ids_key, ids = batch.derived.get(ids_layout, (None, None))
-            if not _same_arrays(ids_key, key):
-                ids = None
-            if ids is not None and self._unweighted_sums(sparse):
+            if _same_arrays(ids_key, key) and self._unweighted_sums(sparse):
                 # the very arrays were checked against the same table sizes
                 # when those ids were fused: no second scan, no second concat
                 fused = Ragged(ids[0], ids[1], None)
                 batch.derived[("fused_ragged", layout)] = (key, fused)
                 return fused
-            values, offsets, weights, complete = self._fused_bags(sparse, checked, ids)
+            values, offsets, weights, complete = self._fused_bags(sparse, checked)
             fused = Ragged(values, offsets, weights)
             batch.derived[("fused_ragged", layout)] = (key, fused)
             if complete:
@@ -468,15 +466,14 @@ class EmbeddingBagCollection:
             raise KeyError(f"batch has no sparse feature {missing[0]!r}; it has {sorted(sparse)}")
         return sparse
 
-    def _fused_bags(self, sparse, checked=None, ids=None):
+    def _fused_bags(self, sparse, checked=None):
         """(values, offsets, weights or None, complete) of one sum lookup in
         the stacked table pooling every feature (``kernels.lookup.fuse_bags``);
         complete: no id was left out (no zero-divisor bag). ``checked``: a
         batch's dict of features already checked (``_checked_feature``), or
-        None. ``ids``: (values, offsets) of a complete fuse of the same
-        features and rows with other combiners, returned as they are (after
-        every check) when this lookup needs no weights."""
-        screened = self._screened_bags(sparse, ids)
+        None. (Sharing another collection's fused ids is decided before,
+        in ``fused_ragged``.)"""
+        screened = self._screened_bags(sparse)
         if screened is not None:
             return screened
         parts, starts, combiners, rows, num_bags, first = [], [], [], [], None, 0
@@ -499,8 +496,6 @@ class EmbeddingBagCollection:
             combiners.append(combiner)
             rows.append(self._feature_row[feature])
             weighted |= has_weights or combiner != COMBINERS["sum"]
-        if ids is not None and not weighted:  # ids and offsets: every sum fuse's
-            return ids[0], ids[1], None, True
         values = np.concatenate([v for v, _ in parts]) if parts else np.empty(0, np.int64)
         weights = np.concatenate([np.ones(v.shape[0], np.float32) if w is None else w
                                   for v, w in parts]) if parts else np.empty(0, np.float32)
@@ -517,7 +512,7 @@ class EmbeddingBagCollection:
         return fuse(values, starts, weights, np.array(combiners, np.int64),
                     np.array(rows, np.int64))
 
-    def _screened_bags(self, sparse, ids=None):
+    def _screened_bags(self, sparse):
         """``_fused_bags`` of plain features (int64 ids and offsets, float32
         weights or none, unhashed tables, named combiners) after ONE scan
         of them all (``kernels.bag_checks.bags_look_valid``), or None: a
@@ -554,8 +549,6 @@ class EmbeddingBagCollection:
                                np.array(num_embeddings, np.int64), weights):
             return None
         weighted = any(has_weights) or any(c != COMBINERS["sum"] for c in combiners)
-        if ids is not None and not weighted:  # ids and offsets: every sum fuse's
-            return ids[0], ids[1], None, True
         if not any(has_weights):
             weights = np.ones(values.shape[0], np.float32)
         values, offsets, weights = self._fuse(values, offsets + value_starts[:-1, None], weights,
