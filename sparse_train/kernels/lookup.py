@@ -8,8 +8,9 @@ import numpy as np
 
 from ._jit import (borrowed, njit, njit_inline, njit_parallel, njit_serial_twin, next_task, prange,
                    row_buffer_or, task_queue, tasks_done, workers)
-from .coalesce import (SCATTER_AHEAD, _bit_length, _int, _max_id, _slice_bounds,
-                       count_id_digits, group_packed, group_rows, group_rows_serial, use_threads)
+from .coalesce import (SCATTER_AHEAD, _bit_length, _int, _max_id, count_id_digits_serial,
+                       group_packed_serial, group_ranges, group_rows, group_rows_serial,
+                       use_threads)
 from .prefetch import LOOKUP_AHEAD, prefetch, prefetch_row_read
 from .rows import row_add, row_axpy, row_divide, row_fill, row_store
 
@@ -277,25 +278,6 @@ def _tag_bags(keys, next_pos, values, offsets, b, lo, hi, tag_bits, mask):
     next_pos[digit] = pos
 
 
-@njit_parallel
-def _bag_tagged_keys(keys, next_pos, values, offsets, tag_bits, mask):
-    """In place: keys [n] int64 = ``values[i] << tag_bits | b`` for each
-    position i of bag b, in the order of the sort's first pass (next_pos
-    [slices, digits] int64 from ``coalesce._digit_starts`` over equal
-    slices of positions, whatever the bags' lengths; advanced)."""
-    n = values.shape[0]
-    slices = next_pos.shape[0]
-    queue = task_queue(slices)
-    for worker in prange(workers(queue)):
-        s = next_task(queue, worker)
-        while s < slices:
-            lo, hi = _slice_bounds(n, slices, s)
-            b = np.searchsorted(offsets, lo, side="right") - 1  # the bag of position lo
-            _tag_bags(keys, next_pos[s], values, offsets, b, lo, hi, tag_bits, mask)
-            s = next_task(queue, worker)
-    tasks_done(queue)
-
-
 @njit  # sequences parallel kernels (the pool is started in _jit)
 def unit_grad_plan(values, offsets):
     """``embedding_bag_grad_plan`` when every id contributes ``1 * d_out[b]``
@@ -316,17 +298,16 @@ def unit_grad_plan(values, offsets):
     if key_bits + tag_bits > 63:
         return (np.empty(0, np.int64), np.zeros(1, np.int64), np.empty(0, np.int64),
                 np.empty(0, np.float32))
-    parallel = use_threads(n)
-    counts, digit_bits = count_id_digits(values, key_bits, parallel)
-    mask = (1 << digit_bits) - 1
-    keys = np.empty(n, np.int64)
-    if parallel:
-        _bag_tagged_keys(keys, counts[0], values, offsets, tag_bits, mask)
+    if use_threads(n):
+        rows, starts, src_index = group_ranges(values, offsets, key_bits, tag_bits, True)
     else:
+        counts, digit_bits = count_id_digits_serial(values, key_bits)
+        keys = np.empty(n, np.int64)
         first_bag = np.searchsorted(offsets, 0, side="right") - 1  # empty bags may come first
-        _tag_bags(keys, counts[0, 0], values, offsets, first_bag, _int(0), n, tag_bits, mask)
-    rows, starts, src_index = group_packed(keys, np.empty(n, np.int64), counts, digit_bits,
-                                           tag_bits, parallel)
+        _tag_bags(keys, counts[0, 0], values, offsets, first_bag, _int(0), n, tag_bits,
+                  (1 << digit_bits) - 1)
+        rows, starts, src_index = group_packed_serial(keys, np.empty(n, np.int64), counts,
+                                                      digit_bits, tag_bits)
     return rows, starts, src_index, np.ones(n, np.float32)
 
 

@@ -122,6 +122,45 @@ def test_ids_near_2_to_the_62(threads):
         group_rows(near + 8)
 
 
+@pytest.mark.parametrize("hot", [0, 777_777, (1 << 20) - 1])
+def test_one_hot_top_digit_leaves_ranges_empty(hot, threads):
+    # the parallel sort cuts ids into ranges at top-digit boundaries and never
+    # splits a digit: 90% of the ids on one id (one range holds them, others
+    # none), the rest spread, some sharing the hot id's top digit
+    rng = np.random.default_rng(hot)
+    ids = np.where(rng.random(BIG) < 0.9, hot, rng.integers(0, 1 << 20, BIG))
+    ids[::101] = hot ^ rng.integers(0, 1 << 10, ids[::101].shape[0])
+    assert_groups(ids, numpy_groups)
+
+
+def test_two_ids_far_apart(threads):
+    # two distinct ids: most ranges empty, the non-empty ones a digit each
+    rng = np.random.default_rng(4)
+    ids = np.where(rng.random(BIG) < 0.5, 3, (1 << 33) + 5)
+    assert_groups(ids, numpy_groups)
+
+
+def test_range_grouping_by_bag_against_brute_force():
+    # group_ranges directly (any thread count: it is the same function), keys
+    # tagged with their bag; empty bags first, between and last
+    from sparse_train.kernels.coalesce import group_ranges
+    rng = np.random.default_rng(8)
+    lengths = rng.integers(0, 30, 3000)
+    lengths[:5] = 0
+    lengths[1000:1010] = 0
+    lengths[-7:] = 0
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(0, 70_000, offsets[-1])
+    bag = np.repeat(np.arange(lengths.shape[0]), lengths)
+    key_bits = int(ids.max()).bit_length()
+    tag_bits = int(lengths.shape[0] - 1).bit_length()
+    rows, starts, tags = group_ranges(ids, offsets, key_bits, tag_bits, True)
+    want_rows, want_starts, order = brute_force_groups(ids)
+    np.testing.assert_array_equal(rows, want_rows)
+    np.testing.assert_array_equal(starts, want_starts)
+    np.testing.assert_array_equal(tags, bag[order])
+
+
 def test_ids_too_wide_to_pack_are_refused():
     # id bits + position bits > 63: no table that large fits in memory
     ids = (np.int64(1) << np.int64(60)) + np.arange(300)

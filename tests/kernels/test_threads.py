@@ -119,8 +119,8 @@ def test_parallel_kernels_run_only_their_prange_loops_in_parallel():
     """Numba empties a dict of parallel options as it reads it: every
     kernel must still see array expressions and np.zeros kept serial (each
     would be a region of its own, waking the team)."""
-    kernels = [lookup.embedding_bag_forward, lookup.fuse_bags, coalesce._radix_pass,
-               coalesce.summed_grad_rows, sgd.sgd_apply, adagrad.adagrad_apply,
+    kernels = [lookup.embedding_bag_forward, lookup.fuse_bags, coalesce._partition_ranges,
+               coalesce._sort_ranges, coalesce.summed_grad_rows, sgd.sgd_apply, adagrad.adagrad_apply,
                clip.dense_sq_norm]
     for kernel in kernels:
         options = kernel.targetoptions["parallel"]
