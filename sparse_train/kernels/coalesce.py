@@ -269,19 +269,9 @@ def _unpack_runs_serial(keys, tag_bits):
     at 1 thread, medians of 3 alternated runs at load 1.7-2.2: Zipf 9-10%
     faster, uniform 4-14%)."""
     n = keys.shape[0]
-    tag_mask = (np.int64(1) << tag_bits) - 1
     rows = np.empty(n + 1, np.int64)
     starts = np.empty(n + 1, np.int64)
-    u = 0
-    previous = -1
-    for i in range(n):  # as _write_runs: row u is rewritten until a new row advances u
-        key = keys[i]
-        row = key >> tag_bits
-        keys[i] = key & tag_mask
-        rows[u] = row
-        starts[u] = i
-        u += row != previous
-        previous = row
+    u = _write_runs(keys, rows, starts, keys, 0, n, 0, 0, tag_bits)
     starts[u] = n
     return rows[:u], starts[:u + 1], keys
 
