@@ -262,12 +262,14 @@ def _write_runs(tags, rows, starts, keys, lo, hi, u, base, tag_bits):
 
 @njit_inline
 def _unpack_runs_serial(keys, tag_bits):
-    """``_unpack_runs`` on the calling thread, in one read of the keys: rows
-    and starts are written into arrays of n + 1 (as many rows as keys at
-    most) and returned as their first U and U + 1 entries (views: no count
-    pass before, no copy after; with the branchless scatter, W1 grouping
-    at 1 thread, medians of 3 alternated runs at load 1.7-2.2: Zipf 9-10%
-    faster, uniform 4-14%)."""
+    """Split sorted tagged keys into runs of one id, on the calling thread,
+    in one read of the keys (``_write_runs`` over the whole array, base 0):
+    rows (the ids) and starts are written into arrays of n + 1 (as many rows
+    as keys at most) and returned as their first U and U + 1 entries, and the
+    keys are overwritten by their tags. Returns (rows, starts, tags). The
+    n + 1 arrays are views (no count pass before, no copy after); with the
+    branchless scatter, W1 grouping at 1 thread, medians of 3 alternated
+    runs at load 1.7-2.2: Zipf 9-10% faster, uniform 4-14%."""
     n = keys.shape[0]
     rows = np.empty(n + 1, np.int64)
     starts = np.empty(n + 1, np.int64)
