@@ -599,8 +599,9 @@ def group_rows(ids):
     starts[u+1]]`` are the positions holding ``rows[u]``, ascending. A
     stable LSD radix sort of ``id << bits(n) | position`` packed in one
     int64 (``group_packed_serial``; ids >= 0; 2 passes of up to 12-bit digits for
-    up to 16M rows, 3 up to 64G): O(n) a pass, no comparison sort, parallel
-    above ``PARALLEL_MIN_IDS`` on more than one thread. Increasing rows
+    up to 16M rows, 3 up to 64G): O(n) a pass, no comparison sort; from
+    ``PARALLEL_MIN_IDS`` ids on more than one thread, ``group_ranges``
+    (the same result). Increasing rows
     also make the update kernels sweep the table in address order. Ids too
     wide to pack with their positions (id * n >= 2**63, far beyond any
     table that fits in memory) raise ValueError.
