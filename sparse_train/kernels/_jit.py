@@ -129,15 +129,22 @@ numba.get_num_threads()
 #: over half as long as it worked (and over ``LATE_MIN_CYCLES``) says so;
 #: the next regions then run on the calling thread alone (no team, nothing
 #: to wait for): ``SOLO_REGIONS`` regions after the first such region, twice
-#: as many after each further one (up to ``SOLO_REGIONS_MAX``), half as many
-#: after each team region that goes well (a wait under 1/8 of the work). On
-#: a quiet machine the helpers are there in time and every region runs with
-#: the full team; under contention most regions run alone, and a step takes
-#: about the one-thread time instead of several times it
-#: (``scripts/bench_contention.py``).
+#: as many after each further one (up to ``SOLO_REGIONS_MAX``), and
+#: ``1 / SOLO_SHRINK`` fewer after each team region that goes well (a wait
+#: under 1/8 of the work). On a quiet machine the helpers are there in time
+#: and every region runs with the full team; under contention most regions
+#: run alone, and a step takes about the one-thread time instead of several
+#: times it (``scripts/bench_contention.py``). The period grows faster than
+#: it shrinks: under a busy process most team regions still go well, and
+#: when each one halved the period (as until 2026-12-06) it stayed at 16-64
+#: regions, so a 2-thread step tried the team every few steps and waited
+#: for the late helper, 0-14% slower than the 1-thread step; shrinking by
+#: 1/8 it climbs while fewer than about 5 regions go well per late one
+#: (``next_team_state``).
 LATE_MIN_CYCLES = 100_000  # about 40 us
 SOLO_REGIONS = 16
 SOLO_REGIONS_MAX = 4096
+SOLO_SHRINK = 8
 
 #: Process-wide state of the team choice, shared by every kernel (cached
 #: ones too: compiled code finds it by symbol name, as it finds Numba's
@@ -378,15 +385,34 @@ def _tasks_done(queue):
             if _num_threads() != threads:
                 _set_num_threads(threads)
             else:
-                waited = _cycles() - queue[4]
-                worked = queue[4] - queue[3]
                 period = _team_state_add(1, 0)
-                if waited > LATE_MIN_CYCLES and 2 * waited > worked:
-                    _team_state_set(0, period)  # the helpers were late: go alone
-                    _team_state_set(1, min(2 * period, SOLO_REGIONS_MAX))
-                elif period > SOLO_REGIONS and 8 * waited < worked:
-                    _team_state_set(1, max(SOLO_REGIONS, period // 2))
+                alone, next_period = next_team_state(_cycles() - queue[4],
+                                                     queue[4] - queue[3], period)
+                if alone > 0:
+                    _team_state_set(0, alone)  # the helpers were late: go alone
+                if next_period != period:
+                    _team_state_set(1, next_period)
     return impl
+
+
+@njit
+def next_team_state(waited, worked, period):
+    """The team choice after a region the team ran, in which the calling
+    thread worked ``worked`` cycles and then waited ``waited`` for the
+    helpers, with solo period ``period``: (regions to run alone next,
+    the next period).
+
+    - late helpers (``waited > LATE_MIN_CYCLES`` and ``2 waited > worked``):
+      ``(period, min(2 period, SOLO_REGIONS_MAX))``;
+    - on time (``8 waited < worked``):
+      ``(0, max(SOLO_REGIONS, period - period // SOLO_SHRINK))``;
+    - otherwise ``(0, period)``.
+    """
+    if waited > LATE_MIN_CYCLES and 2 * waited > worked:
+        return period, min(2 * period, SOLO_REGIONS_MAX)
+    if 8 * waited < worked:
+        return 0, max(SOLO_REGIONS, period - period // SOLO_SHRINK)
+    return 0, period
 
 
 def workers(queue):

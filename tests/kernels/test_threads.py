@@ -84,6 +84,58 @@ def test_solo_regions_restore_the_thread_count_and_count_down():
     np.testing.assert_array_equal(counts, 1)
 
 
+def _team_rule(waited, worked, period):
+    """The team choice of ``kernels._jit``'s docstring, in plain Python."""
+    late = waited > _jit.LATE_MIN_CYCLES and 2 * waited > worked
+    if late:
+        return period, min(2 * period, _jit.SOLO_REGIONS_MAX)
+    if 8 * waited < worked:
+        return 0, max(_jit.SOLO_REGIONS, period - period // _jit.SOLO_SHRINK)
+    return 0, period
+
+
+def test_next_team_state_follows_the_rule_at_its_edges():
+    late = _jit.LATE_MIN_CYCLES
+    for period in (_jit.SOLO_REGIONS, 17, 24, 1000, _jit.SOLO_REGIONS_MAX // 2,
+                   _jit.SOLO_REGIONS_MAX):
+        for waited, worked in [(0, 0), (0, 1), (late, 1), (late + 1, 1), (late + 1, 2 * late + 1),
+                               (late + 1, 2 * late + 2), (late + 1, 10**9), (10, 80), (10, 81),
+                               (10**6, 10**6), (10**6, 8 * 10**6 + 1)]:
+            want = _team_rule(waited, worked, period)
+            assert _jit.next_team_state(waited, worked, period) == want, (waited, worked, period)
+
+
+def test_solo_period_climbs_under_contention_and_comes_back_when_quiet():
+    # A busy process on one core: one region in 4 finds the helper late.
+    # The period must climb to its bound (tried rarely, so a 2-thread step
+    # stays near the 1-thread time), then, once the helpers are on time
+    # again, come back to the shortest period.
+    on_time, late = (1, 10**6), (10**6, 10**6)
+    period, regions, alone = _jit.SOLO_REGIONS, 0, 0
+    want_period, want_regions = period, 0
+    for i in range(201):  # ends on a late region
+        region = late if i % 4 == 0 else on_time
+        alone, period = _jit.next_team_state(*region, period)
+        regions += alone
+        want_alone, want_period = _team_rule(*region, want_period)
+        want_regions += want_alone
+    assert (period, regions) == (want_period, want_regions)
+    # the bound is reached, and most late regions are followed by over
+    # half the longest solo period
+    assert period == _jit.SOLO_REGIONS_MAX and regions > 40 * _jit.SOLO_REGIONS_MAX // 2
+    steps = 0
+    while period > _jit.SOLO_REGIONS:
+        alone, period = _jit.next_team_state(*on_time, period)
+        assert alone == 0
+        steps += 1
+    want = 0
+    p = _jit.SOLO_REGIONS_MAX
+    while p > _jit.SOLO_REGIONS:  # brute force of p -> max(16, p - p // 8)
+        p = max(_jit.SOLO_REGIONS, p - p // _jit.SOLO_SHRINK)
+        want += 1
+    assert steps == want and 30 < steps < 60
+
+
 def test_step_matches_float64_numpy_and_is_the_same_bits_alone_or_in_a_team():
     runs = {}
     modes = [(1, False)] + ([(2, False), (2, True)] if TWO_THREADS else [])
