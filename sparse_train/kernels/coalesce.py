@@ -293,14 +293,31 @@ def group_packed_serial(keys, spare, counts, digit_bits, tag_bits):
     same for every key is skipped. ``count_id_digits_serial`` counted every
     pass's digits in its one read of the ids. (In parallel:
     ``group_ranges``.)"""
-    n = keys.shape[0]
+    keys = _lsd_passes(keys, spare, counts, 0, keys.shape[0], 1, digit_bits, tag_bits)
+    return _unpack_runs_serial(keys, tag_bits)
+
+
+@njit_inline
+def _lsd_passes(keys, spare, counts, lo, hi, first, digit_bits, tag_bits):
+    """The LSD passes ``first`` on of a stable radix sort of keys[lo:hi]
+    int64 by the id bits above ``tag_bits``: pass p scatters the keys by
+    digit p (``scatter_keys``) between keys and spare[lo:hi] (in turn),
+    keeping their order within a digit; a pass whose digit is the same for
+    every key is skipped. counts [passes, 1, digits] int64: each pass's
+    histogram (``_count_digits``), made into write positions here. Returns
+    the array (keys or spare) that holds the sorted keys."""
+    n = hi - lo
     mask = (1 << digit_bits) - 1
-    for p in range(1, counts.shape[0]):
+    for p in range(first, counts.shape[0]):
         if _digit_starts(counts[p], n):
             continue
-        scatter_keys(spare, keys, 0, n, counts[p, 0], tag_bits + p * digit_bits, mask)
+        next_pos = counts[p, 0]
+        if lo > 0:
+            for d in range(next_pos.shape[0]):
+                next_pos[d] += lo
+        scatter_keys(spare, keys, lo, hi, next_pos, tag_bits + p * digit_bits, mask)
         keys, spare = spare, keys
-    return _unpack_runs_serial(keys, tag_bits)
+    return keys
 
 
 #: Id ranges of the parallel grouping (``group_ranges``): each range is
@@ -312,28 +329,20 @@ _RANGES = 16
 _RANGE_DIGIT_BITS = 10
 
 
-@njit_inline
-def _top_digit_counts(counts, ids, lo, hi, s, shift):
-    """In place: counts[s] [digits] int64 = histogram of ``ids[lo:hi] >>
-    shift``."""
-    row = counts[s]
-    row[:] = 0
-    for i in range(lo, hi):
-        row[ids[i] >> shift] += 1
-
-
 @njit_parallel
 def _count_top_digits(counts, ids, shift):
     """In place: counts [slices, digits] int64, each of ``slices`` equal
     slices of ids [n] int64: the histogram of its ``id >> shift``."""
     n = ids.shape[0]
-    slices = counts.shape[0]
+    slices, digits = counts.shape
+    top_bits = _bit_length(digits - 1)  # digits: a power of 2, ids >> shift below it
+    one_pass = counts.reshape((1, slices, digits))
     queue = task_queue(slices)
     for worker in prange(workers(queue)):
         s = next_task(queue, worker)
         while s < slices:
             lo, hi = _slice_bounds(n, slices, s)
-            _top_digit_counts(counts, ids, lo, hi, s, shift)
+            _count_digits(one_pass, ids, lo, hi, s, 0, shift, top_bits, 1)
             s = next_task(queue, worker)
     tasks_done(queue)
 
@@ -446,28 +455,18 @@ def _partition_ranges(keys, ids, offsets, plan, shift, tag_bits, by_bag):
 def _sort_range(keys, spare, rows, starts, lo, hi, key_bits, base, tag_bits):
     """In place: keys[lo:hi] int64 (``(id - base) << tag_bits | tag``, ids
     - base below 2**key_bits, tags in position order), stably sorted by id
-    with the LSD passes of ``group_packed_serial`` (every pass's digits
-    counted in one read; a pass whose digit is the same for every key
-    skipped; spare[lo:hi] the scratch), then unpacked: keys[lo:hi] = the
+    with the LSD passes of ``group_packed_serial`` (``_lsd_passes``, every
+    pass's digits counted in one read; spare[lo:hi] the scratch), then
+    unpacked: keys[lo:hi] = the
     tags, rows and starts from lo on = the range's rows (ids) and where
     each starts (``_write_runs``). Returns the rows written."""
     n = hi - lo
     if n <= 0:
         return 0
     counts, digit_bits = _digit_counts(key_bits, 1)
-    passes = counts.shape[0]
-    _count_digits(counts, keys, lo, hi, 0, 0, tag_bits, digit_bits, passes)
-    mask = (1 << digit_bits) - 1
-    source, target = keys, spare
-    for p in range(passes):
-        if _digit_starts(counts[p], n):
-            continue
-        next_pos = counts[p, 0]
-        for d in range(next_pos.shape[0]):
-            next_pos[d] += lo
-        scatter_keys(target, source, lo, hi, next_pos, tag_bits + p * digit_bits, mask)
-        source, target = target, source
-    return _write_runs(keys, rows, starts, source, lo, hi, lo, base, tag_bits)
+    _count_digits(counts, keys, lo, hi, 0, 0, tag_bits, digit_bits, counts.shape[0])
+    sorted_keys = _lsd_passes(keys, spare, counts, lo, hi, 0, digit_bits, tag_bits)
+    return _write_runs(keys, rows, starts, sorted_keys, lo, hi, lo, base, tag_bits)
 
 
 @njit_parallel
