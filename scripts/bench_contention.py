@@ -100,7 +100,7 @@ def run_config(table, distribution, optimizer, busy, rounds, steps, warmup, batc
     # each condition's own team choice (kernels._jit.team_state), learnt in
     # ``warmup`` untimed steps in that condition and carried from round to
     # round: as in a job that runs in that condition all along
-    team = {c: (0, _jit.SOLO_REGIONS) for c in CONDITIONS}
+    team = {c: (0, _jit.SOLO_REGIONS, 0) for c in CONDITIONS}
     times = {c: [] for c in CONDITIONS}
     for round_index in range(-1, rounds):
         for condition in CONDITIONS:

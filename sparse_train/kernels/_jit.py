@@ -126,22 +126,38 @@ numba.get_num_threads()
 #: (its core taken by another process) holds the region until the scheduler
 #: gives it its turn: milliseconds on a loaded host, for each region. A
 #: region in which the calling thread, out of tasks, waited for the helpers
-#: over half as long as it worked (and over ``LATE_MIN_CYCLES``) says so;
-#: the next regions then run on the calling thread alone (no team, nothing
-#: to wait for): ``SOLO_REGIONS`` regions after the first such region, twice
-#: as many after each further one (up to ``SOLO_REGIONS_MAX``), and
-#: ``1 / SOLO_SHRINK`` fewer after each team region that goes well (a wait
-#: under 1/8 of the work). On a quiet machine the helpers are there in time
-#: and every region runs with the full team; under contention most regions
-#: run alone, and a step takes about the one-thread time instead of several
-#: times it (``scripts/bench_contention.py``). The period grows faster than
-#: it shrinks: under a busy process most team regions still go well, and
-#: when each one halved the period (as until 2026-12-06) it stayed at 16-64
-#: regions, so a 2-thread step tried the team every few steps and waited
-#: for the late helper, 0-14% slower than the 1-thread step; shrinking by
-#: 1/8 it climbs while fewer than about 5 regions go well per late one
-#: (``next_team_state``).
+#: over half as long as it worked (and over ``LATE_MIN_CYCLES``) was late.
+#: Each late region adds ``LATE_DEBT`` to a debt that each team region on
+#: time pays back by 1; at ``SOLO_DEBT`` (three late regions within a few on
+#: time) the next regions run on the
+#: calling thread alone (no team, nothing to wait for): ``SOLO_REGIONS``
+#: regions the first time, twice as many after each further time (up to
+#: ``SOLO_REGIONS_MAX``), and ``1 / SOLO_SHRINK`` fewer after each team
+#: region that goes well (a wait under 1/8 of the work); the region that
+#: tries the team again after a solo period goes alone again at once if it
+#: is late. On a quiet machine the helpers are there in time and every
+#: region runs with the full team; under contention most regions run
+#: alone, and a step takes about the one-thread time instead of several
+#: times it (``scripts/bench_contention.py``).
+#:
+#: Measured reasons for the details (2026-12-06, ``next_team_state``):
+#:
+#: - A single late region is not contention. Right after torch's steps in
+#:   the same process (``bench.py``'s rounds alternate ours with torch's
+#:   and FBGEMM's) the helper is late in about 7% of the regions, a
+#:   region or two at a time, against about 26% beside a busy process.
+#:   Going alone on any late region made 34-64% of the bench's 2-thread W1
+#:   steps on 1M x 64 run alone, 1.2-1.5x slower than with the team. The
+#:   debt costs some of what going alone at once saved beside a busy
+#:   process: busy 2 / busy 1, median of the 8 configs of 3 alternated
+#:   runs each, 1.025-1.035 against 0.98-1.005.
+#: - The period grows faster than it shrinks. Under a busy process most
+#:   team regions still go well, and when each one halved the period it
+#:   stayed at 16-64 regions, so a 2-thread step tried the team every few
+#:   steps and waited for the late helper.
 LATE_MIN_CYCLES = 100_000  # about 40 us
+LATE_DEBT = 8
+SOLO_DEBT = 24
 SOLO_REGIONS = 16
 SOLO_REGIONS_MAX = 4096
 SOLO_SHRINK = 8
@@ -149,40 +165,48 @@ SOLO_SHRINK = 8
 #: Process-wide state of the team choice, shared by every kernel (cached
 #: ones too: compiled code finds it by symbol name, as it finds Numba's
 #: ``get_num_threads``): [0] regions left to run alone, [1] the current
-#: solo period. Read and written without locks: a race only changes when a
-#: region runs alone, never a result.
-_TEAM_STATE = (ctypes.c_int64 * 2)(0, SOLO_REGIONS)
+#: solo period, [2] the late debt (below ``SOLO_DEBT``).
+#: Read and written without locks: a race only changes when a region runs
+#: alone, never a result.
+_TEAM_STATE = (ctypes.c_int64 * 3)(0, SOLO_REGIONS, 0)
 _TEAM_SYMBOL = "sparse_train_team_state"
 llvm_binding.add_symbol(_TEAM_SYMBOL, ctypes.addressof(_TEAM_STATE))
 
 
 def team_state():
     """The team choice of the parallel kernels, process-wide: (regions left
-    to run alone, current solo period); a new process has (0,
-    ``SOLO_REGIONS``).
+    to run alone, current solo period, late debt); a new process has (0,
+    ``SOLO_REGIONS``, 0).
 
-    >>> set_team_state((3, 64)); team_state()
-    (3, 64)
-    >>> set_team_state(); team_state() == (0, SOLO_REGIONS)
+    >>> set_team_state((3, 64, 1)); team_state()
+    (3, 64, 1)
+    >>> set_team_state(); team_state() == (0, SOLO_REGIONS, 0)
     True
     """
-    return int(_TEAM_STATE[0]), int(_TEAM_STATE[1])
+    return int(_TEAM_STATE[0]), int(_TEAM_STATE[1]), int(_TEAM_STATE[2])
 
 
-def set_team_state(state=(0, SOLO_REGIONS)):
-    """Set the team choice to ``state`` (a ``team_state()`` pair; default:
-    a new process's, the full team and the shortest solo period). For a
+def set_team_state(state=(0, SOLO_REGIONS, 0)):
+    """Set the team choice to ``state`` (a ``team_state()`` triple, or a
+    pair without the late debt, taken as 0; default: a new process's, the
+    full team and the shortest solo period). For a
     benchmark that alternates conditions in one process
     (``scripts/bench_contention.py``): each condition resumes the choice it
     had learnt, as a process that ran in it all along would, instead of
     the one the condition before it left (a quiet 2-thread round right
     after a contended one would otherwise run alone, at 1-thread speed).
     Changes who runs a task, never a result."""
-    regions, period = (int(x) for x in state)
-    if regions < 0 or not SOLO_REGIONS <= period <= SOLO_REGIONS_MAX:
-        raise ValueError(f"team state: regions >= 0 and {SOLO_REGIONS} <= period <= "
-                         f"{SOLO_REGIONS_MAX}, got {state!r}")
-    _TEAM_STATE[0], _TEAM_STATE[1] = regions, period
+    values = tuple(int(x) for x in state)
+    if len(values) not in (2, 3):
+        raise ValueError(f"team state: (regions, period) or (regions, period, late debt), "
+                         f"got {state!r}")
+    regions, period, debt = values if len(values) == 3 else values + (0,)
+    if (regions < 0 or not SOLO_REGIONS <= period <= SOLO_REGIONS_MAX
+            or not 0 <= debt < SOLO_DEBT):
+        raise ValueError(f"team state: regions >= 0, {SOLO_REGIONS} <= period <= "
+                         f"{SOLO_REGIONS_MAX} and 0 <= late debt < {SOLO_DEBT}, "
+                         f"got {state!r}")
+    _TEAM_STATE[0], _TEAM_STATE[1], _TEAM_STATE[2] = regions, period, debt
 
 
 def _team_state_pointer(builder, index):
@@ -190,7 +214,7 @@ def _team_state_pointer(builder, index):
     module = builder.module
     state = module.globals.get(_TEAM_SYMBOL)
     if state is None:
-        state = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(64), 2), _TEAM_SYMBOL)
+        state = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(64), 3), _TEAM_SYMBOL)
     zero = ir.Constant(ir.IntType(32), 0)
     return builder.gep(state, [zero, ir.Constant(ir.IntType(32), index)])
 
@@ -386,33 +410,41 @@ def _tasks_done(queue):
                 _set_num_threads(threads)
             else:
                 period = _team_state_add(1, 0)
-                alone, next_period = next_team_state(_cycles() - queue[4],
-                                                     queue[4] - queue[3], period)
+                debt = _team_state_add(2, 0)
+                alone, next_period, next_debt = next_team_state(
+                    _cycles() - queue[4], queue[4] - queue[3], period, debt)
                 if alone > 0:
-                    _team_state_set(0, alone)  # the helpers were late: go alone
+                    _team_state_set(0, alone)  # the helpers keep coming late: go alone
                 if next_period != period:
                     _team_state_set(1, next_period)
+                if next_debt != debt:
+                    _team_state_set(2, next_debt)
     return impl
 
 
 @njit
-def next_team_state(waited, worked, period):
+def next_team_state(waited, worked, period, debt):
     """The team choice after a region the team ran, in which the calling
     thread worked ``worked`` cycles and then waited ``waited`` for the
-    helpers, with solo period ``period``: (regions to run alone next,
-    the next period).
+    helpers, with solo period ``period`` and late debt ``debt``: (regions
+    to run alone next, the next period, the next debt).
 
-    - late helpers (``waited > LATE_MIN_CYCLES`` and ``2 waited > worked``):
-      ``(period, min(2 period, SOLO_REGIONS_MAX))``;
-    - on time (``8 waited < worked``):
-      ``(0, max(SOLO_REGIONS, period - period // SOLO_SHRINK))``;
-    - otherwise ``(0, period)``.
+    - late (``waited > LATE_MIN_CYCLES`` and ``2 waited > worked``) and
+      ``debt + LATE_DEBT >= SOLO_DEBT``: ``(period, min(2 period,
+      SOLO_REGIONS_MAX), SOLO_DEBT - LATE_DEBT)`` (so the region that tries
+      the team again goes alone at once if it is late too);
+    - late, less debt: ``(0, period, debt + LATE_DEBT)``;
+    - on time (``8 waited < worked``): ``(0, max(SOLO_REGIONS, period -
+      period // SOLO_SHRINK), max(debt - 1, 0))``;
+    - otherwise ``(0, period, debt)``.
     """
     if waited > LATE_MIN_CYCLES and 2 * waited > worked:
-        return period, min(2 * period, SOLO_REGIONS_MAX)
+        if debt + LATE_DEBT >= SOLO_DEBT:
+            return period, min(2 * period, SOLO_REGIONS_MAX), SOLO_DEBT - LATE_DEBT
+        return 0, period, debt + LATE_DEBT
     if 8 * waited < worked:
-        return 0, max(SOLO_REGIONS, period - period // SOLO_SHRINK)
-    return 0, period
+        return 0, max(SOLO_REGIONS, period - period // SOLO_SHRINK), max(debt - 1, 0)
+    return 0, period, debt
 
 
 def workers(queue):

@@ -41,8 +41,8 @@ def test_quiet_rounds_do_not_inherit_the_busy_rounds_team_choice(monkeypatch):
         condition = (busy.running, numba.get_num_threads())
         seen.setdefault(condition, []).append(_jit.team_state())
         if condition == (True, 2):  # a late helper: the next regions go alone
-            regions, period = _jit.team_state()
-            _jit.set_team_state((regions + 100, min(2 * period, _jit.SOLO_REGIONS_MAX)))
+            regions, period, debt = _jit.team_state()
+            _jit.set_team_state((regions + 100, min(2 * period, _jit.SOLO_REGIONS_MAX), debt))
 
     monkeypatch.setattr(bc.w1, "TABLES", {"toy": (1000, 8)})
     monkeypatch.setattr(bc.w1, "our_step", step)
@@ -56,20 +56,23 @@ def test_quiet_rounds_do_not_inherit_the_busy_rounds_team_choice(monkeypatch):
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs NUMBA_NUM_THREADS >= 2 to tell the 2-thread conditions apart")
     # quiet 2 threads: always the fresh choice (the full team), never busy's
-    assert seen[(False, 2)] and all(s == (0, _jit.SOLO_REGIONS) for s in seen[(False, 2)])
+    assert seen[(False, 2)] and all(s == (0, _jit.SOLO_REGIONS, 0) for s in seen[(False, 2)])
     # busy 2 threads: carries its own choice from step to step and round to round
     busy_states = seen[(True, 2)]
     assert [s[0] for s in busy_states] == [100 * k for k in range(len(busy_states))]
     # and the process is left with a fresh choice afterwards
-    assert _jit.team_state() == (0, _jit.SOLO_REGIONS)
+    assert _jit.team_state() == (0, _jit.SOLO_REGIONS, 0)
 
 
 def test_set_team_state_refuses_what_the_kernels_cannot_hold():
-    _jit.set_team_state((5, 64))
+    _jit.set_team_state((5, 64, 1))
     try:
-        for bad in [(-1, 16), (0, _jit.SOLO_REGIONS - 1), (0, _jit.SOLO_REGIONS_MAX + 1)]:
+        for bad in [(-1, 16), (0, _jit.SOLO_REGIONS - 1), (0, _jit.SOLO_REGIONS_MAX + 1),
+                    (0, 16, -1), (0, 16, _jit.SOLO_DEBT), (0,), (0, 16, 0, 0)]:
             with pytest.raises(ValueError, match="team state"):
                 _jit.set_team_state(bad)
-            assert _jit.team_state() == (5, 64)  # a refusal changes nothing
+            assert _jit.team_state() == (5, 64, 1)  # a refusal changes nothing
+        _jit.set_team_state((7, 32))  # a pair: no late debt
+        assert _jit.team_state() == (7, 32, 0)
     finally:
         _jit.set_team_state()
