@@ -147,7 +147,7 @@ numba.get_num_threads()
 #:   and FBGEMM's) the helper is late in about 7% of the regions, a
 #:   region or two at a time, against about 26% beside a busy process.
 #:   Going alone on any late region made 34-64% of the bench's 2-thread W1
-#:   steps on 1M x 64 run alone, 1.2-1.5x slower than with the team. The
+#:   steps on 1M x 64 run alone, 1.2-1.75x slower than with the team. The
 #:   debt costs some of what going alone at once saved beside a busy
 #:   process: busy 2 / busy 1, median of the 8 configs of 3 alternated
 #:   runs each, 1.025-1.035 against 0.98-1.005.
