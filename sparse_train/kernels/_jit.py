@@ -187,20 +187,18 @@ def team_state():
 
 
 def set_team_state(state=(0, SOLO_REGIONS, 0)):
-    """Set the team choice to ``state`` (a ``team_state()`` triple, or a
-    pair without the late debt, taken as 0; default: a new process's, the
-    full team and the shortest solo period). For a
-    benchmark that alternates conditions in one process
+    """Set the team choice to ``state`` (a ``team_state()`` triple;
+    default: a new process's, the full team and the shortest solo period).
+    For a benchmark that alternates conditions in one process
     (``scripts/bench_contention.py``): each condition resumes the choice it
     had learnt, as a process that ran in it all along would, instead of
     the one the condition before it left (a quiet 2-thread round right
     after a contended one would otherwise run alone, at 1-thread speed).
     Changes who runs a task, never a result."""
     values = tuple(int(x) for x in state)
-    if len(values) not in (2, 3):
-        raise ValueError(f"team state: (regions, period) or (regions, period, late debt), "
-                         f"got {state!r}")
-    regions, period, debt = values if len(values) == 3 else values + (0,)
+    if len(values) != 3:
+        raise ValueError(f"team state: (regions, period, late debt), got {state!r}")
+    regions, period, debt = values
     if (regions < 0 or not SOLO_REGIONS <= period <= SOLO_REGIONS_MAX
             or not 0 <= debt < SOLO_DEBT):
         raise ValueError(f"team state: regions >= 0, {SOLO_REGIONS} <= period <= "

@@ -330,12 +330,12 @@ _RANGE_DIGIT_BITS = 10
 
 
 @njit_parallel
-def _count_top_digits(counts, ids, shift):
-    """In place: counts [slices, digits] int64, each of ``slices`` equal
-    slices of ids [n] int64: the histogram of its ``id >> shift``."""
+def _count_top_digits(counts, ids, shift, top_bits):
+    """In place: counts [slices, 2**top_bits] int64, each of ``slices``
+    equal slices of ids [n] int64 (``id >> shift`` below 2**top_bits): the
+    histogram of its ``id >> shift``."""
     n = ids.shape[0]
     slices, digits = counts.shape
-    top_bits = _bit_length(digits - 1)  # digits: a power of 2, ids >> shift below it
     one_pass = counts.reshape((1, slices, digits))
     queue = task_queue(slices)
     for worker in prange(workers(queue)):
@@ -457,9 +457,9 @@ def _sort_range(keys, spare, rows, starts, lo, hi, key_bits, base, tag_bits):
     - base below 2**key_bits, tags in position order), stably sorted by id
     with the LSD passes of ``group_packed_serial`` (``_lsd_passes``, every
     pass's digits counted in one read; spare[lo:hi] the scratch), then
-    unpacked: keys[lo:hi] = the
-    tags, rows and starts from lo on = the range's rows (ids) and where
-    each starts (``_write_runs``). Returns the rows written."""
+    unpacked: keys[lo:hi] = the tags, rows and starts from lo on = the
+    range's rows (ids) and where each starts (``_write_runs``). Returns the
+    rows written."""
     n = hi - lo
     if n <= 0:
         return 0
@@ -531,7 +531,7 @@ def group_ranges(ids, offsets, key_bits, tag_bits, by_bag):
     top_bits = min(_RANGE_DIGIT_BITS, key_bits)
     shift = key_bits - top_bits
     counts = np.empty((_SLICES, 1 << top_bits), np.int64)
-    _count_top_digits(counts, ids, shift)
+    _count_top_digits(counts, ids, shift, top_bits)
     plan = _plan_ranges(counts, n, _RANGES, shift)
     keys = np.empty(n, np.int64)
     _partition_ranges(keys, ids, offsets, plan, shift, tag_bits, by_bag)

@@ -68,11 +68,11 @@ def test_set_team_state_refuses_what_the_kernels_cannot_hold():
     _jit.set_team_state((5, 64, 1))
     try:
         for bad in [(-1, 16), (0, _jit.SOLO_REGIONS - 1), (0, _jit.SOLO_REGIONS_MAX + 1),
-                    (0, 16, -1), (0, 16, _jit.SOLO_DEBT), (0,), (0, 16, 0, 0)]:
+                    (0, 16, -1), (0, 16, _jit.SOLO_DEBT), (0, 16), (0, 16, 0, 0)]:
             with pytest.raises(ValueError, match="team state"):
                 _jit.set_team_state(bad)
             assert _jit.team_state() == (5, 64, 1)  # a refusal changes nothing
-        _jit.set_team_state((7, 32))  # a pair: no late debt
+        _jit.set_team_state((7, 32, 0))
         assert _jit.team_state() == (7, 32, 0)
     finally:
         _jit.set_team_state()
