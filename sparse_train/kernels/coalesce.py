@@ -54,9 +54,17 @@ def borrowed_plan(plan):
 #: Rows handled by one parallel task (one gradient buffer per task).
 ROW_CHUNK = 64
 
-#: Largest radix digit of the id sort: 4096 counters (32 KiB) stay in L1,
-#: and ids below 2**24 (16M rows) take two passes.
-_MAX_DIGIT_BITS = 12
+#: Largest radix digit of the id sort: ids below 2**20 (1M rows) take two
+#: passes of 10 bits, below 2**30 three (10M rows: 3 x 8 bits). A pass
+#: scatters each key to one of 2**digit_bits places, and with 4096 (12-bit
+#: digits, 2 passes up to 16M rows until 2026-12-06) most writes missed the
+#: first-level cache: W1's 106k ids, one scatter pass, 3.4 ns a key with
+#: 12-bit digits, 2.7 with 10, 1.2 with 8. Serial grouping of W1 (bag-
+#: tagged, 1 thread, after a 64 MB sweep, both with the four-key scatter,
+#: 2 x 12 -> 3 x 8 bits): 10M x 16 uniform 0.98-1.02 -> 0.77-0.79 ms, Zipf
+#: 0.73-0.75 -> 0.78 (4-7% slower); 1M x 64's 20-bit ids are 2 x 10 either
+#: way.
+_MAX_DIGIT_BITS = 10
 #: Below this many ids, or on one thread, one thread does the whole grouping
 #: without a parallel region (starting one costs tens of microseconds).
 PARALLEL_MIN_IDS = 1 << 15
@@ -127,6 +135,15 @@ def _count_digits(counts, ids, lo, hi, slice_index, first, shift, digit_bits, pa
             low[row & mask] += 1
             high[(row >> digit_bits) & mask] += 1
         return
+    if passes == 3:  # (the loop below, for W1's 10M-row ids: 3x slower)
+        low, middle = counts[first, slice_index], counts[first + 1, slice_index]
+        high = counts[first + 2, slice_index]
+        for i in range(lo, hi):
+            row = ids[i] >> shift
+            low[row & mask] += 1
+            middle[(row >> digit_bits) & mask] += 1
+            high[(row >> (2 * digit_bits)) & mask] += 1
+        return
     for i in range(lo, hi):
         row = ids[i] >> shift
         for p in range(passes):
@@ -138,7 +155,7 @@ def _digit_counts(key_bits, slices):
     """(counts [passes, slices, 2**digit_bits] int64, uninitialised,
     digit_bits) of the id sort of ``key_bits`` bits: the fewest passes of
     at most ``_MAX_DIGIT_BITS`` bits, digits as equal as possible (20-bit
-    ids: 2 x 10; 24-bit: 2 x 12)."""
+    ids: 2 x 10; 24-bit: 3 x 8)."""
     passes = (key_bits + _MAX_DIGIT_BITS - 1) // _MAX_DIGIT_BITS
     digit_bits = (key_bits + passes - 1) // passes
     return np.empty((passes, slices, 1 << digit_bits), np.int64), digit_bits
@@ -206,17 +223,43 @@ def scatter_digits(out, keys, lo, hi, next_pos, shift, mask, tag_bits, tag, step
 @njit_inline
 def scatter_keys(out, keys, lo, hi, next_pos, shift, mask):
     """``scatter_digits`` of keys[lo:hi] themselves (a serial pass after the
-    first), without its runs in a register: after the first pass about 55-60% of
-    W1's Zipf keys share the digit of the key before (a coin toss for the
-    run's branch), and the counter's store-to-load round trip costs less
-    than the mispredictions (W1 Zipf, grouping at 1 thread: 2-4% faster;
-    uniform the same within noise)."""
-    for i in range(lo, hi):
-        key = keys[i]
+    first), four keys at a time: their four write heads are read before any
+    is written back, and each key's place counts the keys before it in the
+    four that share its digit, so the heads' store-to-load round trip
+    chains once per four keys, not once per key. (After the first pass
+    about 55-60% of W1's Zipf keys share the digit of the key before; a
+    key at a time, each waited for the head its neighbour had just stored,
+    and keeping a run's head in a register cost more in mispredicted
+    branches. Serial grouping of W1, 1 thread: 4-9% faster on all four
+    configs.) Writes are prefetched ``SCATTER_AHEAD`` keys ahead."""
+    i = lo
+    while i + 4 <= hi:
+        k0, k1, k2, k3 = keys[i], keys[i + 1], keys[i + 2], keys[i + 3]
+        d0, d1 = (k0 >> shift) & mask, (k1 >> shift) & mask
+        d2, d3 = (k2 >> shift) & mask, (k3 >> shift) & mask
+        p0, p1, p2, p3 = next_pos[d0], next_pos[d1], next_pos[d2], next_pos[d3]
+        p1 += d1 == d0
+        p2 += (d2 == d0) + (d2 == d1)
+        p3 += (d3 == d0) + (d3 == d1) + (d3 == d2)
+        # (a head shared by several of the four: the last store is the last key's)
+        next_pos[d0] = p0 + 1
+        next_pos[d1] = p1 + 1
+        next_pos[d2] = p2 + 1
+        next_pos[d3] = p3 + 1
+        prefetch(out, p0 + SCATTER_AHEAD)
+        prefetch(out, p1 + SCATTER_AHEAD)
+        prefetch(out, p2 + SCATTER_AHEAD)
+        prefetch(out, p3 + SCATTER_AHEAD)
+        out[p0] = k0
+        out[p1] = k1
+        out[p2] = k2
+        out[p3] = k3
+        i += 4
+    for j in range(i, hi):
+        key = keys[j]
         d = (key >> shift) & mask
         pos = next_pos[d]
         next_pos[d] = pos + 1
-        prefetch(out, pos + SCATTER_AHEAD)
         out[pos] = key
 
 
@@ -597,8 +640,8 @@ def group_rows(ids):
     ``rows`` are the unique ids in increasing order; ``order[starts[u]:
     starts[u+1]]`` are the positions holding ``rows[u]``, ascending. A
     stable LSD radix sort of ``id << bits(n) | position`` packed in one
-    int64 (``group_packed_serial``; ids >= 0; 2 passes of up to 12-bit digits for
-    up to 16M rows, 3 up to 64G): O(n) a pass, no comparison sort; from
+    int64 (``group_packed_serial``; ids >= 0; 2 passes of up to 10-bit digits for
+    up to 1M rows, 3 up to 1G): O(n) a pass, no comparison sort; from
     ``PARALLEL_MIN_IDS`` ids on more than one thread, ``group_ranges``
     (the same result). Increasing rows
     also make the update kernels sweep the table in address order. Ids too

@@ -4,7 +4,8 @@ The grouping behind every coalesce and every update plan: unique ids in
 increasing order, each id's positions ascending. Covered here on every path
 of the kernel: empty and single-id input, the serial radix sort (small
 input, or one thread) and the parallel one (above ``PARALLEL_MIN_IDS`` on
-two threads), one to three radix passes, passes skipped because every id
+two threads), one to three radix passes (the four-key scatter against a
+stable argsort on every short digit pattern), passes skipped because every id
 has the same digit (all one id, ids clustered high), ids at the packing
 limit, and ids too wide to pack with their positions (refused).
 """
@@ -159,6 +160,36 @@ def test_range_grouping_by_bag_against_brute_force():
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_array_equal(starts, want_starts)
     np.testing.assert_array_equal(tags, bag[order])
+
+
+def _every_digit_sequence(max_len, digits):
+    for n in range(max_len + 1):
+        for code in range(digits ** n):
+            yield [(code // digits ** k) % digits for k in range(n)]
+
+
+def test_scatter_keys_every_digit_pattern_against_a_stable_argsort():
+    # the scatter takes four keys at a time and places keys of one digit
+    # among the four by counting: every sequence of up to 7 digits of 3
+    # (each pattern of repeats within and across the groups of four, and
+    # the 0-3 keys left after them), with a key prefix before lo and after
+    # hi that must stay untouched
+    from sparse_train.kernels.coalesce import scatter_keys
+    shift, mask, lo, extra = 5, 3, 2, 3
+    for digit_seq in _every_digit_sequence(7, 3):
+        n = len(digit_seq)
+        digit = np.array(digit_seq, np.int64)
+        # key: digit bits above ``shift``, a high bit outside the mask, the position below
+        keys = np.full(lo + n + extra, -1, np.int64)
+        keys[lo:lo + n] = (digit << shift) | (np.int64(1) << 10) | np.arange(n)
+        counts = np.bincount(digit, minlength=mask + 1) if n else np.zeros(mask + 1, np.int64)
+        next_pos = lo + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        out = np.full_like(keys, -7)
+        scatter_keys(out, keys, lo, lo + n, next_pos, shift, mask)
+        want = keys[lo:lo + n][np.argsort(digit, kind="stable")]
+        np.testing.assert_array_equal(out[lo:lo + n], want, err_msg=str(digit_seq))
+        np.testing.assert_array_equal(next_pos, lo + np.cumsum(counts), err_msg=str(digit_seq))
+        assert (out[:lo] == -7).all() and (out[lo + n:] == -7).all(), digit_seq
 
 
 def test_ids_too_wide_to_pack_are_refused():
