@@ -7,17 +7,24 @@ iterations ahead keeps several misses in flight: the Adagrad update of W1
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from ._jit import njit_inline
 
 #: Rows prefetched (for writing) ahead of the one being updated (measured:
 #: 4-16 are within noise of each other; 8 was best on 1 thread).
 AHEAD = 8
-#: Ids prefetched (for reading, into L2) ahead of the one being pooled by a
-#: lookup. Measured on W1 1M x 64, 2 threads, uniform / Zipf ids: into all
-#: levels 16 ahead 1.60 / 0.78 ms, into L2 16 ahead 1.26 / 0.78, into L2 32
-#: ahead 1.21 / 0.71 (torch's embedding_bag: 1.62 / 0.95).
+#: Ids prefetched (for reading, into every cache level: ``prefetch_row_read``)
+#: ahead of the one being pooled by a lookup. Measured when chosen on W1
+#: 1M x 64, 2 threads, uniform / Zipf ids: into all levels 16 ahead 1.60 /
+#: 0.78 ms, into L2 16 ahead 1.26 / 0.78, into L2 32 ahead 1.21 / 0.71
+#: (torch's embedding_bag: 1.62 / 0.95). In those figures the row's
+#: prefetch loop stepped by ``array.itemsize``, read at run time, so it did
+#: not unroll (``_item_bytes``), and the alignment test read the address
+#: through ``array.ctypes`` at every id (``_data_address``). Without both
+#: (2026-12-06, W1's four configs, 1 and 2 threads, interleaved in one
+#: process), 32 ahead into all levels was 1-19% faster than into L2 (most
+#: on 1M x 64), and the lookup 12-29% faster than before the three changes.
 LOOKUP_AHEAD = 32
 
 _CACHE_LINE = 64
@@ -48,13 +55,48 @@ def prefetch(typingctx, array, index):
 
 
 @intrinsic
+def _prefetch_read_all_levels(typingctx, array, index):
+    """As ``prefetch_read``, into every cache level (a lookup's rows)."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+    return types.void(array, index), _prefetch_codegen(write=False, locality=3)
+
+
+@intrinsic
+def _data_address(typingctx, array):
+    """The address of ``array``'s first element, read from the array's own
+    fields, which LLVM hoists out of a loop (``array.ctypes.data`` builds a
+    ctypes view at each use)."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+    return types.int64(array), codegen
+
+
+@intrinsic
 def prefetch_read(typingctx, array, index):
     """As ``prefetch``, for reading only (no request for ownership), into L2
-    and outwards: a lookup's rows are read once, and the first-level fill
-    buffers stay free for the loads in flight."""
+    and outwards (the dynamic tables' key map probe: ``key_map``)."""
     if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
         return None
     return types.void(array, index), _prefetch_codegen(write=False, locality=2)
+
+
+def _item_bytes(array):
+    """Bytes of one element of ``array``, a compile-time constant in a
+    kernel (``array.itemsize`` is read from the array at run time, so a
+    loop stepping by it over a row is not unrolled: W1 lookups ran 13-21%
+    slower with it, except 1M x 64 uniform, bound by memory)."""
+    return array.itemsize
+
+
+@overload(_item_bytes, inline="always")
+def _item_bytes_constant(array):
+    size = array.dtype.bitwidth // 8
+    return lambda array: size
 
 
 @njit_inline
@@ -62,9 +104,10 @@ def _misaligned(array, first, dim):
     """True when element ``first`` of ``array`` is not on a cache line. For
     an aligned array whose rows are whole lines, a test that LLVM hoists out
     of the row loop."""
-    if array.ctypes.data % _CACHE_LINE == 0 and (dim * array.itemsize) % _CACHE_LINE == 0:
+    address = _data_address(array)
+    if address % _CACHE_LINE == 0 and (dim * _item_bytes(array)) % _CACHE_LINE == 0:
         return False
-    return (array.ctypes.data + first * array.itemsize) % _CACHE_LINE != 0
+    return (address + first * _item_bytes(array)) % _CACHE_LINE != 0
 
 
 @njit_inline
@@ -77,7 +120,7 @@ def prefetch_row(array, r, dim):
     prefetch never runs (it cost 10-20% of a W1 lookup when it always ran).
     """
     base = r * dim
-    step = max(_CACHE_LINE // array.itemsize, 1)
+    step = max(_CACHE_LINE // _item_bytes(array), 1)
     for j in range(0, dim, step):
         prefetch(array, base + j)
     if _misaligned(array, base, dim):
@@ -86,10 +129,11 @@ def prefetch_row(array, r, dim):
 
 @njit_inline
 def prefetch_row_read(array, r, dim):
-    """As ``prefetch_row``, for reading only."""
+    """As ``prefetch_row``, for reading only (a lookup's row: into every
+    cache level, see ``LOOKUP_AHEAD``)."""
     base = r * dim
-    step = max(_CACHE_LINE // array.itemsize, 1)
+    step = max(_CACHE_LINE // _item_bytes(array), 1)
     for j in range(0, dim, step):
-        prefetch_read(array, base + j)
+        _prefetch_read_all_levels(array, base + j)
     if _misaligned(array, base, dim):
-        prefetch_read(array, base + dim - 1)
+        _prefetch_read_all_levels(array, base + dim - 1)
