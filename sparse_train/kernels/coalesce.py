@@ -56,10 +56,10 @@ ROW_CHUNK = 64
 
 #: Largest radix digit of the id sort: ids below 2**20 (1M rows) take two
 #: passes of 10 bits, below 2**30 three (10M rows: 3 x 8 bits). A pass
-#: scatters each key to one of 2**digit_bits places, and with 4096 (12-bit
-#: digits, 2 passes up to 16M rows until 2026-12-06) most writes missed the
-#: first-level cache: W1's 106k ids, one scatter pass, 3.4 ns a key with
-#: 12-bit digits, 2.7 with 10, 1.2 with 8. Serial grouping of W1 (bag-
+#: scatters each key to one of 2**digit_bits places, and its cost grows
+#: with the number of places far more than with the bytes (12-bit digits,
+#: 2 passes up to 16M rows, until 2026-12-06): W1's 106k ids, one scatter
+#: pass, 3.4 ns a key with 12-bit digits, 2.7 with 10, 1.2 with 8. Serial grouping of W1 (bag-
 #: tagged, 1 thread, after a 64 MB sweep, both with the four-key scatter,
 #: 2 x 12 -> 3 x 8 bits): 10M x 16 uniform 0.98-1.02 -> 0.77-0.79 ms, Zipf
 #: 0.73-0.75 -> 0.78 (4-7% slower); 1M x 64's 20-bit ids are 2 x 10 either
